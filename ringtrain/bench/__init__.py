@@ -1,0 +1,1 @@
+"""Benchmarks run as ``python -m ringtrain bench NAME``; each prints a table and can write JSON."""

@@ -1,0 +1,40 @@
+"""OSU-style timing of a collective: warm-up, barrier, timed loop, slowest rank wins."""
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+
+def time_collective(comm: MPI.Comm, call, iters: int, warmup: int) -> float:
+    """Seconds per call of ``call()``, as the maximum over ranks of each rank's average.
+
+    The maximum is what a training step waits for: the collective is only done
+    when its slowest rank is.
+    """
+    for _ in range(warmup):
+        call()
+    comm.Barrier()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        call()
+    elapsed = np.array([(time.perf_counter() - t0) / iters])
+    comm.Allreduce(MPI.IN_PLACE, elapsed, op=MPI.MAX)
+    return float(elapsed[0])
+
+
+def iterations(nbytes: int) -> int:
+    """Timed iterations for a message size: about 128 MiB moved per timing, 5 to 2000 calls."""
+    return int(min(2000, max(5, (128 << 20) // max(nbytes, 1))))
+
+
+def memcpy_bandwidth(nbytes: int, repeats: int = 7) -> float:
+    """Single-core numpy copy bandwidth in GB/s (bytes copied per second, median of repeats)."""
+    src = np.ones(nbytes // 8, dtype=np.float64)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)  # fault the pages in before timing
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        times.append(time.perf_counter() - t0)
+    return src.nbytes / float(np.median(times)) / 1e9
