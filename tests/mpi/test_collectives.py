@@ -1,0 +1,100 @@
+"""reduce_scatter, allgather and broadcast in closed form, and the mismatch handshake."""
+import numpy as np
+import pytest
+import torch
+from mpi4py import MPI
+
+import ringtrain
+from tests.helpers import all_ranks_agree
+
+WORLD = MPI.COMM_WORLD
+COUNTS = [0, 1, 5, 100_003]
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("count", COUNTS)
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int64", "float16"])
+def test_reduce_scatter_leaves_each_rank_its_summed_chunk(dtype, count):
+    n, r = WORLD.Get_size(), WORLD.Get_rank()
+    x = (np.arange(count) % 11 * (r + 1)).astype(dtype)
+    mine = ringtrain.reduce_scatter(x)
+    lo, hi = ringtrain.chunk_bounds(count, n, r)
+    expected = (np.arange(lo, hi) % 11 * (n * (n + 1) // 2)).astype(dtype)
+    view_ok = mine.size == 0 or np.shares_memory(mine, x)
+    assert all_ranks_agree(view_ok and np.array_equal(mine, expected))
+
+
+@pytest.mark.mpi
+def test_reduce_scatter_mean_of_bfloat16_tensor():
+    n, r = WORLD.Get_size(), WORLD.Get_rank()
+    x = torch.full((1000,), float(r), dtype=torch.bfloat16)
+    mine = ringtrain.reduce_scatter(x, op="mean")
+    lo, hi = ringtrain.chunk_bounds(1000, n, r)
+    expected = torch.full((hi - lo,), (n - 1) / 2).to(torch.bfloat16)
+    assert all_ranks_agree(torch.equal(mine, expected))
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("count", COUNTS)
+def test_allgather_copies_every_chunk_from_its_owner(count):
+    n, r = WORLD.Get_size(), WORLD.Get_rank()
+    x = np.full(count, -1.0)
+    lo, hi = ringtrain.chunk_bounds(count, n, r)
+    x[lo:hi] = r
+    ringtrain.allgather(x)
+    owner = np.concatenate([np.full(b - a, i, float) for i in range(n)
+                            for a, b in [ringtrain.chunk_bounds(count, n, i)]])
+    assert all_ranks_agree(np.array_equal(x, owner))
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("algorithm", ["chain", "mpi", "auto"])
+@pytest.mark.parametrize("count", [0, 1, 3_000_001])
+def test_broadcast_from_every_root(algorithm, count):
+    n, r = WORLD.Get_size(), WORLD.Get_rank()
+    results = []
+    for root in range(n):
+        x = np.arange(count, dtype=np.float32) * (r + 1)
+        ringtrain.broadcast(x, root=root, algorithm=algorithm)
+        results.append(np.array_equal(x, np.arange(count, dtype=np.float32) * (root + 1)))
+    assert all_ranks_agree(all(results))
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("algorithm", ["ring", "mpi", "auto"])
+def test_count_mismatch_raises_on_every_rank_and_names_the_ranks(algorithm):
+    r = WORLD.Get_rank()
+    x = np.zeros(10 + (r == 0), np.float32)
+    with pytest.raises(ringtrain.CollectiveMismatchError) as info:
+        ringtrain.allreduce(x, algorithm=algorithm)
+    message = str(info.value)
+    assert "rank 0: shape (11,) float32" in message
+    assert "shape (10,) float32" in message
+
+
+@pytest.mark.mpi(min_size=2)
+def test_dtype_mismatch_raises_on_every_rank():
+    r = WORLD.Get_rank()
+    x = np.zeros(10, np.float64 if r == WORLD.Get_size() - 1 else np.float32)
+    with pytest.raises(ringtrain.CollectiveMismatchError, match=r"float64.*|.*float32"):
+        ringtrain.allreduce(x)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_option_mismatch_raises_on_every_rank():
+    r = WORLD.Get_rank()
+    with pytest.raises(ringtrain.CollectiveMismatchError, match="op=mean"):
+        ringtrain.allreduce(np.zeros(10), op="mean" if r == 0 else "sum")
+    with pytest.raises(ringtrain.CollectiveMismatchError, match="root=1"):
+        ringtrain.broadcast(np.zeros(10), root=1 if r == 0 else 0)
+
+
+@pytest.mark.mpi
+def test_the_collective_still_works_after_a_mismatch():
+    n, r = WORLD.Get_size(), WORLD.Get_rank()
+    if n > 1:
+        with pytest.raises(ringtrain.CollectiveMismatchError):
+            ringtrain.allreduce(np.zeros(3 + r))
+    x = np.ones(3)
+    ringtrain.allreduce(x)
+    assert all_ranks_agree(bool(np.all(x == n)))

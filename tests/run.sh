@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Every test: the serial ones once, the multi-rank ones at each world size in
+# RINGTRAIN_TEST_SIZES (default "1 2 3 4"), each mpiexec under a timeout.
+# Exits non-zero if any run fails, including a run that collects no tests.
+set -u
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+MPIEXEC=${MPIEXEC:-$(dirname "$(command -v "$PY")")/mpiexec}
+[ -x "$MPIEXEC" ] || MPIEXEC=$(command -v mpiexec) || { echo "tests/run.sh: no mpiexec found" >&2; exit 2; }
+SIZES=${RINGTRAIN_TEST_SIZES:-"1 2 3 4"}
+MPI_TIMEOUT=${RINGTRAIN_TEST_MPI_TIMEOUT:-900}
+logs=$(mktemp -d)
+passed=0 failed=0 status=0
+
+count() {  # count WORD FILE: the number before WORD in pytest's closing line
+    grep -E '[0-9]+ (passed|failed|error)' "$2" | tail -n 1 | grep -oE "[0-9]+ $1" | grep -oE '[0-9]+' || echo 0
+}
+
+run() {  # run NAME COMMAND...
+    local name=$1 rc
+    shift
+    echo "=== $name: $*"
+    "$@" 2>&1 | tee "$logs/$name.out"
+    rc=${PIPESTATUS[0]}
+    passed=$((passed + $(count passed "$logs/$name.out")))
+    failed=$((failed + $(count failed "$logs/$name.out") + $(count error "$logs/$name.out")))
+    if [ "$rc" -ne 0 ]; then
+        status=1
+        echo "=== $name FAILED (exit $rc$([ "$rc" -eq 124 ] && echo ', timed out')$([ "$rc" -eq 5 ] && echo ', no tests collected'))"
+        for f in "$logs/$name"/rank*.log; do
+            [ -s "$f" ] && { echo "--- $f"; tail -n 60 "$f"; }
+        done
+    fi
+}
+
+run serial timeout -k 10 "$MPI_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider tests --ignore=tests/mpi
+# Only rank 0 reports on the terminal; rank r writes to np<N>/rank<r>.log,
+# shown when the run fails.
+rank0_only='r=${PMI_RANK:-${OMPI_COMM_WORLD_RANK:-0}}; d=$1; shift
+if [ "$r" = 0 ]; then exec "$@"; else exec "$@" >"$d/rank$r.log" 2>&1; fi'
+for n in $SIZES; do
+    mkdir -p "$logs/np$n"
+    run "np$n" timeout -k 10 "$MPI_TIMEOUT" "$MPIEXEC" -n "$n" sh -c "$rank0_only" sh "$logs/np$n" \
+        "$PY" -m pytest -q -p no:cacheprovider --with-mpi tests/mpi
+done
+echo "tests: $passed passed, $failed failed"
+exit "$status"

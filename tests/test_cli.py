@@ -1,0 +1,52 @@
+"""The command line under mpiexec: version, info, the allreduce benchmark, and abort on failure."""
+import json
+import os
+import time
+
+from ringtrain import __version__
+from tests.launch import run_mpi
+
+HERE = os.path.dirname(__file__)
+
+
+def test_version():
+    out = run_mpi(1, ["-m", "ringtrain", "--version"])
+    assert out.returncode == 0 and out.stdout.strip() == f"ringtrain {__version__}"
+
+
+def test_info_lists_every_rank_and_the_mpi_library():
+    out = run_mpi(2, ["-m", "ringtrain", "info"])
+    assert out.returncode == 0, out.stderr
+    for key in ("mpi_library", "world_size  2", "rank 0", "rank 1", "thread_level", "numpy", "torch", "mpi4py"):
+        assert key in out.stdout, out.stdout
+
+
+def test_an_exception_on_one_rank_aborts_the_whole_job(tmp_path):
+    t0 = time.monotonic()
+    out = run_mpi(3, [os.path.join(HERE, "scripts", "raise_on_one_rank.py")], timeout=60)
+    elapsed = time.monotonic() - t0
+    assert out.returncode != 0
+    assert "uncaught exception on rank 1" in out.stderr
+    assert "deliberate failure on rank 1" in out.stderr
+    assert elapsed < 30, f"the job took {elapsed:.1f} s to end"
+
+
+def test_bench_allreduce_writes_rows_with_no_wrong_results(tmp_path):
+    path = tmp_path / "allreduce.json"
+    out = run_mpi(2, ["-m", "ringtrain", "bench", "allreduce", "--max-bytes", "64K", "--step-factor", "16",
+                      "--repeat", "1", "--algorithms", "ring,recursive_doubling,ps,mpi,auto,auto+check",
+                      "--json", str(path)])
+    assert out.returncode == 0, out.stderr
+    assert "MPI_Allreduce" in out.stdout and "busbw" in out.stdout
+    result = json.loads(path.read_text())
+    sizes = sorted({row["size"] for row in result["rows"]})
+    assert sizes == [4, 64, 1024, 16384]
+    # Every algorithm plus the peer, at every size.
+    assert len(result["rows"]) == 7 * len(sizes)
+    assert all(row["wrong"] == 0 for row in result["rows"])
+    assert result["meta"]["world_size"] == 2 and "MPICH" in result["meta"]["mpi_library"]
+
+
+def test_bench_rejects_an_unknown_algorithm():
+    out = run_mpi(1, ["-m", "ringtrain", "bench", "allreduce", "--algorithms", "tree"])
+    assert out.returncode != 0 and "--algorithms has ['tree']" in out.stderr
