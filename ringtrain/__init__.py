@@ -7,5 +7,15 @@ from ._version import __version__
 from .collectives import (ALGORITHMS, CollectiveMismatchError, allgather, allreduce, broadcast,
                           choose_algorithm, chunk_bounds, reduce_scatter)
 
-__all__ = ["ALGORITHMS", "CollectiveMismatchError", "__version__", "allgather", "allreduce",
+
+
+def __getattr__(name):
+    # The reducer needs torch, which takes seconds to import: load it only when asked for.
+    if name == "GradientReducer":
+        from .reducer import GradientReducer
+        return GradientReducer
+    raise AttributeError(f"module 'ringtrain' has no attribute {name!r}")
+
+
+__all__ = ["ALGORITHMS", "CollectiveMismatchError", "GradientReducer", "__version__", "allgather", "allreduce",
            "broadcast", "choose_algorithm", "chunk_bounds", "reduce_scatter"]

@@ -1,0 +1,70 @@
+"""Grouping parameters into flat gradient buckets.
+
+Buckets are filled in reverse registration order, because backward produces
+gradients roughly from the last layer to the first: the first bucket fills
+first and its allreduce can start while backward is still running. A bucket
+holds one dtype and closes when it reaches ``cap_bytes`` (a parameter larger
+than the cap gets a bucket of its own).
+"""
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Bucket:
+    """One flat gradient buffer and the parameters whose gradients live in it."""
+    index: int
+    params: list
+    bounds: list  # (lo, hi) element range of each parameter in ``buffer``
+    buffer: torch.Tensor
+    waiting: set | None = None  # ids of parameters still owing a gradient this step; None: none in yet
+    submitted: bool = False     # handed to the communication thread this step
+
+    def view(self, i: int) -> torch.Tensor:
+        lo, hi = self.bounds[i]
+        return self.buffer[lo:hi].view_as(self.params[i])
+
+
+def assign_buckets(params: list, cap_bytes: int) -> list[Bucket]:
+    """Buckets for ``params`` (in registration order), each at most ``cap_bytes`` unless one parameter is larger.
+
+    >>> ps = [torch.nn.Parameter(torch.zeros(n)) for n in (4, 4, 4)]
+    >>> [len(b.params) for b in assign_buckets(ps, cap_bytes=32)]
+    [2, 1]
+    """
+    buckets, current, size, dtype = [], [], 0, None
+
+    def close():
+        nonlocal current, size
+        if current:
+            buckets.append(_make(len(buckets), current))
+        current, size = [], 0
+
+    for p in reversed(params):
+        nbytes = p.numel() * p.element_size()
+        if current and (p.dtype != dtype or size + nbytes > cap_bytes):
+            close()
+        current.append(p)
+        size += nbytes
+        dtype = p.dtype
+    close()
+    return buckets
+
+
+def _make(index: int, params: list) -> Bucket:
+    bounds, lo = [], 0
+    for p in params:
+        bounds.append((lo, lo + p.numel()))
+        lo += p.numel()
+    return Bucket(index, params, bounds, torch.zeros(lo, dtype=params[0].dtype))
+
+
+def layout_fingerprint(buckets: list[Bucket]) -> tuple[int, int, str]:
+    """(total elements, 62-bit hash, description) of the bucket layout, for a cross-rank check."""
+    text = ";".join(f"{b.buffer.dtype}:" + ",".join(str(tuple(p.shape)) for p in b.params) for b in buckets)
+    digest = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 2
+    total = sum(b.buffer.numel() for b in buckets)
+    nparams = sum(len(b.params) for b in buckets)
+    return total, digest, f"{nparams} parameters, {total} elements in {len(buckets)} buckets"

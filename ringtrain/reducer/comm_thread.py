@@ -1,0 +1,68 @@
+"""The one thread that makes the reducer's MPI calls.
+
+Buckets are averaged strictly in index order on every rank, whatever order
+their gradients arrive in: MPI collectives on one communicator must be called
+in the same order everywhere, and this is what keeps a rank whose bucket 2 is
+ready before bucket 1 from deadlocking with one where it is the other way round.
+"""
+import threading
+import time
+
+
+class CommThread:
+    """Runs ``reduce(bucket_index)`` for 0..n-1 each step, as buckets are marked ready."""
+
+    def __init__(self, nbuckets: int, reduce):
+        self._n, self._reduce = nbuckets, reduce
+        self._cv = threading.Condition()
+        self._ready = [False] * nbuckets
+        self._step_open = False
+        self._done = threading.Event()
+        self._done.set()
+        self._error = None
+        self._closing = False
+        self.busy_seconds = 0.0  # time spent inside reduce() this step
+        self._thread = threading.Thread(target=self._run, name="ringtrain-comm", daemon=True)
+        self._thread.start()
+
+    def mark_ready(self, index: int) -> None:
+        with self._cv:
+            if not self._step_open:
+                self._step_open = True
+                self._done.clear()
+                self.busy_seconds = 0.0
+            self._ready[index] = True
+            self._cv.notify()
+
+    def wait(self) -> None:
+        """Block until every bucket of this step is reduced; re-raise the thread's error if any."""
+        self._done.wait()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError(f"gradient averaging failed on the communication thread: {error}") from error
+
+    def close(self) -> None:
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        self._thread.join(timeout=5)
+
+    def _run(self):
+        while True:
+            for i in range(self._n):
+                with self._cv:
+                    while not self._ready[i] and not self._closing:
+                        self._cv.wait()
+                    if self._closing:
+                        return
+                t0 = time.perf_counter()
+                try:
+                    if self._error is None:
+                        self._reduce(i)
+                except BaseException as e:  # reported to the main thread by wait()
+                    self._error = e
+                self.busy_seconds += time.perf_counter() - t0
+            with self._cv:
+                self._ready = [False] * self._n
+                self._step_open = False
+            self._done.set()

@@ -1,0 +1,137 @@
+"""GradientReducer: average gradients across ranks while backward is still running.
+
+    reducer = ringtrain.GradientReducer(model)      # broadcasts rank 0's weights
+    loss.backward()                                 # buckets start averaging as they fill
+    reducer.synchronize()                           # waits; p.grad now holds the mean
+    optimizer.step()
+
+A post-accumulate-grad hook on every parameter copies its gradient into its
+bucket; when a bucket's last gradient is in, the communication thread averages
+it with ringtrain.allreduce (op="mean") while autograd goes on with earlier
+layers. ``synchronize`` then points each ``p.grad`` at its slice of the averaged
+bucket (no copy back).
+
+MPI threading: only the communication thread calls MPI between the first
+backward hook and ``synchronize``, and only the main thread outside that
+window, so MPI_THREAD_SERIALIZED is enough; the constructor checks it.
+"""
+import contextlib
+
+import torch
+from mpi4py import MPI
+
+from ..collectives import allreduce, broadcast
+from ..collectives.comm import handshake, private
+from .buckets import assign_buckets, layout_fingerprint
+from .comm_thread import CommThread
+
+
+class GradientReducer:
+    """Data-parallel gradient averaging for any torch model on CPU.
+
+    ``bucket_cap_mb`` bounds each flat gradient bucket (25 MB by default, as in
+    DDP). ``compression`` must be None for now. Collective: every rank must
+    construct it, with the same model architecture.
+
+    >>> model = torch.nn.Linear(4, 2)
+    >>> reducer = GradientReducer(model, comm=MPI.COMM_SELF)
+    >>> model(torch.ones(3, 4)).sum().backward(); reducer.synchronize()
+    >>> reducer.close()
+    """
+
+    def __init__(self, model: torch.nn.Module, *, bucket_cap_mb: float = 25.0, compression=None,
+                 comm: MPI.Comm | None = None, broadcast_from: int | None = 0):
+        if not bucket_cap_mb > 0:
+            raise ValueError(f"bucket_cap_mb must be > 0, got {bucket_cap_mb}")
+        if compression not in (None, "none"):
+            raise ValueError(f"compression={compression!r}: gradient compression is not available yet; use None")
+        level = MPI.Query_thread()
+        if level < MPI.THREAD_SERIALIZED:
+            raise RuntimeError("GradientReducer makes MPI calls from a communication thread and needs "
+                               f"MPI_THREAD_SERIALIZED or higher; MPI was initialised with level {level}. "
+                               "mpi4py asks for MPI_THREAD_MULTIPLE unless mpi4py.rc.thread_level says otherwise")
+        self.comm = private(MPI.COMM_WORLD if comm is None else comm)
+        self.model = model
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p in params:
+            if p.device.type != "cpu":
+                raise ValueError(f"GradientReducer works on CPU tensors; a parameter is on {p.device}")
+        self.buckets = assign_buckets(params, int(bucket_cap_mb * 1e6))
+        self._where = {id(p): (b, i) for b in self.buckets for i, p in enumerate(b.params)}
+        total, digest, describe = layout_fingerprint(self.buckets)
+        # Every rank must agree on the layout before any per-parameter collective,
+        # or ranks with different models would wait on different broadcasts.
+        handshake(self.comm, "GradientReducer (model layout)", total, digest, lambda: describe)
+        if broadcast_from is not None:
+            with torch.no_grad():
+                for t in [*model.parameters(), *model.buffers()]:
+                    broadcast(t.data, root=broadcast_from, comm=self.comm)
+        self._sync = True
+        self._thread = CommThread(len(self.buckets), self._reduce_bucket)
+        self._hooks = [p.register_post_accumulate_grad_hook(self._grad_ready) for p in params]
+        self.last_comm_seconds = 0.0
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        """Accumulate gradients locally inside this block; the next backward outside it averages them."""
+        previous, self._sync = self._sync, False
+        try:
+            yield
+        finally:
+            self._sync = previous
+
+    def _grad_ready(self, p: torch.Tensor) -> None:
+        if not self._sync:
+            return
+        bucket, i = self._where[id(p)]
+        if bucket.submitted:
+            raise RuntimeError("a parameter received a gradient after its bucket was sent for averaging; "
+                               "call reducer.synchronize() after each backward, or use reducer.no_sync()")
+        if bucket.waiting is None:
+            bucket.waiting = {id(q) for q in bucket.params}
+        self._copy_in(bucket, i)
+        bucket.waiting.discard(id(p))
+        if not bucket.waiting:
+            self._submit(bucket)
+
+    def _submit(self, bucket) -> None:
+        bucket.submitted, bucket.waiting = True, None
+        self._thread.mark_ready(bucket.index)
+
+    def _copy_in(self, bucket, i: int) -> None:
+        p, view = bucket.params[i], bucket.view(i)
+        if p.grad is None:
+            view.zero_()
+        elif p.grad.data_ptr() != view.data_ptr():
+            view.copy_(p.grad)
+
+    def _reduce_bucket(self, index: int) -> None:
+        # check=False: the layout was verified once at construction.
+        allreduce(self.buckets[index].buffer, op="mean", comm=self.comm, check=False)
+
+    def synchronize(self) -> None:
+        """Wait until every bucket is averaged and point each ``p.grad`` at its averaged slice.
+
+        Parameters that got no gradient this step are averaged as zeros (from
+        the ranks where they got none), so an unused parameter never hangs a rank.
+        """
+        for bucket in self.buckets:
+            if bucket.submitted:
+                continue
+            for i, q in enumerate(bucket.params):
+                if bucket.waiting is None or id(q) in bucket.waiting:
+                    self._copy_in(bucket, i)
+            self._submit(bucket)
+        self._thread.wait()
+        self.last_comm_seconds = self._thread.busy_seconds
+        for bucket in self.buckets:
+            bucket.submitted = False
+            for i, p in enumerate(bucket.params):
+                p.grad = bucket.view(i)
+
+    def close(self) -> None:
+        """Remove the hooks and stop the communication thread."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        self._thread.close()
