@@ -8,9 +8,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import allreduce as bench_allreduce
     parser = argparse.ArgumentParser(
         prog="python -m ringtrain",
-        description="Data-parallel training over MPI. Run under mpiexec, e.g. mpiexec -n 4 python -m ringtrain")
+        description="Data-parallel training over MPI. Run under mpiexec, e.g. mpiexec -n 4 python -m ringtrain "
+                    "(with no command it trains the demo GPT)")
     parser.add_argument("--version", action="version", version=f"ringtrain {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from .train import config as train_config
+    train_config.add_arguments(sub.add_parser(
+        "train", help="train a model (default: a small GPT on this Python's standard library)"))
     sub.add_parser("info", help="MPI library, ranks and hosts, thread level, versions")
     bench = sub.add_parser("bench", help="benchmarks against the native MPI peer")
     bench_sub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
@@ -24,8 +28,16 @@ def main(argv=None) -> int:
     if args.command == "info":
         from . import info
         return info.main(args)
-    if args.command is None:
-        # The default job. Until the trainer exists it is the allreduce benchmark.
-        args = build_parser().parse_args(["bench", "allreduce"])
+    if args.command is None:  # the default job
+        args = build_parser().parse_args(["train"])
+    if args.command == "train":
+        from .train import config as train_config
+        from .train import train
+        try:
+            cfg = train_config.from_args(args)
+        except ValueError as e:
+            raise SystemExit(f"python -m ringtrain train: {e}")
+        train(cfg)
+        return 0
     from .bench import allreduce as bench_allreduce
     return bench_allreduce.main(args)

@@ -1,0 +1,44 @@
+"""The model a run trains: the built-in GPT, or any torch model named as module:function."""
+import importlib
+
+import torch
+
+from ..model import GPT, GPTConfig
+from .config import TrainConfig
+
+
+def gpt_loss(model, x, y):
+    return model(x, y)[1]
+
+
+def build_model(cfg: TrainConfig):
+    """(model, loss_fn) with ``loss_fn(model, x, y) -> scalar``; x and y are (B, T) byte tokens.
+
+    The seed is set first, so every rank builds identical weights (rank 0's are
+    broadcast anyway, which also covers models that ignore the seed).
+    """
+    torch.manual_seed(cfg.seed)
+    if cfg.model == "gpt":
+        gpt = GPT(GPTConfig(context=cfg.context, layers=cfg.layers, heads=cfg.heads, width=cfg.width))
+        return gpt, gpt_loss
+    module_name, _, function_name = cfg.model.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"--model {cfg.model}: cannot import {function_name} from {module_name} ({e})") from None
+    built = factory()
+    if (not isinstance(built, tuple) or len(built) != 2 or not isinstance(built[0], torch.nn.Module)
+            or not callable(built[1])):
+        raise ValueError(f"--model {cfg.model}: {function_name}() must return (torch.nn.Module, loss_fn), "
+                         f"got {type(built).__name__}")
+    return built
+
+
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW (or SGD) with weight decay on matrices only: decaying biases and norm gains only hurts."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
