@@ -20,6 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     bench_allreduce.add_arguments(bench_sub.add_parser(
         "allreduce", help="ringtrain's allreduce algorithms against MPI_Allreduce, nccl-tests style"))
+    from .bench import training as bench_training
+    bench_training.add_arguments(bench_sub.add_parser(
+        "training", help="step time of the gradient reducer per bucket size, against torch DDP on gloo"))
     return parser
 
 
@@ -39,5 +42,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"python -m ringtrain train: {e}")
         train(cfg)
         return 0
+    if args.benchmark == "training":
+        from .bench import training as bench_training
+        return bench_training.main(args)
     from .bench import allreduce as bench_allreduce
     return bench_allreduce.main(args)

@@ -26,6 +26,15 @@ class Bucket:
         lo, hi = self.bounds[i]
         return self.buffer[lo:hi].view_as(self.params[i])
 
+    @property
+    def flags(self) -> torch.Tensor:
+        """One element per parameter after the gradients: 1 if it got a gradient on this rank.
+
+        They are averaged with the gradients, so afterwards a flag is 0 only if
+        no rank had a gradient for that parameter: no extra message needed.
+        """
+        return self.buffer[self.bounds[-1][1]:]
+
 
 def assign_buckets(params: list, cap_bytes: int) -> list[Bucket]:
     """Buckets for ``params`` (in registration order), each at most ``cap_bytes`` unless one parameter is larger.
@@ -58,7 +67,7 @@ def _make(index: int, params: list) -> Bucket:
     for p in params:
         bounds.append((lo, lo + p.numel()))
         lo += p.numel()
-    return Bucket(index, params, bounds, torch.zeros(lo, dtype=params[0].dtype))
+    return Bucket(index, params, bounds, torch.zeros(lo + len(params), dtype=params[0].dtype))
 
 
 def layout_fingerprint(buckets: list[Bucket]) -> tuple[int, int, str]:

@@ -67,9 +67,13 @@ class GradientReducer:
                 for t in [*model.parameters(), *model.buffers()]:
                     broadcast(t.data, root=broadcast_from, comm=self.comm)
         self._sync = True
-        self._thread = CommThread(len(self.buckets), self._reduce_bucket)
-        self._hooks = [p.register_post_accumulate_grad_hook(self._grad_ready) for p in params]
         self.last_comm_seconds = 0.0
+        # On one rank the average is the gradient itself: no hooks, no copies,
+        # no thread, so a single-rank run costs what a plain torch loop costs.
+        self._alone = self.comm.Get_size() == 1
+        self._thread = None if self._alone else CommThread(len(self.buckets), self._reduce_bucket)
+        self._hooks = [] if self._alone else [p.register_post_accumulate_grad_hook(self._grad_ready)
+                                               for p in params]
 
     @contextlib.contextmanager
     def no_sync(self):
@@ -100,6 +104,7 @@ class GradientReducer:
 
     def _copy_in(self, bucket, i: int) -> None:
         p, view = bucket.params[i], bucket.view(i)
+        bucket.flags[i] = p.grad is not None
         if p.grad is None:
             view.zero_()
         elif p.grad.data_ptr() != view.data_ptr():
@@ -112,9 +117,12 @@ class GradientReducer:
     def synchronize(self) -> None:
         """Wait until every bucket is averaged and point each ``p.grad`` at its averaged slice.
 
-        Parameters that got no gradient this step are averaged as zeros (from
-        the ranks where they got none), so an unused parameter never hangs a rank.
+        A parameter that got no gradient on some ranks counts as zeros there, so
+        an unused parameter never hangs a rank; one that got none on any rank
+        keeps ``grad = None``, exactly as in a single-process run.
         """
+        if self._alone:
+            return
         for bucket in self.buckets:
             if bucket.submitted:
                 continue
@@ -126,12 +134,15 @@ class GradientReducer:
         self.last_comm_seconds = self._thread.busy_seconds
         for bucket in self.buckets:
             bucket.submitted = False
+            used = bucket.flags.tolist()
             for i, p in enumerate(bucket.params):
-                p.grad = bucket.view(i)
+                p.grad = bucket.view(i) if used[i] else None
 
     def close(self) -> None:
         """Remove the hooks and stop the communication thread."""
         for h in self._hooks:
             h.remove()
         self._hooks = []
-        self._thread.close()
+        if self._thread is not None:
+            self._thread.close()
+            self._thread = None

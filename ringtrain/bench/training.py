@@ -1,0 +1,185 @@
+"""``python -m ringtrain bench training``: step time of the GradientReducer against torch DDP on gloo.
+
+One process group, one model architecture, one batch; the variants are timed
+in turn within each repetition, and the median step time is reported:
+
+- ``compute``: forward, backward and optimizer step with no communication (the floor);
+- ``bucket=N``: the GradientReducer with ``bucket_cap_mb=N``, overlapping with backward;
+- ``no-bucket``: one bucket holding every gradient, so its allreduce starts after backward;
+- ``ddp``: torch DistributedDataParallel on gloo (TCP on loopback), default 25 MB buckets.
+
+The breakdown of a variant is ``comm = allreduce of all gradients, timed alone``,
+``exposed = step - compute`` and ``hidden = comm - exposed`` (the overlap).
+"""
+import argparse
+import datetime
+import json
+import os
+import socket
+import time
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from ..collectives import allreduce
+from ..model import GPT, GPTConfig
+from ..reducer import GradientReducer
+from ..train.threads import set_torch_threads
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--width", type=int, default=512, help="GPT width (default 512)")
+    p.add_argument("--layers", type=int, default=4, help="GPT layers (default 4)")
+    p.add_argument("--context", type=int, default=32, help="sequence length (default 32)")
+    p.add_argument("--batch-size", type=int, default=1, help="sequences per rank (default 1)")
+    p.add_argument("--bucket-sizes", default="1,5,25,100", help="bucket caps in MB (default 1,5,25,100)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per variant per repetition (default 10)")
+    p.add_argument("--repeat", type=int, default=5, help="repetitions; medians are reported (default 5)")
+    p.add_argument("--no-ddp", action="store_true", help="skip the torch DDP peer")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+
+
+def main(args) -> int:
+    comm = MPI.COMM_WORLD
+    rank, world = comm.Get_rank(), comm.Get_size()
+    threads = set_torch_threads(comm)
+    cfg = GPTConfig(width=args.width, layers=args.layers, heads=max(1, args.width // 64), context=args.context)
+    caps = [float(c) for c in args.bucket_sizes.split(",") if c.strip()]
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (args.batch_size, args.context))
+    y = torch.randint(0, 256, (args.batch_size, args.context))
+
+    variants = {"compute": _Plain(cfg)}
+    for cap in caps:
+        variants[f"bucket={cap:g}MB"] = _Reduced(cfg, cap, comm)
+    variants["no-bucket"] = _Reduced(cfg, 1e9, comm)
+    if not args.no_ddp and world > 1:
+        variants["ddp"] = _DDP(cfg, comm)
+    grad_bytes = sum(p.numel() for p in variants["compute"].model.parameters()) * 4
+    comm_alone = _time_allreduce(grad_bytes // 4, comm, args.repeat)
+
+    times = {name: [] for name in variants}
+    for _ in range(args.repeat):
+        for name, v in variants.items():
+            times[name].append(_time_steps(v, x, y, args.steps, comm))
+    med = {name: float(np.median(t)) for name, t in times.items()}
+    tokens = world * args.batch_size * args.context
+    compute = med["compute"]
+    rows = []
+    for name, t in med.items():
+        exposed = max(0.0, t - compute)
+        rows.append({"variant": name, "step_ms": 1e3 * t, "tokens_per_s": tokens / t,
+                     "exposed_comm_ms": 1e3 * exposed if name != "compute" else 0.0,
+                     "hidden_comm_ms": 1e3 * max(0.0, comm_alone - exposed) if name != "compute" else 0.0,
+                     "step_ms_reps": [1e3 * s for s in times[name]]})
+    if rank == 0:
+        nparams = grad_bytes // 4
+        print(f"# ringtrain bench training: {world} ranks x {threads} torch threads, GPT width {args.width}, "
+              f"{args.layers} layers, {nparams:,} parameters ({grad_bytes / 1e6:.1f} MB of gradients), "
+              f"{args.batch_size}x{args.context} tokens per rank")
+        print(f"# allreduce of all gradients alone: {1e3 * comm_alone:.2f} ms = "
+              f"{100 * comm_alone / med.get('no-bucket', compute):.0f}% of the no-bucket step; median of {args.repeat}")
+        print(f"{'variant':>14} {'step_ms':>9} {'tokens/s':>10} {'exposed_ms':>10} {'hidden_ms':>9} "
+              f"{'vs_no_bucket':>12} {'vs_ddp':>7}")
+        for row in rows:
+            vs_nb = row["step_ms"] / (1e3 * med["no-bucket"]) if "no-bucket" in med else float("nan")
+            vs_ddp = row["step_ms"] / (1e3 * med["ddp"]) if "ddp" in med else float("nan")
+            row.update(vs_no_bucket=vs_nb, vs_ddp=vs_ddp)
+            print(f"{row['variant']:>14} {row['step_ms']:>9.2f} {row['tokens_per_s']:>10,.0f} "
+                  f"{row['exposed_comm_ms']:>10.2f} {row['hidden_comm_ms']:>9.2f} {vs_nb:>12.2f} {vs_ddp:>7.2f}")
+        if args.json:
+            meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "world_size": world,
+                    "torch_threads": threads, "torch": torch.__version__, "parameters": nparams,
+                    "mpi_library": MPI.Get_library_version().strip().splitlines()[0], "args": vars(args)}
+            with open(args.json, "w") as f:
+                json.dump({"benchmark": "training", "meta": meta, "allreduce_alone_ms": 1e3 * comm_alone,
+                           "rows": rows}, f, indent=1)
+            print(f"# wrote {args.json}")
+    for v in variants.values():
+        v.close()
+    return 0
+
+
+class _Plain:
+    """Forward, backward, SGD step; no communication."""
+
+    def __init__(self, cfg):
+        torch.manual_seed(0)
+        self.model = GPT(cfg)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-4)
+
+    def step(self, x, y):
+        _, loss = self.model(x, y)
+        loss.backward()
+        self.sync()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def sync(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class _Reduced(_Plain):
+    def __init__(self, cfg, cap_mb, comm):
+        super().__init__(cfg)
+        self.reducer = GradientReducer(self.model, bucket_cap_mb=cap_mb, comm=comm)
+
+    def sync(self):
+        self.reducer.synchronize()
+
+    def close(self):
+        self.reducer.close()
+
+
+class _DDP(_Plain):
+    def __init__(self, cfg, comm):
+        import torch.distributed as dist
+        super().__init__(cfg)
+        port = None
+        if comm.Get_rank() == 0:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(comm.bcast(port, root=0)))
+        dist.init_process_group("gloo", rank=comm.Get_rank(), world_size=comm.Get_size(),
+                                timeout=datetime.timedelta(seconds=120))
+        self.ddp = torch.nn.parallel.DistributedDataParallel(self.model)
+
+    def step(self, x, y):
+        _, loss = self.ddp(x, y)
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def close(self):
+        import torch.distributed as dist
+        dist.destroy_process_group()
+
+
+def _time_steps(variant, x, y, steps, comm) -> float:
+    variant.step(x, y)  # warm-up
+    comm.Barrier()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        variant.step(x, y)
+    elapsed = np.array([(time.perf_counter() - t0) / steps])
+    comm.Allreduce(MPI.IN_PLACE, elapsed, op=MPI.MAX)
+    return float(elapsed[0])
+
+
+def _time_allreduce(count, comm, repeat) -> float:
+    buf = torch.zeros(count)
+    allreduce(buf, op="mean", comm=comm, check=False)
+    samples = []
+    for _ in range(repeat):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        allreduce(buf, op="mean", comm=comm, check=False)
+        samples.append(time.perf_counter() - t0)
+    s = np.array([float(np.median(samples))])
+    comm.Allreduce(MPI.IN_PLACE, s, op=MPI.MAX)
+    return float(s[0])
