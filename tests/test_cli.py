@@ -50,3 +50,14 @@ def test_bench_allreduce_writes_rows_with_no_wrong_results(tmp_path):
 def test_bench_rejects_an_unknown_algorithm():
     out = run_mpi(1, ["-m", "ringtrain", "bench", "allreduce", "--algorithms", "tree"])
     assert out.returncode != 0 and "--algorithms has ['tree']" in out.stderr
+
+
+def test_bench_training_times_every_variant_against_ddp(tmp_path):
+    path = tmp_path / "training.json"
+    out = run_mpi(2, ["-m", "ringtrain", "bench", "training", "--width", "64", "--layers", "1", "--context", "8",
+                      "--steps", "2", "--repeat", "1", "--json", str(path)], timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = {row["variant"]: row for row in json.loads(path.read_text())["rows"]}
+    assert set(rows) == {"compute", "bucket=1MB", "bucket=5MB", "bucket=25MB", "bucket=100MB", "no-bucket", "ddp"}
+    assert all(row["step_ms"] > 0 for row in rows.values())
+    assert rows["ddp"]["vs_ddp"] == 1.0 and rows["no-bucket"]["vs_no_bucket"] == 1.0
