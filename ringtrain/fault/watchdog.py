@@ -1,0 +1,133 @@
+"""Deadlines for collectives: no rank waits forever for a peer that died or stalled.
+
+The training loop wraps each wait for its peers in ``watchdog.guard(what, step)``.
+A background thread wakes five times a second. It answers liveness pings from
+other ranks (so a rank busy computing still counts as alive), and checks the
+deadline. When a deadline passes, the rank pings every peer; those that do not
+answer within PROBE_SECONDS are dead or stalled. It sends that verdict to the
+survivors, whose watchdogs then report what they were doing, and every
+survivor prints one line naming its collective, its step and the silent ranks.
+The lowest surviving rank then aborts the job (exit code 76), which also ends
+a stalled rank.
+"""
+import contextlib
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from .exit_codes import EXIT_TIMEOUT
+
+PROBE_SECONDS = 3.0
+GRACE_SECONDS = 2.0  # lets the other survivors print before the abort
+_PING, _PONG, _VERDICT = 71, 72, 73
+
+
+class Watchdog:
+    """Aborts the MPI job when a guarded wait outlives its deadline."""
+
+    def __init__(self, comm: MPI.Comm, timeout: float):
+        self.timeout = timeout
+        self._comm = comm.Dup()  # its own communicator: pings never match training messages
+        self._rank, self._size = self._comm.Get_rank(), self._comm.Get_size()
+        # Pings need a second thread in MPI while the main one waits in a collective.
+        self._probing = MPI.Query_thread() == MPI.THREAD_MULTIPLE and self._size > 1
+        self._lock = threading.Lock()
+        self._current = None  # (what, step, deadline, limit)
+        self._stop = threading.Event()
+        if self._probing:
+            self._ping = np.zeros(1, np.int32)
+            self._ping_req = self._comm.Irecv(self._ping, MPI.ANY_SOURCE, _PING)
+            self._verdict = np.zeros(self._size + 1, np.int32)
+            self._verdict_req = self._comm.Irecv(self._verdict, MPI.ANY_SOURCE, _VERDICT)
+        self._thread = threading.Thread(target=self._run, name="ringtrain-watchdog", daemon=True)
+        self._thread.start()
+
+    @contextlib.contextmanager
+    def guard(self, what: str, step: int, timeout: float | None = None):
+        """Abort the job if the block takes longer than ``timeout`` (default: the watchdog's)."""
+        limit = self.timeout if timeout is None else timeout
+        with self._lock:
+            self._current = (what, step, time.monotonic() + limit, limit)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._current = None
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        if self._probing:
+            for req in (self._ping_req, self._verdict_req):
+                req.Cancel()
+                req.Wait()
+        self._comm.Free()
+
+    def _run(self):
+        while not self._stop.wait(0.2):
+            if self._probing:
+                self._answer_pings()
+                status = MPI.Status()
+                if self._verdict_req.Test(status):
+                    silent = self._verdict[1:1 + self._verdict[0]].tolist()
+                    self._finish(silent, f" (reported by rank {status.Get_source()})")
+            with self._lock:
+                current = self._current
+            if current and time.monotonic() > current[2]:
+                self._finish(self._probe() if self._probing else None, "")
+
+    def _answer_pings(self):
+        status = MPI.Status()
+        while self._ping_req.Test(status):
+            self._comm.Isend(np.array([self._rank], np.int32), status.Get_source(), _PONG)
+            self._ping_req = self._comm.Irecv(self._ping, MPI.ANY_SOURCE, _PING)
+
+    def _probe(self) -> list[int]:
+        """Ranks that do not answer a ping within PROBE_SECONDS; tells the others who they are."""
+        peers = [p for p in range(self._size) if p != self._rank]
+        pongs = {p: np.zeros(1, np.int32) for p in peers}
+        waits = {p: self._comm.Irecv(pongs[p], p, _PONG) for p in peers}
+        for p in peers:
+            self._comm.Isend(np.array([self._rank], np.int32), p, _PING)  # a dead peer never takes it
+        answered, deadline = set(), time.monotonic() + PROBE_SECONDS
+        while time.monotonic() < deadline and len(answered) < len(peers):
+            self._answer_pings()
+            answered |= {p for p, req in waits.items() if p not in answered and req.Test()}
+            time.sleep(0.05)
+        silent = [p for p in peers if p not in answered]
+        verdict = np.array([len(silent), *silent], np.int32)
+        for p in answered:
+            self._comm.Isend(verdict, p, _VERDICT)
+        return silent
+
+    def _finish(self, silent: list[int] | None, source: str):
+        with self._lock:
+            current = self._current
+        if current:
+            what, step, _, limit = current
+            doing = f"{what} at step {step} did not finish within {limit:g} s"
+        else:
+            doing = "stopping"
+        if silent is None:
+            who = "(no liveness probe: MPI is not in MPI_THREAD_MULTIPLE mode)"
+        elif silent:
+            who = f"rank{'s' if len(silent) > 1 else ''} {', '.join(map(str, silent))} did not answer (dead or stalled)"
+        else:
+            who = "every rank answered, so a peer is slow rather than gone"
+        sys.stderr.write(f"ringtrain: rank {self._rank}: {doing}; {who}{source}. "
+                         f"Aborting the job (exit code {EXIT_TIMEOUT}).\n")
+        sys.stderr.flush()
+        survivors = [r for r in range(self._size) if r not in (silent or [])]
+        if silent is None or self._rank == min(survivors):
+            time.sleep(GRACE_SECONDS)
+            self._comm.Abort(EXIT_TIMEOUT)
+        # The others wait for that abort: exiting first could let the launcher
+        # tear the job down before every survivor's line is out. Under a
+        # launcher that does not clean up (mpiexec -disable-auto-cleanup) they
+        # then leave by themselves.
+        time.sleep(GRACE_SECONDS + 3)
+        os._exit(EXIT_TIMEOUT)
