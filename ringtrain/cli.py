@@ -15,6 +15,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .train import config as train_config
     train_config.add_arguments(sub.add_parser(
         "train", help="train a model (default: a small GPT on this Python's standard library)"))
+    from . import supervise
+    supervise.add_arguments(sub.add_parser(
+        "launch", help="run mpiexec and restart it from the latest checkpoint when it fails"))
     sub.add_parser("info", help="MPI library, ranks and hosts, thread level, versions")
     bench = sub.add_parser("bench", help="benchmarks against the native MPI peer")
     bench_sub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
@@ -28,22 +31,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "info":
-        from . import info
-        return info.main(args)
     if args.command is None:  # the default job
         args = build_parser().parse_args(["train"])
     if args.command == "train":
-        from .train import config as train_config
-        from .train import train
-        try:
-            cfg = train_config.from_args(args)
-        except ValueError as e:
-            raise SystemExit(f"python -m ringtrain train: {e}")
-        train(cfg)
-        return 0
+        return _train(args)
+    if args.command == "launch":
+        from . import supervise
+        return supervise.main(args)
+    if args.command == "info":
+        from . import info
+        return info.main(args)
     if args.benchmark == "training":
         from .bench import training as bench_training
         return bench_training.main(args)
     from .bench import allreduce as bench_allreduce
     return bench_allreduce.main(args)
+
+
+def _train(args) -> int:
+    from .train import config as train_config
+    from .train import train
+    try:
+        cfg = train_config.from_args(args)
+    except ValueError as e:
+        raise SystemExit(f"python -m ringtrain train: {e}")
+    train(cfg)
+    return 0

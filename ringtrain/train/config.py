@@ -52,6 +52,20 @@ class TrainConfig:
     """Bytes of text generated at the end (GPT only); 0 for none."""
     out_dir: str = "runs/ringtrain"
     """Where metrics.jsonl goes (rank 0 writes it)."""
+    checkpoint_dir: str | None = None
+    """Directory for checkpoints (shared storage on a cluster); none are written without it."""
+    checkpoint_every: str = "0"
+    """Checkpoint every N steps ("100") or seconds ("600s"), and at the end; "0": only at the end."""
+    keep_checkpoints: int = 3
+    """How many complete checkpoints to keep."""
+    resume: str = "auto"
+    """auto: from the newest valid checkpoint in --checkpoint-dir if there is one; none; or a checkpoint path."""
+    stop_after: int = 0
+    """Stop after this many steps of this run, with a checkpoint and exit code 75; 0: run to --steps."""
+    timeout: float = 15.0
+    """Seconds a rank waits for its peers in a collective before it aborts the job (exit code 76)."""
+    first_timeout: float = 300.0
+    """The same deadline for start-up and the first step, which include loading data and imports."""
 
     def __post_init__(self):
         positive = ("steps", "batch_size", "accumulate", "layers", "heads", "width", "context", "eval_windows",
@@ -79,8 +93,32 @@ class TrainConfig:
             raise ValueError(f"model must be gpt or module:function, got {self.model!r}")
         if self.compression != "none":
             raise ValueError(f"compression={self.compression!r} is not available yet; use none")
+        if self.keep_checkpoints < 1 or self.stop_after < 0:
+            raise ValueError(f"keep_checkpoints must be >= 1 and stop_after >= 0, got "
+                             f"{self.keep_checkpoints!r}, {self.stop_after!r}")
+        if not self.timeout > 0 or not self.first_timeout > 0:
+            raise ValueError(f"timeout and first_timeout must be > 0, got {self.timeout!r}, {self.first_timeout!r}")
+        self.checkpoint_interval()  # validates checkpoint_every
+        if self.resume not in ("auto", "none") and not self.resume:
+            raise ValueError("resume must be auto, none or a checkpoint path")
         if self.width % self.heads:
             raise ValueError(f"width ({self.width}) must be divisible by heads ({self.heads})")
+
+
+    def checkpoint_interval(self) -> tuple[int, float]:
+        """(every N steps, every S seconds) from checkpoint_every; 0 means never."""
+        text = str(self.checkpoint_every).strip()
+        try:
+            if text.endswith("s"):
+                seconds = float(text[:-1])
+                if seconds > 0:
+                    return 0, seconds
+            elif int(text) >= 0:
+                return int(text), 0.0
+        except ValueError:
+            pass
+        raise ValueError(f"checkpoint_every must be a number of steps (100) or seconds (600s), "
+                         f"got {self.checkpoint_every!r}")
 
 
 def field_docs() -> dict[str, str]:
@@ -101,7 +139,7 @@ def add_arguments(parser) -> None:
     docs = field_docs()
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        kind = {int: int, float: float}.get(f.type, str)
+        kind = {int: int, float: float}.get(f.type, str)  # str | None fields take strings
         parser.add_argument(flag, type=kind, default=f.default, dest=f.name,
                             help=f"{docs.get(f.name, '')} (default: {f.default})")
 

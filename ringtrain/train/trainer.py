@@ -2,10 +2,16 @@
 
 Each step: ``accumulate`` micro-batches of forward and backward (all but the
 last inside ``no_sync``), ``synchronize`` (the averaged gradient is identical on
-every rank), clipping, optimizer step. Rank 0 prints progress and writes
-metrics.jsonl; the loss recorded is the mean over ranks.
+every rank), clipping, optimizer step, then one small allreduce that carries
+the loss, whether any rank was signalled and whether a timed checkpoint is due,
+so that every rank makes the same decision at the same step. Each wait for the
+peers runs under the watchdog's deadline. Rank 0 prints progress and writes
+metrics.jsonl.
 """
 import contextlib
+import os
+import signal
+import socket
 import time
 
 import numpy as np
@@ -15,96 +21,168 @@ from mpi4py import MPI
 from ..collectives.comm import private
 from ..data import Batches, open_tokens
 from ..data.batches import Prefetcher
+from ..fault import EXIT_PREEMPTED, PreemptionSignals, Watchdog
 from ..model import GPT
 from ..reducer import GradientReducer
+from . import state
 from .config import TrainConfig
 from .metrics import Metrics, progress_line, say
 from .model_factory import build_model, make_optimizer
 from .schedule import learning_rate
 from .threads import set_torch_threads
 
+_CAUGHT = {int(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+
+
+class Preempted(SystemExit):
+    """Raised on every rank after the checkpoint that a signal (or --stop-after) asked for."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(EXIT_PREEMPTED)
+        self.step, self.reason = step, reason
+
 
 def train(cfg: TrainConfig, comm: MPI.Comm | None = None) -> dict:
     """Run ``cfg`` on ``comm`` (COMM_WORLD by default); returns the losses and the trained model.
 
     Collective: every rank of ``comm`` must call it with the same config.
+    Raises Preempted (a SystemExit with code 75) after checkpointing when
+    signalled or when --stop-after is reached.
     """
     comm = private(MPI.COMM_WORLD if comm is None else comm)
     rank, world = comm.Get_rank(), comm.Get_size()
-    threads = set_torch_threads(comm)
-    tokens = open_tokens(cfg.data, comm)
-    model, loss_fn = build_model(cfg)
-    nparams = sum(p.numel() for p in model.parameters())
-    say(rank, f"ringtrain: {world} ranks x {threads} torch threads | {cfg.model} with {nparams:,} parameters | "
-              f"{len(tokens.tokens):,} byte tokens from {tokens.source}")
-    reducer = GradientReducer(model, bucket_cap_mb=cfg.bucket_cap_mb, comm=comm)
-    optimizer = make_optimizer(cfg, model)
-    batches = Batches(tokens.tokens, context=cfg.context, batch=cfg.batch_size, seed=cfg.seed,
-                      rank=rank, world=world)
-    prefetch = Prefetcher(batches, first_step=0)
-    metrics = Metrics(cfg.out_dir, rank)
-    tokens_per_step = world * cfg.batch_size * cfg.accumulate * cfg.context
-    result = {"losses": [], "val_losses": [], "model": model, "world": world}
+    signals = PreemptionSignals()
+    watchdog = Watchdog(comm, cfg.timeout)
+    reducer = prefetch = metrics = None
     try:
+        with watchdog.guard("start-up", 0, cfg.first_timeout):
+            threads = set_torch_threads(comm)
+            tokens = open_tokens(cfg.data, comm)
+            model, loss_fn = build_model(cfg)
+            reducer = GradientReducer(model, bucket_cap_mb=cfg.bucket_cap_mb, comm=comm)
+            optimizer = make_optimizer(cfg, model)
+            start = state.restore(cfg, model, optimizer, comm)
+            ranks = comm.gather({"rank": rank, "host": socket.gethostname(), "pid": os.getpid()}, root=0)
+        nparams = sum(p.numel() for p in model.parameters())
+        say(rank, f"ringtrain: {world} ranks x {threads} torch threads | {cfg.model} with {nparams:,} parameters | "
+                  f"{len(tokens.tokens):,} byte tokens from {tokens.source}")
+        metrics = Metrics(cfg.out_dir, rank)
+        metrics.write(event="start", step=start, world_size=world, ranks=ranks, parameters=nparams)
+        if start:
+            say(rank, f"resumed from the checkpoint at step {start}")
+        batches = Batches(tokens.tokens, context=cfg.context, batch=cfg.batch_size, seed=cfg.seed,
+                          rank=rank, world=world)
+        prefetch = Prefetcher(batches, first_step=start * cfg.accumulate)
+        return _loop(cfg, comm, model, loss_fn, reducer, optimizer, batches, prefetch, metrics, watchdog,
+                     signals, start)
+    finally:
+        for closer in (prefetch, reducer, metrics, watchdog, signals):
+            if closer is not None:
+                closer.close()
+
+
+def _loop(cfg, comm, model, loss_fn, reducer, optimizer, batches, prefetch, metrics, watchdog, signals, start):
+    rank, world = comm.Get_rank(), comm.Get_size()
+    tokens_per_step = world * cfg.batch_size * cfg.accumulate * cfg.context
+    every_steps, every_seconds = cfg.checkpoint_interval()
+    last_checkpoint = time.monotonic()
+    result = {"losses": [], "val_losses": [], "model": model, "world": world, "start_step": start}
+    # Checkpoints wait on rank 0's writes to storage: give them at least a minute.
+    slow = max(cfg.timeout, 60.0)
+    with watchdog.guard("validation", start, cfg.first_timeout):
         result["start_val_loss"] = _validate(model, loss_fn, batches, cfg, comm)
-        say(rank, f"validation loss before training: {result['start_val_loss']:.4f}")
-        for step in range(cfg.steps):
-            t0 = time.perf_counter()
-            lr = learning_rate(step, lr=cfg.lr, warmup=cfg.warmup, steps=cfg.steps, min_lr_ratio=cfg.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            local = 0.0
-            for micro in range(cfg.accumulate):
-                x, y = prefetch.get(step * cfg.accumulate + micro)
-                quiet = reducer.no_sync() if micro < cfg.accumulate - 1 else contextlib.nullcontext()
-                with quiet:
-                    loss = loss_fn(model, x, y) / cfg.accumulate
-                    loss.backward()
-                local += loss.item()
-            t_sync = time.perf_counter()
+    say(rank, f"validation loss at step {start}: {result['start_val_loss']:.4f}")
+    last = cfg.steps if not cfg.stop_after else min(cfg.steps, start + cfg.stop_after)
+    for step in range(start, last):
+        t0 = time.perf_counter()
+        deadline = cfg.first_timeout if step == start else cfg.timeout
+        lr = learning_rate(step, lr=cfg.lr, warmup=cfg.warmup, steps=cfg.steps, min_lr_ratio=cfg.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        local = 0.0
+        for micro in range(cfg.accumulate):
+            x, y = prefetch.get(step * cfg.accumulate + micro)
+            quiet = reducer.no_sync() if micro < cfg.accumulate - 1 else contextlib.nullcontext()
+            with quiet:
+                loss = loss_fn(model, x, y) / cfg.accumulate
+                loss.backward()
+            local += loss.item()
+        t_sync = time.perf_counter()
+        with watchdog.guard("the gradient allreduce", step + 1, deadline):
             reducer.synchronize()
-            exposed = time.perf_counter() - t_sync
-            if cfg.grad_clip:
-                # On the averaged gradient, which is bitwise identical on every
-                # rank, so every rank clips by the same factor.
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step_loss = _mean_over_ranks(local, comm)
-            step_s = time.perf_counter() - t0
-            result["losses"].append(step_loss)
-            comm_share, exposed_share = reducer.last_comm_seconds / step_s, exposed / step_s
-            metrics.write(step=step + 1, loss=step_loss, lr=lr, step_seconds=step_s,
-                          tokens_per_second=tokens_per_step / step_s,
-                          comm_seconds=reducer.last_comm_seconds, exposed_comm_seconds=exposed)
-            if (step + 1) % cfg.log_every == 0 or step == 0 or step + 1 == cfg.steps:
-                say(rank, progress_line(step + 1, cfg.steps, step_loss, lr, tokens_per_step / step_s,
-                                        comm_share, exposed_share, step_s))
-            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+        exposed = time.perf_counter() - t_sync
+        if cfg.grad_clip:
+            # On the averaged gradient, which is bitwise identical on every
+            # rank, so every rank clips by the same factor.
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        timed_due = rank == 0 and every_seconds and time.monotonic() - last_checkpoint >= every_seconds
+        with watchdog.guard("the end-of-step allreduce", step + 1, deadline):
+            step_loss, signalled, timed_due = _agree(comm, local, signals.received, timed_due)
+        done = step + 1
+        step_s = time.perf_counter() - t0
+        result["losses"].append(step_loss)
+        comm_share, exposed_share = reducer.last_comm_seconds / step_s, exposed / step_s
+        metrics.write(step=done, loss=step_loss, lr=lr, step_seconds=step_s, tokens_per_second=tokens_per_step / step_s,
+                      comm_seconds=reducer.last_comm_seconds, exposed_comm_seconds=exposed)
+        if done % cfg.log_every == 0 or step == start or done == cfg.steps:
+            say(rank, progress_line(done, cfg.steps, step_loss, lr, tokens_per_step / step_s, comm_share,
+                                    exposed_share, step_s))
+        stopping = signalled or (done == last and done < cfg.steps)
+        if cfg.checkpoint_dir and (stopping or timed_due or (every_steps and done % every_steps == 0)
+                                   or done == cfg.steps):
+            with watchdog.guard("the checkpoint", done, slow):
+                _checkpoint(cfg, done, model, optimizer, comm, metrics)
+            last_checkpoint = time.monotonic()
+        if stopping:
+            reason = f"{signalled} on some rank" if signalled else f"--stop-after {cfg.stop_after}"
+            saved = f"checkpoint at step {done} written" if cfg.checkpoint_dir else "no --checkpoint-dir, nothing saved"
+            say(rank, f"stopping after step {done} ({reason}); {saved}; exit code {EXIT_PREEMPTED}")
+            metrics.write(event="stopped", step=done, reason=reason)
+            raise Preempted(done, reason)
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+            with watchdog.guard("validation", done):
                 val = _validate(model, loss_fn, batches, cfg, comm)
-                result["val_losses"].append((step + 1, val))
-                metrics.write(step=step + 1, val_loss=val)
-                say(rank, f"validation loss at step {step + 1}: {val:.4f}")
+            result["val_losses"].append((done, val))
+            metrics.write(step=done, val_loss=val)
+            say(rank, f"validation loss at step {done}: {val:.4f}")
+    with watchdog.guard("validation", cfg.steps):
         val = _validate(model, loss_fn, batches, cfg, comm)
-        result["val_losses"].append((cfg.steps, val))
-        result.update(start_loss=result["losses"][0], end_loss=result["losses"][-1], val_loss=val)
-        metrics.write(step=cfg.steps, val_loss=val, event="end", start_loss=result["start_loss"],
-                      end_loss=result["end_loss"], start_val_loss=result["start_val_loss"])
+    result["val_losses"].append((cfg.steps, val))
+    result.update(val_loss=val, start_loss=result["losses"][0] if result["losses"] else None,
+                  end_loss=result["losses"][-1] if result["losses"] else None)
+    metrics.write(step=cfg.steps, val_loss=val, event="end", start_loss=result["start_loss"],
+                  end_loss=result["end_loss"], start_val_loss=result["start_val_loss"])
+    if result["losses"]:
         say(rank, f"done: loss {result['start_loss']:.4f} -> {result['end_loss']:.4f}, validation loss "
                   f"{result['start_val_loss']:.4f} -> {val:.4f}" + (f"; metrics in {metrics.path}" if rank == 0 else ""))
-        if rank == 0 and isinstance(model, GPT) and cfg.sample_tokens:
-            say(rank, "sample:\n" + _sample(model, cfg))
-    finally:
-        prefetch.close()
-        reducer.close()
-        metrics.close()
+    else:
+        say(rank, f"nothing to do: the checkpoint is already at step {cfg.steps}; validation loss {val:.4f}")
+    if rank == 0 and isinstance(model, GPT) and cfg.sample_tokens:
+        say(rank, "sample:\n" + _sample(model, cfg))
     return result
 
 
-def _mean_over_ranks(value: float, comm) -> float:
-    buf = np.array([value])
+def _agree(comm, local_loss: float, signum: int | None, timed_due: bool) -> tuple[float, str | None, bool]:
+    """One SUM allreduce: the mean loss, the signal any rank received (by name), a timed checkpoint due."""
+    buf = np.array([local_loss, float(signum is not None), float(signum or 0), float(timed_due)])
     comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-    return float(buf[0]) / comm.Get_size()
+    signalled = None
+    if buf[1] > 0:
+        mean = buf[2] / buf[1]  # the signal number, if every signalled rank got the same one
+        signalled = signal.Signals(int(mean)).name if mean == int(mean) and int(mean) in _CAUGHT else "signals"
+    return float(buf[0]) / comm.Get_size(), signalled, buf[3] > 0
+
+
+def _checkpoint(cfg, step, model, optimizer, comm, metrics) -> None:
+    t0 = time.perf_counter()
+    path = state.save(cfg, step, model, optimizer, comm)
+    seconds = time.perf_counter() - t0
+    if comm.Get_rank() == 0:
+        size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+        metrics.write(event="checkpoint", step=step, path=path, bytes=size, seconds=seconds)
+        say(0, f"checkpoint at step {step}: {size / 1e6:.1f} MB in {1e3 * seconds:.0f} ms -> {path}")
 
 
 @torch.no_grad()

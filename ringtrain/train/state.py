@@ -1,0 +1,72 @@
+"""What a checkpoint holds, and putting it back.
+
+Replicated (rank 0 writes it): model, optimizer, the step, the config. Per
+rank: torch's RNG state (and, with compression, its residuals). The learning
+rate and the data position follow from the step, since batches are drawn from
+(seed, step), so restoring these makes a resumed run continue bit for bit.
+"""
+import dataclasses
+import sys
+
+import torch
+from mpi4py import MPI
+
+from .. import checkpoint
+from .config import TrainConfig
+
+# Changing these between a run and its resume would change what is computed.
+# (--steps may grow: that only stretches the learning-rate schedule from here on.)
+_MUST_MATCH = ("model", "layers", "heads", "width", "context", "seed", "optimizer", "batch_size", "accumulate",
+               "lr", "min_lr_ratio", "warmup", "momentum", "weight_decay", "grad_clip", "data")
+
+
+def save(cfg: TrainConfig, step: int, model, optimizer, comm: MPI.Comm) -> str:
+    replicated = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                  "config": dataclasses.asdict(cfg)}
+    per_rank = {"torch_rng": torch.get_rng_state()}
+    return checkpoint.save(cfg.checkpoint_dir, step, replicated, per_rank, comm, keep=cfg.keep_checkpoints)
+
+
+def restore(cfg: TrainConfig, model, optimizer, comm: MPI.Comm) -> int:
+    """Load the checkpoint ``cfg.resume`` names into model and optimizer; returns its step (0 if none)."""
+    if cfg.resume == "none":
+        return 0
+    if cfg.resume == "auto":
+        if not cfg.checkpoint_dir:
+            return 0
+        path, manifest = checkpoint.find_latest(cfg.checkpoint_dir, comm)
+        if path is None:
+            return 0
+    else:
+        path, error = cfg.resume, None
+        manifest = None
+        if comm.Get_rank() == 0:
+            try:
+                manifest = checkpoint.verify(path)
+            except checkpoint.CheckpointError as e:
+                error = str(e)
+        error, manifest = comm.bcast((error, manifest), root=0)
+        if error:
+            raise checkpoint.CheckpointError(f"--resume {path}: {error}")
+    state = checkpoint.load_part(path, "replicated.pt", manifest)
+    _check_config(state["config"], cfg, path)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    rank, world = comm.Get_rank(), comm.Get_size()
+    name = f"rank-{rank:05d}.pt"
+    if manifest["world_size"] == world:
+        torch.set_rng_state(checkpoint.load_part(path, name, manifest)["torch_rng"])
+    elif rank == 0:
+        print(f"ringtrain: warning: resuming at world size {world} from a checkpoint written at "
+              f"{manifest['world_size']}: model and optimizer load as they are, per-rank state (RNG, compression "
+              "residuals) starts fresh, and the data order changes with the world size, so the run will "
+              "not match an uninterrupted one bit for bit", file=sys.stderr, flush=True)
+    return int(state["step"])
+
+
+def _check_config(saved: dict, cfg: TrainConfig, path: str) -> None:
+    now = dataclasses.asdict(cfg)
+    changed = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in _MUST_MATCH if saved.get(k) != now[k]]
+    if changed:
+        raise checkpoint.CheckpointError(f"{path} was written with a different configuration ({'; '.join(changed)}); "
+                                         "resume with the same settings, or pass --resume none to start afresh")
