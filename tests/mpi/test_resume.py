@@ -1,0 +1,40 @@
+"""Resume is exact: 2k steps equal k steps, a stop, a resume and k more, bit for bit."""
+import pytest
+import torch
+from mpi4py import MPI
+
+from ringtrain.train import TrainConfig, train
+from ringtrain.train.trainer import Preempted
+from tests.helpers import all_ranks_agree
+from tests.mpi.test_training import TINY, corpus, out_dir  # noqa: F401  (corpus is a fixture)
+
+WORLD = MPI.COMM_WORLD
+
+
+def shared_dir(tmp_path, name):
+    return WORLD.bcast(str(tmp_path / name) if WORLD.Get_rank() == 0 else None, root=0)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_stop_and_resume_equals_an_uninterrupted_run(corpus, tmp_path, optimizer):  # noqa: F811
+    common = dict(TINY, data=corpus, steps=8, batch_size=2, optimizer=optimizer, momentum=0.9 if optimizer == "sgd"
+                  else 0.0, out_dir=out_dir(tmp_path), eval_every=3)
+    whole = train(TrainConfig(**common, checkpoint_dir=shared_dir(tmp_path, "a")))
+    ckpt = shared_dir(tmp_path, "b")
+    with pytest.raises(Preempted) as stop:
+        train(TrainConfig(**common, checkpoint_dir=ckpt, stop_after=4))
+    resumed = train(TrainConfig(**common, checkpoint_dir=ckpt))
+    same_params = all(torch.equal(a, b) for a, b in zip(whole["model"].parameters(), resumed["model"].parameters()))
+    assert stop.value.code == 75 and stop.value.step == 4 and resumed["start_step"] == 4
+    assert all_ranks_agree(resumed["losses"] == whole["losses"][4:]), "loss sequences differ"
+    assert all_ranks_agree(same_params), "final parameters differ"
+
+
+@pytest.mark.mpi
+def test_resuming_with_a_different_model_is_refused(corpus, tmp_path):  # noqa: F811
+    ckpt = shared_dir(tmp_path, "c")
+    train(TrainConfig(**dict(TINY, width=32), data=corpus, steps=2, checkpoint_dir=ckpt, out_dir=out_dir(tmp_path)))
+    with pytest.raises(Exception, match=r"different configuration \(width: 32 -> 64\)"):
+        train(TrainConfig(**dict(TINY, width=64), data=corpus, steps=2, checkpoint_dir=ckpt,
+                          out_dir=out_dir(tmp_path)))
