@@ -1,5 +1,6 @@
 """The ``python -m ringtrain`` command line: one subcommand per job."""
 import argparse
+import os
 
 from ._version import __version__
 
@@ -26,11 +27,34 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import training as bench_training
     bench_training.add_arguments(bench_sub.add_parser(
         "training", help="step time of the gradient reducer per bucket size, against torch DDP on gloo"))
+    from .bench import merge as bench_merge
+    bench_merge.add_arguments(bench_sub.add_parser(
+        "merge", help="merge bench allreduce JSON files (e.g. from a Slurm array) into one table, JSON and plot"))
     return parser
+
+
+def check_world_size() -> None:
+    """Fail loudly if RINGTRAIN_EXPECT_WORLD_SIZE is set and MPI sees another world size.
+
+    Job scripts set it to the number of tasks they asked for: a launcher with
+    the wrong PMI setting starts N independent rank-0 "singletons" that would
+    otherwise each train alone.
+    """
+    expected = os.environ.get("RINGTRAIN_EXPECT_WORLD_SIZE")
+    if not expected:
+        return
+    from mpi4py import MPI
+    size = MPI.COMM_WORLD.Get_size()
+    if int(expected) != size:
+        raise SystemExit(f"ringtrain: MPI sees a world of {size} rank(s) but the job started {expected} tasks "
+                         f"(RINGTRAIN_EXPECT_WORLD_SIZE). The launcher and MPI disagree on PMI: under Slurm use "
+                         f"srun --mpi=pmi2 with the mpich wheel (see slurm/README.md)")
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "launch":
+        check_world_size()
     if args.command is None:  # the default job
         args = build_parser().parse_args(["train"])
     if args.command == "train":
@@ -41,6 +65,9 @@ def main(argv=None) -> int:
     if args.command == "info":
         from . import info
         return info.main(args)
+    if args.benchmark == "merge":
+        from .bench import merge as bench_merge
+        return bench_merge.main(args)
     if args.benchmark == "training":
         from .bench import training as bench_training
         return bench_training.main(args)

@@ -1,0 +1,157 @@
+"""The Slurm templates against a real single-node Slurm cluster (slurm/local-cluster.sh).
+
+Needs root and Debian's packages; skipped elsewhere, except in CI (CI=true),
+where a cluster that cannot start is a failure. A failing test shows the job
+log and the daemons' logs.
+"""
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLUSTER = os.path.join(ROOT, "slurm", "local-cluster.sh")
+SLURM_DIR = os.environ.get("RINGTRAIN_SLURM_DIR", "/tmp/ringtrain-slurm")
+TINY = ["--layers", "1", "--width", "32", "--heads", "2", "--context", "16", "--sample-tokens", "0",
+        "--eval-windows", "8", "--log-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        if os.environ.get("CI"):
+            pytest.fail("the Slurm tests need root and apt-get in CI")
+        pytest.skip("the local Slurm cluster needs root and apt-get")
+    started = subprocess.run(["bash", CLUSTER, "start"], capture_output=True, text=True, timeout=600)
+    assert started.returncode == 0, started.stdout + started.stderr
+    env = dict(os.environ, SLURM_CONF=os.path.join(SLURM_DIR, "slurm.conf"),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    yield env
+    subprocess.run(["bash", CLUSTER, "stop"], capture_output=True, text=True, timeout=120)
+
+
+def logs(*job_logs) -> str:
+    """The job logs and the daemons' last lines, for assertion messages."""
+    parts = []
+    for path in [*job_logs, *sorted(glob.glob(os.path.join(SLURM_DIR, "log", "*.log")))]:
+        if os.path.exists(path):
+            with open(path, errors="replace") as f:
+                parts.append(f"--- {path}\n" + "".join(f.readlines()[-40:]))
+    return "\n".join(parts)
+
+
+def sbatch(env, args, cwd):
+    """Submit; returns the job id. With --wait, sbatch's exit code is the job's, so only the id is checked."""
+    out = subprocess.run(["sbatch", "--parsable", *args], env=env, cwd=cwd, capture_output=True, text=True,
+                         timeout=300)
+    job_id = out.stdout.strip().split(";")[0]
+    assert job_id.isdigit(), out.stderr
+    return job_id
+
+
+def job_state(env, job_id) -> dict:
+    out = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True).stdout
+    return dict(f.split("=", 1) for f in out.split() if "=" in f)
+
+
+def wait_state(env, job_id, states, limit, log):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        state = job_state(env, job_id)
+        if state.get("JobState") in states:
+            return state
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} not in {states} after {limit} s: {job_state(env, job_id)}\n{logs(log)}")
+
+
+def test_train_sbatch_runs_4_ranks_to_completion(slurm, tmp_path):
+    log = str(tmp_path / "job.log")
+    job = sbatch(slurm, ["--wait", "--nodes=1", "--ntasks-per-node=4", "--cpus-per-task=1", f"--output={log}",
+                         os.path.join(ROOT, "slurm", "train.sbatch"), *TINY, "--steps", "30",
+                         "--out-dir", str(tmp_path / "out")], cwd=tmp_path)
+    state = wait_state(slurm, job, {"COMPLETED", "FAILED", "CANCELLED"}, 60, log)
+    text = open(log).read()
+    assert state["JobState"] == "COMPLETED", logs(log)
+    assert "ringtrain: 4 ranks x 1 torch threads" in text, logs(log)
+    rows = [json.loads(x) for x in open(tmp_path / "out" / "metrics.jsonl")]
+    end = [r for r in rows if r.get("event") == "end"][-1]
+    assert end["end_loss"] < end["start_loss"] - 0.5, end
+
+
+def test_a_wrong_pmi_setting_fails_loudly(slurm, tmp_path):
+    log = str(tmp_path / "job.log")
+    # Without --mpi=pmi2 each task would be its own single-rank world.
+    script = tmp_path / "wrong.sbatch"
+    script.write_text("#!/bin/bash\nexport RINGTRAIN_EXPECT_WORLD_SIZE=$SLURM_NTASKS\n"
+                      f"srun --mpi=none {sys.executable} -m ringtrain info\n")
+    job = sbatch(slurm, ["--wait", "--ntasks=2", f"--output={log}", str(script)], cwd=tmp_path)
+    state = wait_state(slurm, job, {"COMPLETED", "FAILED"}, 60, log)
+    assert state["JobState"] == "FAILED", logs(log)
+    assert "MPI sees a world of 1 rank(s) but the job started 2 tasks" in open(log).read(), logs(log)
+
+
+def test_preemption_checkpoints_requeues_and_resumes(slurm, tmp_path):
+    log, out = str(tmp_path / "job.log"), tmp_path / "out"
+    job = sbatch(slurm, ["--nodes=1", "--ntasks-per-node=4", "--cpus-per-task=1", f"--output={log}",
+                         os.path.join(ROOT, "slurm", "train.sbatch"), *TINY, "--steps", "400",
+                         "--out-dir", str(out)], cwd=tmp_path)
+    t0 = time.monotonic()
+    while not (out / "metrics.jsonl").exists() or '"step": 5,' not in (out / "metrics.jsonl").read_text():
+        assert time.monotonic() - t0 < 90, f"training did not start\n{logs(log)}"
+        time.sleep(0.3)
+    # What the time limit does: USR1 to the batch shell (--signal=B:USR1@...).
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm, check=True)
+    state = wait_state(slurm, job, {"COMPLETED", "FAILED", "CANCELLED"}, 150, log)
+    text = open(log).read()
+    assert state["JobState"] == "COMPLETED", logs(log)
+    stopped = [json.loads(x) for x in open(out / "metrics.jsonl") if '"stopped"' in x]
+    assert stopped and stopped[0]["reason"] == "SIGUSR1 on some rank", logs(log)
+    step = stopped[0]["step"]
+    assert "requeueing job" in text and "job " + job + " run 2" in text, logs(log)
+    assert f"resumed from the checkpoint at step {step}" in text, logs(log)
+    assert "step 400/400" in text and state.get("Restarts") == "1", logs(log)
+
+
+def test_bench_array_job_writes_json_that_merges(slurm, tmp_path):
+    results = tmp_path / "results"
+    env = dict(slurm, RINGTRAIN_BENCH_SIZES="1 2", RINGTRAIN_BENCH_DIR=str(results))
+    job = sbatch(env, ["--wait", "--array=0-1", "--nodes=1", "--ntasks-per-node=2", "--exclusive",
+                       f"--output={tmp_path}/bench-%a.log", os.path.join(ROOT, "slurm", "bench.sbatch"),
+                       "--max-bytes", "4K", "--step-factor", "16", "--repeat", "1", "--algorithms", "ring,auto"],
+                 cwd=tmp_path)
+    assert sorted(os.listdir(results)) == ["allreduce-n1.json", "allreduce-n2.json"], logs(
+        *glob.glob(f"{tmp_path}/bench-*.log"))
+    merged = subprocess.run([sys.executable, "-m", "ringtrain", "bench", "merge", *sorted(glob.glob(f"{results}/*.json")),
+                             "--json", str(tmp_path / "all.json"), "--plot", str(tmp_path / "all.png")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert merged.returncode == 0, merged.stderr
+    rows = json.load(open(tmp_path / "all.json"))["rows"]
+    assert {r["world_size"] for r in rows} == {1, 2} and all(r["wrong"] == 0 for r in rows)
+    assert os.path.getsize(tmp_path / "all.png") > 10_000
+    assert job
+
+
+def test_a_dead_rank_under_srun_is_named_by_every_survivor(slurm, tmp_path):
+    out = tmp_path / "out"
+    job = subprocess.Popen(["srun", "--mpi=pmi2", "-n", "3", sys.executable, "-m", "ringtrain", "train", *TINY,
+                            "--steps", "100000", "--timeout", "5", "--out-dir", str(out)],
+                           env=slurm, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.monotonic()
+    while not (out / "metrics.jsonl").exists() or '"step": 3,' not in (out / "metrics.jsonl").read_text():
+        assert time.monotonic() - t0 < 90 and job.poll() is None, "training did not start"
+        time.sleep(0.2)
+    start = [json.loads(x) for x in open(out / "metrics.jsonl") if '"start"' in x][-1]
+    os.kill(start["ranks"][2]["pid"], 9)
+    t0 = time.monotonic()
+    output = job.communicate(timeout=60)[0]
+    elapsed = time.monotonic() - t0
+    assert job.returncode != 0 and elapsed < 30, output
+    for survivor in (0, 1):
+        assert (f"ringtrain: rank {survivor}: the " in output and "did not finish within 5 s; rank 2 did not answer"
+                in output), output
+    assert output.count("rank 2 did not answer (dead or stalled)") == 2, output
