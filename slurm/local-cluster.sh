@@ -26,8 +26,14 @@ configure() {
     chmod 755 "$DIR/munge"   # munged refuses a 0700 socket directory
     [ -f "$DIR/munge/munge.key" ] || mungekey -c -k "$DIR/munge/munge.key"
     chmod 600 "$DIR/munge/munge.key"
+    # slurmctld -c starts from job id 1 again, and MPICH names its shared
+    # memory after the job: a rank killed in an earlier session can leave a
+    # segment that a new job with the same id then fails on ("Out of memory"
+    # in MPIDI_POSIX_comm_bootstrap). Each start gets its own id range instead.
+    local first_job_id=$(( ($(date +%s) % 600000) * 100 + 1 ))
     cat >"$DIR/slurm.conf" <<CONF
 ClusterName=ringtrain-local
+FirstJobId=$first_job_id
 SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
