@@ -21,6 +21,7 @@ import torch
 from mpi4py import MPI
 
 from ..collectives import allreduce, broadcast
+from ..compression import get as compression_get
 from ..collectives.comm import handshake, private
 from .buckets import assign_buckets, layout_fingerprint
 from .comm_thread import CommThread
@@ -30,8 +31,10 @@ class GradientReducer:
     """Data-parallel gradient averaging for any torch model on CPU.
 
     ``bucket_cap_mb`` bounds each flat gradient bucket (25 MB by default, as in
-    DDP). ``compression`` must be None for now. Collective: every rank must
-    construct it, with the same model architecture.
+    DDP). ``compression`` is a spec for ``ringtrain.compression.get`` (for
+    example ``"ef+topk:ratio=0.01"``); each bucket gets its own compressor, whose
+    state (error-feedback residuals, PowerSGD's Q) ``state_dict`` returns.
+    Collective: every rank must construct it, with the same model architecture.
 
     >>> model = torch.nn.Linear(4, 2)
     >>> reducer = GradientReducer(model, comm=MPI.COMM_SELF)
@@ -43,8 +46,6 @@ class GradientReducer:
                  comm: MPI.Comm | None = None, broadcast_from: int | None = 0):
         if not bucket_cap_mb > 0:
             raise ValueError(f"bucket_cap_mb must be > 0, got {bucket_cap_mb}")
-        if compression not in (None, "none"):
-            raise ValueError(f"compression={compression!r}: gradient compression is not available yet; use None")
         level = MPI.Query_thread()
         if level < MPI.THREAD_SERIALIZED:
             raise RuntimeError("GradientReducer makes MPI calls from a communication thread and needs "
@@ -57,6 +58,7 @@ class GradientReducer:
             if p.device.type != "cpu":
                 raise ValueError(f"GradientReducer works on CPU tensors; a parameter is on {p.device}")
         self.buckets = assign_buckets(params, int(bucket_cap_mb * 1e6))
+        self.compressors = [compression_get(compression) for _ in self.buckets]
         self._where = {id(p): (b, i) for b in self.buckets for i, p in enumerate(b.params)}
         total, digest, describe = layout_fingerprint(self.buckets)
         # Every rank must agree on the layout before any per-parameter collective,
@@ -111,8 +113,30 @@ class GradientReducer:
             view.copy_(p.grad)
 
     def _reduce_bucket(self, index: int) -> None:
+        bucket, compressor = self.buckets[index], self.compressors[index]
         # check=False: the layout was verified once at construction.
-        allreduce(self.buckets[index].buffer, op="mean", comm=self.comm, check=False)
+        if compressor is None:
+            allreduce(bucket.buffer, op="mean", comm=self.comm, check=False)
+            return
+        grads = bucket.buffer[:bucket.bounds[-1][1]]
+        mean = compressor.allreduce_mean(grads.float().numpy(), self.comm)
+        grads.copy_(torch.from_numpy(mean))
+        # The used-flags stay exact: a compressor must not decide whether a gradient exists.
+        allreduce(bucket.flags, op="mean", comm=self.comm, check=False)
+
+    def state_dict(self) -> dict:
+        """This rank's compression state, one entry per bucket (None where uncompressed)."""
+        return {"compression": [None if c is None else c.state_dict() for c in self.compressors]}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = state["compression"]
+        if len(saved) != len(self.compressors):
+            raise ValueError(f"the saved reducer state has {len(saved)} buckets, this reducer {len(self.compressors)}")
+        for compressor, s in zip(self.compressors, saved):
+            if (compressor is None) != (s is None):
+                raise ValueError("the saved reducer state was written with a different compression setting")
+            if compressor is not None:
+                compressor.load_state_dict(s)
 
     def synchronize(self) -> None:
         """Wait until every bucket is averaged and point each ``p.grad`` at its averaged slice.

@@ -39,7 +39,7 @@ class TrainConfig:
     context: int = 128
     """Sequence length in bytes."""
     compression: str = "none"
-    """Gradient compression per bucket (none for now)."""
+    """Gradient compression per bucket, e.g. fp16, int8+lz4, ef+topk:ratio=0.01, onebit, powersgd:rank=4."""
     bucket_cap_mb: float = 25.0
     """Largest gradient bucket, in MB."""
     eval_every: int = 100
@@ -91,8 +91,8 @@ class TrainConfig:
             raise ValueError(f"bucket_cap_mb must be > 0, got {self.bucket_cap_mb!r}")
         if self.model != "gpt" and ":" not in self.model:
             raise ValueError(f"model must be gpt or module:function, got {self.model!r}")
-        if self.compression != "none":
-            raise ValueError(f"compression={self.compression!r} is not available yet; use none")
+        from ..compression import get as compression_get
+        compression_get(self.compression)  # raises ValueError naming what is wrong
         if self.keep_checkpoints < 1 or self.stop_after < 0:
             raise ValueError(f"keep_checkpoints must be >= 1 and stop_after >= 0, got "
                              f"{self.keep_checkpoints!r}, {self.stop_after!r}")

@@ -17,17 +17,18 @@ from .config import TrainConfig
 # Changing these between a run and its resume would change what is computed.
 # (--steps may grow: that only stretches the learning-rate schedule from here on.)
 _MUST_MATCH = ("model", "layers", "heads", "width", "context", "seed", "optimizer", "batch_size", "accumulate",
-               "lr", "min_lr_ratio", "warmup", "momentum", "weight_decay", "grad_clip", "data")
+               "lr", "min_lr_ratio", "warmup", "momentum", "weight_decay", "grad_clip", "data", "compression",
+               "bucket_cap_mb")
 
 
-def save(cfg: TrainConfig, step: int, model, optimizer, comm: MPI.Comm) -> str:
+def save(cfg: TrainConfig, step: int, model, optimizer, reducer, comm: MPI.Comm) -> str:
     replicated = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                   "config": dataclasses.asdict(cfg)}
-    per_rank = {"torch_rng": torch.get_rng_state()}
+    per_rank = {"torch_rng": torch.get_rng_state(), "reducer": reducer.state_dict()}
     return checkpoint.save(cfg.checkpoint_dir, step, replicated, per_rank, comm, keep=cfg.keep_checkpoints)
 
 
-def restore(cfg: TrainConfig, model, optimizer, comm: MPI.Comm) -> int:
+def restore(cfg: TrainConfig, model, optimizer, reducer, comm: MPI.Comm) -> int:
     """Load the checkpoint ``cfg.resume`` names into model and optimizer; returns its step (0 if none)."""
     if cfg.resume == "none":
         return 0
@@ -55,7 +56,9 @@ def restore(cfg: TrainConfig, model, optimizer, comm: MPI.Comm) -> int:
     rank, world = comm.Get_rank(), comm.Get_size()
     name = f"rank-{rank:05d}.pt"
     if manifest["world_size"] == world:
-        torch.set_rng_state(checkpoint.load_part(path, name, manifest)["torch_rng"])
+        mine = checkpoint.load_part(path, name, manifest)
+        torch.set_rng_state(mine["torch_rng"])
+        reducer.load_state_dict(mine["reducer"])
     elif rank == 0:
         print(f"ringtrain: warning: resuming at world size {world} from a checkpoint written at "
               f"{manifest['world_size']}: model and optimizer load as they are, per-rank state (RNG, compression "

@@ -59,13 +59,14 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None) -> dict:
             threads = set_torch_threads(comm)
             tokens = open_tokens(cfg.data, comm)
             model, loss_fn = build_model(cfg)
-            reducer = GradientReducer(model, bucket_cap_mb=cfg.bucket_cap_mb, comm=comm)
+            reducer = GradientReducer(model, bucket_cap_mb=cfg.bucket_cap_mb, compression=cfg.compression, comm=comm)
             optimizer = make_optimizer(cfg, model)
-            start = state.restore(cfg, model, optimizer, comm)
+            start = state.restore(cfg, model, optimizer, reducer, comm)
             ranks = comm.gather({"rank": rank, "host": socket.gethostname(), "pid": os.getpid()}, root=0)
         nparams = sum(p.numel() for p in model.parameters())
         say(rank, f"ringtrain: {world} ranks x {threads} torch threads | {cfg.model} with {nparams:,} parameters | "
-                  f"{len(tokens.tokens):,} byte tokens from {tokens.source}")
+                  f"{len(tokens.tokens):,} byte tokens from {tokens.source}"
+                  + (f" | compression {cfg.compression}" if cfg.compression != "none" else ""))
         metrics = Metrics(cfg.out_dir, rank)
         metrics.write(event="start", step=start, world_size=world, ranks=ranks, parameters=nparams)
         if start:
@@ -133,7 +134,7 @@ def _loop(cfg, comm, model, loss_fn, reducer, optimizer, batches, prefetch, metr
         if cfg.checkpoint_dir and (stopping or timed_due or (every_steps and done % every_steps == 0)
                                    or done == cfg.steps):
             with watchdog.guard("the checkpoint", done, slow):
-                _checkpoint(cfg, done, model, optimizer, comm, metrics)
+                _checkpoint(cfg, done, model, optimizer, reducer, comm, metrics)
             last_checkpoint = time.monotonic()
         if stopping:
             reason = f"{signalled} on some rank" if signalled else f"--stop-after {cfg.stop_after}"
@@ -175,9 +176,9 @@ def _agree(comm, local_loss: float, signum: int | None, timed_due: bool) -> tupl
     return float(buf[0]) / comm.Get_size(), signalled, buf[3] > 0
 
 
-def _checkpoint(cfg, step, model, optimizer, comm, metrics) -> None:
+def _checkpoint(cfg, step, model, optimizer, reducer, comm, metrics) -> None:
     t0 = time.perf_counter()
-    path = state.save(cfg, step, model, optimizer, comm)
+    path = state.save(cfg, step, model, optimizer, reducer, comm)
     seconds = time.perf_counter() - t0
     if comm.Get_rank() == 0:
         size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))

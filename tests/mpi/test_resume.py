@@ -1,4 +1,4 @@
-"""Resume is exact: 2k steps equal k steps, a stop, a resume and k more, bit for bit."""
+"""Resume is exact: 2k steps equal k steps, a stop, a resume and k more, bit for bit, with and without compression."""
 import pytest
 import torch
 from mpi4py import MPI
@@ -16,10 +16,11 @@ def shared_dir(tmp_path, name):
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
-def test_stop_and_resume_equals_an_uninterrupted_run(corpus, tmp_path, optimizer):  # noqa: F811
+@pytest.mark.parametrize("optimizer, spec", [("adamw", "none"), ("sgd", "none"), ("adamw", "ef+topk:ratio=0.05"),
+                                             ("adamw", "powersgd:rank=2"), ("sgd", "int8:stochastic=true+lz4")])
+def test_stop_and_resume_equals_an_uninterrupted_run(corpus, tmp_path, optimizer, spec):  # noqa: F811
     common = dict(TINY, data=corpus, steps=8, batch_size=2, optimizer=optimizer, momentum=0.9 if optimizer == "sgd"
-                  else 0.0, out_dir=out_dir(tmp_path), eval_every=3)
+                  else 0.0, out_dir=out_dir(tmp_path), eval_every=3, compression=spec)
     whole = train(TrainConfig(**common, checkpoint_dir=shared_dir(tmp_path, "a")))
     ckpt = shared_dir(tmp_path, "b")
     with pytest.raises(Preempted) as stop:

@@ -1,0 +1,46 @@
+"""float16 and bfloat16 on the wire: half the bytes of float32.
+
+Their payloads can be summed, so ``allreduce_mean`` runs a ring whose every hop
+carries 16-bit segments, accumulating in float32 at each rank.
+"""
+import numpy as np
+from mpi4py import MPI
+
+from ..collectives.buffers import narrow, widen
+from .base import Compressor, check_size
+from .ring16 import ring_mean_16bit
+
+
+class Cast16(Compressor):
+    """Round to a 16-bit float type (``"float16"`` or ``"bfloat16"``) for the wire."""
+
+    def __init__(self, dtype: str):
+        if dtype not in ("float16", "bfloat16"):
+            raise ValueError(f"Cast16: dtype must be float16 or bfloat16, got {dtype!r}")
+        self.dtype = dtype
+        self.name = "fp16" if dtype == "float16" else "bf16"
+
+    def encode(self, x: np.ndarray, out: np.ndarray) -> None:
+        """float32 ``x`` into the uint16 array ``out`` (the 16-bit bit patterns)."""
+        if self.dtype == "float16":
+            out.view(np.float16)[...] = x
+        else:
+            narrow(np.ascontiguousarray(x, dtype=np.float32).copy(), "bfloat16", out)
+
+    def decode(self, bits: np.ndarray, out: np.ndarray) -> np.ndarray:
+        if self.dtype == "float16":
+            out[...] = bits.view(np.float16)
+            return out
+        return widen(bits, "bfloat16", out)
+
+    def compress(self, x: np.ndarray):
+        bits = np.empty(x.size, dtype=np.uint16)
+        self.encode(np.asarray(x, dtype=np.float32), bits)
+        return bits.view(np.uint8), x.size
+
+    def decompress(self, payload, ctx) -> np.ndarray:
+        bits = check_size(payload, 2 * ctx, self.name).view(np.uint16)
+        return self.decode(bits, np.empty(ctx, dtype=np.float32))
+
+    def allreduce_mean(self, x: np.ndarray, comm: MPI.Comm) -> np.ndarray:
+        return ring_mean_16bit(self, np.asarray(x, dtype=np.float32), comm)

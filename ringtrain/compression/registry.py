@@ -1,0 +1,117 @@
+"""Compressors by name, for the command line and configs.
+
+A spec is a chain of parts joined by ``+``, each ``name`` or ``name:key=value,key=value``:
+
+    none | fp16 | bf16 | int8[:segment=512,stochastic=1,seed=0] | topk:ratio=0.01 (or k=1000)
+    onebit[:chunk=1024] | powersgd[:rank=4,seed=0]        one of these, first or after ef
+    lz4                                                     lossless, after the compressor (or alone)
+    ef                                                      first: error feedback around the rest
+
+Examples: ``"int8+lz4"``, ``"ef+topk:ratio=0.01+lz4"``, ``"powersgd:rank=4"``.
+``onebit`` gets error feedback even without ``ef``: it does not converge without it.
+``get`` returns a new compressor each call (each bucket keeps its own state), or
+None for ``"none"``.
+"""
+import inspect
+
+from .base import Compressor
+from .casts import Cast16
+from .error_feedback import ErrorFeedback
+from .int8 import Int8
+from .lz4_frame import LZ4
+from .onebit import OneBit
+from .powersgd import PowerSGD
+from .topk import TopK
+
+_BASE = {"fp16": lambda: Cast16("float16"), "bf16": lambda: Cast16("bfloat16"), "int8": Int8, "topk": TopK,
+         "onebit": OneBit, "powersgd": PowerSGD}
+NAMES = ("none", *_BASE, "lz4", "ef")
+
+
+def get(spec: str | None, **params) -> Compressor | None:
+    """A fresh compressor for ``spec``; keyword ``params`` go to a single named compressor.
+
+    >>> get("ef+topk:ratio=0.01+lz4").name
+    'ef(topk+lz4)'
+    >>> get("topk", ratio=0.05).name
+    'topk'
+    """
+    if spec is None or spec == "none":
+        if params:
+            raise ValueError(f"compression none takes no parameters, got {sorted(params)}")
+        return None
+    parts = [_parse(p, spec) for p in spec.split("+")]
+    if params:
+        if len(parts) != 1:
+            raise ValueError(f"compression {spec!r}: keyword parameters need a single compressor name")
+        parts[0][1].update(params)
+    names = [name for name, _ in parts]
+    feedback = names[0] == "ef"
+    if feedback:
+        _no_params(parts[0], spec)
+        parts = parts[1:]
+    if not parts:
+        raise ValueError(f"compression {spec!r}: ef needs a compressor after it, e.g. ef+topk:ratio=0.01")
+    base, lz4 = None, False
+    for i, (name, kwargs) in enumerate(parts):
+        if name == "lz4":
+            _no_params((name, kwargs), spec)
+            if lz4 or i != len(parts) - 1:
+                raise ValueError(f"compression {spec!r}: lz4 may appear once, last")
+            lz4 = True
+        elif name == "ef":
+            raise ValueError(f"compression {spec!r}: ef must come first")
+        elif base is not None:
+            raise ValueError(f"compression {spec!r}: one compressor per chain ({base.name} and {name})")
+        else:
+            base = _build(name, kwargs, spec)
+    if isinstance(base, PowerSGD) and (lz4 or feedback):
+        raise ValueError(f"compression {spec!r}: powersgd has its own error feedback and wire format; use it alone")
+    compressor = base if base is not None else Compressor()
+    if lz4:
+        compressor = LZ4(compressor)
+    if feedback or isinstance(base, OneBit):
+        compressor = ErrorFeedback(compressor)
+    return compressor
+
+
+def _parse(part: str, spec: str):
+    name, _, args = part.strip().partition(":")
+    if name not in NAMES or name == "none":
+        raise ValueError(f"compression {spec!r}: unknown compressor {name!r}; known: {', '.join(NAMES)}")
+    kwargs = {}
+    for item in filter(None, args.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"compression {spec!r}: write parameters as key=value, got {item!r}")
+        kwargs[key.strip()] = _value(value.strip())
+    return name, kwargs
+
+
+def _value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text
+
+
+def _no_params(part, spec):
+    if part[1]:
+        raise ValueError(f"compression {spec!r}: {part[0]} takes no parameters, got {sorted(part[1])}")
+
+
+def _build(name: str, kwargs: dict, spec: str) -> Compressor:
+    factory = _BASE[name]
+    allowed = [] if name in ("fp16", "bf16") else list(inspect.signature(factory).parameters)
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        takes = ", ".join(allowed) or "no parameters"
+        raise ValueError(f"compression {spec!r}: {name} has no parameter {unknown[0]!r}; it takes {takes}")
+    try:
+        return factory(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"compression {spec!r}: {e}") from None

@@ -1,0 +1,74 @@
+"""Compressed allreduce at several world sizes: the mean of every rank's decompressed contribution."""
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from ringtrain import compression
+from ringtrain.compression import Cast16, Compressor, Int8, OneBit, PowerSGD, TopK
+from tests.helpers import all_ranks_agree, identical_across_ranks
+
+WORLD = MPI.COMM_WORLD
+
+
+def my_input(count=20_011, seed=3):
+    return np.random.default_rng([seed, WORLD.Get_rank()]).standard_normal(count).astype(np.float32)
+
+
+def everyone(x: np.ndarray) -> np.ndarray:
+    out = np.empty((WORLD.Get_size(), x.size), dtype=x.dtype)
+    WORLD.Allgather(x, out)
+    return out
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("make", [Compressor, Int8, lambda: TopK(ratio=0.05), OneBit,
+                                  lambda: compression.get("int8+lz4"), lambda: compression.get("topk:k=100+lz4")],
+                         ids=["none", "int8", "topk", "onebit", "int8+lz4", "topk+lz4"])
+def test_gathered_schemes_equal_the_mean_of_decompressed_contributions(make):
+    x = my_input()
+    c = make()
+    mine = c.decompress(*c.compress(x))
+    # The reference: every rank's decompressed contribution, summed in rank order in float32.
+    expected = np.zeros_like(x)
+    for row in everyone(mine):
+        expected += row
+    expected /= WORLD.Get_size()
+    got = make().allreduce_mean(x, WORLD)
+    assert identical_across_ranks(got)
+    assert all_ranks_agree(np.array_equal(got, expected))
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("dtype, eps", [("float16", 2.0**-11), ("bfloat16", 2.0**-8)])
+def test_16_bit_ring_is_the_mean_up_to_one_rounding_per_hop(dtype, eps):
+    n = WORLD.Get_size()
+    x = my_input()
+    got = Cast16(dtype).allreduce_mean(x, WORLD)
+    rows = everyone(x).astype(np.float64)
+    exact, magnitude = rows.mean(axis=0), np.abs(rows).sum(axis=0) / n
+    # One rounding of each hop's partial sum and of the mean, each at most eps relative.
+    ok = np.all(np.abs(got - exact) <= (n + 1) * eps * (magnitude + np.abs(exact)) + 1e-30)
+    assert identical_across_ranks(got)
+    assert all_ranks_agree(bool(ok))
+
+
+@pytest.mark.mpi
+def test_powersgd_is_exact_when_the_gradients_share_a_low_rank_space():
+    rows, cols = PowerSGD.matrix_shape(64 * 64)
+    rng = np.random.default_rng(0)  # the same column space on every rank
+    left, right = rng.standard_normal((rows, 2)), rng.standard_normal((2, cols))
+    mix = np.random.default_rng([1, WORLD.Get_rank()]).standard_normal((2, 2))
+    x = (left @ mix @ right).astype(np.float32).reshape(-1)
+    got = PowerSGD(rank=2).allreduce_mean(x, WORLD)
+    exact = everyone(x).astype(np.float64).mean(axis=0)
+    assert identical_across_ranks(got)
+    assert all_ranks_agree(bool(np.linalg.norm(got - exact) <= 1e-4 * np.linalg.norm(exact)))
+
+
+@pytest.mark.mpi
+def test_error_feedback_state_differs_per_rank_but_results_agree():
+    c = compression.get("ef+topk:ratio=0.01")
+    for step in range(3):
+        got = c.allreduce_mean(my_input(seed=step), WORLD)
+    assert identical_across_ranks(got)
+    assert all_ranks_agree(c.residual is not None and np.abs(c.residual).sum() > 0)

@@ -1,0 +1,178 @@
+"""Compressors on one process: round trips, error bounds, error feedback, state, bad frames, names."""
+import numpy as np
+import pytest
+
+from ringtrain import compression
+from ringtrain.compression import LZ4, Cast16, Compressor, ErrorFeedback, Int8, OneBit, PowerSGD, TopK
+
+RNG = np.random.default_rng(7)
+X = RNG.standard_normal(10_007).astype(np.float32)
+
+
+def round_trip(c, x):
+    payload, ctx = c.compress(x)
+    return c.decompress(payload, ctx), payload
+
+
+def test_topk_with_k_equal_n_is_exact():
+    y, payload = round_trip(TopK(k=X.size), X)
+    assert np.array_equal(y, X) and payload.nbytes == 8 * X.size
+
+
+def test_topk_keeps_the_largest_magnitudes():
+    y, _ = round_trip(TopK(k=10), X)
+    kept = np.flatnonzero(y)
+    assert set(kept) == set(np.argsort(-np.abs(X))[:10]) and np.array_equal(y[kept], X[kept])
+
+
+def test_fp16_is_exact_on_values_fp16_can_represent():
+    x = X.astype(np.float16).astype(np.float32)
+    assert np.array_equal(round_trip(Cast16("float16"), x)[0], x)
+
+
+def test_fp16_and_bf16_errors_are_within_half_an_ulp():
+    for dtype, eps in (("float16", 2.0**-10), ("bfloat16", 2.0**-7)):
+        y, _ = round_trip(Cast16(dtype), X)
+        assert np.all(np.abs(y - X) <= eps / 2 * np.abs(X) + 2.0**-24)
+
+
+def test_lz4_is_lossless_bit_for_bit():
+    y, _ = round_trip(LZ4(), X)
+    assert np.array_equal(y.view(np.uint32), X.view(np.uint32))
+    z, _ = round_trip(LZ4(Int8()), X)
+    assert np.array_equal(z, round_trip(Int8(), X)[0])
+
+
+def test_powersgd_recovers_a_matrix_of_rank_at_most_r():
+    rows, cols = PowerSGD.matrix_shape(60 * 60)
+    low_rank = (RNG.standard_normal((rows, 3)) @ RNG.standard_normal((3, cols))).astype(np.float32)
+    y, payload = round_trip(PowerSGD(rank=4), low_rank.reshape(-1))
+    assert np.linalg.norm(y - low_rank.reshape(-1)) <= 1e-4 * np.linalg.norm(low_rank)
+    assert payload.nbytes == 4 * 4 * (rows + cols)
+
+
+def test_int8_error_is_at_most_half_a_step_per_segment():
+    c = Int8(segment=256)
+    y, _ = round_trip(c, X)
+    for lo in range(0, X.size, 256):
+        step = np.abs(X[lo:lo + 256]).max() / 127
+        assert np.all(np.abs(y[lo:lo + 256] - X[lo:lo + 256]) <= step / 2 * (1 + 1e-5))
+
+
+def test_int8_stochastic_rounding_is_unbiased():
+    x = np.array([0.3, -0.77, 0.05, 1.0, -0.5], dtype=np.float32)  # 1.0 fixes the scale at 1/127
+    c = Int8(segment=8, stochastic=True, seed=123)
+    draws = np.stack([round_trip(c, x)[0] for _ in range(4000)])
+    step = 1 / 127
+    # Each draw is x rounded down or up by one step: std <= step/2, so 5 sigma of the mean is small.
+    assert np.all(np.abs(draws.mean(axis=0) - x) <= 5 * (step / 2) / np.sqrt(len(draws)))
+    assert not np.array_equal(draws[0], draws[1])  # it does draw
+
+
+@pytest.mark.parametrize("inner", [TopK(ratio=0.01), OneBit(), Int8(), Cast16("bfloat16")])
+def test_error_feedback_sent_plus_residual_is_input_plus_old_residual(inner):
+    ef = ErrorFeedback(inner)
+    for step in range(3):
+        x = RNG.standard_normal(5000).astype(np.float32)
+        old = np.zeros_like(x) if ef.residual is None else ef.residual.copy()
+        sent, _ = round_trip(ef, x)
+        # One float32 rounding of x + old is all that separates the two sides.
+        assert np.allclose(sent + ef.residual, x + old, rtol=0, atol=4e-7 * np.abs(x + old).max())
+
+
+@pytest.mark.parametrize("spec", ["ef+topk:ratio=0.02", "int8:stochastic=true,seed=3", "onebit", "powersgd:rank=3"])
+def test_state_dict_round_trip_gives_identical_outputs(spec):
+    a = compression.get(spec)
+    for _ in range(2):
+        round_trip(a, RNG.standard_normal(4096).astype(np.float32))
+    b = compression.get(spec)
+    b.load_state_dict(a.state_dict())
+    x = RNG.standard_normal(4096).astype(np.float32)
+    pa, _ = a.compress(x)
+    pb, _ = b.compress(x)
+    assert np.array_equal(pa, pb)
+
+
+def test_corrupted_and_truncated_lz4_frames_raise_value_error():
+    c = LZ4(Int8())
+    payload, ctx = c.compress(X)
+    for bad in (payload[: payload.size // 2], np.concatenate([payload, payload]),
+                np.frombuffer(bytes(b ^ 0x5A for b in payload.tobytes()), dtype=np.uint8)):
+        with pytest.raises(ValueError, match="lz4"):
+            c.decompress(bad.copy(), ctx)
+
+
+def test_a_frame_claiming_a_huge_size_is_refused_without_allocating_it():
+    import lz4.block
+    bomb = np.frombuffer(lz4.block.compress(bytes(1 << 26), store_size=False), dtype=np.uint8).copy()
+    with pytest.raises(ValueError, match="lz4"):
+        LZ4().decompress(bomb, (100, 400))
+
+
+@pytest.mark.parametrize("c", [Compressor(), Cast16("float16"), Int8(), TopK(ratio=0.1), OneBit(), PowerSGD()])
+def test_payload_size_mismatch_raises_value_error(c):
+    payload, ctx = c.compress(X)
+    with pytest.raises(ValueError, match="bytes"):
+        c.decompress(payload[:-1].copy(), ctx)
+
+
+def test_topk_rejects_indices_out_of_range():
+    c = TopK(k=2)
+    payload, ctx = c.compress(np.array([0, 5, 0, 7], np.float32))
+    payload[:4] = np.array([9], np.uint32).view(np.uint8)
+    with pytest.raises(ValueError, match="indices"):
+        c.decompress(payload, ctx)
+
+
+def test_wire_ratios_against_float32():
+    n = 1 << 20
+    x = RNG.standard_normal(n).astype(np.float32)
+    ratio = {spec: compression.get(spec).compress(x)[0].nbytes / (4 * n)
+             for spec in ("fp16", "bf16", "int8", "onebit", "topk:ratio=0.01", "powersgd:rank=4")}
+    assert ratio["fp16"] == ratio["bf16"] == 0.5
+    assert ratio["int8"] <= 0.26 and ratio["onebit"] <= 0.035 and ratio["topk:ratio=0.01"] <= 0.02
+    assert ratio["powersgd:rank=4"] <= 0.01  # 1024 x 1024 layer: (1024 + 1024) x 4 floats
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("zip", "unknown compressor 'zip'"),
+    ("topk", "exactly one of ratio"),
+    ("topk:ratio=2", "ratio must be in"),
+    ("topk:rate=0.1", "topk has no parameter 'rate'; it takes ratio, k"),
+    ("int8+topk:k=3", "one compressor per chain"),
+    ("lz4+int8", "lz4 may appear once, last"),
+    ("topk:ratio=0.1+ef", "ef must come first"),
+    ("powersgd+lz4", "powersgd has its own"),
+    ("topk:ratio", "key=value"),
+])
+def test_bad_specs_are_named(spec, words):
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        compression.get(spec)
+
+
+def test_names_build_the_expected_chains():
+    assert compression.get("none") is None
+    assert compression.get("ef+topk:ratio=0.01+lz4").name == "ef(topk+lz4)"
+    assert compression.get("onebit").name == "ef(onebit)"
+    assert compression.get("topk", k=5).k == 5
+
+
+def _train(spec, steps=600):
+    """Gradient descent on least squares with the gradient passed through the compressor."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((400, 1000)).astype(np.float32) / 20
+    target = a @ rng.standard_normal(1000).astype(np.float32)
+    w = np.zeros(1000, np.float32)
+    c = compression.get(spec)
+    for _ in range(steps):
+        g = a.T @ (a @ w - target) / len(a)
+        w -= 1.0 * (g if c is None else round_trip(c, g)[0])
+    return float(np.mean((a @ w - target) ** 2))
+
+
+def test_error_feedback_topk_and_onebit_reach_the_uncompressed_loss():
+    plain = _train("none")
+    start = _train("none", steps=0)
+    for spec in ("ef+topk:ratio=0.01", "onebit"):
+        # Within 5% of the uncompressed loss's progress from the start.
+        assert _train(spec) <= plain + 0.05 * (start - plain), spec
