@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import training as bench_training
     bench_training.add_arguments(bench_sub.add_parser(
         "training", help="step time of the gradient reducer per bucket size, against torch DDP on gloo"))
+    from .bench import compression as bench_compression
+    bench_compression.add_arguments(bench_sub.add_parser(
+        "compression", help="every compressor: wire ratio, speed, error with and without error feedback, allreduce time"))
     from .bench import merge as bench_merge
     bench_merge.add_arguments(bench_sub.add_parser(
         "merge", help="merge bench allreduce JSON files (e.g. from a Slurm array) into one table, JSON and plot"))
@@ -65,14 +68,8 @@ def main(argv=None) -> int:
     if args.command == "info":
         from . import info
         return info.main(args)
-    if args.benchmark == "merge":
-        from .bench import merge as bench_merge
-        return bench_merge.main(args)
-    if args.benchmark == "training":
-        from .bench import training as bench_training
-        return bench_training.main(args)
-    from .bench import allreduce as bench_allreduce
-    return bench_allreduce.main(args)
+    import importlib
+    return importlib.import_module(f".bench.{args.benchmark}", __package__).main(args)
 
 
 def _train(args) -> int:

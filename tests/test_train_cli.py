@@ -49,3 +49,24 @@ def test_a_model_that_cannot_be_imported_stops_every_rank(tmp_path):
                   timeout=120, cwd=ROOT)
     assert out.returncode != 0
     assert "--model no_such_module:build: cannot import build from no_such_module" in out.stderr
+
+
+def test_training_with_compression_checkpoints_error_feedback(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    out = run_mpi(2, ["-m", "ringtrain", "train", "--compression", "ef+topk:ratio=0.05+lz4", "--steps", "30",
+                      "--checkpoint-dir", str(ckpt), "--sample-tokens", "0", "--out-dir", str(tmp_path)],
+                  timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "compression ef+topk:ratio=0.05+lz4" in out.stdout
+    end = read_metrics(tmp_path)[-1]
+    assert end["end_loss"] < end["start_loss"] - 1.0
+    import torch
+    mine = torch.load(ckpt / "step-00000030" / "rank-00001.pt", weights_only=True)
+    residuals = [b["residual"] for b in mine["reducer"]["compression"]]
+    assert residuals and all(r is not None and float(r.abs().sum()) > 0 for r in residuals)
+
+
+def test_an_unknown_compressor_is_refused_by_name(tmp_path):
+    out = run_mpi(1, ["-m", "ringtrain", "train", "--compression", "zip", "--out-dir", str(tmp_path)],
+                  timeout=120, cwd=ROOT)
+    assert out.returncode != 0 and "unknown compressor 'zip'" in out.stderr

@@ -30,8 +30,8 @@ class PowerSGD(Compressor):
         if rank < 1:
             raise ValueError(f"powersgd: rank must be >= 1, got {rank}")
         self.rank, self.seed = int(rank), int(seed)
-        self.q: np.ndarray | None = None
-        self.residual: np.ndarray | None = None
+        self.q: torch.Tensor | None = None
+        self.residual: torch.Tensor | None = None
 
     @staticmethod
     def matrix_shape(n: int) -> tuple[int, int]:
@@ -41,52 +41,56 @@ class PowerSGD(Compressor):
     def _setup(self, n: int):
         rows, cols = self.matrix_shape(n)
         r = min(self.rank, rows, cols)
-        if self.q is None or self.q.shape != (cols, r):
-            self.q = np.random.default_rng(self.seed).standard_normal((cols, r)).astype(np.float32)
-        if self.residual is None or self.residual.size != n:
-            self.residual = np.zeros(n, dtype=np.float32)
+        if self.q is None or tuple(self.q.shape) != (cols, r):
+            generator = torch.Generator().manual_seed(self.seed)
+            self.q = torch.randn(cols, r, generator=generator)
+        if self.residual is None or self.residual.numel() != n:
+            self.residual = torch.zeros(n)
         return rows, cols
 
-    def _matrix(self, x, rows, cols):
-        m = np.zeros(rows * cols, dtype=np.float32)
-        m[:x.size] = x
-        return m.reshape(rows, cols)
+    @staticmethod
+    def _matrix(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+        m = torch.zeros(rows * cols)
+        m[:x.numel()] = x
+        return m.view(rows, cols)
 
     def allreduce_mean(self, x, comm: MPI.Comm):
-        x = np.asarray(x, dtype=np.float32)
-        rows, cols = self._setup(x.size)
+        # torch for the algebra: its matmuls follow the per-rank thread count,
+        # where numpy's BLAS would start its own threads in every rank.
+        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        rows, cols = self._setup(x.numel())
         m = self._matrix(x + self.residual, rows, cols)
         p = m @ self.q
         allreduce(p, op="mean", comm=comm, check=False)
-        p = np.ascontiguousarray(np.linalg.qr(p)[0], dtype=np.float32)
-        q = np.ascontiguousarray(m.T @ p)
+        p = torch.linalg.qr(p).Q.contiguous()
+        q = (m.T @ p).contiguous()
         allreduce(q, op="mean", comm=comm, check=False)
         self.q = q
-        approx = (p @ q.T).reshape(-1)
-        self.residual = (m.reshape(-1) - approx)[:x.size]
-        return approx[:x.size].copy()
+        approx = (p @ q.T).view(-1)
+        self.residual = (m.view(-1) - approx)[:x.numel()].clone()
+        return approx[:x.numel()].numpy().copy()
 
     def compress(self, x):
         """One rank's view: P and Q from this rank's gradient alone (what allreduce_mean sends, before averaging)."""
-        x = np.asarray(x, dtype=np.float32)
-        rows, cols = self._setup(x.size)
+        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        rows, cols = self._setup(x.numel())
         m = self._matrix(x, rows, cols)
-        p = np.ascontiguousarray(np.linalg.qr(m @ self.q)[0], dtype=np.float32)
-        q = np.ascontiguousarray(m.T @ p)
-        return np.concatenate([p.reshape(-1).view(np.uint8), q.reshape(-1).view(np.uint8)]), x.size
+        p = torch.linalg.qr(m @ self.q).Q.contiguous()
+        q = (m.T @ p).contiguous()
+        return np.concatenate([p.numpy().reshape(-1).view(np.uint8), q.numpy().reshape(-1).view(np.uint8)]), x.numel()
 
     def decompress(self, payload, ctx):
         rows, cols = self.matrix_shape(ctx)
         r = min(self.rank, rows, cols)
         check_size(payload, 4 * r * (rows + cols), self.name)
-        p = payload[:4 * rows * r].view(np.float32).reshape(rows, r)
-        q = payload[4 * rows * r:].view(np.float32).reshape(cols, r)
-        return (p @ q.T).reshape(-1)[:ctx].copy()
+        p = torch.from_numpy(payload[:4 * rows * r].view(np.float32)).view(rows, r)
+        q = torch.from_numpy(payload[4 * rows * r:].view(np.float32)).view(cols, r)
+        return (p @ q.T).view(-1)[:ctx].numpy().copy()
 
     def state_dict(self):
-        as_tensor = lambda a: None if a is None else torch.from_numpy(a.copy())  # noqa: E731
-        return {"q": as_tensor(self.q), "residual": as_tensor(self.residual)}
+        return {"q": None if self.q is None else self.q.clone(),
+                "residual": None if self.residual is None else self.residual.clone()}
 
     def load_state_dict(self, state):
-        as_array = lambda t: None if t is None else t.numpy().astype(np.float32, copy=True)  # noqa: E731
-        self.q, self.residual = as_array(state["q"]), as_array(state["residual"])
+        self.q = None if state["q"] is None else state["q"].clone()
+        self.residual = None if state["residual"] is None else state["residual"].clone()

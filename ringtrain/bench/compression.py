@@ -1,0 +1,131 @@
+"""``python -m ringtrain bench compression``: every compressor on gradient-shaped data.
+
+Per compressor and size: the wire ratio (payload bytes over float32 bytes),
+compress+decompress throughput (float32 GB/s, one rank), the relative L2 error
+of what is sent, per step and of the sum over the steps, without and with
+error feedback, and the compressed allreduce (mean) time against the
+uncompressed ring and MPI_Allreduce timed in the same run.
+
+Gradient-shaped data: a vector cut into "layers" whose scales spread over two
+orders of magnitude, heavy-tailed within each, and drifting slowly from step to
+step, as gradients do.
+"""
+import argparse
+import json
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from .. import compression
+from ..collectives import allreduce
+from .sizes import format_bytes, parse_bytes
+from .timing import time_collective
+
+DEFAULT = ("fp16,bf16,int8,int8+lz4,lz4,topk:ratio=0.01,topk:ratio=0.01+lz4,onebit,powersgd:rank=4")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compressors", default=DEFAULT, help=f"comma-separated specs (default {DEFAULT})")
+    p.add_argument("--sizes", default="1M,16M,64M", help="gradient sizes in bytes of float32 (default 1M,16M,64M)")
+    p.add_argument("--steps", type=int, default=20, help="steps for the error measurement (default 20)")
+    p.add_argument("--repeat", type=int, default=5, help="timing repetitions, median reported (default 5)")
+    p.add_argument("--json", metavar="FILE")
+
+
+def gradients(count: int, steps: int, seed: int, rank: int):
+    """``steps`` gradient-like vectors of ``count`` float32 for this rank."""
+    rng = np.random.default_rng([seed, rank])
+    layers = np.sort(rng.integers(0, count, size=31))
+    scale = np.empty(count, np.float32)
+    for lo, hi in zip(np.concatenate([[0], layers]), np.concatenate([layers, [count]])):
+        scale[lo:hi] = 10 ** rng.uniform(-2, 0)
+    base = (rng.standard_t(4, count) * scale).astype(np.float32)
+    for _ in range(steps):
+        yield base + (0.3 * rng.standard_normal(count) * scale).astype(np.float32)
+
+
+def main(args) -> int:
+    comm = MPI.COMM_WORLD
+    rank, n = comm.Get_rank(), comm.Get_size()
+    # ',' separates specs, except between one spec's key=value parameters.
+    specs = _split_specs(args.compressors)
+    for spec in specs:
+        compression.get(spec)  # a bad name stops every rank before any work
+    say = print if rank == 0 else (lambda *a, **k: None)
+    say(f"# ringtrain bench compression: {n} ranks, {MPI.Get_library_version().splitlines()[0].strip()}; "
+        f"peers in the same run: uncompressed ring allreduce and MPI_Allreduce")
+    say(f"{'compressor':>22} {'size':>6} {'wire':>7} {'codec GB/s':>10} {'step err':>9} {'+ef':>7} "
+        f"{'sum err':>8} {'+ef':>7} {'allreduce ms':>12} {'vs ring':>7} {'vs mpi':>7}")
+    rows = []
+    for size in [parse_bytes(s) for s in args.sizes.split(",")]:
+        count = size // 4
+        x = next(gradients(count, 1, 0, rank))
+        buf = np.zeros(count, np.float32)
+        peers = {"ring": lambda: allreduce(buf, op="mean", algorithm="ring", comm=comm, check=False),
+                 "mpi": lambda: comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)}
+        peer_times = {k: float(np.median([time_collective(comm, f, 3, 1) for _ in range(args.repeat)]))
+                      for k, f in peers.items()}
+        for spec in specs:
+            row = _measure(spec, x, count, args, comm)
+            row.update(size=size, ring_ms=1e3 * peer_times["ring"], mpi_ms=1e3 * peer_times["mpi"],
+                       vs_ring=peer_times["ring"] / row["allreduce_s"], vs_mpi=peer_times["mpi"] / row["allreduce_s"])
+            rows.append(row)
+            say(f"{spec:>22} {format_bytes(size):>6} {row['wire_ratio']:>7.4f} {row['codec_GBps']:>10.2f} "
+                f"{row['step_error']:>9.3f} {row['step_error_ef']:>7.3f} {row['sum_error']:>8.3f} "
+                f"{row['sum_error_ef']:>7.3f} {1e3 * row['allreduce_s']:>12.2f} {row['vs_ring']:>7.2f} "
+                f"{row['vs_mpi']:>7.2f}")
+        say(f"{'(uncompressed ring)':>22} {format_bytes(size):>6} {1.0:>7.4f} {'':>10} {'':>9} {'':>7} {'':>8} {'':>7} "
+            f"{1e3 * peer_times['ring']:>12.2f}   (MPI_Allreduce {1e3 * peer_times['mpi']:.2f} ms)")
+    if args.json and rank == 0:
+        with open(args.json, "w") as f:
+            json.dump({"benchmark": "compression", "world_size": n, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       "mpi_library": MPI.Get_library_version().splitlines()[0].strip(), "rows": rows}, f, indent=1)
+        say(f"# wrote {args.json}")
+    return 0
+
+
+def _split_specs(text: str) -> list[str]:
+    """Split on commas that start a new spec (a name), not those between key=value parameters."""
+    out = []
+    for piece in text.split(","):
+        if out and "=" in piece.split("+")[0] and ":" not in piece.split("+")[0]:
+            out[-1] += "," + piece
+        else:
+            out.append(piece.strip())
+    return [s for s in out if s]
+
+
+def _measure(spec, x, count, args, comm) -> dict:
+    plain = compression.get(spec)
+    payload, ctx = plain.compress(x)
+    wire = payload.nbytes / (4 * count)
+    # Codec speed on one rank: compress then decompress, median of repeats.
+    codec = []
+    for _ in range(args.repeat):
+        c = compression.get(spec)
+        t0 = time.perf_counter()
+        c.decompress(*c.compress(x))
+        codec.append(time.perf_counter() - t0)
+    errors = {}
+    for feedback in (False, True):
+        c = compression.get(("ef+" if feedback and not spec.startswith(("onebit", "powersgd")) else "") + spec)
+        sent_sum = np.zeros(count, np.float64)
+        true_sum = np.zeros(count, np.float64)
+        step_errors = []
+        for g in gradients(count, args.steps, 1, comm.Get_rank()):
+            if spec.startswith("powersgd"):
+                sent = c.allreduce_mean(g, MPI.COMM_SELF) if feedback else c.decompress(*c.compress(g))
+            else:
+                sent = c.decompress(*c.compress(g))
+            step_errors.append(np.linalg.norm(sent - g) / np.linalg.norm(g))
+            sent_sum += sent
+            true_sum += g
+        errors[feedback] = (float(np.mean(step_errors)), float(np.linalg.norm(sent_sum - true_sum) /
+                                                             np.linalg.norm(true_sum)))
+    reducer = compression.get(spec)
+    t = float(np.median([time_collective(comm, lambda: reducer.allreduce_mean(x, comm), 2, 1)
+                         for _ in range(args.repeat)]))
+    return {"compressor": spec, "wire_ratio": wire, "codec_GBps": 4 * count / float(np.median(codec)) / 1e9,
+            "step_error": errors[False][0], "sum_error": errors[False][1], "step_error_ef": errors[True][0],
+            "sum_error_ef": errors[True][1], "allreduce_s": t}
