@@ -1,14 +1,14 @@
 """float16 and bfloat16 on the wire: half the bytes of float32.
 
 Their payloads can be summed, so ``allreduce_mean`` runs a ring whose every hop
-carries 16-bit segments, accumulating in float32 at each rank.
+carries 16-bit segments, accumulating in float32 at each rank (ring_codec.py).
 """
 import numpy as np
 import torch
 from mpi4py import MPI
 
 from .base import Compressor, check_size
-from .ring16 import ring_mean_16bit
+from .ring_codec import ring_mean
 
 
 class Cast16(Compressor):
@@ -21,23 +21,28 @@ class Cast16(Compressor):
         self.name = "fp16" if dtype == "float16" else "bf16"
         self._torch_dtype = torch.float16 if dtype == "float16" else torch.bfloat16
 
-    def encode(self, x: np.ndarray, out: np.ndarray) -> None:
+    wire_dtype = np.uint16
+
+    def prepare(self, x, comm) -> None:
+        pass
+
+    def encode(self, x: np.ndarray, lo: int, hi: int, summed: int, out: np.ndarray) -> None:
         """float32 ``x`` into the uint16 array ``out`` (the 16-bit bit patterns), rounding to nearest even."""
         # torch's casts are vectorised and follow torch's thread setting; numpy's are several times slower.
         torch.from_numpy(out.view(np.int16)).view(self._torch_dtype).copy_(torch.from_numpy(x))
 
-    def decode(self, bits: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def decode(self, bits: np.ndarray, lo: int, hi: int, summed: int, out: np.ndarray) -> np.ndarray:
         torch.from_numpy(out).copy_(torch.from_numpy(bits.view(np.int16)).view(self._torch_dtype))
         return out
 
     def compress(self, x: np.ndarray):
         bits = np.empty(x.size, dtype=np.uint16)
-        self.encode(np.ascontiguousarray(x, dtype=np.float32), bits)
+        self.encode(np.ascontiguousarray(x, dtype=np.float32), 0, x.size, 1, bits)
         return bits.view(np.uint8), x.size
 
     def decompress(self, payload, ctx) -> np.ndarray:
         bits = check_size(payload, 2 * ctx, self.name).view(np.uint16)
-        return self.decode(bits, np.empty(ctx, dtype=np.float32))
+        return self.decode(bits, 0, ctx, 1, np.empty(ctx, dtype=np.float32))
 
     def allreduce_mean(self, x: np.ndarray, comm: MPI.Comm) -> np.ndarray:
-        return ring_mean_16bit(self, np.asarray(x, dtype=np.float32), comm)
+        return ring_mean(self, np.asarray(x, dtype=np.float32), comm)
