@@ -132,3 +132,19 @@ def test_launch_recovers_from_a_killed_rank_with_the_same_final_parameters(tmp_p
     a = torch.load(os.path.join(ckpt, "step-00000040", "replicated.pt"), weights_only=True)["model"]
     b = torch.load(str(tmp_path / "ref" / "step-00000040" / "replicated.pt"), weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_resuming_at_another_world_size_loads_the_model_and_says_what_changes(tmp_path):
+    ckpt, out = str(tmp_path / "ckpt"), str(tmp_path / "out")
+    args = ["train", *TINY, "--steps", "10", "--compression", "ef+topk:ratio=0.1", "--checkpoint-dir", ckpt,
+            "--out-dir", out]
+    first = subprocess.run([mpiexec_path(), "-n", "2", sys.executable, "-m", "ringtrain", *args, "--stop-after", "4"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 75, first.stderr
+    second = subprocess.run([mpiexec_path(), "-n", "3", sys.executable, "-m", "ringtrain", *args],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "resumed from the checkpoint at step 4" in second.stdout
+    assert "resuming at world size 3 from a checkpoint written at 2" in second.stderr
+    assert "per-rank state (RNG, compression residuals) starts fresh" in second.stderr
+    assert "step 10/10" in second.stdout

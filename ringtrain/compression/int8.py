@@ -79,18 +79,30 @@ class Int8(Compressor):
 
     def prepare(self, x: np.ndarray, comm) -> None:
         nseg = self._layout(x.size)
-        low, high = torch.aminmax(self._rows(torch.from_numpy(x), nseg), dim=1)
-        shared = torch.maximum(high, -low).numpy().copy()
+        t = torch.from_numpy(x)
+        full = x.size // self.segment
+        # Segment maxima without copying the full segments (views), the short tail apart.
+        low, high = torch.aminmax(t[:full * self.segment].view(full, self.segment), dim=1)
+        shared = np.empty(nseg, dtype=np.float32)
+        torch.maximum(high, -low, out=torch.from_numpy(shared[:full]))
+        if nseg > full:
+            shared[full] = np.abs(x[full * self.segment:]).max()
         comm.Allreduce(MPI.IN_PLACE, shared, op=MPI.MAX)
-        self._shared = torch.from_numpy(shared / 127.0)
-
-    def _scales(self, lo: int, hi: int, summed: int) -> torch.Tensor:
-        index = torch.arange(lo, hi) // self.segment
-        return self._shared[index] * summed
+        step = torch.from_numpy(shared / 127.0)
+        # Per element, once, in buffers kept between calls (fresh tens-of-MB
+        # tensors cost page faults on every call): the hops then only slice.
+        if getattr(self, "_step", None) is None or self._step.numel() < x.size:
+            self._step, self._inverse, self._work = (torch.empty(x.size) for _ in range(3))
+        self._step[:full * self.segment].view(full, self.segment).copy_(step[:full, None].expand(full, self.segment))
+        self._step[full * self.segment:x.size] = step[full:] if nseg > full else 0
+        torch.reciprocal(self._step[:x.size], out=self._inverse[:x.size])
+        self._inverse[:x.size].nan_to_num_(posinf=0.0)
 
     def encode(self, values: np.ndarray, lo: int, hi: int, summed: int, out: np.ndarray) -> None:
-        scale = self._scales(lo, hi, summed)
-        v = torch.from_numpy(values) * torch.where(scale > 0, 1.0 / scale, torch.zeros(()))
+        v = self._work[:hi - lo]
+        torch.mul(torch.from_numpy(values), self._inverse[lo:hi], out=v)
+        if summed != 1:
+            v /= summed
         if self.stochastic:
             v += torch.from_numpy(self._rng.random(v.shape, dtype=np.float32))
             v.floor_()
@@ -99,7 +111,10 @@ class Int8(Compressor):
         torch.from_numpy(out).copy_(v.clamp_(-127, 127))
 
     def decode(self, wire: np.ndarray, lo: int, hi: int, summed: int, out: np.ndarray) -> np.ndarray:
-        torch.from_numpy(out).copy_(torch.from_numpy(wire).float() * self._scales(lo, hi, summed))
+        o = torch.from_numpy(out)
+        torch.mul(torch.from_numpy(wire), self._step[lo:hi], out=o)
+        if summed != 1:
+            o *= summed
         return out
 
     def allreduce_mean(self, x: np.ndarray, comm) -> np.ndarray:
