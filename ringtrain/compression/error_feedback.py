@@ -8,9 +8,8 @@ checkpoint (resetting it, as some frameworks do on resume, changes the run).
 """
 import numpy as np
 import torch
-from mpi4py import MPI
 
-from .base import Compressor, gather_mean
+from .base import Compressor
 
 
 class ErrorFeedback(Compressor):
@@ -33,9 +32,6 @@ class ErrorFeedback(Compressor):
 
     def decompress(self, payload, ctx):
         return self.inner.decompress(payload, ctx)
-
-    def allreduce_mean(self, x, comm: MPI.Comm):
-        return gather_mean(self, x, comm)
 
     def state_dict(self):
         # torch tensors, not numpy arrays: checkpoints load with weights_only=True.

@@ -21,8 +21,8 @@ import torch
 from mpi4py import MPI
 
 from ..collectives import allreduce, broadcast
-from ..compression import get as compression_get
 from ..collectives.comm import handshake, private
+from ..compression import get as compression_get
 from .buckets import assign_buckets, layout_fingerprint
 from .comm_thread import CommThread
 
