@@ -1,0 +1,136 @@
+"""A simulated multi-host cluster on one machine: network namespaces behind a shaped switch.
+
+    python benchmarks/simcluster/cluster.py --hosts 2 --rate 1gbit -- python -m ringtrain bench allreduce ...
+
+Each "host" is a network namespace with one interface (10.77.0.K/24, a subnet
+that exists only inside these namespaces), linked by a veth pair to a bridge in
+a "switch" namespace. Both ends of every link get a tc token bucket (tbf) at
+``--rate``, so each link is limited in both directions, like a switch port.
+mpiexec runs in the first host and starts one rank per host through rsh.sh;
+MPICH is forced onto TCP over those interfaces (its shared-memory path would
+otherwise bypass the links). After the run, the interfaces' byte counters must
+show that the data crossed the links, or the run fails. Everything created is
+recorded and deleted by name at the end. Needs root.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SUBNET = "10.77.0"
+
+
+def sh(*cmd, ns=None, check=True):
+    full = (["ip", "netns", "exec", ns] if ns else []) + list(cmd)
+    return subprocess.run(full, check=check, capture_output=True, text=True)
+
+
+class Cluster:
+    """Namespaces ``<tag>-h0 .. h{n-1}`` and ``<tag>-sw``; ``close()`` deletes exactly those."""
+
+    def __init__(self, hosts: int, rate: str, tag: str | None = None):
+        if hosts < 1:
+            raise ValueError(f"--hosts must be >= 1, got {hosts}")
+        self.tag = tag or f"rt{os.getpid()}"
+        self.rate, self.created = rate, []
+        self.hosts = [f"{self.tag}-h{k}" for k in range(hosts)]
+        self.addresses = [f"{SUBNET}.{k + 1}" for k in range(hosts)]
+        self.switch = f"{self.tag}-sw"
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    def _netns(self, name):
+        sh("ip", "netns", "add", name)
+        self.created.append(name)
+        sh("ip", "link", "set", "lo", "up", ns=name)
+
+    def _shape(self, ns, dev):
+        # The bucket must hold at least one 64 KiB offload frame, and ~250 us of
+        # line rate at high rates, or tbf splits frames and two-way traffic collapses.
+        sh("tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", self.rate, "burst", "256kb",
+           "latency", "50ms", ns=ns)
+
+    def _build(self):
+        self._netns(self.switch)
+        sh("ip", "link", "add", "br0", "type", "bridge", "stp_state", "0", ns=self.switch)
+        sh("ip", "link", "set", "br0", "up", ns=self.switch)
+        for k, (host, address) in enumerate(zip(self.hosts, self.addresses)):
+            self._netns(host)
+            port = f"p{k}"
+            sh("ip", "link", "add", "eth0", "netns", host, "type", "veth", "peer", "name", port,
+               "netns", self.switch)
+            sh("ip", "link", "set", port, "master", "br0", ns=self.switch)
+            sh("ip", "link", "set", port, "up", ns=self.switch)
+            sh("ip", "addr", "add", f"{address}/24", "dev", "eth0", ns=host)
+            sh("ip", "link", "set", "eth0", "up", ns=host)
+            self._shape(host, "eth0")
+            self._shape(self.switch, port)
+
+    def tx_bytes(self) -> list[int]:
+        """Bytes each host has sent on its link."""
+        return [int(open_stat(h, "tx_bytes")) for h in self.hosts]
+
+    def close(self):
+        for name in reversed(self.created):
+            sh("ip", "netns", "delete", name, check=False)
+        self.created = []
+
+
+def open_stat(ns, field):
+    return sh("cat", f"/sys/class/net/eth0/statistics/{field}", ns=ns).stdout.strip()
+
+
+def run(cluster: Cluster, command: list[str], timeout: float, env_extra=None) -> subprocess.CompletedProcess:
+    """Run ``command`` with one MPI rank per host; returns the completed mpiexec."""
+    with tempfile.TemporaryDirectory() as tmp:
+        mapping = os.path.join(tmp, "hosts.map")
+        hostfile = os.path.join(tmp, "hosts")
+        with open(mapping, "w") as f:
+            f.writelines(f"{a} {h}\n" for a, h in zip(cluster.addresses, cluster.hosts))
+        with open(hostfile, "w") as f:
+            f.writelines(f"{a}\n" for a in cluster.addresses)
+        mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+        env = dict(os.environ, RINGTRAIN_SIMCLUSTER_MAP=mapping, MPIR_CVAR_CH4_NETMOD="ofi", FI_PROVIDER="tcp",
+                   FI_TCP_IFACE="eth0", **(env_extra or {}))
+        cmd = ["ip", "netns", "exec", cluster.hosts[0], mpiexec, "-f", hostfile, "-n", str(len(cluster.hosts)),
+               "-ppn", "1", "-iface", "eth0", "-launcher", "rsh", "-launcher-exec", os.path.join(HERE, "rsh.sh"),
+               "-genvall", *command]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--hosts", type=int, default=2)
+    p.add_argument("--rate", default="1gbit", help="tc rate of every link, e.g. 100mbit, 1gbit, 10gbit")
+    p.add_argument("--min-bytes", type=int, default=0,
+                   help="fail unless every host sent at least this many bytes over its link")
+    p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    args = p.parse_args()
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if os.geteuid() != 0:
+        sys.exit("cluster.py: network namespaces need root")
+    cluster = Cluster(args.hosts, args.rate)
+    try:
+        before = cluster.tx_bytes()
+        done = run(cluster, command, args.timeout)
+        sent = [b - a for a, b in zip(before, cluster.tx_bytes())]
+    finally:
+        cluster.close()
+    sys.stdout.write(done.stdout)
+    sys.stderr.write(done.stderr)
+    print(f"# simulated cluster: {args.hosts} hosts at {args.rate}; bytes sent per host over the links: {sent}")
+    if done.returncode:
+        sys.exit(done.returncode)
+    if min(sent) < args.min_bytes:
+        sys.exit(f"cluster.py: a host sent only {min(sent)} bytes over its link, fewer than --min-bytes "
+                 f"{args.min_bytes}: the data did not cross the shaped links")
+
+
+if __name__ == "__main__":
+    main()
