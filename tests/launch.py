@@ -1,17 +1,8 @@
 """Run commands under mpiexec, always with a timeout."""
-import os
-import shutil
 import subprocess
 import sys
 
-
-def mpiexec_path() -> str:
-    """The mpiexec next to this Python (the mpich wheel's), else the one on PATH."""
-    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    found = beside if os.path.exists(beside) else shutil.which("mpiexec")
-    if found is None:
-        raise RuntimeError("no mpiexec found: pip install 'ringtrain[mpich]' or load your MPI module")
-    return found
+from ringtrain.supervise import mpiexec_path  # noqa: F401  ($MPIEXEC, else beside this Python, else PATH)
 
 
 def run_mpi(n: int, args: list[str], timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:

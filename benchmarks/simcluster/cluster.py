@@ -19,6 +19,8 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+from ringtrain.supervise import mpiexec_path  # noqa: E402
 SUBNET = "10.77.0"
 
 
@@ -94,7 +96,7 @@ def run(cluster: Cluster, command: list[str], timeout: float, env_extra=None) ->
             f.writelines(f"{a} {h}\n" for a, h in zip(cluster.addresses, cluster.hosts))
         with open(hostfile, "w") as f:
             f.writelines(f"{a}\n" for a in cluster.addresses)
-        mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+        mpiexec = mpiexec_path()
         env = dict(os.environ, RINGTRAIN_SIMCLUSTER_MAP=mapping, MPIR_CVAR_CH4_NETMOD="ofi", FI_PROVIDER="tcp",
                    FI_TCP_IFACE="eth0", **(env_extra or {}))
         cmd = ["ip", "netns", "exec", cluster.hosts[0], mpiexec, "-f", hostfile, "-n", str(len(cluster.hosts)),

@@ -102,15 +102,16 @@ def _measure(spec, x, count, args, comm) -> dict:
     wire = payload.nbytes / (4 * count)
     # Codec speed of one core: rank 0 compresses then decompresses while the
     # others wait, median of repeats.
-    codec = [0.0]
+    codec_s = 0.0
     if comm.Get_rank() == 0:
-        codec = []
+        times = []
         for _ in range(args.repeat):
             c = compression.get(spec)
             t0 = time.perf_counter()
             c.decompress(*c.compress(x))
-            codec.append(time.perf_counter() - t0)
-    codec = [comm.bcast(float(np.median(codec)), root=0)]
+            times.append(time.perf_counter() - t0)
+        codec_s = float(np.median(times))
+    codec_s = comm.bcast(codec_s, root=0)
     errors = {}
     for feedback in (False, True):
         # onebit always carries error feedback; its "without" column is the bare OneBit.
@@ -134,6 +135,6 @@ def _measure(spec, x, count, args, comm) -> dict:
     reducer = compression.get(spec)
     t = float(np.median([time_collective(comm, lambda: reducer.allreduce_mean(x, comm), 2, 1)
                          for _ in range(args.repeat)]))
-    return {"compressor": spec, "wire_ratio": wire, "codec_GBps": 4 * count / float(np.median(codec)) / 1e9,
+    return {"compressor": spec, "wire_ratio": wire, "codec_GBps": 4 * count / codec_s / 1e9,
             "step_error": errors[False][0], "sum_error": errors[False][1], "step_error_ef": errors[True][0],
             "sum_error_ef": errors[True][1], "allreduce_s": t}

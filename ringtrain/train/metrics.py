@@ -1,7 +1,6 @@
 """Machine-readable metrics (JSON lines) and the progress line, both from rank 0."""
 import json
 import os
-import sys
 import time
 
 
@@ -35,4 +34,3 @@ def progress_line(step: int, steps: int, loss: float, lr: float, tokens_per_s: f
 def say(rank: int, text: str) -> None:
     if rank == 0:
         print(text, flush=True)
-        sys.stdout.flush()

@@ -22,6 +22,7 @@ from ..collectives.comm import private
 from ..data import Batches, open_tokens
 from ..data.batches import Prefetcher
 from ..fault import EXIT_PREEMPTED, PreemptionSignals, Watchdog
+from ..fault.signals import CAUGHT
 from ..model import GPT
 from ..reducer import GradientReducer
 from . import state
@@ -30,8 +31,6 @@ from .metrics import Metrics, progress_line, say
 from .model_factory import build_model, make_optimizer
 from .schedule import learning_rate
 from .threads import set_torch_threads
-
-_CAUGHT = {int(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
 
 
 class Preempted(SystemExit):
@@ -172,7 +171,7 @@ def _agree(comm, local_loss: float, signum: int | None, timed_due: bool) -> tupl
     signalled = None
     if buf[1] > 0:
         mean = buf[2] / buf[1]  # the signal number, if every signalled rank got the same one
-        signalled = signal.Signals(int(mean)).name if mean == int(mean) and int(mean) in _CAUGHT else "signals"
+        signalled = signal.Signals(int(mean)).name if mean == int(mean) and int(mean) in CAUGHT else "signals"
     return float(buf[0]) / comm.Get_size(), signalled, buf[3] > 0
 
 
