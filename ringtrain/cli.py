@@ -10,7 +10,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ringtrain",
         description="Data-parallel training over MPI. Run under mpiexec, e.g. mpiexec -n 4 python -m ringtrain "
-                    "(with no command it trains the demo GPT)")
+                    "(with no command, or only train's options, it trains the demo GPT)")
     parser.add_argument("--version", action="version", version=f"ringtrain {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     from .train import config as train_config
@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import compression as bench_compression
     bench_compression.add_arguments(bench_sub.add_parser(
         "compression", help="every compressor: wire ratio, speed, error with and without error feedback, allreduce time"))
+    from .bench import convergence as bench_convergence
+    bench_convergence.add_arguments(bench_sub.add_parser(
+        "convergence", help="steps/s and loss of real training per bucket size and compressor, against DDP "
+                            "with and without PowerSGD"))
     from .bench import merge as bench_merge
     bench_merge.add_arguments(bench_sub.add_parser(
         "merge", help="merge bench allreduce JSON files (e.g. from a Slurm array) into one table, JSON and plot"))
@@ -55,6 +59,10 @@ def check_world_size() -> None:
 
 
 def main(argv=None) -> int:
+    import sys
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        argv.insert(0, "train")  # `python -m ringtrain --steps 100` trains, as the bare command does
     args = build_parser().parse_args(argv)
     if args.command != "launch":
         check_world_size()

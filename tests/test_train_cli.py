@@ -44,6 +44,16 @@ def test_bad_flags_are_named(tmp_path):
         assert out.returncode != 0 and words in out.stderr, (flags, out.stderr)
 
 
+def test_options_without_the_train_command_train(tmp_path):
+    # `python -m ringtrain --steps 3` is the default job with options, not an unknown command.
+    out = run_mpi(1, ["-m", "ringtrain", "--steps", "3", "--sample-tokens", "0", "--out-dir", str(tmp_path)],
+                  timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert [r["step"] for r in read_metrics(tmp_path) if "loss" in r] == [1, 2, 3]
+    bad = run_mpi(1, ["-m", "ringtrain", "--steps", "0", "--out-dir", str(tmp_path)], timeout=120, cwd=ROOT)
+    assert bad.returncode != 0 and "steps must be a whole number >= 1, got 0" in bad.stderr
+
+
 def test_a_model_that_cannot_be_imported_stops_every_rank(tmp_path):
     out = run_mpi(2, ["-m", "ringtrain", "train", "--model", "no_such_module:build", "--out-dir", str(tmp_path)],
                   timeout=120, cwd=ROOT)
