@@ -51,6 +51,21 @@ def test_powersgd_recovers_a_matrix_of_rank_at_most_r():
     assert payload.nbytes == 4 * 4 * (rows + cols)
 
 
+def test_powersgd_with_a_layout_compresses_each_matrix_and_sends_vectors_whole():
+    low_rank = (RNG.standard_normal((64, 2)) @ RNG.standard_normal((2, 48))).astype(np.float32)
+    small = RNG.standard_normal((4, 4)).astype(np.float32)  # (4 + 4) x 4 >= 16 / 2: not worth compressing
+    bias = RNG.standard_normal(10).astype(np.float32)
+    flat = np.concatenate([low_rank.reshape(-1), bias, small.reshape(-1)])
+    c = PowerSGD(rank=4)
+    c.set_layout([(0, 3072, (64, 48)), (3072, 3082, (10,)), (3082, 3098, (4, 4))])
+    y, payload = round_trip(c, flat)
+    assert payload.nbytes == 4 * ((64 + 48) * 4 + 10 + 16)
+    assert np.linalg.norm(y[:3072] - flat[:3072]) <= 1e-4 * np.linalg.norm(low_rank)
+    assert np.array_equal(y[3072:], flat[3072:])
+    with pytest.raises(ValueError, match="the layout covers 3098 elements, the input has 3000"):
+        c.compress(flat[:3000])
+
+
 def test_int8_error_is_at_most_half_a_step_per_segment():
     c = Int8(segment=256)
     y, _ = round_trip(c, X)

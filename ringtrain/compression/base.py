@@ -29,6 +29,9 @@ class Compressor:
     def decompress(self, payload: np.ndarray, ctx) -> np.ndarray:
         return check_size(payload, 4 * ctx, self.name).view(np.float32).copy()
 
+    def set_layout(self, segments) -> None:
+        """``(lo, hi, shape)`` of each parameter in the flat input; only layer-aware compressors use it."""
+
     def state_dict(self) -> dict:
         return {}
 

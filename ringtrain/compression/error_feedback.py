@@ -24,6 +24,9 @@ class ErrorFeedback(Compressor):
             self.residual = np.zeros(x.size, dtype=np.float32)
         return x + self.residual
 
+    def set_layout(self, segments) -> None:
+        self.inner.set_layout(segments)
+
     def compress(self, x):
         y = self._corrected(x)
         payload, ctx = self.inner.compress(y)

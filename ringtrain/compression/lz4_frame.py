@@ -16,6 +16,9 @@ class LZ4(Compressor):
         self.inner = inner if inner is not None else Compressor()
         self.name = f"{self.inner.name}+lz4"
 
+    def set_layout(self, segments) -> None:
+        self.inner.set_layout(segments)
+
     def compress(self, x):
         payload, ctx = self.inner.compress(x)
         packed = lz4.block.compress(payload.tobytes(), store_size=False)

@@ -1,17 +1,22 @@
-"""PowerSGD: a rank-r approximation of the gradient matrix, by one step of power iteration.
+"""PowerSGD: a rank-r approximation of each gradient matrix, by one step of power iteration.
 
-The flat bucket is viewed as a near-square matrix M (rows x cols, zero-padded).
-With Q (cols x r) kept from the previous step (warm start; the first Q is drawn
-from ``seed``, so it is the same on every rank):
+Given the bucket's layout (``set_layout``, which the gradient reducer calls),
+each parameter with two or more dimensions is a matrix M (first dimension x
+the rest); without a layout the whole flat input is one near-square matrix,
+zero-padded. With Q (cols x r) kept from the previous step (warm start; the
+first Q is drawn from ``seed``, so it is the same on every rank):
 
-    P = M Q          allreduce-mean P   (rows x r)
+    P = M Q          allreduce-mean every P at once   (rows x r each)
     P = orth(P)                          (QR: the same on every rank, P being the same)
-    Q = M^T P        allreduce-mean Q   (cols x r)
+    Q = M^T P        allreduce-mean every Q at once   (cols x r each)
     M_hat = P Q^T                        the averaged approximation
 
 and M - M_hat is fed back into the next step (error feedback). Both messages
 are sums of per-rank terms, so they go through the ordinary allreduce: wire
-bytes are (rows + cols) r float32 instead of rows x cols.
+bytes are (rows + cols) r float32 instead of rows x cols. A matrix that this
+would not shrink ``min_ratio`` times, and every vector (biases, norm gains),
+travels uncompressed in the first message: low rank only makes sense per
+layer, where gradients have that structure; a flattened bucket does not.
 """
 import math
 
@@ -26,11 +31,16 @@ from .base import Compressor, check_size
 class PowerSGD(Compressor):
     name = "powersgd"
 
-    def __init__(self, rank: int = 4, seed: int = 0):
+    def __init__(self, rank: int = 4, seed: int = 0, min_ratio: float = 2.0):
         if rank < 1:
             raise ValueError(f"powersgd: rank must be >= 1, got {rank}")
-        self.rank, self.seed = int(rank), int(seed)
-        self.q: torch.Tensor | None = None
+        if not min_ratio >= 1:
+            raise ValueError(f"powersgd: min_ratio must be >= 1, got {min_ratio}")
+        self.rank, self.seed, self.min_ratio = int(rank), int(seed), float(min_ratio)
+        self.layout = None        # [(lo, hi, shape)] of the parameters in the flat input
+        self._plan_for = None     # the element count the plan below was made for
+        self.matrices, self.raw = [], []   # [(lo, hi, rows, cols, r)], [(lo, hi)]
+        self.q: list[torch.Tensor] | None = None
         self.residual: torch.Tensor | None = None
 
     @staticmethod
@@ -38,59 +48,114 @@ class PowerSGD(Compressor):
         cols = max(1, math.isqrt(max(n - 1, 0)) + 1) if n > 1 else 1
         return -(-n // cols), cols
 
-    def _setup(self, n: int):
-        rows, cols = self.matrix_shape(n)
-        r = min(self.rank, rows, cols)
-        if self.q is None or tuple(self.q.shape) != (cols, r):
+    def set_layout(self, segments) -> None:
+        """``segments``: ``(lo, hi, shape)`` of each parameter in the flat input, in order."""
+        self.layout = [(int(lo), int(hi), tuple(shape)) for lo, hi, shape in segments]
+        self._plan_for = None
+
+    def _plan(self, n: int) -> None:
+        if self._plan_for == n:
+            return
+        self.matrices, self.raw = [], []
+        if self.layout is None:
+            rows, cols = self.matrix_shape(n)
+            self.matrices.append((0, n, rows, cols, min(self.rank, rows, cols)))
+        else:
+            if self.layout[-1][1] != n:
+                raise ValueError(f"powersgd: the layout covers {self.layout[-1][1]} elements, the input has {n}")
+            for lo, hi, shape in self.layout:
+                rows = shape[0] if len(shape) >= 2 else 0
+                cols = (hi - lo) // rows if rows else 0
+                r = min(self.rank, rows, cols)
+                if rows and (rows + cols) * r * self.min_ratio <= rows * cols:
+                    self.matrices.append((lo, hi, rows, cols, r))
+                else:
+                    self.raw.append((lo, hi))
+        if self.q is None or [tuple(q.shape) for q in self.q] != [(c, r) for _, _, _, c, r in self.matrices]:
             generator = torch.Generator().manual_seed(self.seed)
-            self.q = torch.randn(cols, r, generator=generator)
+            self.q = [torch.randn(cols, r, generator=generator) for _, _, _, cols, r in self.matrices]
         if self.residual is None or self.residual.numel() != n:
             self.residual = torch.zeros(n)
-        return rows, cols
+        self._plan_for = n
 
-    @staticmethod
-    def _matrix(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-        m = torch.zeros(rows * cols)
-        m[:x.numel()] = x
-        return m.view(rows, cols)
+    def _views(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for lo, hi, rows, cols, _ in self.matrices:
+            if hi - lo == rows * cols:
+                out.append(x[lo:hi].view(rows, cols))
+            else:  # the layout-less near-square matrix, zero-padded
+                m = torch.zeros(rows * cols)
+                m[:hi - lo] = x[lo:hi]
+                out.append(m.view(rows, cols))
+        return out
+
+    def _raw(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x[lo:hi] for lo, hi in self.raw]) if self.raw else torch.zeros(0)
+
+    def _sizes(self):
+        return [rows * r for _, _, rows, _, r in self.matrices], [cols * r for _, _, _, cols, r in self.matrices]
 
     def allreduce_mean(self, x, comm: MPI.Comm):
         # torch for the algebra: its matmuls follow the per-rank thread count,
         # where numpy's BLAS would start its own threads in every rank.
         x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        rows, cols = self._setup(x.numel())
-        m = self._matrix(x + self.residual, rows, cols)
-        p = m @ self.q
-        allreduce(p, op="mean", comm=comm, check=False)
-        p = torch.linalg.qr(p).Q.contiguous()
-        q = (m.T @ p).contiguous()
-        allreduce(q, op="mean", comm=comm, check=False)
-        self.q = q
-        approx = (p @ q.T).view(-1)
-        self.residual = (m.view(-1) - approx)[:x.numel()].clone()
-        return approx[:x.numel()].numpy().copy()
+        n = x.numel()
+        self._plan(n)
+        corrected = x + self.residual
+        ms = self._views(corrected)
+        p_sizes, q_sizes = self._sizes()
+        first = torch.cat([(m @ q).reshape(-1) for m, q in zip(ms, self.q)] + [self._raw(corrected)])
+        allreduce(first, op="mean", comm=comm, check=False)
+        ps = [torch.linalg.qr(p.view(-1, r)).Q for p, (_, _, _, _, r) in
+              zip(torch.split(first[:sum(p_sizes)], p_sizes), self.matrices)]
+        second = torch.cat([(m.T @ p).reshape(-1) for m, p in zip(ms, ps)] + [torch.zeros(0)])
+        allreduce(second, op="mean", comm=comm, check=False)
+        self.q = [q.view(-1, r).clone() for q, (_, _, _, _, r) in zip(torch.split(second, q_sizes), self.matrices)]
+        out = torch.empty(n)
+        for (lo, hi, _, _, _), p, q in zip(self.matrices, ps, self.q):
+            out[lo:hi] = (p @ q.T).view(-1)[:hi - lo]
+        raw_mean = first[sum(p_sizes):]
+        at = 0
+        for lo, hi in self.raw:
+            out[lo:hi] = raw_mean[at:at + hi - lo]
+            at += hi - lo
+        # Uncompressed parts are sent exactly: they owe nothing to the next step.
+        self.residual = corrected - out
+        for lo, hi in self.raw:
+            self.residual[lo:hi] = 0
+        return out.numpy()
 
     def compress(self, x):
-        """One rank's view: P and Q from this rank's gradient alone (what allreduce_mean sends, before averaging)."""
+        """One rank's view: P, Q and the uncompressed parts from this rank's gradient alone."""
         x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        rows, cols = self._setup(x.numel())
-        m = self._matrix(x, rows, cols)
-        p = torch.linalg.qr(m @ self.q).Q.contiguous()
-        q = (m.T @ p).contiguous()
-        return np.concatenate([p.numpy().reshape(-1).view(np.uint8), q.numpy().reshape(-1).view(np.uint8)]), x.numel()
+        self._plan(x.numel())
+        parts = []
+        for m, q in zip(self._views(x), self.q):
+            p = torch.linalg.qr(m @ q).Q
+            parts += [p.reshape(-1), (m.T @ p).reshape(-1)]
+        parts.append(self._raw(x))
+        return torch.cat(parts).numpy().view(np.uint8).copy(), x.numel()
 
     def decompress(self, payload, ctx):
-        rows, cols = self.matrix_shape(ctx)
-        r = min(self.rank, rows, cols)
-        check_size(payload, 4 * r * (rows + cols), self.name)
-        p = torch.from_numpy(payload[:4 * rows * r].view(np.float32)).view(rows, r)
-        q = torch.from_numpy(payload[4 * rows * r:].view(np.float32)).view(cols, r)
-        return (p @ q.T).view(-1)[:ctx].numpy().copy()
+        self._plan(ctx)
+        p_sizes, q_sizes = self._sizes()
+        raw_count = sum(hi - lo for lo, hi in self.raw)
+        values = torch.from_numpy(check_size(payload, 4 * (sum(p_sizes) + sum(q_sizes) + raw_count),
+                                             self.name).view(np.float32).copy())
+        out, at = torch.empty(ctx), 0
+        for (lo, hi, rows, cols, r), ps, qs in zip(self.matrices, p_sizes, q_sizes):
+            p, q = values[at:at + ps].view(rows, r), values[at + ps:at + ps + qs].view(cols, r)
+            out[lo:hi] = (p @ q.T).view(-1)[:hi - lo]
+            at += ps + qs
+        for lo, hi in self.raw:
+            out[lo:hi] = values[at:at + hi - lo]
+            at += hi - lo
+        return out.numpy()
 
     def state_dict(self):
-        return {"q": None if self.q is None else self.q.clone(),
+        return {"q": None if self.q is None else [q.clone() for q in self.q],
                 "residual": None if self.residual is None else self.residual.clone()}
 
     def load_state_dict(self, state):
-        self.q = None if state["q"] is None else state["q"].clone()
+        self.q = None if state["q"] is None else [q.clone() for q in state["q"]]
         self.residual = None if state["residual"] is None else state["residual"].clone()

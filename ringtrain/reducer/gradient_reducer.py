@@ -59,6 +59,9 @@ class GradientReducer:
                 raise ValueError(f"GradientReducer works on CPU tensors; a parameter is on {p.device}")
         self.buckets = assign_buckets(params, int(bucket_cap_mb * 1e6))
         self.compressors = [compression_get(compression) for _ in self.buckets]
+        for bucket, compressor in zip(self.buckets, self.compressors):
+            if compressor is not None:
+                compressor.set_layout([(lo, hi, tuple(p.shape)) for p, (lo, hi) in zip(bucket.params, bucket.bounds)])
         self._where = {id(p): (b, i) for b in self.buckets for i, p in enumerate(b.params)}
         total, digest, describe = layout_fingerprint(self.buckets)
         # Every rank must agree on the layout before any per-parameter collective,

@@ -85,6 +85,30 @@ def test_powersgd_is_exact_when_the_gradients_share_a_low_rank_space():
 
 
 @pytest.mark.mpi
+def test_powersgd_per_layer_is_exact_for_shared_low_rank_layers_and_averages_vectors_exactly():
+    rng = np.random.default_rng(0)
+    layers = [(40, 24), (16, 56)]
+    mine = np.random.default_rng([2, WORLD.Get_rank()])
+    parts, layout, at = [], [], 0
+    for rows, cols in layers:
+        left, right = rng.standard_normal((rows, 2)), rng.standard_normal((2, cols))
+        parts.append((left @ mine.standard_normal((2, 2)) @ right).reshape(-1))
+        layout.append((at, at + rows * cols, (rows, cols)))
+        at += rows * cols
+    parts.append(mine.standard_normal(7))
+    layout.append((at, at + 7, (7,)))
+    x = np.concatenate(parts).astype(np.float32)
+    c = PowerSGD(rank=2)
+    c.set_layout(layout)
+    got = c.allreduce_mean(x, WORLD)
+    exact = everyone(x).astype(np.float64).mean(axis=0)
+    assert identical_across_ranks(got)
+    ok = np.linalg.norm(got[:at] - exact[:at]) <= 1e-4 * np.linalg.norm(exact[:at])
+    ok &= np.allclose(got[at:], exact[at:], rtol=1e-6, atol=1e-7)
+    assert all_ranks_agree(bool(ok))
+
+
+@pytest.mark.mpi
 def test_error_feedback_state_differs_per_rank_but_results_agree():
     c = compression.get("ef+topk:ratio=0.01")
     for step in range(3):
