@@ -20,6 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     supervise.add_arguments(sub.add_parser(
         "launch", help="run mpiexec and restart it from the latest checkpoint when it fails"))
     sub.add_parser("info", help="MPI library, ranks and hosts, thread level, versions")
+    from .plan import planner
+    planner.add_arguments(sub.add_parser(
+        "plan", help="predicted step time and scaling per node count, with the best algorithm, bucket size "
+                     "and compressor, from the fitted cost model"))
     bench = sub.add_parser("bench", help="benchmarks against the native MPI peer")
     bench_sub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     bench_allreduce.add_arguments(bench_sub.add_parser(
@@ -64,7 +68,7 @@ def main(argv=None) -> int:
     if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv.insert(0, "train")  # `python -m ringtrain --steps 100` trains, as the bare command does
     args = build_parser().parse_args(argv)
-    if args.command != "launch":
+    if args.command not in ("launch", "plan"):
         check_world_size()
     if args.command is None:  # the default job
         args = build_parser().parse_args(["train"])
@@ -73,6 +77,9 @@ def main(argv=None) -> int:
     if args.command == "launch":
         from . import supervise
         return supervise.main(args)
+    if args.command == "plan":
+        from .plan import planner
+        return planner.main(args)
     if args.command == "info":
         from . import info
         return info.main(args)

@@ -14,6 +14,7 @@ recorded and deleted by name at the end. Needs root.
 """
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -97,7 +98,11 @@ def run(cluster: Cluster, command: list[str], timeout: float, env_extra=None) ->
         with open(hostfile, "w") as f:
             f.writelines(f"{a}\n" for a in cluster.addresses)
         mpiexec = mpiexec_path()
-        env = dict(os.environ, RINGTRAIN_SIMCLUSTER_MAP=mapping, MPIR_CVAR_CH4_NETMOD="ofi", FI_PROVIDER="tcp",
+        # The "hosts" share this machine's cores: MPI sees one rank per node, so
+        # without this each rank would start a compute thread per core.
+        threads = str(max(1, len(os.sched_getaffinity(0)) // len(cluster.hosts)))
+        env = dict(os.environ, OMP_NUM_THREADS=threads, RINGTRAIN_SIMCLUSTER_MAP=mapping,
+                   RINGTRAIN_SIMCLUSTER_RATE=cluster.rate, GLOO_SOCKET_IFNAME="eth0", MPIR_CVAR_CH4_NETMOD="ofi", FI_PROVIDER="tcp",
                    FI_TCP_IFACE="eth0", **(env_extra or {}))
         cmd = ["ip", "netns", "exec", cluster.hosts[0], mpiexec, "-f", hostfile, "-n", str(len(cluster.hosts)),
                "-ppn", "1", "-iface", "eth0", "-launcher", "rsh", "-launcher-exec", os.path.join(HERE, "rsh.sh"),
@@ -117,6 +122,8 @@ def main():
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if os.geteuid() != 0:
         sys.exit("cluster.py: network namespaces need root")
+    # SIGTERM (timeout, scancel) unwinds like Ctrl-C, so the namespaces are deleted.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cluster = Cluster(args.hosts, args.rate)
     try:
         before = cluster.tx_bytes()

@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated, from {','.join(ALGORITHMS)}; {PEER} is always run as the peer")
     p.add_argument("--repeat", type=int, default=5, help="repetitions; the median is reported (default 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before each timing (default 2)")
+    p.add_argument("--iter-bytes", type=parse_bytes, default=128 << 20,
+                   help="bytes to move per timing; sets the calls per timing (default 128M; less on slow links)")
+    p.add_argument("--min-iters", type=int, default=5, help="fewest timed calls per timing (default 5)")
     p.add_argument("--json", metavar="FILE", help="write rows and metadata as JSON")
 
 
@@ -48,8 +51,9 @@ def main(args) -> int:
     unknown = [a for a in algorithms if a not in ALGORITHMS]
     if unknown or not algorithms:
         raise SystemExit(f"bench allreduce: --algorithms has {unknown or 'nothing'}; choose from {ALGORITHMS}")
-    if args.repeat < 1 or args.warmup < 0:
-        raise SystemExit(f"bench allreduce: need --repeat >= 1 and --warmup >= 0, got {args.repeat}, {args.warmup}")
+    if args.repeat < 1 or args.warmup < 0 or args.min_iters < 1 or args.iter_bytes < 1:
+        raise SystemExit(f"bench allreduce: need --repeat >= 1, --warmup >= 0, --min-iters >= 1 and --iter-bytes >= 1, "
+                         f"got {args.repeat}, {args.warmup}, {args.min_iters}, {args.iter_bytes}")
     comm = MPI.COMM_WORLD
     n, rank = comm.Get_size(), comm.Get_rank()
     dtype = np.dtype(args.dtype)
@@ -92,7 +96,7 @@ def _measure_size(comm, nbytes, dtype, args, algorithms):
     for alg in algorithms:
         name, check = alg.removesuffix("+check"), alg.endswith("+check")
         calls[alg] = lambda name=name, check=check: allreduce(buf, args.op, name, comm, check=check)
-    iters = iterations(nbytes)
+    iters = iterations(nbytes, args.iter_bytes, args.min_iters)
     times = {name: [] for name in calls}
     for _ in range(args.repeat):
         for name, call in calls.items():

@@ -22,9 +22,12 @@ def time_collective(comm: MPI.Comm, call, iters: int, warmup: int) -> float:
     return float(elapsed[0])
 
 
-def iterations(nbytes: int) -> int:
-    """Timed iterations for a message size: about 128 MiB moved per timing, 5 to 2000 calls."""
-    return int(min(2000, max(5, (128 << 20) // max(nbytes, 1))))
+def iterations(nbytes: int, budget: int = 128 << 20, minimum: int = 5) -> int:
+    """Timed iterations for a message size: about ``budget`` bytes moved per timing, ``minimum`` to 2000 calls.
+
+    Slow links want a smaller budget: 128 MiB takes 11 s at 100 Mbit/s.
+    """
+    return int(min(2000, max(minimum, budget // max(nbytes, 1))))
 
 
 def memcpy_bandwidth(nbytes: int, repeats: int = 7) -> float:

@@ -43,23 +43,23 @@ def assign_buckets(params: list, cap_bytes: int) -> list[Bucket]:
     >>> [len(b.params) for b in assign_buckets(ps, cap_bytes=32)]
     [2, 1]
     """
-    buckets, current, size, dtype = [], [], 0, None
+    return [_make(i, group) for i, group in enumerate(group_params(params, cap_bytes))]
 
-    def close():
-        nonlocal current, size
-        if current:
-            buckets.append(_make(len(buckets), current))
-        current, size = [], 0
 
+def group_params(params: list, cap_bytes: int) -> list[list]:
+    """The parameters of each bucket, without allocating any: last registered first, as backward produces them."""
+    groups, current, size, dtype = [], [], 0, None
     for p in reversed(params):
         nbytes = p.numel() * p.element_size()
         if current and (p.dtype != dtype or size + nbytes > cap_bytes):
-            close()
+            groups.append(current)
+            current, size = [], 0
         current.append(p)
         size += nbytes
         dtype = p.dtype
-    close()
-    return buckets
+    if current:
+        groups.append(current)
+    return groups
 
 
 def _make(index: int, params: list) -> Bucket:

@@ -59,6 +59,8 @@ class GradientReducer:
                 raise ValueError(f"GradientReducer works on CPU tensors; a parameter is on {p.device}")
         self.buckets = assign_buckets(params, int(bucket_cap_mb * 1e6))
         self.compressors = [compression_get(compression) for _ in self.buckets]
+        # What a checkpoint records as the run's choice, e.g. after autotuning.
+        self.compression_spec, self.bucket_cap_mb = compression or "none", bucket_cap_mb
         for bucket, compressor in zip(self.buckets, self.compressors):
             if compressor is not None:
                 compressor.set_layout([(lo, hi, tuple(p.shape)) for p, (lo, hi) in zip(bucket.params, bucket.bounds)])

@@ -39,9 +39,10 @@ class TrainConfig:
     context: int = 128
     """Sequence length in bytes."""
     compression: str = "none"
-    """Gradient compression per bucket, e.g. fp16, int8+lz4, ef+topk:ratio=0.01, onebit, powersgd:rank=4."""
-    bucket_cap_mb: float = 25.0
-    """Largest gradient bucket, in MB."""
+    """Gradient compression per bucket, e.g. fp16, int8+lz4, ef+topk:ratio=0.01, onebit, powersgd:rank=4;
+    auto: chosen by a probe at start-up, and used only where it pays."""
+    bucket_cap_mb: float | str = 25.0
+    """Largest gradient bucket, in MB; auto: chosen by a probe at start-up."""
     eval_every: int = 100
     """Validation loss every this many steps (and at the end); 0: only at the end."""
     eval_windows: int = 64
@@ -87,12 +88,14 @@ class TrainConfig:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError(f"weight_decay and grad_clip must be >= 0, got {self.weight_decay!r}, {self.grad_clip!r}")
-        if not self.bucket_cap_mb > 0:
-            raise ValueError(f"bucket_cap_mb must be > 0, got {self.bucket_cap_mb!r}")
+        if self.bucket_cap_mb != "auto" and not (isinstance(self.bucket_cap_mb, (int, float))
+                                                 and self.bucket_cap_mb > 0):
+            raise ValueError(f"bucket_cap_mb must be a number > 0 or auto, got {self.bucket_cap_mb!r}")
         if self.model != "gpt" and ":" not in self.model:
             raise ValueError(f"model must be gpt or module:function, got {self.model!r}")
         from ..compression import get as compression_get
-        compression_get(self.compression)  # raises ValueError naming what is wrong
+        if self.compression != "auto":
+            compression_get(self.compression)  # raises ValueError naming what is wrong
         if self.keep_checkpoints < 1 or self.stop_after < 0:
             raise ValueError(f"keep_checkpoints must be >= 1 and stop_after >= 0, got "
                              f"{self.keep_checkpoints!r}, {self.stop_after!r}")
@@ -140,8 +143,14 @@ def add_arguments(parser) -> None:
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = {int: int, float: float}.get(f.type, str)  # str | None fields take strings
+        if f.name == "bucket_cap_mb":
+            kind = _number_or_auto
         parser.add_argument(flag, type=kind, default=f.default, dest=f.name,
                             help=f"{docs.get(f.name, '')} (default: {f.default})")
+
+
+def _number_or_auto(text: str):
+    return "auto" if text == "auto" else float(text)
 
 
 def from_args(args) -> TrainConfig:

@@ -23,21 +23,20 @@ _MUST_MATCH = ("model", "layers", "heads", "width", "context", "seed", "optimize
 
 def save(cfg: TrainConfig, step: int, model, optimizer, reducer, comm: MPI.Comm) -> str:
     replicated = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                  "config": dataclasses.asdict(cfg)}
+                  "config": dataclasses.asdict(cfg),
+                  "tuned": {"compression": reducer.compression_spec, "bucket_cap_mb": float(reducer.bucket_cap_mb)}}
     per_rank = {"torch_rng": torch.get_rng_state(), "reducer": reducer.state_dict()}
     return checkpoint.save(cfg.checkpoint_dir, step, replicated, per_rank, comm, keep=cfg.keep_checkpoints)
 
 
-def restore(cfg: TrainConfig, model, optimizer, reducer, comm: MPI.Comm) -> int:
-    """Load the checkpoint ``cfg.resume`` names into model and optimizer; returns its step (0 if none)."""
+def _locate(cfg: TrainConfig, comm: MPI.Comm):
+    """(path, manifest) of the checkpoint to resume from, or (None, None). Collective."""
     if cfg.resume == "none":
-        return 0
+        return None, None
     if cfg.resume == "auto":
         if not cfg.checkpoint_dir:
-            return 0
-        path, manifest = checkpoint.find_latest(cfg.checkpoint_dir, comm)
-        if path is None:
-            return 0
+            return None, None
+        return checkpoint.find_latest(cfg.checkpoint_dir, comm)
     else:
         path, error = cfg.resume, None
         manifest = None
@@ -49,6 +48,22 @@ def restore(cfg: TrainConfig, model, optimizer, reducer, comm: MPI.Comm) -> int:
         error, manifest = comm.bcast((error, manifest), root=0)
         if error:
             raise checkpoint.CheckpointError(f"--resume {path}: {error}")
+        return path, manifest
+
+
+def saved_tuning(cfg: TrainConfig, comm: MPI.Comm) -> dict | None:
+    """What an autotuned run chose, from the checkpoint it resumes: a resumed run must not choose anew."""
+    path, manifest = _locate(cfg, comm)
+    if path is None:
+        return None
+    return checkpoint.load_part(path, "replicated.pt", manifest).get("tuned")
+
+
+def restore(cfg: TrainConfig, model, optimizer, reducer, comm: MPI.Comm) -> int:
+    """Load the checkpoint ``cfg.resume`` names into model and optimizer; returns its step (0 if none)."""
+    path, manifest = _locate(cfg, comm)
+    if path is None:
+        return 0
     state = checkpoint.load_part(path, "replicated.pt", manifest)
     _check_config(state["config"], cfg, path)
     model.load_state_dict(state["model"])

@@ -58,27 +58,52 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None) -> dict:
             threads = set_torch_threads(comm)
             tokens = open_tokens(cfg.data, comm)
             model, loss_fn = build_model(cfg)
-            reducer = GradientReducer(model, bucket_cap_mb=cfg.bucket_cap_mb, compression=cfg.compression, comm=comm)
+            batches = Batches(tokens.tokens, context=cfg.context, batch=cfg.batch_size, seed=cfg.seed,
+                              rank=rank, world=world)
+            tuned = _tune(cfg, model, loss_fn, batches, comm)
+            reducer = GradientReducer(model, bucket_cap_mb=tuned["bucket_cap_mb"], compression=tuned["compression"],
+                                      comm=comm)
             optimizer = make_optimizer(cfg, model)
             start = state.restore(cfg, model, optimizer, reducer, comm)
             ranks = comm.gather({"rank": rank, "host": socket.gethostname(), "pid": os.getpid()}, root=0)
         nparams = sum(p.numel() for p in model.parameters())
         say(rank, f"ringtrain: {world} ranks x {threads} torch threads | {cfg.model} with {nparams:,} parameters | "
                   f"{len(tokens.tokens):,} byte tokens from {tokens.source}"
-                  + (f" | compression {cfg.compression}" if cfg.compression != "none" else ""))
+                  + (f" | compression {tuned['compression']}" if tuned["compression"] != "none" else ""))
         metrics = Metrics(cfg.out_dir, rank)
-        metrics.write(event="start", step=start, world_size=world, ranks=ranks, parameters=nparams)
+        metrics.write(event="start", step=start, world_size=world, ranks=ranks, parameters=nparams,
+                      compression=tuned["compression"], bucket_cap_mb=tuned["bucket_cap_mb"],
+                      autotune=tuned.get("probe"))
+        if "text" in tuned:
+            say(rank, tuned["text"])
         if start:
             say(rank, f"resumed from the checkpoint at step {start}")
-        batches = Batches(tokens.tokens, context=cfg.context, batch=cfg.batch_size, seed=cfg.seed,
-                          rank=rank, world=world)
         prefetch = Prefetcher(batches, first_step=start * cfg.accumulate)
-        return _loop(cfg, comm, model, loss_fn, reducer, optimizer, batches, prefetch, metrics, watchdog,
-                     signals, start)
+        result = _loop(cfg, comm, model, loss_fn, reducer, optimizer, batches, prefetch, metrics, watchdog,
+                       signals, start)
+        result["tuned"] = {"compression": tuned["compression"], "bucket_cap_mb": tuned["bucket_cap_mb"]}
+        return result
     finally:
         for closer in (prefetch, reducer, metrics, watchdog, signals):
             if closer is not None:
                 closer.close()
+
+
+def _tune(cfg, model, loss_fn, batches, comm) -> dict:
+    """The compression and bucket cap to run with: as given, as a resumed run chose them, or probed now."""
+    if "auto" not in (cfg.compression, cfg.bucket_cap_mb):
+        return {"compression": cfg.compression, "bucket_cap_mb": cfg.bucket_cap_mb}
+    saved = state.saved_tuning(cfg, comm)
+    if saved is not None:
+        return {**saved, "text": f"autotune: compression {saved['compression']}, bucket cap "
+                                 f"{saved['bucket_cap_mb']:g} MB, as chosen before the checkpoint"}
+    if comm.Get_size() == 1:  # nothing to average: nothing to tune
+        return {"compression": "none", "bucket_cap_mb": 25.0 if cfg.bucket_cap_mb == "auto" else cfg.bucket_cap_mb,
+                "text": "autotune: one rank, no averaging: compression none"}
+    from . import autotune
+    x, y = batches.train(0)
+    tuned = autotune.tune(cfg, model, loss_fn, x, y, comm)
+    return {**tuned, "text": autotune.describe(tuned)}
 
 
 def _loop(cfg, comm, model, loss_fn, reducer, optimizer, batches, prefetch, metrics, watchdog, signals, start):
@@ -86,11 +111,12 @@ def _loop(cfg, comm, model, loss_fn, reducer, optimizer, batches, prefetch, metr
     tokens_per_step = world * cfg.batch_size * cfg.accumulate * cfg.context
     every_steps, every_seconds = cfg.checkpoint_interval()
     last_checkpoint = time.monotonic()
-    result = {"losses": [], "val_losses": [], "model": model, "world": world, "start_step": start}
+    result = {"losses": [], "step_seconds": [], "val_losses": [], "model": model, "world": world,
+              "start_step": start}
     # Checkpoints wait on rank 0's writes to storage: give them at least a minute.
     slow = max(cfg.timeout, 60.0)
     with watchdog.guard("validation", start, cfg.first_timeout):
-        result["start_val_loss"] = _validate(model, loss_fn, batches, cfg, comm)
+        result["start_val_loss"] = validate(model, loss_fn, batches, cfg, comm)
     say(rank, f"validation loss at step {start}: {result['start_val_loss']:.4f}")
     last = cfg.steps if not cfg.stop_after else min(cfg.steps, start + cfg.stop_after)
     for step in range(start, last):
@@ -123,6 +149,7 @@ def _loop(cfg, comm, model, loss_fn, reducer, optimizer, batches, prefetch, metr
         done = step + 1
         step_s = time.perf_counter() - t0
         result["losses"].append(step_loss)
+        result["step_seconds"].append(step_s)
         comm_share, exposed_share = reducer.last_comm_seconds / step_s, exposed / step_s
         metrics.write(step=done, loss=step_loss, lr=lr, step_seconds=step_s, tokens_per_second=tokens_per_step / step_s,
                       comm_seconds=reducer.last_comm_seconds, exposed_comm_seconds=exposed)
@@ -143,12 +170,12 @@ def _loop(cfg, comm, model, loss_fn, reducer, optimizer, batches, prefetch, metr
             raise Preempted(done, reason)
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
             with watchdog.guard("validation", done):
-                val = _validate(model, loss_fn, batches, cfg, comm)
+                val = validate(model, loss_fn, batches, cfg, comm)
             result["val_losses"].append((done, val))
             metrics.write(step=done, val_loss=val)
             say(rank, f"validation loss at step {done}: {val:.4f}")
     with watchdog.guard("validation", cfg.steps):
-        val = _validate(model, loss_fn, batches, cfg, comm)
+        val = validate(model, loss_fn, batches, cfg, comm)
     result["val_losses"].append((cfg.steps, val))
     result.update(val_loss=val, start_loss=result["losses"][0] if result["losses"] else None,
                   end_loss=result["losses"][-1] if result["losses"] else None)
@@ -186,7 +213,8 @@ def _checkpoint(cfg, step, model, optimizer, reducer, comm, metrics) -> None:
 
 
 @torch.no_grad()
-def _validate(model, loss_fn, batches, cfg, comm) -> float:
+def validate(model, loss_fn, batches, cfg, comm) -> float:
+    """Mean loss over ``cfg.eval_windows`` held-out windows, split over the ranks. Collective."""
     model.eval()
     x, y = batches.validation(cfg.eval_windows)
     # Sum of per-window losses and the window count, so ranks with one window

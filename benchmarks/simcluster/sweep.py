@@ -1,0 +1,134 @@
+"""The bandwidth-tuning sweeps on the simulated cluster, then the report (tables, plots, cost model).
+
+    python benchmarks/simcluster/sweep.py --quick     # about 10 minutes
+    python benchmarks/simcluster/sweep.py --full      # about an hour
+
+Each job builds a fresh cluster (``--hosts`` namespaces, every link shaped to
+``--rate``), runs one ``python -m ringtrain bench ...`` with one rank per host,
+checks that every host sent at least MIN_LINK_BYTES over its link (or the job
+fails: the data took a path around the shaped links), and writes its JSON into
+the output directory. A job whose JSON is already there is skipped, so an
+interrupted sweep continues where it stopped; ``--force`` reruns everything.
+Afterwards ``report.py`` turns the directory into tables, PNG plots, the fitted
+cost model and the planner's validation. Needs root.
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from cluster import Cluster, run  # noqa: E402
+
+MIN_LINK_BYTES = 1 << 20
+ALGORITHMS = "ring,recursive_doubling,ps,auto"
+
+# (kind, hosts, rate, bench arguments). The allreduce peer, MPI_Allreduce, is
+# in every allreduce job; the uncompressed ring and MPI in every compression
+# job; DDP and DDP+PowerSGD in every convergence job.
+QUICK = [
+    ("allreduce", 2, "1gbit", ["--min-bytes", "256K", "--max-bytes", "16M", "--step-factor", "4", "--repeat", "3",
+                               "--iter-bytes", "16M", "--min-iters", "2"]),
+    ("allreduce", 4, "1gbit", ["--min-bytes", "256K", "--max-bytes", "16M", "--step-factor", "4", "--repeat", "3",
+                               "--iter-bytes", "16M", "--min-iters", "2"]),
+    ("compression", 4, "1gbit", ["--sizes", "4M", "--compressors", "fp16,int8,topk:ratio=0.01,powersgd:rank=4",
+                                 "--steps", "3", "--repeat", "3"]),
+    ("convergence", 4, "1gbit", ["--steps", "40", "--batch-size", "1", "--bucket-sizes", "1,25",
+                                 "--compressors", "fp16,powersgd:rank=4,auto", "--ddp", "plain,powersgd:rank=4"]),
+]
+FULL = [
+    ("allreduce", 2, "100mbit", ["--min-bytes", "4K", "--max-bytes", "4M", "--step-factor", "4", "--repeat", "3",
+                                 "--iter-bytes", "8M", "--min-iters", "2"]),
+    ("allreduce", 4, "100mbit", ["--min-bytes", "4K", "--max-bytes", "4M", "--step-factor", "4", "--repeat", "3",
+                                 "--iter-bytes", "8M", "--min-iters", "2"]),
+    ("allreduce", 2, "1gbit", ["--min-bytes", "4K", "--max-bytes", "64M", "--step-factor", "4", "--repeat", "5",
+                               "--iter-bytes", "64M", "--min-iters", "2"]),
+    ("allreduce", 4, "1gbit", ["--min-bytes", "4K", "--max-bytes", "64M", "--step-factor", "4", "--repeat", "5",
+                               "--iter-bytes", "64M", "--min-iters", "2"]),
+    ("allreduce", 2, "10gbit", ["--min-bytes", "4K", "--max-bytes", "64M", "--step-factor", "4", "--repeat", "5"]),
+    ("compression", 4, "100mbit", ["--sizes", "4M", "--steps", "3", "--repeat", "3"]),
+    ("compression", 4, "1gbit", ["--sizes", "4M,16M", "--steps", "5", "--repeat", "5"]),
+    ("compression", 2, "10gbit", ["--sizes", "4M,16M", "--steps", "5", "--repeat", "5"]),
+    ("convergence", 4, "100mbit", ["--steps", "100", "--batch-size", "1", "--bucket-sizes", "1,5,25"]),
+    ("convergence", 4, "1gbit", ["--steps", "200", "--batch-size", "1", "--bucket-sizes", "1,5,25"]),
+    ("convergence", 2, "10gbit", ["--steps", "200", "--batch-size", "1", "--bucket-sizes", "1,5,25"]),
+]
+
+
+def job_name(kind, hosts, rate) -> str:
+    return f"{kind}_n{hosts}_{rate}"
+
+
+def run_job(kind, hosts, rate, bench_args, out_dir, timeout) -> None:
+    name = job_name(kind, hosts, rate)
+    path = os.path.join(out_dir, name + ".json")
+    command = [sys.executable, "-m", "ringtrain", "bench", kind, *bench_args, "--json", path]
+    if kind == "allreduce":
+        command += ["--algorithms", ALGORITHMS]
+    if kind == "convergence":
+        command += ["--out-dir", os.path.join(out_dir, "runs", name)]
+    print(f"== {name}: {' '.join(command[1:])}", flush=True)
+    t0 = time.monotonic()
+    cluster = Cluster(hosts, rate)
+    try:
+        before = cluster.tx_bytes()
+        done = run(cluster, command, timeout)
+        sent = [b - a for a, b in zip(before, cluster.tx_bytes())]
+    finally:
+        cluster.close()
+    with open(os.path.join(out_dir, name + ".log"), "w") as f:
+        f.write(done.stdout + done.stderr)
+    if done.returncode or min(sent) < MIN_LINK_BYTES:
+        if os.path.exists(path):
+            os.replace(path, path + ".rejected")
+        why = (f"exit code {done.returncode}" if done.returncode else
+               f"a host sent only {min(sent)} bytes over its link: the data did not cross the shaped links")
+        raise SystemExit(f"sweep: {name} failed ({why}); its output is in {name}.log\n{done.stderr[-2000:]}")
+    # The link this was measured on, for the cost-model fit and the report.
+    with open(path) as f:
+        data = json.load(f)
+    data.update(link=rate, hosts=hosts)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
+    table = [line for line in done.stdout.splitlines() if not line.startswith(("step ", "validation", "done:"))]
+    print("\n".join(table[-40:]))
+    print(f"== {name}: {time.monotonic() - t0:.0f} s; bytes sent per host over the links: {sent}", flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--quick", action="store_true", help="2 and 4 hosts at 1 Gbit/s, few sizes (about 10 min)")
+    size.add_argument("--full", action="store_true", help="100 Mbit/s to 10 Gbit/s, every variant (about an hour)")
+    p.add_argument("--out", help="output directory (default benchmarks/results/simcluster-quick or -full)")
+    p.add_argument("--only", help="run only the jobs whose name contains this, e.g. convergence_n4")
+    p.add_argument("--force", action="store_true", help="rerun jobs whose JSON is already there")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds per job before it is killed")
+    args = p.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("sweep.py: network namespaces need root")
+    # SIGTERM unwinds like Ctrl-C, so the running job's namespaces are deleted.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    flavour = "quick" if args.quick else "full"
+    out_dir = args.out or os.path.join(os.path.dirname(HERE), "results", f"simcluster-{flavour}")
+    os.makedirs(out_dir, exist_ok=True)
+    t0 = time.monotonic()
+    for kind, hosts, rate, bench_args in QUICK if args.quick else FULL:
+        name = job_name(kind, hosts, rate)
+        if args.only and args.only not in name:
+            continue
+        if os.path.exists(os.path.join(out_dir, name + ".json")) and not args.force:
+            print(f"== {name}: already measured, skipped (--force reruns it)")
+            continue
+        run_job(kind, hosts, rate, bench_args, out_dir, args.timeout)
+    print(f"== sweep done in {time.monotonic() - t0:.0f} s; report:", flush=True)
+    report = subprocess.run([sys.executable, os.path.join(HERE, "report.py"), out_dir])
+    sys.exit(report.returncode)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""``python -m ringtrain bench convergence``: steps/s and loss of real training, per bucket size and compressor.
+
+Each variant trains the same job from the same seed for ``--steps`` steps: the
+demo GPT on the default corpus unless told otherwise. Reported per variant:
+the median step time (after ``--skip`` warm-up steps), steps/s, the training
+loss averaged over the last 10 steps, and the validation loss at the end, so
+that speed bought with accuracy shows. The peers, in the same run: torch DDP
+on gloo, and DDP with torch's PowerSGD communication hook.
+
+The variants are ringtrain with no compression at every ``--bucket-sizes``,
+then every compressor in ``--compressors`` at ``--bucket-cap-mb``.
+"""
+import argparse
+import json
+import os
+import socket
+import time
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from ..train import TrainConfig, train
+from ..train.threads import set_torch_threads
+
+DEFAULT_COMPRESSORS = "fp16,ef+int8,powersgd:rank=4,ef+topk:ratio=0.01,onebit"
+CURVE_POINTS = 200
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compressors", default=DEFAULT_COMPRESSORS,
+                   help=f"compressors to train with, at --bucket-cap-mb (default {DEFAULT_COMPRESSORS})")
+    p.add_argument("--bucket-sizes", default="1,5,25",
+                   help="bucket caps in MB for the uncompressed runs (default 1,5,25)")
+    p.add_argument("--bucket-cap-mb", type=float, default=25.0, help="bucket cap of the compressed runs (default 25)")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps per variant (default 200)")
+    p.add_argument("--skip", type=int, default=5, help="warm-up steps left out of the step time (default 5)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per rank (default 8, as the demo)")
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--context", type=int, default=128)
+    p.add_argument("--ddp", default="plain,powersgd:rank=4",
+                   help="DDP peers: plain and/or powersgd:rank=R, comma-separated; 'none' for none")
+    p.add_argument("--out-dir", default="runs/bench-convergence", help="each variant's metrics.jsonl goes below")
+    p.add_argument("--json", metavar="FILE")
+
+
+def _variants(args):
+    caps = [float(c) for c in args.bucket_sizes.split(",") if c.strip()]
+    # The floor: every rank trains alone (no averaging) at the same time, so the
+    # compute shares the CPU exactly as in the other variants.
+    out = [("compute", "none", 0.0)]
+    out += [("ringtrain", "none", cap) for cap in caps]
+    for c in (c.strip() for c in args.compressors.split(",")):
+        if c == "auto":  # --compression auto --bucket-cap-mb auto
+            out.append(("ringtrain", "auto", "auto"))
+        elif c and c != "none":
+            out.append(("ringtrain", c, args.bucket_cap_mb))
+    for peer in (d.strip() for d in args.ddp.split(",") if d.strip() and d.strip() != "none"):
+        if peer == "plain":
+            out.append(("ddp", "none", 25.0))
+        elif peer.startswith("powersgd"):
+            _, _, opt = peer.partition(":rank=")
+            out.append(("ddp", f"powersgd:rank={int(opt or 4)}", 25.0))
+        else:
+            raise ValueError(f"--ddp has {peer!r}; allowed: plain, powersgd:rank=R, none")
+    return out
+
+
+def main(args) -> int:
+    from .ddp_peer import init_gloo, train_ddp
+    comm = MPI.COMM_WORLD
+    rank, world = comm.Get_rank(), comm.Get_size()
+    if args.skip >= args.steps:
+        raise SystemExit(f"--skip ({args.skip}) must be less than --steps ({args.steps})")
+    variants = [v for v in _variants(args) if v[0] == "ringtrain" or world > 1]  # DDP needs 2 ranks to mean anything
+    rows = []
+    gloo = False
+    for system, compression, cap in variants:
+        name = f"{system} {compression} {cap}MB" if cap == "auto" else f"{system} {compression} {cap:g}MB"
+        out_dir = os.path.join(args.out_dir, name.replace(" ", "_").replace(":", "-"))
+        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, width=args.width, layers=args.layers,
+                          context=args.context, compression=compression if system == "ringtrain" else "none",
+                          bucket_cap_mb=cap or 25.0, eval_every=0, log_every=args.steps, sample_tokens=0,
+                          out_dir=out_dir if system != "compute" else os.path.join(out_dir, f"rank{rank}"))
+        if rank == 0:
+            print(f"# {name}", flush=True)
+        if system == "ringtrain":
+            result = train(cfg)
+        elif system == "compute":
+            # Alone on COMM_SELF a rank would take every core of the node:
+            # hold it to the thread count it gets among the job's ranks.
+            saved = os.environ.get("OMP_NUM_THREADS")
+            os.environ["OMP_NUM_THREADS"] = str(set_torch_threads(comm))
+            try:
+                result = train(cfg, comm=MPI.COMM_SELF)
+            finally:
+                if saved is None:
+                    del os.environ["OMP_NUM_THREADS"]
+                else:
+                    os.environ["OMP_NUM_THREADS"] = saved
+            # The slowest rank's step times: what a synchronous step would wait for.
+            slowest = np.array(result["step_seconds"])
+            comm.Allreduce(MPI.IN_PLACE, slowest, op=MPI.MAX)
+            result["step_seconds"] = list(slowest)
+        else:
+            if not gloo:
+                init_gloo(comm)
+                gloo = True
+            powersgd_rank = int(compression.partition("=")[2]) if compression != "none" else 0
+            result = train_ddp(cfg, comm, powersgd_rank=powersgd_rank)
+        rows.append(_row(system, compression, cap, result, args.skip))
+        param_bytes = [p.numel() * p.element_size() for p in result["model"].parameters() if p.requires_grad]
+    if gloo:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+    if rank == 0:
+        _report(rows, args, world, param_bytes)
+    return 0
+
+
+def _row(system, compression, cap, result, skip) -> dict:
+    if cap == "auto":
+        compression = f"auto={result['tuned']['compression']}"
+        cap = result["tuned"]["bucket_cap_mb"]
+    seconds = np.array(result["step_seconds"])
+    losses = np.array(result["losses"])
+    wall = np.cumsum(seconds)
+    keep = np.unique(np.linspace(0, len(losses) - 1, min(CURVE_POINTS, len(losses))).astype(int))
+    step_s = float(np.median(seconds[skip:]))
+    return {"system": system, "compression": compression, "bucket_cap_mb": cap, "step_ms": 1e3 * step_s,
+            "steps_per_s": 1.0 / step_s, "final_loss": float(losses[-10:].mean()), "val_loss": result["val_loss"],
+            "wall_s": float(wall[-1]), "curve": [[float(wall[i]), float(losses[i])] for i in keep]}
+
+
+def _report(rows, args, world, param_bytes) -> None:
+    base = next((r for r in rows if r["system"] == "ringtrain" and r["compression"] == "none"
+                 and r["bucket_cap_mb"] == args.bucket_cap_mb), rows[0])
+    ddp = next((r for r in rows if r["system"] == "ddp" and r["compression"] == "none"), None)
+    print(f"# ringtrain bench convergence: {world} ranks, GPT width {args.width}, {args.layers} layers, batch "
+          f"{args.batch_size}x{args.context} per rank, {args.steps} steps; step time = median after {args.skip}")
+    print(f"{'system':>9} {'compression':>18} {'bucket':>6} {'step_ms':>8} {'steps/s':>7} {'speedup':>7} "
+          f"{'final_loss':>10} {'val_loss':>8} {'val_vs_none':>11} {'vs_ddp':>6}")
+    for r in rows:
+        r["speedup_vs_none"] = r["steps_per_s"] / base["steps_per_s"]
+        r["val_loss_vs_none"] = r["val_loss"] / base["val_loss"] - 1.0
+        r["speedup_vs_ddp"] = r["steps_per_s"] / ddp["steps_per_s"] if ddp else None
+        vs_ddp = f"{r['speedup_vs_ddp']:>6.2f}" if ddp else f"{'-':>6}"
+        print(f"{r['system']:>9} {r['compression']:>18} {r['bucket_cap_mb']:>6g} {r['step_ms']:>8.1f} "
+              f"{r['steps_per_s']:>7.2f} {r['speedup_vs_none']:>7.2f} {r['final_loss']:>10.4f} "
+              f"{r['val_loss']:>8.4f} {100 * r['val_loss_vs_none']:>+10.1f}% {vs_ddp}")
+    if args.json:
+        meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "world_size": world,
+                "torch": torch.__version__, "mpi_library": MPI.Get_library_version().strip().splitlines()[0],
+                "link": os.environ.get("RINGTRAIN_SIMCLUSTER_RATE", "shared memory"), "args": vars(args)}
+        with open(args.json, "w") as f:
+            json.dump({"benchmark": "convergence", "meta": meta, "world_size": world, "param_bytes": param_bytes,
+                       "rows": rows}, f, indent=1)
+        print(f"# wrote {args.json}")

@@ -1,0 +1,135 @@
+"""The alpha-beta-gamma cost model of gradient averaging, and the step time it implies.
+
+A message of S bytes between two nodes costs alpha + S beta: alpha the latency
+of one message, beta the seconds per byte of a link, 8 / (rate x efficiency),
+where efficiency is what the allreduce sweep measured of the nominal rate.
+Over n nodes (the textbook volumes, per node's link):
+
+    ring                2 (n-1) alpha + 2 (n-1)/n S beta
+    recursive_doubling  ceil(log2 n) (alpha + S beta)
+    ps                  2 (n-1) (alpha + S beta)           (everything through rank 0's link)
+    mpi                 2 ceil(log2 n) alpha + 2 (n-1)/n S beta   (MPICH's large-message algorithm)
+
+A compressor c sends ratio_c S bytes and spends gamma_c seconds per input byte
+encoding and decoding. Compressors whose payloads add up (fp16, bf16, int8,
+PowerSGD) ride the ring; the others are allgathered, so each node receives
+(n-1) ratio_c S bytes:
+
+    ring-summable   gamma_c S + messages_c 2 (n-1) alpha + 2 (n-1)/n ratio_c S beta
+    allgathered     gamma_c S + (n-1) alpha + (n-1) ratio_c S beta
+
+A training step is then a pipeline (``step_time``): forward, then backward
+releasing the buckets in order with its share of the compute, each bucket's
+allreduce starting when both it is ready and the previous one has finished.
+"""
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+ALGORITHMS = ("ring", "recursive_doubling", "ps", "mpi")
+RING_SUMMABLE = ("fp16", "bf16", "int8", "powersgd")
+BACKWARD_SHARE = 2 / 3  # backward does about twice forward's work
+
+
+def parse_rate(text: str) -> float:
+    """Bits per second from tc's notation: ``100mbit``, ``1gbit``, ``2.5gbit``, ``400kbit``."""
+    units = {"kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12, "bit": 1.0}
+    t = str(text).strip().lower()
+    for unit, scale in units.items():
+        if t.endswith(unit):
+            try:
+                value = float(t[:-len(unit)])
+            except ValueError:
+                break
+            if value > 0:
+                return value * scale
+            break
+    raise ValueError(f"a link rate looks like 100mbit, 1gbit or 10gbit (bits per second), got {text!r}")
+
+
+@dataclass
+class Compression:
+    ratio: float                 # wire bytes / float32 bytes
+    gamma: float                 # seconds per input byte, encode + decode, as measured in the sweep
+    messages: int = 1            # ring allreduces per call (PowerSGD sends P, then Q)
+    summable: bool = True        # rides the ring; False: allgathered
+
+
+@dataclass
+class CostModel:
+    alpha: float                                     # seconds per message
+    efficiency: dict = field(default_factory=dict)   # link rate in bit/s (as a string) -> fraction reached
+    compressors: dict = field(default_factory=dict)  # spec -> Compression
+    loss_penalty: dict = field(default_factory=dict)  # spec -> validation loss vs uncompressed, from training
+    source: str = ""
+
+    def efficiency_at(self, rate: float) -> float:
+        """Measured efficiency at the nearest measured rate (on a log scale); 0.9 if none was measured."""
+        if not self.efficiency:
+            return 0.9
+        nearest = min(self.efficiency, key=lambda r: abs(math.log(float(r) / rate)))
+        return self.efficiency[nearest]
+
+    def beta(self, rate: float) -> float:
+        return 8.0 / (rate * self.efficiency_at(rate))
+
+    def allreduce_time(self, nbytes: float, n: int, rate: float, algorithm: str = "ring") -> float:
+        if n == 1:
+            return 0.0
+        a, b, logn = self.alpha, self.beta(rate), math.ceil(math.log2(n))
+        if algorithm == "ring":
+            return 2 * (n - 1) * a + 2 * (n - 1) / n * nbytes * b
+        if algorithm == "recursive_doubling":
+            return logn * (a + nbytes * b)
+        if algorithm == "ps":
+            return 2 * (n - 1) * (a + nbytes * b)
+        if algorithm == "mpi":
+            return 2 * logn * a + 2 * (n - 1) / n * nbytes * b
+        raise ValueError(f"unknown algorithm {algorithm!r}; the model knows {ALGORITHMS}")
+
+    def compressed_time(self, nbytes: float, n: int, rate: float, spec: str) -> float:
+        if spec == "none":
+            return self.allreduce_time(nbytes, n, rate)
+        if spec not in self.compressors:
+            raise ValueError(f"the cost model has no figures for compressor {spec!r}; it has "
+                             f"{sorted(self.compressors)}")
+        c = self.compressors[spec]
+        if n == 1:
+            return 0.0
+        if c.summable:
+            wire = self.allreduce_time(c.ratio * nbytes, n, rate) - 2 * (n - 1) * self.alpha
+            return c.gamma * nbytes + c.messages * 2 * (n - 1) * self.alpha + wire
+        return c.gamma * nbytes + (n - 1) * (self.alpha + c.ratio * nbytes * self.beta(rate))
+
+    def save(self, path: str) -> None:
+        data = asdict(self)
+        with open(path, "w") as f:
+            json.dump(data, f, indent=1)
+
+    @classmethod
+    def load(cls, path: str) -> "CostModel":
+        with open(path) as f:
+            data = json.load(f)
+        data["compressors"] = {k: Compression(**v) for k, v in data.get("compressors", {}).items()}
+        return cls(**data)
+
+
+def step_time(compute_s: float, bucket_bytes: list, comm_time) -> float:
+    """Step time when buckets (in the order backward fills them) are averaged while backward runs.
+
+    ``comm_time(nbytes)`` is one bucket's averaging time. Backward takes
+    BACKWARD_SHARE of ``compute_s`` and fills the buckets at an even rate per byte.
+    """
+    total = float(sum(bucket_bytes))
+    ready = compute_s * (1 - BACKWARD_SHARE)
+    finish = 0.0
+    for nbytes in bucket_bytes:
+        ready += compute_s * BACKWARD_SHARE * nbytes / total if total else 0.0
+        finish = max(finish, ready) + comm_time(nbytes)
+    return max(finish, compute_s)
+
+
+def even_buckets(total_bytes: float, cap_bytes: float) -> list:
+    """Bucket sizes when gradients of ``total_bytes`` arrive evenly and fill buckets of ``cap_bytes``."""
+    full = max(0, math.ceil(total_bytes / cap_bytes) - 1)
+    return [cap_bytes] * full + [total_bytes - cap_bytes * full]

@@ -1,0 +1,111 @@
+"""Fitting the cost model to sweep results (the JSON that ``bench allreduce``, ``compression`` and
+``convergence`` write, with the link rate recorded by the simulated cluster's sweep).
+
+- alpha and each rate's efficiency: weighted least squares of the ring's time
+  against ``2 (n-1) alpha + 2 (n-1)/n S beta`` over sizes from MIN_FIT_BYTES,
+  weighted by 1/time so small and large messages count alike.
+- gamma per compressor: what its measured compressed allreduce took beyond
+  the model's wire time, per input byte (median over sizes and runs).
+- the loss penalty per compressor: validation loss against the uncompressed
+  run of the same training sweep (the worst over the sweep's links), keyed
+  without ``ef`` and ``lz4`` (``accuracy_key``): lz4 is lossless, and a
+  compressor trained with error feedback is planned with it.
+"""
+import json
+import os
+import re
+
+import numpy as np
+
+from .costmodel import RING_SUMMABLE, Compression, CostModel, parse_rate
+
+MIN_FIT_BYTES = 64 << 10
+
+
+def link_of(data: dict, path: str) -> float | None:
+    """The link rate (bit/s) a result was measured at: its ``link`` field, else its file name; None for shm."""
+    link = data.get("link") or data.get("meta", {}).get("link")
+    if not link or link == "shared memory":
+        match = re.search(r"_(\d+(?:\.\d+)?[kmgt]?bit)\b", os.path.basename(path))
+        link = match.group(1) if match else None
+    return parse_rate(link) if link else None
+
+
+def world_of(data: dict) -> int:
+    return int(data.get("world_size") or data["meta"]["world_size"])
+
+
+def compression_kind(spec: str) -> Compression:
+    """How a compressor spec travels (summable or allgathered, messages per call); ratio and gamma still 0."""
+    parts = [p.partition(":")[0] for p in spec.split("+")]
+    base = [p for p in parts if p not in ("ef", "lz4")]
+    name = base[0] if base else "lz4"
+    summable = name in RING_SUMMABLE and "lz4" not in parts
+    return Compression(ratio=0.0, gamma=0.0, messages=2 if name == "powersgd" else 1, summable=summable)
+
+
+def accuracy_key(spec: str) -> str:
+    """The part of a spec that decides accuracy: without lz4 (lossless) and ef (which only helps)."""
+    parts = [p for p in spec.split("+") if p not in ("ef", "lz4")]
+    return "+".join(parts) or "none"
+
+
+def fit(paths: list) -> CostModel:
+    loaded = []
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        rate = link_of(data, path)
+        if rate is not None:
+            loaded.append((path, data, rate))
+    model = CostModel(alpha=0.0, source=", ".join(sorted(os.path.basename(p) for p, _, _ in loaded)))
+    _fit_links(model, [(d, r) for _, d, r in loaded if d.get("benchmark") == "allreduce"])
+    _fit_compressors(model, [(d, r) for _, d, r in loaded if d.get("benchmark") == "compression"])
+    _fit_losses(model, [d for _, d, _ in loaded if d.get("benchmark") == "convergence"])
+    return model
+
+
+def _fit_links(model, results) -> None:
+    if not results:
+        raise ValueError("fitting the cost model needs at least one bench allreduce result on a shaped link")
+    alphas, efficiency = [], {}
+    for data, rate in results:
+        n = world_of(data)
+        rows = [r for r in data["rows"] if r["algorithm"] == "ring" and r["size"] >= MIN_FIT_BYTES]
+        if n < 2 or len(rows) < 2:
+            continue
+        size = np.array([r["size"] for r in rows], float)
+        t = np.array([r["time_us"] for r in rows]) * 1e-6
+        design = np.stack([np.full_like(size, 2 * (n - 1)), 2 * (n - 1) / n * size], axis=1) / t[:, None]
+        (alpha, beta), *_ = np.linalg.lstsq(design, np.ones_like(t), rcond=None)
+        alphas.append(max(alpha, 1e-6))
+        efficiency.setdefault(rate, []).append(8.0 / (rate * beta))
+    if not alphas:
+        raise ValueError("no bench allreduce result has the ring at two or more sizes >= 64 KiB on 2+ ranks")
+    model.alpha = float(np.median(alphas))
+    model.efficiency = {str(rate): float(np.mean(v)) for rate, v in sorted(efficiency.items())}
+
+
+def _fit_compressors(model, results) -> None:
+    gammas, ratios = {}, {}
+    for data, rate in results:
+        n = world_of(data)
+        for row in data["rows"]:
+            spec, size = row["compressor"], row["size"]
+            kind = compression_kind(spec)
+            kind.ratio = row["wire_ratio"]
+            model.compressors[spec] = kind
+            wire = model.compressed_time(size, n, rate, spec)  # gamma is still 0 here
+            gammas.setdefault(spec, []).append(max(0.0, (row["allreduce_s"] - wire) / size))
+            ratios.setdefault(spec, []).append(row["wire_ratio"])
+    for spec in gammas:
+        c = model.compressors[spec]
+        c.ratio, c.gamma = float(np.median(ratios[spec])), float(np.median(gammas[spec]))
+
+
+def _fit_losses(model, results) -> None:
+    for data in results:
+        for row in data["rows"]:
+            if row["system"] == "ringtrain" and row["compression"] != "none" and not row["compression"].startswith("auto"):
+                key = accuracy_key(row["compression"])
+                model.loss_penalty[key] = max(model.loss_penalty.get(key, -1.0), row["val_loss_vs_none"])

@@ -1,0 +1,141 @@
+"""``python -m ringtrain plan``: predicted step time, scaling and the best settings per node count.
+
+    python -m ringtrain plan --params 124M --step-compute-s 0.35 --link 10gbit --nodes 2,4,8,16
+
+For each node count it searches algorithm x bucket size x compressor with the
+cost model (``costmodel.py``) and prints the fastest uncompressed choice and
+the fastest overall. Compressors whose measured loss penalty (from the
+training sweep) exceeds ``--max-loss-penalty``, or that the sweep never
+trained with, are left out unless named in ``--compressors``, and said so.
+Scaling efficiency is compute time / step time: 1.0 means the network costs
+nothing; the speed-up over one node is nodes x efficiency.
+
+The cost model is the one fitted on the machine the package was released
+from unless ``--cost-model`` names another; ``--fit`` fits one from your own
+sweep results (``benchmarks/simcluster/sweep.py``, or ``bench allreduce``
+and ``bench compression`` run on your cluster with ``link`` set).
+"""
+import argparse
+import json
+import os
+
+from .costmodel import ALGORITHMS, CostModel, even_buckets, parse_rate, step_time
+
+DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "default_costmodel.json")
+BUCKETS_MB = (1, 2, 5, 10, 25, 50, 100)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", help="model parameters, e.g. 124M or 1.3G (float32 gradients)")
+    p.add_argument("--step-compute-s", type=float, help="seconds of forward + backward + optimizer on one node")
+    p.add_argument("--link", default="1gbit", help="link rate per node, tc notation: 100mbit, 1gbit, 25gbit")
+    p.add_argument("--nodes", default="2,4,8,16,32", help="node counts (default 2,4,8,16,32)")
+    p.add_argument("--compressors", help="compressors to consider (default: every one in the cost model)")
+    p.add_argument("--max-loss-penalty", type=float, default=0.02,
+                   help="leave out compressors that cost more validation loss than this in the training sweep "
+                        "(default 0.02, i.e. 2%%)")
+    p.add_argument("--cost-model", default=DEFAULT_MODEL, help="cost model JSON (default: the packaged one)")
+    p.add_argument("--fit", nargs="+", metavar="JSON", help="fit the cost model from these sweep results instead")
+    p.add_argument("--save-model", metavar="FILE", help="write the (fitted) cost model here")
+    p.add_argument("--json", metavar="FILE", help="write the plan as JSON")
+
+
+def parse_count(text: str) -> float:
+    """A parameter count: ``124M``, ``1.3G`` (or ``B``), ``350K`` or a plain number; decimal units."""
+    t = str(text).strip().upper()
+    scale = {"K": 1e3, "M": 1e6, "G": 1e9, "B": 1e9, "T": 1e12}.get(t[-1:], 1.0)
+    try:
+        value = float(t[:-1] if scale != 1.0 else t) * scale
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"--params looks like 124M, 1.3G or 350000, got {text!r}")
+    return value
+
+
+def load_model(args) -> CostModel:
+    if args.fit:
+        from .fit import fit
+        return fit(args.fit)
+    if not os.path.exists(args.cost_model):
+        raise SystemExit(f"plan: no cost model at {args.cost_model}; fit one with --fit RESULTS.json ...")
+    return CostModel.load(args.cost_model)
+
+
+def best(model: CostModel, total_bytes: float, compute_s: float, n: int, rate: float, compressors) -> dict:
+    """The fastest (algorithm, bucket, compressor) for one node count, with its predicted step time."""
+    top = None
+    for spec in ["none", *compressors]:
+        algorithms = ALGORITHMS if spec == "none" else ("ring",)
+        for algorithm in algorithms:
+            for cap_mb in BUCKETS_MB:
+                buckets = even_buckets(total_bytes, cap_mb * 1e6)
+                if spec == "none":
+                    def comm(b, algorithm=algorithm):
+                        return model.allreduce_time(b, n, rate, algorithm)
+                else:
+                    def comm(b, spec=spec):
+                        return model.compressed_time(b, n, rate, spec)
+                t = step_time(compute_s, buckets, comm)
+                if top is None or t < top["step_s"]:
+                    top = {"nodes": n, "step_s": t, "algorithm": algorithm, "bucket_cap_mb": cap_mb,
+                           "compression": spec, "efficiency": compute_s / t, "speedup": n * compute_s / t,
+                           "comm_s": sum(comm(b) for b in buckets)}
+    return top
+
+
+def plan(model: CostModel, params: float, compute_s: float, rate: float, nodes, compressors) -> list:
+    total = 4.0 * params
+    return [{"uncompressed": best(model, total, compute_s, n, rate, []),
+             "best": best(model, total, compute_s, n, rate, compressors)} for n in nodes]
+
+
+def main(args) -> int:
+    model = load_model(args)
+    if args.save_model:
+        model.save(args.save_model)
+        print(f"# wrote the cost model to {args.save_model}")
+    if args.params is None and args.step_compute_s is None:
+        if not args.save_model:
+            raise SystemExit("plan: give --params and --step-compute-s (or --fit ... --save-model FILE)")
+        return 0
+    if args.params is None or args.step_compute_s is None or not args.step_compute_s > 0:
+        raise SystemExit("plan: --params and --step-compute-s (> 0 seconds) are both needed")
+    try:
+        params = parse_count(args.params)
+        rate = parse_rate(args.link)
+        nodes = [int(n) for n in args.nodes.split(",") if n.strip()]
+    except ValueError as e:
+        raise SystemExit(f"plan: {e}") from None
+    if not nodes or min(nodes) < 1 or params <= 0:
+        raise SystemExit(f"plan: --nodes must be whole numbers >= 1 and --params > 0, got {args.nodes!r}, {args.params!r}")
+    wanted = [c.strip() for c in args.compressors.split(",")] if args.compressors else sorted(model.compressors)
+    unknown = [c for c in wanted if c not in model.compressors]
+    if unknown:
+        raise SystemExit(f"plan: the cost model has no figures for {unknown}; it has {sorted(model.compressors)}")
+    from .fit import accuracy_key
+    penalty = {c: 0.0 if accuracy_key(c) == "none" else model.loss_penalty.get(accuracy_key(c)) for c in wanted}
+    # Unmeasured accuracy counts against a compressor unless it was asked for by name.
+    lossy = [c for c in wanted if (penalty[c] is None and not args.compressors)
+             or (penalty[c] is not None and penalty[c] > args.max_loss_penalty)]
+    allowed = [c for c in wanted if c not in lossy]
+    rows = plan(model, params, args.step_compute_s, rate, nodes, allowed)
+    print(f"# ringtrain plan: {params / 1e6:,.1f}M parameters ({4 * params / 1e6:,.0f} MB of float32 gradients), "
+          f"{args.step_compute_s * 1e3:.0f} ms compute per step, {args.link} links "
+          f"(modelled at {100 * model.efficiency_at(rate):.0f}% efficiency, alpha {model.alpha * 1e6:.0f} us)")
+    if lossy:
+        print(f"# left out, validation loss more than {100 * args.max_loss_penalty:.0f}% worse in the training sweep: "
+              + ", ".join(f"{c} ({'not trained' if penalty[c] is None else f'{100 * penalty[c]:+.1f}%'})"
+                          for c in lossy))
+    print(f"{'nodes':>5} {'step_ms':>9} {'efficiency':>10} {'speedup':>7} {'algorithm':>18} {'bucket_MB':>9} "
+          f"{'compression':>20}   {'uncompressed: step_ms':>21} {'eff':>5} {'algorithm':>18} {'bucket_MB':>9}")
+    for row in rows:
+        b, u = row["best"], row["uncompressed"]
+        print(f"{b['nodes']:>5} {1e3 * b['step_s']:>9.1f} {b['efficiency']:>10.2f} {b['speedup']:>7.2f} "
+              f"{b['algorithm']:>18} {b['bucket_cap_mb']:>9g} {b['compression']:>20}   {1e3 * u['step_s']:>21.1f} "
+              f"{u['efficiency']:>5.2f} {u['algorithm']:>18} {u['bucket_cap_mb']:>9g}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"plan": rows, "args": vars(args), "left_out": lossy}, f, indent=1)
+        print(f"# wrote {args.json}")
+    return 0

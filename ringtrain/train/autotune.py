@@ -1,0 +1,123 @@
+"""``--compression auto`` and ``--bucket-cap-mb auto``: chosen at start-up from a short probe and the model.
+
+The probe measures, on the job's own ranks and links:
+
+- the compute of one step: forward and backward of the first batch (twice;
+  the second counts), with the RNG state put back and the gradients dropped;
+- the uncompressed allreduce at the full gradient size and at a sixteenth of
+  it, which gives its latency a and seconds per byte b;
+- each candidate compressor's averaging of the full gradient (when
+  compression is auto, or to size the buckets of a fixed compressor).
+
+Every choice (compressor x bucket cap) is then scored by the cost model's
+step pipeline (``plan.costmodel.step_time``) with the real bucket layout, and
+compression is taken only if it promises a step at least PAYS shorter than
+the best uncompressed choice: where the link is not the limit, it does not
+pay. Times are the slowest rank's, so every rank computes the same scores;
+rank 0's decision is broadcast all the same.
+"""
+import time
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from ..collectives import allreduce
+from ..compression import get as compression_get
+from ..plan.costmodel import step_time
+from ..reducer.buckets import group_params
+
+# Compressors that kept the validation loss within 2% of uncompressed training
+# in the training sweep (benchmarks/README.md); the others trade accuracy.
+CANDIDATES = ("fp16", "ef+int8", "powersgd:rank=4")
+CAPS_MB = (1, 2, 5, 10, 25, 50, 100)
+PAYS = 0.95
+
+
+def _slowest(comm, seconds: float) -> float:
+    buf = np.array([seconds])
+    comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.MAX)
+    return float(buf[0])
+
+
+def _timed(comm, call, repeat: int = 3) -> float:
+    call()  # warm-up: buffers, workspaces, PowerSGD's first Q
+    samples = []
+    for _ in range(repeat):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - t0)
+    return _slowest(comm, float(np.median(samples)))
+
+
+def probe_compute(model, loss_fn, x, y, comm) -> float:
+    """Seconds of forward + backward, leaving the model, its gradients and the RNG as they were."""
+    with torch.random.fork_rng(devices=[]):
+        seconds = 0.0
+        for _ in range(2):
+            t0 = time.perf_counter()
+            loss_fn(model, x, y).backward()
+            seconds = time.perf_counter() - t0
+    model.zero_grad(set_to_none=True)
+    return _slowest(comm, seconds)
+
+
+def tune(cfg, model, loss_fn, x, y, comm) -> dict:
+    """``{"compression": spec, "bucket_cap_mb": cap, "probe": {...}}`` for ``cfg``'s auto fields. Collective."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    count = sum(p.numel() for p in params)
+    # Accumulation repeats forward and backward; only the last backward overlaps averaging.
+    compute = probe_compute(model, loss_fn, x, y, comm) * cfg.accumulate
+    full = np.zeros(count, np.float32)
+    small = full[:max(1, count // 16)]
+    t_full = _timed(comm, lambda: allreduce(full, op="mean", comm=comm, check=False))
+    t_small = _timed(comm, lambda: allreduce(small, op="mean", comm=comm, check=False))
+    per_byte = max(0.0, (t_full - t_small) / (4 * (count - small.size))) if count > small.size else 0.0
+    latency = max(0.0, t_small - per_byte * 4 * small.size)
+    comm_models = {"none": lambda nbytes: latency + per_byte * nbytes}
+    specs = list(CANDIDATES) if cfg.compression == "auto" else [] if cfg.compression == "none" else [cfg.compression]
+    layout, at = [], 0
+    for p in params:
+        layout.append((at, at + p.numel(), tuple(p.shape)))
+        at += p.numel()
+    data = np.random.default_rng([cfg.seed, comm.Get_rank()]).standard_normal(count).astype(np.float32)
+    measured = {"none": t_full}
+    for spec in specs:
+        compressor = compression_get(spec)
+        compressor.set_layout(layout)
+        measured[spec] = t = _timed(comm, lambda c=compressor: c.allreduce_mean(data, comm), repeat=2)
+        messages = 2 if spec.startswith("powersgd") else 1
+        # Its fixed cost is the allreduce latency per message; the rest scales with the bytes.
+        slope = max(0.0, t - messages * latency) / (4 * count)
+        comm_models[spec] = lambda nbytes, m=messages, s=slope: m * latency + s * nbytes
+    caps = CAPS_MB if cfg.bucket_cap_mb == "auto" else (float(cfg.bucket_cap_mb),)
+    scores = {}
+    for spec, comm_time in comm_models.items():
+        if cfg.compression not in ("auto", spec):
+            continue
+        for cap in caps:
+            buckets = [sum(p.numel() * p.element_size() for p in g) for g in group_params(params, int(cap * 1e6))]
+            scores[(spec, cap)] = step_time(compute, buckets, comm_time)
+    # Exact ties happen when compute hides all communication: then the
+    # default-sized bucket, as in DDP, rather than an extreme.
+    def rank(choice):
+        return scores[choice], abs(np.log(choice[1] / 25.0))
+    best = min(scores, key=rank)
+    if cfg.compression == "auto" and best[0] != "none":
+        plain = min(v for (spec, _), v in scores.items() if spec == "none")
+        if scores[best] > PAYS * plain:
+            best = min(((s, c) for s, c in scores if s == "none"), key=rank)
+    best = comm.bcast(best, root=0)
+    return {"compression": best[0], "bucket_cap_mb": best[1],
+            "probe": {"compute_s": compute, "allreduce_s": measured, "latency_s": latency, "per_byte_s": per_byte,
+                      "predicted_step_s": {f"{s} {c:g}MB": v for (s, c), v in scores.items()}}}
+
+
+def describe(tuned: dict) -> str:
+    probe = tuned["probe"]
+    key = f"{tuned['compression']} {tuned['bucket_cap_mb']:g}MB"
+    timed = ", ".join(f"{spec} {1e3 * t:.1f} ms" for spec, t in probe["allreduce_s"].items())
+    return (f"autotune: compression {tuned['compression']}, bucket cap {tuned['bucket_cap_mb']:g} MB "
+            f"(compute {1e3 * probe['compute_s']:.1f} ms per step; averaging all gradients: {timed}; predicted step "
+            f"{1e3 * probe['predicted_step_s'][key]:.1f} ms)")
