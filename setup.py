@@ -12,6 +12,8 @@ setup(
     long_description=Path("README.md").read_text(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["ringtrain", "ringtrain.*"]),
+    # The cost model fitted to the simulated-cluster sweep, for `ringtrain plan`.
+    package_data={"ringtrain.plan": ["default_costmodel.json"]},
     python_requires=">=3.10",
     install_requires=[
         "mpi4py>=4",

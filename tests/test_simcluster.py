@@ -39,3 +39,27 @@ def test_two_hosts_at_1gbit_move_the_bytes_over_the_shaped_links(root_only, tmp_
         assert 0.5 * LINK_GBPS < rows[name]["busbw"] < 1.05 * LINK_GBPS, rows[name]
     # Exactly what was created is gone again.
     assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout == before
+
+
+def test_smoke_sweep_fits_a_cost_model_and_reports_every_section(root_only, tmp_path):
+    before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "simcluster", "sweep.py"), "--smoke",
+                          "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = (tmp_path / "report.md").read_text()
+    for section in ("## (a) allreduce", "## (b) compressed allreduce", "## (c) training", "## Cost model",
+                    "## Planner validation", "## Targets"):
+        assert section in report, section
+    for png in ("allreduce_busbw.png", "convergence_loss.png", "bucket_step_time.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+    model = json.loads((tmp_path / "costmodel.json").read_text())
+    # 1 Gbit/s links: what the ring reached must be a plausible share of the rate.
+    assert 0.5 < model["efficiency"]["1000000000.0"] < 1.05 and 0 < model["alpha"] < 0.01
+    conv = json.loads((tmp_path / "convergence_n2_1gbit.json").read_text())
+    rows = {(r["system"], r["compression"], r["bucket_cap_mb"]): r for r in conv["rows"]}
+    # The same job averaged by ringtrain and by DDP over gloo ends at the same loss.
+    ours, ddp = rows[("ringtrain", "none", 25.0)], rows[("ddp", "none", 25.0)]
+    assert abs(ours["val_loss"] - ddp["val_loss"]) <= 1e-4 * ddp["val_loss"]
+    assert any(r["compression"].startswith("auto=") for r in conv["rows"])
+    assert conv["link"] == "1gbit" and conv["hosts"] == 2
+    assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout == before

@@ -54,6 +54,24 @@ def test_options_without_the_train_command_train(tmp_path):
     assert bad.returncode != 0 and "steps must be a whole number >= 1, got 0" in bad.stderr
 
 
+def test_auto_settings_are_chosen_once_and_kept_on_resume(tmp_path):
+    args = ["-m", "ringtrain", "--steps", "6", "--compression", "auto", "--bucket-cap-mb", "auto",
+            "--checkpoint-dir", str(tmp_path / "ckpt"), "--sample-tokens", "0", "--out-dir", str(tmp_path)]
+    first = run_mpi(2, [*args, "--stop-after", "3"], timeout=300, cwd=ROOT)
+    assert first.returncode == 75, first.stderr
+    assert "autotune: compression " in first.stdout and "averaging all gradients: none" in first.stdout
+    second = run_mpi(2, args, timeout=300, cwd=ROOT)
+    assert second.returncode == 0, second.stderr
+    assert "as chosen before the checkpoint" in second.stdout
+    starts = [r for r in read_metrics(tmp_path) if r.get("event") == "start"]
+    assert len(starts) == 2
+    assert (starts[0]["compression"], starts[0]["bucket_cap_mb"]) == (starts[1]["compression"],
+                                                                     starts[1]["bucket_cap_mb"])
+    assert starts[0]["bucket_cap_mb"] in (1, 2, 5, 10, 25, 50, 100) and starts[0]["autotune"]["compute_s"] > 0
+    bad = run_mpi(1, ["-m", "ringtrain", "--bucket-cap-mb", "fast"], timeout=120, cwd=ROOT)
+    assert bad.returncode != 0 and "a number of MB, or auto; got 'fast'" in bad.stderr
+
+
 def test_a_model_that_cannot_be_imported_stops_every_rank(tmp_path):
     out = run_mpi(2, ["-m", "ringtrain", "train", "--model", "no_such_module:build", "--out-dir", str(tmp_path)],
                   timeout=120, cwd=ROOT)

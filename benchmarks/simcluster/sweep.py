@@ -30,6 +30,16 @@ ALGORITHMS = "ring,recursive_doubling,ps,auto"
 # (kind, hosts, rate, bench arguments). The allreduce peer, MPI_Allreduce, is
 # in every allreduce job; the uncompressed ring and MPI in every compression
 # job; DDP and DDP+PowerSGD in every convergence job.
+# CI's check that the harness, the benches, the fit and the report still work together.
+SMOKE = [
+    ("allreduce", 2, "1gbit", ["--min-bytes", "1M", "--max-bytes", "4M", "--step-factor", "4", "--repeat", "1",
+                               "--iter-bytes", "4M", "--min-iters", "2"]),
+    ("compression", 2, "1gbit", ["--sizes", "1M", "--compressors", "fp16,powersgd:rank=4", "--steps", "2",
+                                 "--repeat", "1"]),
+    ("convergence", 2, "1gbit", ["--steps", "6", "--skip", "2", "--width", "64", "--layers", "1", "--context", "32",
+                                 "--batch-size", "2", "--bucket-sizes", "25", "--compressors", "fp16,auto",
+                                 "--ddp", "plain"]),
+]
 QUICK = [
     ("allreduce", 2, "1gbit", ["--min-bytes", "256K", "--max-bytes", "16M", "--step-factor", "4", "--repeat", "3",
                                "--iter-bytes", "16M", "--min-iters", "2"]),
@@ -104,6 +114,7 @@ def main():
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--quick", action="store_true", help="2 and 4 hosts at 1 Gbit/s, few sizes (about 10 min)")
     size.add_argument("--full", action="store_true", help="100 Mbit/s to 10 Gbit/s, every variant (about an hour)")
+    size.add_argument("--smoke", action="store_true", help="2 hosts, 2 sizes, a tiny model: CI's check (2 min)")
     p.add_argument("--out", help="output directory (default benchmarks/results/simcluster-quick or -full)")
     p.add_argument("--only", help="run only the jobs whose name contains this, e.g. convergence_n4")
     p.add_argument("--force", action="store_true", help="rerun jobs whose JSON is already there")
@@ -113,11 +124,12 @@ def main():
         sys.exit("sweep.py: network namespaces need root")
     # SIGTERM unwinds like Ctrl-C, so the running job's namespaces are deleted.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    flavour = "quick" if args.quick else "full"
+    flavour = "quick" if args.quick else "smoke" if args.smoke else "full"
+    jobs = {"quick": QUICK, "smoke": SMOKE, "full": FULL}[flavour]
     out_dir = args.out or os.path.join(os.path.dirname(HERE), "results", f"simcluster-{flavour}")
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.monotonic()
-    for kind, hosts, rate, bench_args in QUICK if args.quick else FULL:
+    for kind, hosts, rate, bench_args in jobs:
         name = job_name(kind, hosts, rate)
         if args.only and args.only not in name:
             continue

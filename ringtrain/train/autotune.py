@@ -91,27 +91,38 @@ def tune(cfg, model, loss_fn, x, y, comm) -> dict:
         # Its fixed cost is the allreduce latency per message; the rest scales with the bytes.
         slope = max(0.0, t - messages * latency) / (4 * count)
         comm_models[spec] = lambda nbytes, m=messages, s=slope: m * latency + s * nbytes
-    caps = CAPS_MB if cfg.bucket_cap_mb == "auto" else (float(cfg.bucket_cap_mb),)
+    scores = score(compute, comm_models, params, cfg.compression, cfg.bucket_cap_mb)
+    best = comm.bcast(choose(scores, cfg.compression == "auto"), root=0)
+    return {"compression": best[0], "bucket_cap_mb": best[1],
+            "probe": {"compute_s": compute, "allreduce_s": measured, "latency_s": latency, "per_byte_s": per_byte,
+                      "predicted_step_s": {f"{s} {c:g}MB": v for (s, c), v in scores.items()}}}
+
+
+def score(compute: float, comm_models: dict, params: list, compression: str, bucket_cap_mb) -> dict:
+    """Predicted step seconds per (compressor, bucket cap), with the reducer's real bucket layout."""
+    caps = CAPS_MB if bucket_cap_mb == "auto" else (float(bucket_cap_mb),)
     scores = {}
     for spec, comm_time in comm_models.items():
-        if cfg.compression not in ("auto", spec):
+        if compression not in ("auto", spec):
             continue
         for cap in caps:
             buckets = [sum(p.numel() * p.element_size() for p in g) for g in group_params(params, int(cap * 1e6))]
             scores[(spec, cap)] = step_time(compute, buckets, comm_time)
+    return scores
+
+
+def choose(scores: dict, compression_auto: bool) -> tuple:
+    """The best (compressor, cap); a compressor only if it beats uncompressed by the margin PAYS."""
     # Exact ties happen when compute hides all communication: then the
     # default-sized bucket, as in DDP, rather than an extreme.
     def rank(choice):
         return scores[choice], abs(np.log(choice[1] / 25.0))
     best = min(scores, key=rank)
-    if cfg.compression == "auto" and best[0] != "none":
-        plain = min(v for (spec, _), v in scores.items() if spec == "none")
-        if scores[best] > PAYS * plain:
-            best = min(((s, c) for s, c in scores if s == "none"), key=rank)
-    best = comm.bcast(best, root=0)
-    return {"compression": best[0], "bucket_cap_mb": best[1],
-            "probe": {"compute_s": compute, "allreduce_s": measured, "latency_s": latency, "per_byte_s": per_byte,
-                      "predicted_step_s": {f"{s} {c:g}MB": v for (s, c), v in scores.items()}}}
+    if compression_auto and best[0] != "none":
+        plain = min(((s, c) for s, c in scores if s == "none"), key=rank)
+        if scores[best] > PAYS * scores[plain]:
+            best = plain
+    return best
 
 
 def describe(tuned: dict) -> str:

@@ -150,7 +150,13 @@ def add_arguments(parser) -> None:
 
 
 def _number_or_auto(text: str):
-    return "auto" if text == "auto" else float(text)
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        import argparse
+        raise argparse.ArgumentTypeError(f"a number of MB, or auto; got {text!r}") from None
 
 
 def from_args(args) -> TrainConfig:

@@ -1,0 +1,156 @@
+"""The cost model against closed forms, its fit against known parameters, the planner and the autotuner's choice."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ringtrain.plan.costmodel import Compression, CostModel, even_buckets, parse_rate, step_time
+from ringtrain.plan.fit import accuracy_key, fit
+from ringtrain.plan.planner import DEFAULT_MODEL, parse_count
+from ringtrain.train import autotune
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ALPHA, EFF, RATE = 50e-6, 0.9, 1e9
+BETA = 8 / (RATE * EFF)
+
+
+def test_rates_and_counts_parse_and_bad_ones_are_named():
+    assert parse_rate("100mbit") == 1e8 and parse_rate("2.5gbit") == 2.5e9 and parse_rate("400kbit") == 4e5
+    assert parse_count("124M") == 124e6 and parse_count("1.3G") == 1.3e9 and parse_count("350000") == 350000
+    for bad in ("1gbps", "fast", "-1gbit"):
+        with pytest.raises(ValueError, match="looks like 100mbit"):
+            parse_rate(bad)
+    with pytest.raises(ValueError, match="--params looks like"):
+        parse_count("many")
+
+
+def test_allreduce_times_follow_the_textbook_volumes():
+    m = CostModel(alpha=ALPHA, efficiency={str(RATE): EFF})
+    s = 8e6
+    assert m.allreduce_time(s, 4, RATE, "ring") == pytest.approx(6 * ALPHA + 1.5 * s * BETA)
+    assert m.allreduce_time(s, 4, RATE, "recursive_doubling") == pytest.approx(2 * (ALPHA + s * BETA))
+    assert m.allreduce_time(s, 4, RATE, "ps") == pytest.approx(6 * (ALPHA + s * BETA))
+    assert m.allreduce_time(s, 1, RATE) == 0.0
+    m.compressors["fp16"] = Compression(ratio=0.5, gamma=1e-9)
+    m.compressors["topk"] = Compression(ratio=0.01, gamma=2e-9, summable=False)
+    assert m.compressed_time(s, 4, RATE, "fp16") == pytest.approx(1e-9 * s + 6 * ALPHA + 1.5 * 0.5 * s * BETA)
+    assert m.compressed_time(s, 4, RATE, "topk") == pytest.approx(2e-9 * s + 3 * (ALPHA + 0.01 * s * BETA))
+    with pytest.raises(ValueError, match="no figures for compressor 'int8'"):
+        m.compressed_time(s, 4, RATE, "int8")
+
+
+def test_the_step_pipeline_overlaps_buckets_with_backward():
+    assert even_buckets(10, 4) == [4, 4, 2] and even_buckets(3, 4) == [3]
+    # No communication: the compute alone. One bucket: compute, then all of it.
+    assert step_time(0.3, [8], lambda b: 0.0) == pytest.approx(0.3)
+    assert step_time(0.3, [8], lambda b: 0.1) == pytest.approx(0.4)
+    # Four equal buckets ready at 0.15, 0.2, 0.25, 0.3 (backward is 2/3 of 0.3):
+    # each takes 0.01 and waits for nothing, so only the last is exposed.
+    assert step_time(0.3, [2, 2, 2, 2], lambda b: 0.01) == pytest.approx(0.31)
+    # Each takes 0.1: they queue behind each other from the first.
+    assert step_time(0.3, [2, 2, 2, 2], lambda b: 0.1) == pytest.approx(0.15 + 0.4)
+
+
+def synthetic_results(tmp_path):
+    """bench allreduce / compression JSON generated from known alpha, beta, gamma."""
+    paths = []
+    for n in (2, 4):
+        rows = [{"algorithm": "ring", "size": s, "time_us": 1e6 * (2 * (n - 1) * ALPHA + 2 * (n - 1) / n * s * BETA)}
+                for s in (1 << 16, 1 << 20, 1 << 24)]
+        path = tmp_path / f"allreduce_n{n}_1gbit.json"
+        path.write_text(json.dumps({"benchmark": "allreduce", "meta": {"world_size": n}, "rows": rows}))
+        paths.append(str(path))
+    s = 1 << 24
+    rows = [{"compressor": "int8", "size": s, "wire_ratio": 0.25,
+             "allreduce_s": 3e-9 * s + 6 * ALPHA + 1.5 * 0.25 * s * BETA},
+            {"compressor": "topk:ratio=0.01", "size": s, "wire_ratio": 0.02,
+             "allreduce_s": 1e-9 * s + 3 * (ALPHA + 0.02 * s * BETA)}]
+    path = tmp_path / "compression_n4_1gbit.json"
+    path.write_text(json.dumps({"benchmark": "compression", "world_size": 4, "rows": rows}))
+    paths.append(str(path))
+    rows = [{"system": "ringtrain", "compression": "ef+int8", "val_loss_vs_none": 0.004},
+            {"system": "ringtrain", "compression": "ef+topk:ratio=0.01", "val_loss_vs_none": 0.2}]
+    path = tmp_path / "convergence_n4_1gbit.json"
+    path.write_text(json.dumps({"benchmark": "convergence", "world_size": 4, "rows": rows}))
+    paths.append(str(path))
+    return paths
+
+
+def test_the_fit_recovers_alpha_beta_gamma_and_the_loss_penalty(tmp_path):
+    m = fit(synthetic_results(tmp_path))
+    assert m.alpha == pytest.approx(ALPHA, rel=1e-6)
+    assert m.efficiency == {str(RATE): pytest.approx(EFF, rel=1e-6)}
+    assert m.compressors["int8"].gamma == pytest.approx(3e-9, rel=1e-6) and m.compressors["int8"].summable
+    assert m.compressors["topk:ratio=0.01"].gamma == pytest.approx(1e-9, rel=1e-6)
+    assert not m.compressors["topk:ratio=0.01"].summable
+    assert m.loss_penalty == {"int8": 0.004, "topk:ratio=0.01": 0.2}
+    assert accuracy_key("ef+topk:ratio=0.01+lz4") == "topk:ratio=0.01"
+
+
+def plan(*args):
+    return subprocess.run([sys.executable, "-m", "ringtrain", "plan", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_plan_compresses_on_a_slow_link_and_not_where_compute_hides_the_network(tmp_path):
+    paths = synthetic_results(tmp_path)
+    slow = plan("--fit", *paths, "--params", "100M", "--step-compute-s", "0.05", "--link", "100mbit", "--nodes",
+                "2,8", "--json", str(tmp_path / "slow.json"))
+    assert slow.returncode == 0, slow.stderr
+    assert "left out, validation loss more than 2% worse in the training sweep: topk:ratio=0.01 (+20.0%)" in slow.stdout
+    rows = json.loads((tmp_path / "slow.json").read_text())["plan"]
+    assert [r["best"]["compression"] for r in rows] == ["int8", "int8"]
+    assert all(r["best"]["step_s"] < r["uncompressed"]["step_s"] for r in rows)
+    assert all(0 < r["best"]["efficiency"] <= 1 for r in rows)
+    fast = plan("--fit", *paths, "--params", "1M", "--step-compute-s", "10", "--link", "10gbit", "--nodes", "4",
+                "--json", str(tmp_path / "fast.json"))
+    best = json.loads((tmp_path / "fast.json").read_text())["plan"][0]["best"]
+    assert best["compression"] == "none" or best["step_s"] == pytest.approx(10.0)
+    assert best["efficiency"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_plan_names_bad_input():
+    for args, words in [(["--params", "1M", "--step-compute-s", "1", "--link", "1gbps"], "looks like 100mbit"),
+                        (["--params", "1M"], "--params and --step-compute-s"),
+                        (["--params", "1M", "--step-compute-s", "1", "--nodes", "0"], "--nodes must be"),
+                        (["--params", "1M", "--step-compute-s", "1", "--compressors", "zip"], "no figures for ['zip']")]:
+        out = plan(*args)
+        assert out.returncode != 0 and words in out.stderr, (args, out.stderr)
+
+
+def test_the_packaged_cost_model_plans():
+    assert os.path.exists(DEFAULT_MODEL)
+    out = plan("--params", "124M", "--step-compute-s", "0.3", "--link", "1gbit", "--nodes", "2,4")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("\n") >= 4
+
+
+class _Param:
+    """What autotune.score reads of a parameter."""
+    dtype = torch.float32
+
+    def __init__(self, n):
+        self.n = n
+
+    def numel(self):
+        return self.n
+
+    def element_size(self):
+        return 4
+
+
+def test_autotune_takes_compression_only_where_it_pays():
+    params = [_Param(1 << 20) for _ in range(8)]  # 32 MiB of gradients
+    slow = {"none": lambda b: 1e-4 + b / 12e6, "fp16": lambda b: 1e-4 + b / 24e6 + b * 1e-9}
+    scores = autotune.score(0.05, slow, params, "auto", "auto")
+    assert autotune.choose(scores, True)[0] == "fp16"
+    # A fast link: compression would win by less than the margin, so it is not taken.
+    fast = {"none": lambda b: 1e-4 + b / 12e9, "fp16": lambda b: 1e-4 + b / 24e9}
+    scores = autotune.score(0.05, fast, params, "auto", "auto")
+    assert autotune.choose(scores, True)[0] == "none"
+    # A fixed compressor with an automatic bucket cap only varies the cap.
+    scores = autotune.score(0.05, slow, params, "fp16", "auto")
+    assert {spec for spec, _ in scores} == {"fp16"} and len(scores) == len(autotune.CAPS_MB)
