@@ -116,7 +116,8 @@ def test_plan_names_bad_input():
     for args, words in [(["--params", "1M", "--step-compute-s", "1", "--link", "1gbps"], "looks like 100mbit"),
                         (["--params", "1M"], "--params and --step-compute-s"),
                         (["--params", "1M", "--step-compute-s", "1", "--nodes", "0"], "--nodes must be"),
-                        (["--params", "1M", "--step-compute-s", "1", "--compressors", "zip"], "no figures for ['zip']")]:
+                        (["--params", "1M", "--step-compute-s", "1", "--compressors", "zip"],
+                         "no figures for ['zip']")]:
         out = plan(*args)
         assert out.returncode != 0 and words in out.stderr, (args, out.stderr)
 

@@ -14,9 +14,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 from ringtrain.bench.sizes import format_bytes  # noqa: E402
-from ringtrain.plan.costmodel import step_time  # noqa: E402
-from ringtrain.plan.fit import accuracy_key, fit, link_of, world_of  # noqa: E402
-from ringtrain.reducer.buckets import group_params  # noqa: E402
+from ringtrain.plan.fit import accuracy_key, fit, link_of, step_cases, world_of  # noqa: E402
 
 MAX_LOSS_PENALTY = 0.02
 PLAN_TOLERANCE = 0.25
@@ -111,7 +109,8 @@ def convergence_section(say, results):
         compressed = [r for r in good if r["compression"] != "none"]
         if rate == 1e9 and n == 4 and compressed:
             best = max(compressed, key=lambda r: r["speedup_vs_none"])
-            targets.append(("training at 1 Gbit/s, 4 ranks: best compressor within 2% loss at >= 2x steps/s",
+            targets.append((f"training at 1 Gbit/s, 4 ranks, batch {a['batch_size']}x{a['context']}: best compressor "
+                            "within 2% loss at >= 2x steps/s",
                             f"{best['compression']}: {best['speedup_vs_none']:.2f}x steps/s, loss "
                             f"{100 * best['val_loss_vs_none']:+.1f}%", best["speedup_vs_none"] >= 2.0))
             ddp_psgd = next((r for r in data["rows"] if r["system"] == "ddp" and r["compression"] != "none"), None)
@@ -131,52 +130,35 @@ def convergence_section(say, results):
     return targets
 
 
-def validation_section(say, model, results):
+def validation_section(say, paths, results):
     say("## Planner validation: the cost model's step time against the measured one")
-    say("Compute time per step is the sweep's 'compute' variant (every rank training alone, at the same time).")
+    say("Compute time per step is the sweep's 'compute' variant (every rank training alone, at the same time). "
+        "Each training run is predicted by a cost model fitted without it (leave one out: its overlap and "
+        "training gammas come from the other runs), so no run is predicted from its own step times.")
     say()
+    if len(results) < 2:
+        say("(one training run: nothing to fit a model on without it. `sweep.py --full` has four.)")
+        say()
+        return []
     rows, errors = [], []
     for path, data, rate, n in results:
-        compute = next((r for r in data["rows"] if r["system"] == "compute"), None)
-        if compute is None or "param_bytes" not in data:
-            continue
-        sizes = [_Sized(b) for b in data["param_bytes"]]
-        for r in data["rows"]:
-            if r["system"] != "ringtrain":
-                continue
-            spec = r["compression"].removeprefix("auto=")
-            if spec != "none" and spec not in model.compressors and accuracy_key(spec) not in model.compressors:
-                continue
-            key = spec if spec == "none" or spec in model.compressors else accuracy_key(spec)
-            buckets = [sum(p.nbytes for p in g) for g in group_params(sizes, int(r["bucket_cap_mb"] * 1e6))]
-            predicted = step_time(compute["step_ms"] / 1e3, buckets,
-                                  lambda b, key=key: model.compressed_time(b, n, rate, key))
-            error = 1e3 * predicted / r["step_ms"] - 1
+        model = fit([p for p in paths if p != path])
+        overlap = model.overlap
+        for row, compute, serial, ideal in step_cases(model, data, rate):
+            predicted = (1 - overlap) * serial + overlap * ideal
+            error = 1e3 * predicted / row["step_ms"] - 1
             errors.append(error)
-            rows.append([f"n={n} {rate_name(rate)}", r["compression"], f"{r['bucket_cap_mb']:g}",
-                         f"{compute['step_ms']:.1f}", f"{1e3 * predicted:.1f}", f"{r['step_ms']:.1f}",
-                         f"{100 * error:+.0f}%"])
-    say.table(["run", "compression", "bucket MB", "compute ms", "predicted ms", "measured ms", "error"], rows)
+            rows.append([f"n={n} {rate_name(rate)} {os.path.basename(path)[:-5]}", row["compression"],
+                         f"{row['bucket_cap_mb']:g}", f"{1e3 * compute:.1f}", f"{overlap:.2f}",
+                         f"{1e3 * predicted:.1f}", f"{row['step_ms']:.1f}", f"{100 * error:+.0f}%"])
+    say.table(["run", "compression", "bucket MB", "compute ms", "overlap", "predicted ms", "measured ms", "error"],
+              rows)
     if not errors:
         return []
     worst = max(errors, key=abs)
     inside = sum(abs(e) <= PLAN_TOLERANCE for e in errors)
     return [("planner predicts step time within +-25%",
              f"{inside}/{len(errors)} within; worst {100 * worst:+.0f}%", inside == len(errors))]
-
-
-class _Sized:
-    """Stands in for a parameter in group_params: only its bytes matter."""
-    dtype = "float32"
-
-    def __init__(self, nbytes):
-        self.nbytes = nbytes
-
-    def numel(self):
-        return self.nbytes // 4
-
-    def element_size(self):
-        return 4
 
 
 def plots(out_dir, allreduce, convergence):
@@ -266,13 +248,14 @@ def main():
         model.save(os.path.join(out_dir, "costmodel.json"))
         say("## Cost model (costmodel.json)")
         say(f"alpha {1e6 * model.alpha:.0f} us; link efficiency " + ", ".join(
-            f"{rate_name(float(r))} {100 * e:.0f}%" for r, e in model.efficiency.items()))
+            f"{rate_name(float(r))} {100 * e:.0f}%" for r, e in model.efficiency.items())
+            + f"; overlap {model.overlap:.2f} of the ideal pipeline")
         say.table(["compressor", "wire ratio", "gamma ns/byte", "summable", "loss penalty"],
                   [[k, f"{c.ratio:.4f}", f"{1e9 * c.gamma:.2f}", c.summable,
                     f"{100 * model.loss_penalty[accuracy_key(k)]:+.1f}%"
                     if accuracy_key(k) in model.loss_penalty else "-"] for k, c in model.compressors.items()])
         if convergence:
-            targets += validation_section(say, model, convergence)
+            targets += validation_section(say, [p for p, *_ in allreduce + compression + convergence], convergence)
     say("## Targets")
     say.table(["target", "measured", "met"],
               [[t, m, "reported" if ok is None else ("yes" if ok else "NO")] for t, m, ok in targets])

@@ -1,7 +1,7 @@
 """The bandwidth-tuning sweeps on the simulated cluster, then the report (tables, plots, cost model).
 
-    python benchmarks/simcluster/sweep.py --quick     # about 10 minutes
-    python benchmarks/simcluster/sweep.py --full      # about an hour
+    python benchmarks/simcluster/sweep.py --quick     # 2-3 minutes
+    python benchmarks/simcluster/sweep.py --full      # about 50 minutes
 
 Each job builds a fresh cluster (``--hosts`` namespaces, every link shaped to
 ``--rate``), runs one ``python -m ringtrain bench ...`` with one rank per host,
@@ -25,11 +25,14 @@ sys.path.insert(0, HERE)
 from cluster import Cluster, run  # noqa: E402
 
 MIN_LINK_BYTES = 1 << 20
+CONVERGENCE_COMPRESSORS = "fp16,ef+int8,powersgd:rank=4,ef+topk:ratio=0.01,onebit,auto"
 ALGORITHMS = "ring,recursive_doubling,ps,auto"
 
-# (kind, hosts, rate, bench arguments). The allreduce peer, MPI_Allreduce, is
-# in every allreduce job; the uncompressed ring and MPI in every compression
-# job; DDP and DDP+PowerSGD in every convergence job.
+# Jobs: (kind, hosts, rate, bench arguments[, tag for a second job of the same
+# kind, hosts and rate]). The allreduce peer, MPI_Allreduce, is in every
+# allreduce job; the uncompressed ring and MPI in every compression job; DDP
+# and DDP+PowerSGD in every convergence job.
+
 # CI's check that the harness, the benches, the fit and the report still work together.
 SMOKE = [
     ("allreduce", 2, "1gbit", ["--min-bytes", "1M", "--max-bytes", "4M", "--step-factor", "4", "--repeat", "1",
@@ -63,18 +66,25 @@ FULL = [
     ("compression", 4, "100mbit", ["--sizes", "4M", "--steps", "3", "--repeat", "3"]),
     ("compression", 4, "1gbit", ["--sizes", "4M,16M", "--steps", "5", "--repeat", "5"]),
     ("compression", 2, "10gbit", ["--sizes", "4M,16M", "--steps", "5", "--repeat", "5"]),
-    ("convergence", 4, "100mbit", ["--steps", "100", "--batch-size", "1", "--bucket-sizes", "1,5,25"]),
-    ("convergence", 4, "1gbit", ["--steps", "200", "--batch-size", "1", "--bucket-sizes", "1,5,25"]),
-    ("convergence", 2, "10gbit", ["--steps", "200", "--batch-size", "1", "--bucket-sizes", "1,5,25"]),
+    ("convergence", 4, "100mbit", ["--steps", "100", "--batch-size", "1", "--bucket-sizes", "1,5,25", "--repeat", "2",
+                                   "--compressors", CONVERGENCE_COMPRESSORS]),
+    ("convergence", 4, "1gbit", ["--steps", "150", "--batch-size", "1", "--bucket-sizes", "1,5,25", "--repeat", "2",
+                                 "--compressors", CONVERGENCE_COMPRESSORS]),
+    # The same model on a quarter of the context: a quarter of the compute, the same
+    # gradients, so the link is the limit as it is for a large model on a cluster.
+    ("convergence", 4, "1gbit", ["--steps", "150", "--batch-size", "1", "--context", "32", "--bucket-sizes", "1,5,25",
+                                 "--repeat", "2", "--compressors", CONVERGENCE_COMPRESSORS], "ctx32"),
+    ("convergence", 2, "10gbit", ["--steps", "150", "--batch-size", "1", "--bucket-sizes", "1,5,25", "--repeat", "2",
+                                  "--compressors", CONVERGENCE_COMPRESSORS]),
 ]
 
 
-def job_name(kind, hosts, rate) -> str:
-    return f"{kind}_n{hosts}_{rate}"
+def job_name(kind, hosts, rate, tag="") -> str:
+    return f"{kind}_n{hosts}_{rate}" + (f"_{tag}" if tag else "")
 
 
-def run_job(kind, hosts, rate, bench_args, out_dir, timeout) -> None:
-    name = job_name(kind, hosts, rate)
+def run_job(kind, hosts, rate, bench_args, out_dir, timeout, tag="") -> None:
+    name = job_name(kind, hosts, rate, tag)
     path = os.path.join(out_dir, name + ".json")
     command = [sys.executable, "-m", "ringtrain", "bench", kind, *bench_args, "--json", path]
     if kind == "allreduce":
@@ -101,7 +111,7 @@ def run_job(kind, hosts, rate, bench_args, out_dir, timeout) -> None:
     # The link this was measured on, for the cost-model fit and the report.
     with open(path) as f:
         data = json.load(f)
-    data.update(link=rate, hosts=hosts)
+    data.update(link=rate, hosts=hosts, cores=len(os.sched_getaffinity(0)))
     with open(path, "w") as f:
         json.dump(data, f, indent=1)
     table = [line for line in done.stdout.splitlines() if not line.startswith(("step ", "validation", "done:"))]
@@ -112,8 +122,8 @@ def run_job(kind, hosts, rate, bench_args, out_dir, timeout) -> None:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     size = p.add_mutually_exclusive_group(required=True)
-    size.add_argument("--quick", action="store_true", help="2 and 4 hosts at 1 Gbit/s, few sizes (about 10 min)")
-    size.add_argument("--full", action="store_true", help="100 Mbit/s to 10 Gbit/s, every variant (about an hour)")
+    size.add_argument("--quick", action="store_true", help="2 and 4 hosts at 1 Gbit/s, few sizes (2-3 min)")
+    size.add_argument("--full", action="store_true", help="100 Mbit/s to 10 Gbit/s, every variant (about 50 min)")
     size.add_argument("--smoke", action="store_true", help="2 hosts, 2 sizes, a tiny model: CI's check (2 min)")
     p.add_argument("--out", help="output directory (default benchmarks/results/simcluster-quick or -full)")
     p.add_argument("--only", help="run only the jobs whose name contains this, e.g. convergence_n4")
@@ -129,14 +139,14 @@ def main():
     out_dir = args.out or os.path.join(os.path.dirname(HERE), "results", f"simcluster-{flavour}")
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.monotonic()
-    for kind, hosts, rate, bench_args in jobs:
-        name = job_name(kind, hosts, rate)
+    for kind, hosts, rate, bench_args, *tag in jobs:
+        name = job_name(kind, hosts, rate, *tag)
         if args.only and args.only not in name:
             continue
         if os.path.exists(os.path.join(out_dir, name + ".json")) and not args.force:
             print(f"== {name}: already measured, skipped (--force reruns it)")
             continue
-        run_job(kind, hosts, rate, bench_args, out_dir, args.timeout)
+        run_job(kind, hosts, rate, bench_args, out_dir, args.timeout, *tag)
     print(f"== sweep done in {time.monotonic() - t0:.0f} s; report:", flush=True)
     report = subprocess.run([sys.executable, os.path.join(HERE, "report.py"), out_dir])
     sys.exit(report.returncode)

@@ -71,7 +71,7 @@ def main(args) -> int:
         rows += _measure_size(comm, nbytes, dtype, args, algorithms)
         for row in rows[-len(algorithms) - 1:]:
             say(f"{format_bytes(row['size']):>10} {row['count']:>10} {row['type']:>8} {row['redop']:>5} "
-                f"{row['algorithm']:>18} {row['time_us']:>10.1f} {row['algbw']:>7.2f} {row['busbw']:>7.2f} "
+                f"{row['algorithm']:>18} {row['time_us']:>10.1f} {row['algbw']:>7.3f} {row['busbw']:>7.3f} "
                 f"{row['wrong']:>6} {row['vs_mpi']:>6.2f}")
     memcpy = _memcpy_reference(comm)
     summary = _summary(rows, algorithms, memcpy)

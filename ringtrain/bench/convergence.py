@@ -2,7 +2,8 @@
 
 Each variant trains the same job from the same seed for ``--steps`` steps: the
 demo GPT on the default corpus unless told otherwise. Reported per variant:
-the median step time (after ``--skip`` warm-up steps), steps/s, the training
+the median step time (after ``--skip`` warm-up steps; with ``--repeat``, the
+median over round-robin repetitions of every variant), steps/s, the training
 loss averaged over the last 10 steps, and the validation loss at the end, so
 that speed bought with accuracy shows. The peers, in the same run: torch DDP
 on gloo, and DDP with torch's PowerSGD communication hook.
@@ -35,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bucket-cap-mb", type=float, default=25.0, help="bucket cap of the compressed runs (default 25)")
     p.add_argument("--steps", type=int, default=200, help="optimizer steps per variant (default 200)")
     p.add_argument("--skip", type=int, default=5, help="warm-up steps left out of the step time (default 5)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="train every variant this many times, round robin; step time is the median (default 1)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per rank (default 8, as the demo)")
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
@@ -74,9 +77,12 @@ def main(args) -> int:
     if args.skip >= args.steps:
         raise SystemExit(f"--skip ({args.skip}) must be less than --steps ({args.steps})")
     variants = [v for v in _variants(args) if v[0] == "ringtrain" or world > 1]  # DDP needs 2 ranks to mean anything
-    rows = []
+    if args.repeat < 1:
+        raise SystemExit(f"--repeat must be >= 1, got {args.repeat}")
+    runs = {v: [] for v in variants}
     gloo = False
-    for system, compression, cap in variants:
+    # Round robin: drift of a shared machine spreads over every variant alike.
+    for (system, compression, cap) in [v for _ in range(args.repeat) for v in variants]:
         name = f"{system} {compression} {cap}MB" if cap == "auto" else f"{system} {compression} {cap:g}MB"
         out_dir = os.path.join(args.out_dir, name.replace(" ", "_").replace(":", "-"))
         cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, width=args.width, layers=args.layers,
@@ -109,17 +115,21 @@ def main(args) -> int:
                 gloo = True
             powersgd_rank = int(compression.partition("=")[2]) if compression != "none" else 0
             result = train_ddp(cfg, comm, powersgd_rank=powersgd_rank)
-        rows.append(_row(system, compression, cap, result, args.skip))
+        runs[(system, compression, cap)].append(result)
         param_bytes = [p.numel() * p.element_size() for p in result["model"].parameters() if p.requires_grad]
     if gloo:
         import torch.distributed as dist
         dist.destroy_process_group()
+    rows = [_row(*variant, results, args.skip) for variant, results in runs.items()]
     if rank == 0:
         _report(rows, args, world, param_bytes)
     return 0
 
 
-def _row(system, compression, cap, result, skip) -> dict:
+def _row(system, compression, cap, results, skip) -> dict:
+    """One variant's row: losses from its first run (every run computes the same bits), step time the median
+    over its runs' medians."""
+    result = results[0]
     if cap == "auto":
         compression = f"auto={result['tuned']['compression']}"
         cap = result["tuned"]["bucket_cap_mb"]
@@ -127,9 +137,10 @@ def _row(system, compression, cap, result, skip) -> dict:
     losses = np.array(result["losses"])
     wall = np.cumsum(seconds)
     keep = np.unique(np.linspace(0, len(losses) - 1, min(CURVE_POINTS, len(losses))).astype(int))
-    step_s = float(np.median(seconds[skip:]))
+    per_run = [float(np.median(np.array(r["step_seconds"])[skip:])) for r in results]
+    step_s = float(np.median(per_run))
     return {"system": system, "compression": compression, "bucket_cap_mb": cap, "step_ms": 1e3 * step_s,
-            "steps_per_s": 1.0 / step_s, "final_loss": float(losses[-10:].mean()), "val_loss": result["val_loss"],
+            "steps_per_s": 1.0 / step_s, "step_ms_runs": [1e3 * s for s in per_run], "final_loss": float(losses[-10:].mean()), "val_loss": result["val_loss"],
             "wall_s": float(wall[-1]), "curve": [[float(wall[i]), float(losses[i])] for i in keep]}
 
 

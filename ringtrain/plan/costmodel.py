@@ -20,7 +20,9 @@ PowerSGD) ride the ring; the others are allgathered, so each node receives
 
 A training step is then a pipeline (``step_time``): forward, then backward
 releasing the buckets in order with its share of the compute, each bucket's
-allreduce starting when both it is ready and the previous one has finished.
+allreduce starting when both it is ready and the previous one has finished,
+and ``overlap`` (fitted to the training sweep) says how much of that ideal
+overlap the machine's CPUs let happen.
 """
 import json
 import math
@@ -61,6 +63,8 @@ class CostModel:
     efficiency: dict = field(default_factory=dict)   # link rate in bit/s (as a string) -> fraction reached
     compressors: dict = field(default_factory=dict)  # spec -> Compression
     loss_penalty: dict = field(default_factory=dict)  # spec -> validation loss vs uncompressed, from training
+    overlap: float = 1.0                             # share of the ideal overlap that training reached
+    gamma_none: float = 0.0                          # the reducer's own seconds per byte in training
     source: str = ""
 
     def efficiency_at(self, rate: float) -> float:
@@ -87,19 +91,26 @@ class CostModel:
             return 2 * logn * a + 2 * (n - 1) / n * nbytes * b
         raise ValueError(f"unknown algorithm {algorithm!r}; the model knows {ALGORITHMS}")
 
-    def compressed_time(self, nbytes: float, n: int, rate: float, spec: str) -> float:
+    def compressed_time(self, nbytes: float, n: int, rate: float, spec: str, contention: float = 1.0,
+                        algorithm: str = "ring") -> float:
+        """One bucket's averaging: wire time plus gamma x bytes, the CPU work (x ``contention``: ranks per core).
+
+        ``spec`` "none" is the uncompressed ``algorithm`` with ``gamma_none``, the
+        reducer's own per-byte work in training (copies into and out of buckets).
+        """
         if spec == "none":
-            return self.allreduce_time(nbytes, n, rate)
+            return self.allreduce_time(nbytes, n, rate, algorithm) + self.gamma_none * contention * nbytes
         if spec not in self.compressors:
             raise ValueError(f"the cost model has no figures for compressor {spec!r}; it has "
                              f"{sorted(self.compressors)}")
         c = self.compressors[spec]
         if n == 1:
             return 0.0
+        work = (c.gamma + self.gamma_none) * contention * nbytes
         if c.summable:
             wire = self.allreduce_time(c.ratio * nbytes, n, rate) - 2 * (n - 1) * self.alpha
-            return c.gamma * nbytes + c.messages * 2 * (n - 1) * self.alpha + wire
-        return c.gamma * nbytes + (n - 1) * (self.alpha + c.ratio * nbytes * self.beta(rate))
+            return work + c.messages * 2 * (n - 1) * self.alpha + wire
+        return work + (n - 1) * (self.alpha + c.ratio * nbytes * self.beta(rate))
 
     def save(self, path: str) -> None:
         data = asdict(self)
@@ -114,12 +125,19 @@ class CostModel:
         return cls(**data)
 
 
-def step_time(compute_s: float, bucket_bytes: list, comm_time) -> float:
+def step_time(compute_s: float, bucket_bytes: list, comm_time, overlap: float = 1.0) -> float:
     """Step time when buckets (in the order backward fills them) are averaged while backward runs.
 
     ``comm_time(nbytes)`` is one bucket's averaging time. Backward takes
-    BACKWARD_SHARE of ``compute_s`` and fills the buckets at an even rate per byte.
+    BACKWARD_SHARE of ``compute_s`` and fills the buckets at an even rate per
+    byte. ``overlap`` interpolates between no overlap at all (0: compute, then
+    every bucket) and the ideal pipeline (1). Where ranks have no core to
+    spare, communication takes its CPU from backward, and the fitted overlap
+    is small (benchmarks/README.md).
     """
+    if overlap < 1.0:
+        serial = compute_s + sum(comm_time(b) for b in bucket_bytes)
+        return (1 - overlap) * serial + overlap * step_time(compute_s, bucket_bytes, comm_time)
     total = float(sum(bucket_bytes))
     ready = compute_s * (1 - BACKWARD_SHARE)
     finish = 0.0

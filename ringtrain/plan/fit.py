@@ -5,7 +5,11 @@
   against ``2 (n-1) alpha + 2 (n-1)/n S beta`` over sizes from MIN_FIT_BYTES,
   weighted by 1/time so small and large messages count alike.
 - gamma per compressor: what its measured compressed allreduce took beyond
-  the model's wire time, per input byte (median over sizes and runs).
+  the model's wire time, per input byte (median over sizes and runs); where
+  the training sweep trained with it, what its steps took beyond compute and
+  wire instead, which is what a planner needs.
+- the overlap: how much of the ideal bucket pipeline the uncompressed
+  training steps reached (least squares, 0 to 1).
 - the loss penalty per compressor: validation loss against the uncompressed
   run of the same training sweep (the worst over the sweep's links), keyed
   without ``ef`` and ``lz4`` (``accuracy_key``): lz4 is lossless, and a
@@ -61,7 +65,10 @@ def fit(paths: list) -> CostModel:
     model = CostModel(alpha=0.0, source=", ".join(sorted(os.path.basename(p) for p, _, _ in loaded)))
     _fit_links(model, [(d, r) for _, d, r in loaded if d.get("benchmark") == "allreduce"])
     _fit_compressors(model, [(d, r) for _, d, r in loaded if d.get("benchmark") == "compression"])
-    _fit_losses(model, [d for _, d, _ in loaded if d.get("benchmark") == "convergence"])
+    convergence = [(d, r) for _, d, r in loaded if d.get("benchmark") == "convergence"]
+    _fit_losses(model, [d for d, _ in convergence])
+    model.overlap = fit_overlap(model, convergence)
+    _calibrate_gammas(model, convergence)
     return model
 
 
@@ -96,7 +103,7 @@ def _fit_compressors(model, results) -> None:
             kind.ratio = row["wire_ratio"]
             model.compressors[spec] = kind
             wire = model.compressed_time(size, n, rate, spec)  # gamma is still 0 here
-            gammas.setdefault(spec, []).append(max(0.0, (row["allreduce_s"] - wire) / size))
+            gammas.setdefault(spec, []).append(max(0.0, (row["allreduce_s"] - wire) / size / contention(data)))
             ratios.setdefault(spec, []).append(row["wire_ratio"])
     for spec in gammas:
         c = model.compressors[spec]
@@ -106,6 +113,96 @@ def _fit_compressors(model, results) -> None:
 def _fit_losses(model, results) -> None:
     for data in results:
         for row in data["rows"]:
-            if row["system"] == "ringtrain" and row["compression"] != "none" and not row["compression"].startswith("auto"):
-                key = accuracy_key(row["compression"])
+            spec = row["compression"]
+            if row["system"] == "ringtrain" and spec != "none" and not spec.startswith("auto"):
+                key = accuracy_key(spec)
                 model.loss_penalty[key] = max(model.loss_penalty.get(key, -1.0), row["val_loss_vs_none"])
+
+
+class _Sized:
+    """Stands in for a parameter in group_params: only its bytes matter."""
+    dtype = "float32"
+
+    def __init__(self, nbytes):
+        self.nbytes = nbytes
+
+    def numel(self):
+        return self.nbytes // 4
+
+    def element_size(self):
+        return 4
+
+
+def contention(data: dict) -> float:
+    """Ranks per core of a result: simulated hosts share one machine's cores; real hosts have their own."""
+    if "hosts" in data and data.get("cores"):
+        return max(1.0, data["hosts"] / data["cores"])
+    return 1.0
+
+
+def step_cases(model, data: dict, rate: float):
+    """(row, compute seconds, serial seconds, ideal-pipeline seconds) per ringtrain row of a convergence result.
+
+    Compute is the result's "compute" row; rows whose compressor the model has
+    no figures for are skipped.
+    """
+    from ..reducer.buckets import group_params
+    from .costmodel import step_time
+    compute = next((r for r in data["rows"] if r["system"] == "compute"), None)
+    if compute is None or "param_bytes" not in data:
+        return []
+    n, c = world_of(data), compute["step_ms"] / 1e3
+    sizes = [_Sized(b) for b in data["param_bytes"]]
+    cases = []
+    for row in data["rows"]:
+        spec = row["compression"].removeprefix("auto=")
+        key = spec if spec == "none" or spec in model.compressors else accuracy_key(spec)
+        if row["system"] != "ringtrain" or (key != "none" and key not in model.compressors):
+            continue
+        buckets = [sum(p.nbytes for p in g) for g in group_params(sizes, int(row["bucket_cap_mb"] * 1e6))]
+
+        def comm(b, key=key):
+            return model.compressed_time(b, n, rate, key, contention(data))
+        cases.append((row, c, c + sum(comm(b) for b in buckets), step_time(c, buckets, comm)))
+    return cases
+
+
+def fit_overlap(model, convergence) -> float:
+    """The overlap (0..1) that best explains the uncompressed step times, by least squares of relative errors."""
+    num = den = 0.0
+    for data, rate in convergence:
+        for row, _, serial, ideal in step_cases(model, data, rate):
+            if row["compression"] != "none":
+                continue
+            measured = row["step_ms"] / 1e3
+            # measured ~ serial - overlap (serial - ideal), in units of the measurement
+            d, r = (serial - ideal) / measured, (serial - measured) / measured
+            num, den = num + d * r, den + d * d
+    return float(min(1.0, max(0.0, num / den))) if den > 0 else 1.0
+
+
+def _calibrate_gammas(model, convergence) -> None:
+    """gamma_none, then each compressor's gamma, as training pays them: step time beyond compute and wire.
+
+    In training the reducer copies gradients, and a codec runs beside backward
+    and the other ranks' compute, which the stand-alone benchmarks do not see.
+    Per gradient byte and per unit of contention (ranks per core).
+    """
+    def extra(keys):
+        out = []
+        for data, rate in convergence:
+            total = float(sum(data.get("param_bytes", []))) * contention(data)
+            for row, _, serial, ideal in step_cases(model, data, rate):
+                spec = row["compression"].removeprefix("auto=")
+                if total and (spec in keys or accuracy_key(spec) in keys):
+                    predicted = (1 - model.overlap) * serial + model.overlap * ideal
+                    out.append((row["step_ms"] / 1e3 - predicted) / total)
+        return out
+    model.gamma_none = 0.0
+    none = extra({"none"})
+    if none:
+        model.gamma_none = max(0.0, float(np.median(none)))
+    for key, c in model.compressors.items():
+        gamma, c.gamma = c.gamma, 0.0
+        values = extra({key})
+        c.gamma = max(0.0, float(np.median(values))) if values else gamma

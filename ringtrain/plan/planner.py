@@ -72,11 +72,11 @@ def best(model: CostModel, total_bytes: float, compute_s: float, n: int, rate: f
                 buckets = even_buckets(total_bytes, cap_mb * 1e6)
                 if spec == "none":
                     def comm(b, algorithm=algorithm):
-                        return model.allreduce_time(b, n, rate, algorithm)
+                        return model.compressed_time(b, n, rate, "none", algorithm=algorithm)
                 else:
                     def comm(b, spec=spec):
                         return model.compressed_time(b, n, rate, spec)
-                t = step_time(compute_s, buckets, comm)
+                t = step_time(compute_s, buckets, comm, model.overlap)
                 if top is None or t < top["step_s"]:
                     top = {"nodes": n, "step_s": t, "algorithm": algorithm, "bucket_cap_mb": cap_mb,
                            "compression": spec, "efficiency": compute_s / t, "speedup": n * compute_s / t,
@@ -108,7 +108,8 @@ def main(args) -> int:
     except ValueError as e:
         raise SystemExit(f"plan: {e}") from None
     if not nodes or min(nodes) < 1 or params <= 0:
-        raise SystemExit(f"plan: --nodes must be whole numbers >= 1 and --params > 0, got {args.nodes!r}, {args.params!r}")
+        raise SystemExit(f"plan: --nodes must be whole numbers >= 1 and --params > 0, "
+                         f"got {args.nodes!r}, {args.params!r}")
     wanted = [c.strip() for c in args.compressors.split(",")] if args.compressors else sorted(model.compressors)
     unknown = [c for c in wanted if c not in model.compressors]
     if unknown:

@@ -4,18 +4,23 @@ The probe measures, on the job's own ranks and links:
 
 - the compute of one step: forward and backward of the first batch (twice;
   the second counts), with the RNG state put back and the gradients dropped;
-- the uncompressed allreduce at the full gradient size and at a sixteenth of
-  it, which gives its latency a and seconds per byte b;
-- each candidate compressor's averaging of the full gradient (when
-  compression is auto, or to size the buckets of a fixed compressor).
+- the uncompressed allreduce at the full gradient size, at a sixteenth of it
+  and of one element, which give its fixed cost per bucket and seconds per byte;
+- each candidate compressor's averaging of all the gradients and of the
+  last sixteenth of the parameters (the first bucket backward fills), which
+  give its fixed cost per call and seconds per byte (when compression is
+  auto, or to size the buckets of a fixed compressor).
 
 Every choice (compressor x bucket cap) is then scored by the cost model's
-step pipeline (``plan.costmodel.step_time``) with the real bucket layout, and
+step pipeline (``plan.costmodel.step_time``) with the real bucket layout and
+the overlap fitted to the training sweep (the packaged cost model, or the one
+RINGTRAIN_COST_MODEL names: fit your own with ``ringtrain plan --fit``), and
 compression is taken only if it promises a step at least PAYS shorter than
 the best uncompressed choice: where the link is not the limit, it does not
 pay. Times are the slowest rank's, so every rank computes the same scores;
 rank 0's decision is broadcast all the same.
 """
+import os
 import time
 
 import numpy as np
@@ -71,34 +76,75 @@ def tune(cfg, model, loss_fn, x, y, comm) -> dict:
     compute = probe_compute(model, loss_fn, x, y, comm) * cfg.accumulate
     full = np.zeros(count, np.float32)
     small = full[:max(1, count // 16)]
+    tiny = full[:1]
     t_full = _timed(comm, lambda: allreduce(full, op="mean", comm=comm, check=False))
     t_small = _timed(comm, lambda: allreduce(small, op="mean", comm=comm, check=False))
-    per_byte = max(0.0, (t_full - t_small) / (4 * (count - small.size))) if count > small.size else 0.0
-    latency = max(0.0, t_small - per_byte * 4 * small.size)
+    # One message of one element: the floor of any bucket's cost, Python included.
+    t_tiny = _timed(comm, lambda: allreduce(tiny, op="mean", comm=comm, check=False))
+    per_byte, latency = _line(4 * small.size, t_small, 4 * count, t_full)
+    latency = max(latency, t_tiny)
     comm_models = {"none": lambda nbytes: latency + per_byte * nbytes}
     specs = list(CANDIDATES) if cfg.compression == "auto" else [] if cfg.compression == "none" else [cfg.compression]
     layout, at = [], 0
     for p in params:
         layout.append((at, at + p.numel(), tuple(p.shape)))
         at += p.numel()
+    # The parameters backward finishes first, about a sixteenth of them: a small bucket.
+    last = []
+    for lo, hi, shape in reversed(layout):
+        if last and sum(h - l for l, h, _ in last) + hi - lo > count // 16:
+            break
+        last.append((lo, hi, shape))
+    first, size = [], 0
+    for lo, hi, shape in reversed(last):  # the same shapes, laid out from offset 0
+        first.append((size, size + hi - lo, shape))
+        size += hi - lo
     data = np.random.default_rng([cfg.seed, comm.Get_rank()]).standard_normal(count).astype(np.float32)
     measured = {"none": t_full}
     for spec in specs:
-        compressor = compression_get(spec)
-        compressor.set_layout(layout)
-        measured[spec] = t = _timed(comm, lambda c=compressor: c.allreduce_mean(data, comm), repeat=2)
-        messages = 2 if spec.startswith("powersgd") else 1
-        # Its fixed cost is the allreduce latency per message; the rest scales with the bytes.
-        slope = max(0.0, t - messages * latency) / (4 * count)
-        comm_models[spec] = lambda nbytes, m=messages, s=slope: m * latency + s * nbytes
-    scores = score(compute, comm_models, params, cfg.compression, cfg.bucket_cap_mb)
+        times = []
+        for part, n in ((layout, count), (first, size)):
+            compressor = compression_get(spec)
+            compressor.set_layout(part)
+            times.append(_timed(comm, lambda c=compressor, n=n: c.allreduce_mean(data[:n], comm), repeat=2))
+        measured[spec] = times[0]
+        # A line through both sizes: the fixed part holds the compressor's per-call
+        # work and messages; each bucket also averages its used-flags (one message).
+        if size < count:
+            slope, fixed = _line(4 * size, times[1], 4 * count, times[0])
+        else:
+            slope, fixed = times[0] / (4 * count), 0.0
+        comm_models[spec] = lambda nbytes, f=fixed, s=slope: f + t_tiny + s * nbytes
+    overlap = machine_overlap()
+    scores = score(compute, comm_models, params, cfg.compression, cfg.bucket_cap_mb, overlap)
     best = comm.bcast(choose(scores, cfg.compression == "auto"), root=0)
     return {"compression": best[0], "bucket_cap_mb": best[1],
             "probe": {"compute_s": compute, "allreduce_s": measured, "latency_s": latency, "per_byte_s": per_byte,
+                      "message_s": t_tiny, "overlap": overlap,
                       "predicted_step_s": {f"{s} {c:g}MB": v for (s, c), v in scores.items()}}}
 
 
-def score(compute: float, comm_models: dict, params: list, compression: str, bucket_cap_mb) -> dict:
+def _line(x0, y0, x1, y1) -> tuple[float, float]:
+    """(slope, intercept) of the line through two timings, neither negative."""
+    slope = max(0.0, (y1 - y0) / (x1 - x0)) if x1 > x0 else 0.0
+    return slope, max(0.0, y0 - slope * x0)
+
+
+def machine_overlap() -> float:
+    """How much of the ideal overlap training reaches: from RINGTRAIN_COST_MODEL or the packaged cost model."""
+    from ..plan.costmodel import CostModel
+    from ..plan.planner import DEFAULT_MODEL
+    path = os.environ.get("RINGTRAIN_COST_MODEL", DEFAULT_MODEL)
+    try:
+        return CostModel.load(path).overlap
+    except (OSError, ValueError, TypeError) as e:
+        if "RINGTRAIN_COST_MODEL" in os.environ:
+            raise ValueError(f"RINGTRAIN_COST_MODEL={path}: not a cost model ({e})") from None
+        return 1.0
+
+
+def score(compute: float, comm_models: dict, params: list, compression: str, bucket_cap_mb,
+          overlap: float = 1.0) -> dict:
     """Predicted step seconds per (compressor, bucket cap), with the reducer's real bucket layout."""
     caps = CAPS_MB if bucket_cap_mb == "auto" else (float(bucket_cap_mb),)
     scores = {}
@@ -107,7 +153,7 @@ def score(compute: float, comm_models: dict, params: list, compression: str, buc
             continue
         for cap in caps:
             buckets = [sum(p.numel() * p.element_size() for p in g) for g in group_params(params, int(cap * 1e6))]
-            scores[(spec, cap)] = step_time(compute, buckets, comm_time)
+            scores[(spec, cap)] = step_time(compute, buckets, comm_time, overlap)
     return scores
 
 
