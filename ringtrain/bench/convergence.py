@@ -76,7 +76,10 @@ def main(args) -> int:
     rank, world = comm.Get_rank(), comm.Get_size()
     if args.skip >= args.steps:
         raise SystemExit(f"--skip ({args.skip}) must be less than --steps ({args.steps})")
-    variants = [v for v in _variants(args) if v[0] == "ringtrain" or world > 1]  # DDP needs 2 ranks to mean anything
+    try:
+        variants = [v for v in _variants(args) if v[0] != "ddp" or world > 1]  # DDP needs 2 ranks to mean anything
+    except ValueError as e:
+        raise SystemExit(f"bench convergence: {e}") from None
     if args.repeat < 1:
         raise SystemExit(f"--repeat must be >= 1, got {args.repeat}")
     runs = {v: [] for v in variants}
@@ -115,8 +118,9 @@ def main(args) -> int:
                 gloo = True
             powersgd_rank = int(compression.partition("=")[2]) if compression != "none" else 0
             result = train_ddp(cfg, comm, powersgd_rank=powersgd_rank)
+        model = result.pop("model")  # keep only numbers: a run per variant and repetition adds up
+        param_bytes = [p.numel() * p.element_size() for p in model.parameters() if p.requires_grad]
         runs[(system, compression, cap)].append(result)
-        param_bytes = [p.numel() * p.element_size() for p in result["model"].parameters() if p.requires_grad]
     if gloo:
         import torch.distributed as dist
         dist.destroy_process_group()
