@@ -5,6 +5,7 @@ collective. Like ``python -m mpi4py``, print the traceback with the rank, then
 call MPI_Abort, which makes the launcher kill every rank and return non-zero.
 """
 import sys
+import time
 import traceback
 
 
@@ -25,5 +26,9 @@ def run_or_abort(main, *args) -> int:
         traceback.print_exc()
         sys.stderr.flush()
         if MPI.Is_initialized() and not MPI.Is_finalized():
+            # The launcher forwards our stderr asynchronously, and Abort makes
+            # it kill every process, its forwarders included: give the message
+            # a moment to get out, or the job may end with nothing said.
+            time.sleep(0.5)
             MPI.COMM_WORLD.Abort(1)
         raise
