@@ -111,6 +111,17 @@ def run(cluster: Cluster, command: list[str], timeout: float, env_extra=None) ->
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def run_counted(hosts: int, rate: str, command: list[str], timeout: float):
+    """Build a cluster, run ``command`` on it, delete it; returns (completed mpiexec, bytes each host sent)."""
+    cluster = Cluster(hosts, rate)
+    try:
+        before = cluster.tx_bytes()
+        done = run(cluster, command, timeout)
+        return done, [b - a for a, b in zip(before, cluster.tx_bytes())]
+    finally:
+        cluster.close()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--hosts", type=int, default=2)
@@ -125,13 +136,7 @@ def main():
         sys.exit("cluster.py: network namespaces need root")
     # SIGTERM (timeout, scancel) unwinds like Ctrl-C, so the namespaces are deleted.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    cluster = Cluster(args.hosts, args.rate)
-    try:
-        before = cluster.tx_bytes()
-        done = run(cluster, command, args.timeout)
-        sent = [b - a for a, b in zip(before, cluster.tx_bytes())]
-    finally:
-        cluster.close()
+    done, sent = run_counted(args.hosts, args.rate, command, args.timeout)
     sys.stdout.write(done.stdout)
     sys.stderr.write(done.stderr)
     print(f"# simulated cluster: {args.hosts} hosts at {args.rate}; bytes sent per host over the links: {sent}")

@@ -14,7 +14,8 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 from ringtrain.bench.sizes import format_bytes  # noqa: E402
-from ringtrain.plan.fit import accuracy_key, fit, link_of, step_cases, world_of  # noqa: E402
+from ringtrain.plan.costmodel import blend  # noqa: E402
+from ringtrain.plan.fit import accuracy_key, fit_loaded, link_of, step_cases, world_of  # noqa: E402
 
 MAX_LOSS_PENALTY = 0.02
 PLAN_TOLERANCE = 0.25
@@ -130,7 +131,7 @@ def convergence_section(say, results):
     return targets
 
 
-def validation_section(say, paths, results):
+def validation_section(say, loaded, results):
     say("## Planner validation: the cost model's step time against the measured one")
     say("Compute time per step is the sweep's 'compute' variant (every rank training alone, at the same time). "
         "Each training run is predicted by a cost model fitted without it (leave one out: its overlap and "
@@ -142,10 +143,10 @@ def validation_section(say, paths, results):
         return []
     rows, errors = [], []
     for path, data, rate, n in results:
-        model = fit([p for p in paths if p != path])
+        model = fit_loaded([entry for entry in loaded if entry[0] != path])
         overlap = model.overlap
-        for row, compute, serial, ideal in step_cases(model, data, rate):
-            predicted = (1 - overlap) * serial + overlap * ideal
+        for row, _, compute, serial, ideal in step_cases(model, data, rate):
+            predicted = blend(serial, ideal, overlap)
             error = 1e3 * predicted / row["step_ms"] - 1
             errors.append(error)
             rows.append([f"n={n} {rate_name(rate)} {os.path.basename(path)[:-5]}", row["compression"],
@@ -165,39 +166,43 @@ def plots(out_dir, allreduce, convergence):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, name), dpi=110)
+        plt.close(fig)
+
+    def panels(results, width, draw, xlabel, ylabel, name):
+        """One panel per (n, link) result, side by side, sharing the y label and the first legend."""
+        fig, axes = plt.subplots(1, len(results), figsize=(width * len(results), 4), squeeze=False)
+        for ax, (_, data, rate, n) in zip(axes[0], results):
+            draw(ax, data, rate)
+            ax.set_title(f"n={n}, {rate_name(rate)}")
+            ax.set_xlabel(xlabel)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel(ylabel)
+        axes[0][0].legend(fontsize=7)
+        save(fig, name)
+
+    def busbw(ax, data, rate):
+        for alg in dict.fromkeys(r["algorithm"] for r in data["rows"]):
+            pts = sorted((r["size"], r["busbw"]) for r in data["rows"] if r["algorithm"] == alg)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=alg)
+        ax.axhline(rate / 8e9, color="black", ls="--", lw=1, label="link rate")
+        ax.set_xscale("log", base=2)
+
+    def losses(ax, data, rate):
+        for r in data["rows"]:
+            if r["system"] == "compute" or (r["system"] == "ringtrain" and r["compression"] == "none"
+                                            and r["bucket_cap_mb"] != data["meta"]["args"]["bucket_cap_mb"]):
+                continue
+            t, loss = zip(*r["curve"])
+            ax.plot(t, _smooth(loss), lw=1.2, label=f"{r['system']} {r['compression']}")
+
     if allreduce:
-        fig, axes = plt.subplots(1, len(allreduce), figsize=(4.2 * len(allreduce), 4), squeeze=False)
-        for ax, (path, data, rate, n) in zip(axes[0], allreduce):
-            for alg in dict.fromkeys(r["algorithm"] for r in data["rows"]):
-                pts = sorted((r["size"], r["busbw"]) for r in data["rows"] if r["algorithm"] == alg)
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=alg)
-            ax.axhline(rate / 8e9, color="black", ls="--", lw=1, label="link rate")
-            ax.set_xscale("log", base=2)
-            ax.set_title(f"n={n}, {rate_name(rate)}")
-            ax.set_xlabel("message bytes")
-            ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel("busbw (GB/s)")
-        axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "allreduce_busbw.png"), dpi=110)
-        plt.close(fig)
+        panels(allreduce, 4.2, busbw, "message bytes", "busbw (GB/s)", "allreduce_busbw.png")
     if convergence:
-        fig, axes = plt.subplots(1, len(convergence), figsize=(5 * len(convergence), 4), squeeze=False)
-        for ax, (path, data, rate, n) in zip(axes[0], convergence):
-            for r in data["rows"]:
-                if r["system"] == "compute" or (r["system"] == "ringtrain" and r["compression"] == "none"
-                                                and r["bucket_cap_mb"] != data["meta"]["args"]["bucket_cap_mb"]):
-                    continue
-                t, loss = zip(*r["curve"])
-                ax.plot(t, _smooth(loss), lw=1.2, label=f"{r['system']} {r['compression']}")
-            ax.set_title(f"n={n}, {rate_name(rate)}")
-            ax.set_xlabel("wall time (s)")
-            ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel("training loss (moving average)")
-        axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "convergence_loss.png"), dpi=110)
-        plt.close(fig)
+        panels(convergence, 5, losses, "wall time (s)", "training loss (moving average)", "convergence_loss.png")
         fig, ax = plt.subplots(figsize=(6, 4))
         for path, data, rate, n in convergence:
             pts = sorted((r["bucket_cap_mb"], r["step_ms"]) for r in data["rows"]
@@ -211,9 +216,7 @@ def plots(out_dir, allreduce, convergence):
         ax.set_ylabel("step time (ms); dotted: DDP")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "bucket_step_time.png"), dpi=110)
-        plt.close(fig)
+        save(fig, "bucket_step_time.png")
 
 
 def _smooth(values, width=10):
@@ -244,7 +247,8 @@ def main():
     if convergence:
         targets += convergence_section(say, convergence)
     if allreduce:
-        model = fit([p for p, *_ in allreduce + compression + convergence])
+        loaded = [(path, data, rate) for path, data, rate, _ in allreduce + compression + convergence]
+        model = fit_loaded(loaded)
         model.save(os.path.join(out_dir, "costmodel.json"))
         say("## Cost model (costmodel.json)")
         say(f"alpha {1e6 * model.alpha:.0f} us; link efficiency " + ", ".join(
@@ -255,7 +259,7 @@ def main():
                     f"{100 * model.loss_penalty[accuracy_key(k)]:+.1f}%"
                     if accuracy_key(k) in model.loss_penalty else "-"] for k, c in model.compressors.items()])
         if convergence:
-            targets += validation_section(say, [p for p, *_ in allreduce + compression + convergence], convergence)
+            targets += validation_section(say, loaded, convergence)
     say("## Targets")
     say.table(["target", "measured", "met"],
               [[t, m, "reported" if ok is None else ("yes" if ok else "NO")] for t, m, ok in targets])

@@ -22,7 +22,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from cluster import Cluster, run  # noqa: E402
+from cluster import run_counted  # noqa: E402
 
 MIN_LINK_BYTES = 1 << 20
 CONVERGENCE_COMPRESSORS = "fp16,ef+int8,powersgd:rank=4,ef+topk:ratio=0.01,onebit,auto"
@@ -93,13 +93,7 @@ def run_job(kind, hosts, rate, bench_args, out_dir, timeout, tag="") -> None:
         command += ["--out-dir", os.path.join(out_dir, "runs", name)]
     print(f"== {name}: {' '.join(command[1:])}", flush=True)
     t0 = time.monotonic()
-    cluster = Cluster(hosts, rate)
-    try:
-        before = cluster.tx_bytes()
-        done = run(cluster, command, timeout)
-        sent = [b - a for a, b in zip(before, cluster.tx_bytes())]
-    finally:
-        cluster.close()
+    done, sent = run_counted(hosts, rate, command, timeout)
     with open(os.path.join(out_dir, name + ".log"), "w") as f:
         f.write(done.stdout + done.stderr)
     if done.returncode or min(sent) < MIN_LINK_BYTES:

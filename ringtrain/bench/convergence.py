@@ -144,7 +144,8 @@ def _row(system, compression, cap, results, skip) -> dict:
     per_run = [float(np.median(np.array(r["step_seconds"])[skip:])) for r in results]
     step_s = float(np.median(per_run))
     return {"system": system, "compression": compression, "bucket_cap_mb": cap, "step_ms": 1e3 * step_s,
-            "steps_per_s": 1.0 / step_s, "step_ms_runs": [1e3 * s for s in per_run], "final_loss": float(losses[-10:].mean()), "val_loss": result["val_loss"],
+            "steps_per_s": 1.0 / step_s, "step_ms_runs": [1e3 * s for s in per_run],
+            "final_loss": float(losses[-10:].mean()), "val_loss": result["val_loss"],
             "wall_s": float(wall[-1]), "curve": [[float(wall[i]), float(losses[i])] for i in keep]}
 
 

@@ -17,9 +17,26 @@ def time_collective(comm: MPI.Comm, call, iters: int, warmup: int) -> float:
     t0 = time.perf_counter()
     for _ in range(iters):
         call()
-    elapsed = np.array([(time.perf_counter() - t0) / iters])
-    comm.Allreduce(MPI.IN_PLACE, elapsed, op=MPI.MAX)
-    return float(elapsed[0])
+    return slowest(comm, (time.perf_counter() - t0) / iters)
+
+
+def slowest(comm: MPI.Comm, seconds: float) -> float:
+    """The largest of every rank's ``seconds``. Collective."""
+    buf = np.array([seconds])
+    comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.MAX)
+    return float(buf[0])
+
+
+def median_call(comm: MPI.Comm, call, repeat: int) -> float:
+    """One warm-up call, then the slowest rank's median over ``repeat`` single calls, each after a barrier."""
+    call()
+    samples = []
+    for _ in range(repeat):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - t0)
+    return slowest(comm, float(np.median(samples)))
 
 
 def iterations(nbytes: int, budget: int = 128 << 20, minimum: int = 5) -> int:

@@ -12,9 +12,7 @@ The breakdown of a variant is ``comm = allreduce of all gradients, timed alone``
 ``exposed = step - compute`` and ``hidden = comm - exposed`` (the overlap).
 """
 import argparse
-import datetime
 import json
-import os
 import socket
 import time
 
@@ -26,6 +24,7 @@ from ..collectives import allreduce
 from ..model import GPT, GPTConfig
 from ..reducer import GradientReducer
 from ..train.threads import set_torch_threads
+from .timing import median_call, slowest
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -137,16 +136,9 @@ class _Reduced(_Plain):
 
 class _DDP(_Plain):
     def __init__(self, cfg, comm):
-        import torch.distributed as dist
+        from .ddp_peer import init_gloo
         super().__init__(cfg)
-        port = None
-        if comm.Get_rank() == 0:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(comm.bcast(port, root=0)))
-        dist.init_process_group("gloo", rank=comm.Get_rank(), world_size=comm.Get_size(),
-                                timeout=datetime.timedelta(seconds=120))
+        init_gloo(comm)
         self.ddp = torch.nn.parallel.DistributedDataParallel(self.model)
 
     def step(self, x, y):
@@ -166,20 +158,9 @@ def _time_steps(variant, x, y, steps, comm) -> float:
     t0 = time.perf_counter()
     for _ in range(steps):
         variant.step(x, y)
-    elapsed = np.array([(time.perf_counter() - t0) / steps])
-    comm.Allreduce(MPI.IN_PLACE, elapsed, op=MPI.MAX)
-    return float(elapsed[0])
+    return slowest(comm, (time.perf_counter() - t0) / steps)
 
 
 def _time_allreduce(count, comm, repeat) -> float:
     buf = torch.zeros(count)
-    allreduce(buf, op="mean", comm=comm, check=False)
-    samples = []
-    for _ in range(repeat):
-        comm.Barrier()
-        t0 = time.perf_counter()
-        allreduce(buf, op="mean", comm=comm, check=False)
-        samples.append(time.perf_counter() - t0)
-    s = np.array([float(np.median(samples))])
-    comm.Allreduce(MPI.IN_PLACE, s, op=MPI.MAX)
-    return float(s[0])
+    return median_call(comm, lambda: allreduce(buf, op="mean", comm=comm, check=False), repeat)

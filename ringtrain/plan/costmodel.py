@@ -125,26 +125,36 @@ class CostModel:
         return cls(**data)
 
 
-def step_time(compute_s: float, bucket_bytes: list, comm_time, overlap: float = 1.0) -> float:
-    """Step time when buckets (in the order backward fills them) are averaged while backward runs.
+def step_bounds(compute_s: float, bucket_bytes: list, comm_time) -> tuple[float, float]:
+    """(no overlap, ideal pipeline) step times when buckets, in the order backward fills them, are averaged.
 
-    ``comm_time(nbytes)`` is one bucket's averaging time. Backward takes
-    BACKWARD_SHARE of ``compute_s`` and fills the buckets at an even rate per
-    byte. ``overlap`` interpolates between no overlap at all (0: compute, then
-    every bucket) and the ideal pipeline (1). Where ranks have no core to
-    spare, communication takes its CPU from backward, and the fitted overlap
-    is small (benchmarks/README.md).
+    ``comm_time(nbytes)`` is one bucket's averaging time, asked once per
+    bucket. Backward takes BACKWARD_SHARE of ``compute_s`` and fills the
+    buckets at an even rate per byte; ideally each bucket's averaging starts
+    when it is full and the previous one is done.
     """
-    if overlap < 1.0:
-        serial = compute_s + sum(comm_time(b) for b in bucket_bytes)
-        return (1 - overlap) * serial + overlap * step_time(compute_s, bucket_bytes, comm_time)
+    comms = [comm_time(b) for b in bucket_bytes]
     total = float(sum(bucket_bytes))
     ready = compute_s * (1 - BACKWARD_SHARE)
     finish = 0.0
-    for nbytes in bucket_bytes:
+    for nbytes, seconds in zip(bucket_bytes, comms):
         ready += compute_s * BACKWARD_SHARE * nbytes / total if total else 0.0
-        finish = max(finish, ready) + comm_time(nbytes)
-    return max(finish, compute_s)
+        finish = max(finish, ready) + seconds
+    return compute_s + sum(comms), max(finish, compute_s)
+
+
+def blend(serial: float, ideal: float, overlap: float) -> float:
+    """The step time at ``overlap``: 0 is no overlap at all, 1 the ideal pipeline.
+
+    Where ranks have no core to spare, communication takes its CPU from
+    backward, and the fitted overlap is small (benchmarks/README.md).
+    """
+    return (1 - overlap) * serial + overlap * ideal
+
+
+def step_time(compute_s: float, bucket_bytes: list, comm_time, overlap: float = 1.0) -> float:
+    """Step time with buckets averaged while backward runs, at ``overlap`` (see ``step_bounds``, ``blend``)."""
+    return blend(*step_bounds(compute_s, bucket_bytes, comm_time), overlap)
 
 
 def even_buckets(total_bytes: float, cap_bytes: float) -> list:

@@ -21,7 +21,7 @@ import re
 
 import numpy as np
 
-from .costmodel import RING_SUMMABLE, Compression, CostModel, parse_rate
+from .costmodel import RING_SUMMABLE, Compression, CostModel, blend, parse_rate, step_bounds
 
 MIN_FIT_BYTES = 64 << 10
 
@@ -55,6 +55,7 @@ def accuracy_key(spec: str) -> str:
 
 
 def fit(paths: list) -> CostModel:
+    """The cost model from these result files (those without a link are left out)."""
     loaded = []
     for path in paths:
         with open(path) as f:
@@ -62,6 +63,11 @@ def fit(paths: list) -> CostModel:
         rate = link_of(data, path)
         if rate is not None:
             loaded.append((path, data, rate))
+    return fit_loaded(loaded)
+
+
+def fit_loaded(loaded: list) -> CostModel:
+    """The cost model from ``(path, result, link rate)`` triples already read."""
     model = CostModel(alpha=0.0, source=", ".join(sorted(os.path.basename(p) for p, _, _ in loaded)))
     _fit_links(model, [(d, r) for _, d, r in loaded if d.get("benchmark") == "allreduce"])
     _fit_compressors(model, [(d, r) for _, d, r in loaded if d.get("benchmark") == "compression"])
@@ -141,17 +147,16 @@ def contention(data: dict) -> float:
 
 
 def step_cases(model, data: dict, rate: float):
-    """(row, compute seconds, serial seconds, ideal-pipeline seconds) per ringtrain row of a convergence result.
+    """(row, compressor key, compute, no-overlap, ideal-pipeline seconds) per ringtrain row of a convergence result.
 
     Compute is the result's "compute" row; rows whose compressor the model has
     no figures for are skipped.
     """
     from ..reducer.buckets import group_params
-    from .costmodel import step_time
     compute = next((r for r in data["rows"] if r["system"] == "compute"), None)
     if compute is None or "param_bytes" not in data:
         return []
-    n, c = world_of(data), compute["step_ms"] / 1e3
+    n, c, share = world_of(data), compute["step_ms"] / 1e3, contention(data)
     sizes = [_Sized(b) for b in data["param_bytes"]]
     cases = []
     for row in data["rows"]:
@@ -160,10 +165,8 @@ def step_cases(model, data: dict, rate: float):
         if row["system"] != "ringtrain" or (key != "none" and key not in model.compressors):
             continue
         buckets = [sum(p.nbytes for p in g) for g in group_params(sizes, int(row["bucket_cap_mb"] * 1e6))]
-
-        def comm(b, key=key):
-            return model.compressed_time(b, n, rate, key, contention(data))
-        cases.append((row, c, c + sum(comm(b) for b in buckets), step_time(c, buckets, comm)))
+        serial, ideal = step_bounds(c, buckets, lambda b, key=key: model.compressed_time(b, n, rate, key, share))
+        cases.append((row, key, c, serial, ideal))
     return cases
 
 
@@ -171,8 +174,8 @@ def fit_overlap(model, convergence) -> float:
     """The overlap (0..1) that best explains the uncompressed step times, by least squares of relative errors."""
     num = den = 0.0
     for data, rate in convergence:
-        for row, _, serial, ideal in step_cases(model, data, rate):
-            if row["compression"] != "none":
+        for row, key, _, serial, ideal in step_cases(model, data, rate):
+            if key != "none":
                 continue
             measured = row["step_ms"] / 1e3
             # measured ~ serial - overlap (serial - ideal), in units of the measurement
@@ -188,21 +191,19 @@ def _calibrate_gammas(model, convergence) -> None:
     and the other ranks' compute, which the stand-alone benchmarks do not see.
     Per gradient byte and per unit of contention (ranks per core).
     """
-    def extra(keys):
+    def extra(wanted):
         out = []
         for data, rate in convergence:
             total = float(sum(data.get("param_bytes", []))) * contention(data)
-            for row, _, serial, ideal in step_cases(model, data, rate):
-                spec = row["compression"].removeprefix("auto=")
-                if total and (spec in keys or accuracy_key(spec) in keys):
-                    predicted = (1 - model.overlap) * serial + model.overlap * ideal
-                    out.append((row["step_ms"] / 1e3 - predicted) / total)
+            for row, key, _, serial, ideal in step_cases(model, data, rate):
+                if total and key == wanted:
+                    out.append((row["step_ms"] / 1e3 - blend(serial, ideal, model.overlap)) / total)
         return out
     model.gamma_none = 0.0
-    none = extra({"none"})
+    none = extra("none")
     if none:
         model.gamma_none = max(0.0, float(np.median(none)))
     for key, c in model.compressors.items():
         gamma, c.gamma = c.gamma, 0.0
-        values = extra({key})
+        values = extra(key)
         c.gamma = max(0.0, float(np.median(values))) if values else gamma

@@ -25,9 +25,9 @@ import time
 
 import numpy as np
 import torch
-from mpi4py import MPI
 
 from ..collectives import allreduce
+from ..bench.timing import median_call, slowest
 from ..compression import get as compression_get
 from ..plan.costmodel import step_time
 from ..reducer.buckets import group_params
@@ -39,23 +39,6 @@ CAPS_MB = (1, 2, 5, 10, 25, 50, 100)
 PAYS = 0.95
 
 
-def _slowest(comm, seconds: float) -> float:
-    buf = np.array([seconds])
-    comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.MAX)
-    return float(buf[0])
-
-
-def _timed(comm, call, repeat: int = 3) -> float:
-    call()  # warm-up: buffers, workspaces, PowerSGD's first Q
-    samples = []
-    for _ in range(repeat):
-        comm.Barrier()
-        t0 = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - t0)
-    return _slowest(comm, float(np.median(samples)))
-
-
 def probe_compute(model, loss_fn, x, y, comm) -> float:
     """Seconds of forward + backward, leaving the model, its gradients and the RNG as they were."""
     with torch.random.fork_rng(devices=[]):
@@ -65,7 +48,7 @@ def probe_compute(model, loss_fn, x, y, comm) -> float:
             loss_fn(model, x, y).backward()
             seconds = time.perf_counter() - t0
     model.zero_grad(set_to_none=True)
-    return _slowest(comm, seconds)
+    return slowest(comm, seconds)
 
 
 def tune(cfg, model, loss_fn, x, y, comm) -> dict:
@@ -77,28 +60,17 @@ def tune(cfg, model, loss_fn, x, y, comm) -> dict:
     full = np.zeros(count, np.float32)
     small = full[:max(1, count // 16)]
     tiny = full[:1]
-    t_full = _timed(comm, lambda: allreduce(full, op="mean", comm=comm, check=False))
-    t_small = _timed(comm, lambda: allreduce(small, op="mean", comm=comm, check=False))
+    t_full = median_call(comm, lambda: allreduce(full, op="mean", comm=comm, check=False), 3)
+    t_small = median_call(comm, lambda: allreduce(small, op="mean", comm=comm, check=False), 3)
     # One message of one element: the floor of any bucket's cost, Python included.
-    t_tiny = _timed(comm, lambda: allreduce(tiny, op="mean", comm=comm, check=False))
+    t_tiny = median_call(comm, lambda: allreduce(tiny, op="mean", comm=comm, check=False), 3)
     per_byte, latency = _line(4 * small.size, t_small, 4 * count, t_full)
     latency = max(latency, t_tiny)
     comm_models = {"none": lambda nbytes: latency + per_byte * nbytes}
     specs = list(CANDIDATES) if cfg.compression == "auto" else [] if cfg.compression == "none" else [cfg.compression]
-    layout, at = [], 0
-    for p in params:
-        layout.append((at, at + p.numel(), tuple(p.shape)))
-        at += p.numel()
-    # The parameters backward finishes first, about a sixteenth of them: a small bucket.
-    last = []
-    for lo, hi, shape in reversed(layout):
-        if last and sum(h - l for l, h, _ in last) + hi - lo > count // 16:
-            break
-        last.append((lo, hi, shape))
-    first, size = [], 0
-    for lo, hi, shape in reversed(last):  # the same shapes, laid out from offset 0
-        first.append((size, size + hi - lo, shape))
-        size += hi - lo
+    layout, _ = _layout(params)
+    # The first bucket backward fills, about a sixteenth of the gradients, as the reducer groups it.
+    first, size = _layout(group_params(params, max(1, 4 * count // 16))[0])
     data = np.random.default_rng([cfg.seed, comm.Get_rank()]).standard_normal(count).astype(np.float32)
     measured = {"none": t_full}
     for spec in specs:
@@ -106,7 +78,7 @@ def tune(cfg, model, loss_fn, x, y, comm) -> dict:
         for part, n in ((layout, count), (first, size)):
             compressor = compression_get(spec)
             compressor.set_layout(part)
-            times.append(_timed(comm, lambda c=compressor, n=n: c.allreduce_mean(data[:n], comm), repeat=2))
+            times.append(median_call(comm, lambda c=compressor, n=n: c.allreduce_mean(data[:n], comm), 2))
         measured[spec] = times[0]
         # A line through both sizes: the fixed part holds the compressor's per-call
         # work and messages; each bucket also averages its used-flags (one message).
@@ -122,6 +94,15 @@ def tune(cfg, model, loss_fn, x, y, comm) -> dict:
             "probe": {"compute_s": compute, "allreduce_s": measured, "latency_s": latency, "per_byte_s": per_byte,
                       "message_s": t_tiny, "overlap": overlap,
                       "predicted_step_s": {f"{s} {c:g}MB": v for (s, c), v in scores.items()}}}
+
+
+def _layout(params) -> tuple[list, int]:
+    """``(lo, hi, shape)`` of each parameter laid end to end, as in a bucket, and the element count."""
+    segments, at = [], 0
+    for p in params:
+        segments.append((at, at + p.numel(), tuple(p.shape)))
+        at += p.numel()
+    return segments, at
 
 
 def _line(x0, y0, x1, y1) -> tuple[float, float]:
@@ -147,14 +128,11 @@ def score(compute: float, comm_models: dict, params: list, compression: str, buc
           overlap: float = 1.0) -> dict:
     """Predicted step seconds per (compressor, bucket cap), with the reducer's real bucket layout."""
     caps = CAPS_MB if bucket_cap_mb == "auto" else (float(bucket_cap_mb),)
-    scores = {}
-    for spec, comm_time in comm_models.items():
-        if compression not in ("auto", spec):
-            continue
-        for cap in caps:
-            buckets = [sum(p.numel() * p.element_size() for p in g) for g in group_params(params, int(cap * 1e6))]
-            scores[(spec, cap)] = step_time(compute, buckets, comm_time, overlap)
-    return scores
+    layouts = {cap: [sum(p.numel() * p.element_size() for p in g) for g in group_params(params, int(cap * 1e6))]
+               for cap in caps}
+    return {(spec, cap): step_time(compute, buckets, comm_time, overlap)
+            for spec, comm_time in comm_models.items() if compression in ("auto", spec)
+            for cap, buckets in layouts.items()}
 
 
 def choose(scores: dict, compression_auto: bool) -> tuple:

@@ -6,7 +6,6 @@
 - unused parameters and mismatched models end with an answer, not a hang.
 """
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -68,27 +67,17 @@ def test_parameters_are_bitwise_identical_on_every_rank(corpus, tmp_path):
     assert all_ranks_agree(result["end_loss"] < result["start_loss"])
 
 
-def _free_port_on_rank0() -> int:
-    port = None
-    if WORLD.Get_rank() == 0:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-    return WORLD.bcast(port, root=0)
-
-
 @pytest.mark.mpi
 def test_averaged_gradients_equal_ddp_on_gloo(corpus):
-    import datetime
-
     import torch.distributed as dist
+
+    from ringtrain.bench.ddp_peer import init_gloo
     n, r = WORLD.Get_size(), WORLD.Get_rank()
     cfg = TrainConfig(**TINY, data=corpus, batch_size=4)
     tokens = open_tokens(corpus, WORLD)
     x, y = Batches(tokens.tokens, context=cfg.context, batch=4, seed=cfg.seed, rank=r, world=n).train(0)
     # The peer: DistributedDataParallel over gloo (TCP on loopback).
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port_on_rank0()))
-    dist.init_process_group("gloo", rank=r, world_size=n, timeout=datetime.timedelta(seconds=60))
+    init_gloo(WORLD)
     try:
         peer, loss_fn = build_model(cfg)
         ddp = torch.nn.parallel.DistributedDataParallel(peer)
