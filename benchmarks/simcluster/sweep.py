@@ -1,7 +1,7 @@
 """The bandwidth-tuning sweeps on the simulated cluster, then the report (tables, plots, cost model).
 
     python benchmarks/simcluster/sweep.py --quick     # 2-3 minutes
-    python benchmarks/simcluster/sweep.py --full      # about 50 minutes
+    python benchmarks/simcluster/sweep.py --full      # about 40 minutes
 
 Each job builds a fresh cluster (``--hosts`` namespaces, every link shaped to
 ``--rate``), runs one ``python -m ringtrain bench ...`` with one rank per host,
@@ -117,7 +117,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--quick", action="store_true", help="2 and 4 hosts at 1 Gbit/s, few sizes (2-3 min)")
-    size.add_argument("--full", action="store_true", help="100 Mbit/s to 10 Gbit/s, every variant (about 50 min)")
+    size.add_argument("--full", action="store_true", help="100 Mbit/s to 10 Gbit/s, every variant (about 40 min)")
     size.add_argument("--smoke", action="store_true", help="2 hosts, 2 sizes, a tiny model: CI's check (2 min)")
     p.add_argument("--out", help="output directory (default benchmarks/results/simcluster-quick or -full)")
     p.add_argument("--only", help="run only the jobs whose name contains this, e.g. convergence_n4")
