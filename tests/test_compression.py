@@ -152,7 +152,19 @@ def test_wire_ratios_against_float32():
 @pytest.mark.parametrize("spec, words", [
     ("zip", "unknown compressor 'zip'"),
     ("topk", "exactly one of ratio"),
-    ("topk:ratio=2", "ratio must be in"),
+    ("topk:ratio=2", "topk: ratio=2 is not allowed — a finite number > 0 and <= 1"),
+    # Typed parameters: refused at parse time, never coerced.
+    ("int8:stochastic=no", "int8: stochastic=no is not allowed — 1, 0, true or false"),
+    ("powersgd:rank=2.5", "powersgd: rank=2.5 is not allowed — a whole number >= 1"),
+    ("topk:k=2.5", "topk: k=2.5 is not allowed — a whole number >= 1"),
+    ("int8:segment=abc", "int8: segment=abc is not allowed — a whole number >= 1"),
+    ("int8:segment=0", "int8: segment=0 is not allowed"),
+    ("onebit:chunk=12", "onebit: chunk=12 is not allowed — a multiple of 8, at least 8"),
+    ("powersgd:min_ratio=nan", "powersgd: min_ratio=nan is not allowed — a finite number >= 1"),
+    ("topk:ratio=inf", "topk: ratio=inf is not allowed"),
+    ("int8:seed=-1", "int8: seed=-1 is not allowed"),
+    ("int8:seed=1,seed=2", "int8 gets seed twice"),
+    ("fp16:x=1", "fp16 has no parameter 'x'; it takes no parameters"),
     ("topk:rate=0.1", "topk has no parameter 'rate'; it takes ratio, k"),
     ("int8+topk:k=3", "one compressor per chain"),
     ("lz4+int8", "lz4 may appear once, last"),
@@ -163,6 +175,18 @@ def test_wire_ratios_against_float32():
 def test_bad_specs_are_named(spec, words):
     with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
         compression.get(spec)
+
+
+def test_constructors_use_the_same_rules():
+    from ringtrain.compression.int8 import Int8
+    from ringtrain.compression.powersgd import PowerSGD
+    for build, args, said in [(Int8, {"stochastic": "no"}, "stochastic='no' is not allowed"),
+                              (Int8, {"segment": 2.5}, "segment=2.5 is not allowed"),
+                              (PowerSGD, {"rank": True}, "rank=True is not allowed")]:
+        with pytest.raises(ValueError, match=said):
+            build(**args)
+    with pytest.raises(ValueError, match="ratio=nan is not allowed"):
+        compression.get("topk", ratio=float("nan"))
 
 
 def test_names_build_the_expected_chains():

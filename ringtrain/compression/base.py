@@ -14,6 +14,7 @@ order, so every rank computes the same bits. Compressors whose payloads can be
 summed override it.
 """
 import numpy as np
+import torch
 from mpi4py import MPI
 
 
@@ -21,13 +22,17 @@ class Compressor:
     """Identity by default: the payload is the float32 bytes."""
 
     name = "none"
+    params: dict = {}
+    """Each parameter's rule (ringtrain.checks.Rule), by name: the spec parser and the constructor use them."""
 
     def compress(self, x: np.ndarray):
         x = np.ascontiguousarray(x, dtype=np.float32)
+        require_finite(x, self.name)
         return x.view(np.uint8).copy(), x.size
 
     def decompress(self, payload: np.ndarray, ctx) -> np.ndarray:
-        return check_size(payload, 4 * ctx, self.name).view(np.float32).copy()
+        out = check_size(payload, 4 * ctx, self.name).view(np.float32).copy()
+        return check_finite(out, self.name, "values")
 
     def set_layout(self, segments) -> None:
         """``(lo, hi, shape)`` of each parameter in the flat input; only layer-aware compressors use it."""
@@ -49,6 +54,33 @@ def check_size(payload: np.ndarray, expected: int, name: str) -> np.ndarray:
     if payload.size != expected:
         raise ValueError(f"{name}: the payload has {payload.size} bytes; {expected} were expected for this input")
     return payload
+
+
+def all_finite(values) -> bool:
+    t = values if isinstance(values, torch.Tensor) else torch.from_numpy(np.asarray(values))
+    return bool(torch.isfinite(t).all())
+
+
+def require_finite(x, name: str) -> None:
+    """Refuse NaN or inf on the sending side, so that a decoder may treat any non-finite value as corruption."""
+    if not all_finite(x):
+        raise ValueError(f"{name}: the input has NaN or inf values, which compression cannot carry "
+                         "(has the loss diverged?)")
+
+
+def check_finite(values, name: str, what: str):
+    """``values`` if all finite; else ValueError: the encoder never sends non-finite values, so it is corruption."""
+    if not all_finite(values):
+        raise ValueError(f"{name}: corrupted payload: its {what} are not all finite")
+    return values
+
+
+def check_scales(scales, name: str):
+    """Scales are max or mean magnitudes: finite and >= 0, or the payload is corrupt."""
+    check_finite(scales, name, "scales")
+    if scales.size and scales.min() < 0:
+        raise ValueError(f"{name}: corrupted payload: a scale is negative")
+    return scales
 
 
 def gather_mean(compressor, x: np.ndarray, comm: MPI.Comm) -> np.ndarray:

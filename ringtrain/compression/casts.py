@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from .base import Compressor, check_size
+from .base import Compressor, check_finite, check_size, require_finite
 from .ring_codec import ring_mean
 
 
@@ -38,11 +38,14 @@ class Cast16(Compressor):
     def compress(self, x: np.ndarray):
         bits = np.empty(x.size, dtype=np.uint16)
         self.encode(np.ascontiguousarray(x, dtype=np.float32), 0, x.size, 1, bits)
+        # After the cast: a finite float32 beyond float16's 65504 becomes inf here, and is refused too.
+        require_finite(torch.from_numpy(bits.view(np.int16)).view(self._torch_dtype), self.name)
         return bits.view(np.uint8), x.size
 
     def decompress(self, payload, ctx) -> np.ndarray:
         bits = check_size(payload, 2 * ctx, self.name).view(np.uint16)
-        return self.decode(bits, 0, ctx, 1, np.empty(ctx, dtype=np.float32))
+        out = self.decode(bits, 0, ctx, 1, np.empty(ctx, dtype=np.float32))
+        return check_finite(out, self.name, "values")
 
     def allreduce_mean(self, x: np.ndarray, comm: MPI.Comm) -> np.ndarray:
         return ring_mean(self, np.asarray(x, dtype=np.float32), comm)

@@ -15,16 +15,21 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from .base import Compressor, check_size
+from ..checks import flag, whole
+from .base import Compressor, check_scales, check_size, require_finite
+from .params import require
 from .ring_codec import ring_mean
+
+
+_LARGEST_SCALE = float(np.finfo(np.float32).max) / 127  # the encoder's scale is max|x| / 127
 
 
 class Int8(Compressor):
     name = "int8"
+    params = {"segment": whole(1), "stochastic": flag(), "seed": whole(0, 2**63 - 1)}
 
     def __init__(self, segment: int = 512, stochastic: bool = False, seed: int = 0):
-        if segment < 1:
-            raise ValueError(f"int8: segment must be >= 1, got {segment}")
+        require(self.name, self.params, segment=segment, stochastic=stochastic, seed=seed)
         self.segment, self.stochastic = int(segment), bool(stochastic)
         self._rng = np.random.default_rng(seed)
 
@@ -50,6 +55,7 @@ class Int8(Compressor):
         low, high = torch.aminmax(rows, dim=1)  # one pass for max |x|
         scales = torch.from_numpy(payload[:4 * nseg].view(np.float32))
         torch.maximum(high, -low, out=scales)
+        require_finite(scales, self.name)  # a NaN or inf anywhere reaches its segment's scale
         scales /= 127.0
         rows *= torch.where(scales > 0, 1.0 / scales, torch.zeros(()))[:, None]
         if self.stochastic:
@@ -65,8 +71,12 @@ class Int8(Compressor):
     def decompress(self, payload, ctx) -> np.ndarray:
         nseg = self._layout(ctx)
         check_size(payload, 4 * nseg + ctx, self.name)
-        scales = torch.from_numpy(payload[:4 * nseg].view(np.float32))
+        scales = torch.from_numpy(check_scales(payload[:4 * nseg].view(np.float32), self.name))
         q = torch.from_numpy(payload[4 * nseg:].view(np.int8))
+        if ctx and int(q.min()) < -127:  # the encoder's values lie in [-127, 127]
+            raise ValueError(f"{self.name}: corrupted payload: a value is -128, outside the encoder's [-127, 127]")
+        if nseg and float(scales.max()) > _LARGEST_SCALE:  # 127 x a larger scale overflows float32
+            raise ValueError(f"{self.name}: corrupted payload: a scale exceeds float32's largest value / 127")
         out = torch.empty(nseg * self.segment)
         out[:ctx] = q
         out[ctx:] = 0
@@ -87,6 +97,7 @@ class Int8(Compressor):
         torch.maximum(high, -low, out=torch.from_numpy(shared[:full]))
         if nseg > full:
             shared[full] = np.abs(x[full * self.segment:]).max()
+        require_finite(shared, self.name)  # before the MAX: one rank's NaN would vanish into it
         comm.Allreduce(MPI.IN_PLACE, shared, op=MPI.MAX)
         step = torch.from_numpy(shared / 127.0)
         # Per element, once, in buffers kept between calls (fresh tens-of-MB

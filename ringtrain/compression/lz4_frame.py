@@ -26,6 +26,8 @@ class LZ4(Compressor):
 
     def decompress(self, payload, ctx):
         inner_ctx, size = ctx
+        if payload.dtype != np.uint8 or payload.ndim != 1:
+            raise ValueError(f"lz4: a payload must be a 1-D uint8 array, got {payload.dtype} with shape {payload.shape}")
         try:
             raw = lz4.block.decompress(payload.tobytes(), uncompressed_size=size)
         except lz4.block.LZ4BlockError as e:

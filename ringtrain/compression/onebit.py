@@ -11,7 +11,9 @@ sizes and has a single residual.
 import numpy as np
 import torch
 
-from .base import Compressor, check_size
+from ..checks import multiple
+from .base import Compressor, check_scales, check_size, require_finite
+from .params import require
 
 
 # Row b: the 8 signs (+1 for a set bit, -1 for a clear one) of byte b, most significant bit first.
@@ -20,10 +22,10 @@ _SIGNS = (np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(
 
 class OneBit(Compressor):
     name = "onebit"
+    params = {"chunk": multiple(8, 8)}
 
     def __init__(self, chunk: int = 1024):
-        if chunk < 8 or chunk % 8:
-            raise ValueError(f"onebit: chunk must be a multiple of 8, at least 8; got {chunk}")
+        require(self.name, self.params, chunk=chunk)
         self.chunk = int(chunk)
 
     def _layout(self, count: int) -> tuple[int, int]:
@@ -43,13 +45,14 @@ class OneBit(Compressor):
             / self.chunk
         if nchunks > full:
             scales[full] = np.abs(x[full * self.chunk:]).mean()
+        require_finite(scales, self.name)  # a NaN or inf anywhere reaches its chunk's scale
         payload[4 * nchunks:] = np.packbits(x >= 0)
         return payload, n
 
     def decompress(self, payload, ctx) -> np.ndarray:
         nchunks, nbytes = self._layout(ctx)
         check_size(payload, 4 * nchunks + nbytes, self.name)
-        scales = payload[:4 * nchunks].view(np.float32)
+        scales = check_scales(payload[:4 * nchunks].view(np.float32), self.name)
         # One table lookup per byte gives its 8 signs as floats, straight into
         # the output: far cheaper than unpacking bits and converting them.
         out = np.zeros(nchunks * self.chunk, dtype=np.float32)

@@ -24,18 +24,18 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
+from ..checks import number, whole
 from ..collectives import allreduce
-from .base import Compressor, check_size
+from .base import Compressor, check_finite, check_size, require_finite
+from .params import require
 
 
 class PowerSGD(Compressor):
     name = "powersgd"
+    params = {"rank": whole(1), "seed": whole(0, 2**63 - 1), "min_ratio": number(1)}
 
     def __init__(self, rank: int = 4, seed: int = 0, min_ratio: float = 2.0):
-        if rank < 1:
-            raise ValueError(f"powersgd: rank must be >= 1, got {rank}")
-        if not min_ratio >= 1:
-            raise ValueError(f"powersgd: min_ratio must be >= 1, got {min_ratio}")
+        require(self.name, self.params, rank=rank, seed=seed, min_ratio=min_ratio)
         self.rank, self.seed, self.min_ratio = int(rank), int(seed), float(min_ratio)
         self.layout = None        # [(lo, hi, shape)] of the parameters in the flat input
         self._plan_for = None     # the element count the plan below was made for
@@ -99,6 +99,7 @@ class PowerSGD(Compressor):
         # torch for the algebra: its matmuls follow the per-rank thread count,
         # where numpy's BLAS would start its own threads in every rank.
         x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        require_finite(x, self.name)
         n = x.numel()
         self._plan(n)
         corrected = x + self.residual
@@ -128,6 +129,7 @@ class PowerSGD(Compressor):
     def compress(self, x):
         """One rank's view: P, Q and the uncompressed parts from this rank's gradient alone."""
         x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        require_finite(x, self.name)
         self._plan(x.numel())
         parts = []
         for m, q in zip(self._views(x), self.q):
@@ -142,6 +144,7 @@ class PowerSGD(Compressor):
         raw_count = sum(hi - lo for lo, hi in self.raw)
         values = torch.from_numpy(check_size(payload, 4 * (sum(p_sizes) + sum(q_sizes) + raw_count),
                                              self.name).view(np.float32).copy())
+        check_finite(values, self.name, "factors and values")
         out, at = torch.empty(ctx), 0
         for (lo, hi, rows, cols, r), ps, qs in zip(self.matrices, p_sizes, q_sizes):
             p, q = values[at:at + ps].view(rows, r), values[at + ps:at + ps + qs].view(cols, r)
@@ -150,7 +153,8 @@ class PowerSGD(Compressor):
         for lo, hi in self.raw:
             out[lo:hi] = values[at:at + hi - lo]
             at += hi - lo
-        return out.numpy()
+        # Finite factors of a real gradient never overflow their product; forged ones can.
+        return check_finite(out, self.name, "reconstructed values").numpy()
 
     def state_dict(self):
         return {"q": None if self.q is None else [q.clone() for q in self.q],

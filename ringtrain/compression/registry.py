@@ -12,19 +12,20 @@ Examples: ``"int8+lz4"``, ``"ef+topk:ratio=0.01+lz4"``, ``"powersgd:rank=4"``.
 ``get`` returns a new compressor each call (each bucket keeps its own state), or
 None for ``"none"``.
 """
-import inspect
-
 from .base import Compressor
 from .casts import Cast16
 from .error_feedback import ErrorFeedback
 from .int8 import Int8
 from .lz4_frame import LZ4
 from .onebit import OneBit
+from .params import parse
 from .powersgd import PowerSGD
 from .topk import TopK
 
 _BASE = {"fp16": lambda: Cast16("float16"), "bf16": lambda: Cast16("bfloat16"), "int8": Int8, "topk": TopK,
          "onebit": OneBit, "powersgd": PowerSGD}
+# The declared parameters of each name (fp16 and bf16 take none).
+_PARAMS = {name: getattr(factory, "params", {}) for name, factory in _BASE.items()}
 NAMES = ("none", *_BASE, "lz4", "ef")
 
 
@@ -40,6 +41,8 @@ def get(spec: str | None, **params) -> Compressor | None:
         if params:
             raise ValueError(f"compression none takes no parameters, got {sorted(params)}")
         return None
+    if not isinstance(spec, str):
+        raise ValueError(f"compression: expected a spec string such as 'int8+lz4', got {type(spec).__name__}")
     parts = [_parse(p, spec) for p in spec.split("+")]
     if params:
         if len(parts) != 1:
@@ -84,19 +87,14 @@ def _parse(part: str, spec: str):
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"compression {spec!r}: write parameters as key=value, got {item!r}")
-        kwargs[key.strip()] = _value(value.strip())
-    return name, kwargs
-
-
-def _value(text: str):
-    for kind in (int, float):
+        key = key.strip()
         try:
-            return kind(text)
-        except ValueError:
-            pass
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    return text
+            if key in kwargs:
+                raise ValueError(f"{name} gets {key} twice")
+            kwargs[key] = parse(name, _PARAMS.get(name, {}), key, value)
+        except ValueError as e:
+            raise ValueError(f"compression {spec!r}: {e}") from None
+    return name, kwargs
 
 
 def _no_params(part, spec):
@@ -105,13 +103,11 @@ def _no_params(part, spec):
 
 
 def _build(name: str, kwargs: dict, spec: str) -> Compressor:
-    factory = _BASE[name]
-    allowed = [] if name in ("fp16", "bf16") else list(inspect.signature(factory).parameters)
-    unknown = sorted(set(kwargs) - set(allowed))
+    unknown = sorted(set(kwargs) - set(_PARAMS[name]))
     if unknown:
-        takes = ", ".join(allowed) or "no parameters"
+        takes = ", ".join(_PARAMS[name]) or "no parameters"
         raise ValueError(f"compression {spec!r}: {name} has no parameter {unknown[0]!r}; it takes {takes}")
     try:
-        return factory(**kwargs)
+        return _BASE[name](**kwargs)
     except (TypeError, ValueError) as e:
         raise ValueError(f"compression {spec!r}: {e}") from None

@@ -15,21 +15,33 @@ import numpy as np
 from mpi4py import MPI
 
 from ..collectives.layout import chunk_bounds
+from .base import all_finite
 
 _TAG = 61
 
 
 def ring_mean(codec, x: np.ndarray, comm: MPI.Comm) -> np.ndarray:
     """Mean over ranks of ``x`` (float32), compressed on every hop."""
-    n, r = comm.Get_size(), comm.Get_rank()
     acc = np.array(x, dtype=np.float32)
     codec.prepare(acc, comm)
     wire = np.empty(x.size, dtype=codec.wire_dtype)
+    out = _ring(codec, acc, wire, comm)
+    # One pass, on the result only: a NaN or inf here came from some rank's
+    # gradient, a value beyond the wire type's range, or a damaged segment;
+    # none may be averaged in silently.
+    if not all_finite(out):
+        raise ValueError(f"{codec.name}: the compressed average has NaN or inf values (a non-finite gradient "
+                         "on some rank, a value beyond the wire type's range, or a corrupted segment)")
+    return out
+
+
+def _ring(codec, acc: np.ndarray, wire: np.ndarray, comm: MPI.Comm) -> np.ndarray:
+    n, r = comm.Get_size(), comm.Get_rank()
     if n == 1:
-        codec.encode(acc, 0, x.size, 1, wire)
-        return codec.decode(wire, 0, x.size, 1, acc)
+        codec.encode(acc, 0, acc.size, 1, wire)
+        return codec.decode(wire, 0, acc.size, 1, acc)
     left, right = (r - 1) % n, (r + 1) % n
-    bounds = [chunk_bounds(x.size, n, c) for c in range(n)]
+    bounds = [chunk_bounds(acc.size, n, c) for c in range(n)]
     largest = bounds[0][1] - bounds[0][0]
     inbox = np.empty(largest, dtype=codec.wire_dtype)
     decoded = np.empty(largest, dtype=np.float32)
@@ -48,4 +60,4 @@ def ring_mean(codec, x: np.ndarray, comm: MPI.Comm) -> np.ndarray:
         slo, shi = bounds[(r - s) % n]
         rlo, rhi = bounds[(r - s - 1) % n]
         comm.Sendrecv(wire[slo:shi], right, _TAG + 1, wire[rlo:rhi], left, _TAG + 1)
-    return codec.decode(wire, 0, x.size, 1, acc)
+    return codec.decode(wire, 0, acc.size, 1, acc)

@@ -7,19 +7,19 @@ drops into the next step.
 """
 import numpy as np
 
-from .base import Compressor, check_size
+from ..checks import number, whole
+from .base import Compressor, check_finite, check_size, require_finite
+from .params import require
 
 
 class TopK(Compressor):
     name = "topk"
+    params = {"ratio": number(0, 1, above=True), "k": whole(1)}
 
     def __init__(self, ratio: float | None = None, k: int | None = None):
         if (ratio is None) == (k is None):
             raise ValueError("topk: give exactly one of ratio (0 < ratio <= 1) or k (>= 1)")
-        if ratio is not None and not 0 < ratio <= 1:
-            raise ValueError(f"topk: ratio must be in (0, 1], got {ratio}")
-        if k is not None and k < 1:
-            raise ValueError(f"topk: k must be >= 1, got {k}")
+        require(self.name, self.params, ratio=ratio, k=k)
         self.ratio, self.k = ratio, k
 
     def count(self, n: int) -> int:
@@ -36,6 +36,7 @@ class TopK(Compressor):
             idx.sort()
         else:
             idx = np.arange(x.size)
+        require_finite(x[idx], self.name)  # NaN and inf rank as the largest magnitudes
         gaps = np.diff(idx, prepend=0).astype(np.uint32)
         payload = np.concatenate([gaps.view(np.uint8), x[idx].astype(np.float32).view(np.uint8)])
         return payload, x.size
@@ -47,5 +48,5 @@ class TopK(Compressor):
         if k and (idx[-1] >= ctx or np.any(np.diff(idx) <= 0)):
             raise ValueError(f"topk: the payload's indices are not increasing positions below {ctx}")
         out = np.zeros(ctx, dtype=np.float32)
-        out[idx] = payload[4 * k:].view(np.float32)
+        out[idx] = check_finite(payload[4 * k:].view(np.float32), self.name, "values")
         return out
