@@ -1,34 +1,80 @@
-"""Run a rank's main function so that an uncaught exception ends the whole job.
+"""Run a rank's main function so that an error ends the whole job, never leaving a rank waiting.
 
-Without this, a rank that raises exits while its peers wait forever inside a
-collective. Like ``python -m mpi4py``, print the traceback with the rank, then
-call MPI_Abort, which makes the launcher kill every rank and return non-zero.
+- A ``OneLineError`` (bad input, a diverged loss) that every rank raised
+  together prints one line on rank 0, ``ringtrain: <message>``, and every rank
+  exits with the error's code (2 for bad input). No traceback, no MPI abort.
+  Raised on one rank alone, it prints the same line (with the rank) and aborts
+  the job with that code, so the peers do not wait forever.
+- A second SIGINT (``KeyboardInterrupt``) prints one line and aborts with 130.
+- Anything else is a bug: like ``python -m mpi4py``, print the traceback with
+  the rank, then call MPI_Abort, which makes the launcher kill every rank and
+  return non-zero.
 """
+import os
 import sys
 import time
 import traceback
 
+from .fault.errors import OneLineError
+from .fault.exit_codes import EXIT_ERROR, EXIT_INTERRUPTED
+
+
+def launcher_rank() -> int:
+    """This process's rank as the launcher set it (0 if none): known before MPI starts."""
+    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def _mpi():
+    """mpi4py's MPI module if MPI is running in this process, else None (never starts MPI)."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        return mpi
+    return None
+
+
+def _abort(code: int) -> None:
+    mpi = _mpi()
+    if mpi is not None and mpi.COMM_WORLD.Get_size() > 1:
+        # The launcher forwards our stderr asynchronously, and Abort makes
+        # it kill every process, its forwarders included: give the message
+        # a moment to get out, or the job may end with nothing said.
+        time.sleep(0.5)
+        mpi.COMM_WORLD.Abort(code)
+
 
 def run_or_abort(main, *args) -> int:
-    """Return ``main(*args)``; on an uncaught exception, abort the MPI job.
-
-    ``SystemExit`` passes through (a clean, collective exit is the caller's
-    business); anything else aborts with exit code 1.
-    """
+    """Return ``main(*args)``; end the job as described above on an error."""
     try:
         return main(*args)
     except SystemExit:
         raise
+    except OneLineError as e:
+        mpi = _mpi()
+        rank = mpi.COMM_WORLD.Get_rank() if mpi is not None else launcher_rank()
+        alone = mpi is None or mpi.COMM_WORLD.Get_size() == 1
+        if e.agreed or alone:
+            if rank == 0:
+                sys.stderr.write(f"ringtrain: {e}\n")
+            sys.stderr.flush()
+            raise SystemExit(e.exit_code) from None
+        sys.stderr.write(f"ringtrain: rank {rank}: {e}\n")
+        sys.stderr.flush()
+        _abort(e.exit_code)
+        raise SystemExit(e.exit_code) from None
+    except KeyboardInterrupt:
+        sys.stderr.write(f"ringtrain: rank {launcher_rank()}: interrupted by a second SIGINT; stopping now, "
+                         f"without a checkpoint (exit code {EXIT_INTERRUPTED})\n")
+        sys.stderr.flush()
+        _abort(EXIT_INTERRUPTED)
+        raise SystemExit(EXIT_INTERRUPTED) from None
     except BaseException:
-        from mpi4py import MPI
-        rank = MPI.COMM_WORLD.Get_rank() if MPI.Is_initialized() and not MPI.Is_finalized() else "?"
+        mpi = _mpi()
+        rank = mpi.COMM_WORLD.Get_rank() if mpi is not None else "?"
         sys.stderr.write(f"ringtrain: uncaught exception on rank {rank}, aborting the job:\n")
         traceback.print_exc()
         sys.stderr.flush()
-        if MPI.Is_initialized() and not MPI.Is_finalized():
-            # The launcher forwards our stderr asynchronously, and Abort makes
-            # it kill every process, its forwarders included: give the message
-            # a moment to get out, or the job may end with nothing said.
-            time.sleep(0.5)
-            MPI.COMM_WORLD.Abort(1)
+        _abort(EXIT_ERROR)
         raise

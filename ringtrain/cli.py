@@ -1,13 +1,26 @@
 """The ``python -m ringtrain`` command line: one subcommand per job."""
 import argparse
 import os
+import sys
 
 from ._version import __version__
+from .fault.errors import UsageError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but under mpiexec only rank 0 prints a usage error (every rank exits with code 2)."""
+
+    def error(self, message):
+        from .abort import launcher_rank
+        if launcher_rank() == 0:
+            self.print_usage(sys.stderr)
+            sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .bench import allreduce as bench_allreduce
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m ringtrain",
         description="Data-parallel training over MPI. Run under mpiexec, e.g. mpiexec -n 4 python -m ringtrain "
                     "(with no command, or only train's options, it trains the demo GPT)")
@@ -57,13 +70,13 @@ def check_world_size() -> None:
     from mpi4py import MPI
     size = MPI.COMM_WORLD.Get_size()
     if int(expected) != size:
-        raise SystemExit(f"ringtrain: MPI sees a world of {size} rank(s) but the job started {expected} tasks "
-                         f"(RINGTRAIN_EXPECT_WORLD_SIZE). The launcher and MPI disagree on PMI: under Slurm use "
-                         f"srun --mpi=pmi2 with the mpich wheel (see slurm/README.md)")
+        # Every rank sees the same mismatch, so every rank raises it: agreed.
+        raise UsageError(f"MPI sees a world of {size} rank(s) but the job started {expected} tasks "
+                         f"(RINGTRAIN_EXPECT_WORLD_SIZE) — the launcher and MPI disagree on PMI: under Slurm use "
+                         f"srun --mpi=pmi2 with the mpich wheel (see slurm/README.md)", agreed=True)
 
 
 def main(argv=None) -> int:
-    import sys
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv.insert(0, "train")  # `python -m ringtrain --steps 100` trains, as the bare command does
@@ -92,7 +105,8 @@ def _train(args) -> int:
     from .train import train
     try:
         cfg = train_config.from_args(args)
-    except ValueError as e:
-        raise SystemExit(f"python -m ringtrain train: {e}")
+    except UsageError as e:
+        e.agreed = True  # every rank parsed the same flags, so every rank raises it
+        raise
     train(cfg)
     return 0

@@ -20,11 +20,12 @@ BETA = 8 / (RATE * EFF)
 def test_rates_and_counts_parse_and_bad_ones_are_named():
     assert parse_rate("100mbit") == 1e8 and parse_rate("2.5gbit") == 2.5e9 and parse_rate("400kbit") == 4e5
     assert parse_count("124M") == 124e6 and parse_count("1.3G") == 1.3e9 and parse_count("350000") == 350000
-    for bad in ("1gbps", "fast", "-1gbit"):
+    for bad in ("1gbps", "fast", "-1gbit", "infgbit", "nangbit"):
         with pytest.raises(ValueError, match="looks like 100mbit"):
             parse_rate(bad)
-    with pytest.raises(ValueError, match="--params looks like"):
-        parse_count("many")
+    for bad in ("many", "infM", "nan", "-3M", "0"):
+        with pytest.raises(ValueError, match="--params looks like"):
+            parse_count(bad)
 
 
 def test_allreduce_times_follow_the_textbook_volumes():
@@ -112,14 +113,36 @@ def test_plan_compresses_on_a_slow_link_and_not_where_compute_hides_the_network(
     assert best["efficiency"] == pytest.approx(1.0, abs=1e-3)
 
 
-def test_plan_names_bad_input():
-    for args, words in [(["--params", "1M", "--step-compute-s", "1", "--link", "1gbps"], "looks like 100mbit"),
-                        (["--params", "1M"], "--params and --step-compute-s"),
-                        (["--params", "1M", "--step-compute-s", "1", "--nodes", "0"], "--nodes must be"),
-                        (["--params", "1M", "--step-compute-s", "1", "--compressors", "zip"],
-                         "no figures for ['zip']")]:
-        out = plan(*args)
-        assert out.returncode != 0 and words in out.stderr, (args, out.stderr)
+@pytest.mark.parametrize("args, words", [
+    (["--link", "1gbps"], "argument --link: a link rate looks like 100mbit"),
+    (["--link", "infgbit"], "argument --link: a link rate looks like 100mbit"),
+    (["--step-compute-s", "inf"], "argument --step-compute-s: 'inf' is not allowed — a finite number > 0"),
+    (["--step-compute-s", "nan"], "argument --step-compute-s: 'nan' is not allowed — a finite number > 0"),
+    (["--step-compute-s", "0"], "argument --step-compute-s: '0' is not allowed — a finite number > 0"),
+    (["--params", "infM"], "argument --params: looks like 124M"),
+    (["--nodes", "0"], "argument --nodes: '0' is not allowed — comma-separated whole numbers >= 1"),
+    (["--nodes", "2,x"], "argument --nodes: '2,x' is not allowed"),
+    (["--max-loss-penalty", "nan"], "argument --max-loss-penalty: 'nan' is not allowed — a finite number >= 0"),
+    (["--compressors", "zip"], "plan: --compressors: the cost model has no figures for ['zip']"),
+])
+def test_plan_names_the_flag_in_every_bad_input(args, words, capsys):
+    from ringtrain.__main__ import main
+    base = {"--params": "1M", "--step-compute-s": "1"}
+    flags = [a for k, v in base.items() if k not in args for a in (k, v)] + args
+    with pytest.raises(SystemExit) as stop:
+        main(["plan", *flags])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err, err
+
+
+def test_plan_needs_both_figures(capsys):
+    from ringtrain.__main__ import main
+    with pytest.raises(SystemExit) as stop:
+        main(["plan", "--params", "1M"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == ("ringtrain: plan: --params and --step-compute-s are both needed — e.g. "
+                                       "--params 124M --step-compute-s 0.35\n")
 
 
 def test_the_packaged_cost_model_plans():

@@ -43,7 +43,7 @@ def parse_rate(text: str) -> float:
                 value = float(t[:-len(unit)])
             except ValueError:
                 break
-            if value > 0:
+            if math.isfinite(value) and value > 0:
                 return value * scale
             break
     raise ValueError(f"a link rate looks like 100mbit, 1gbit or 10gbit (bits per second), got {text!r}")

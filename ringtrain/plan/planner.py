@@ -17,7 +17,11 @@ and ``bench compression`` run on your cluster with ``link`` set).
 """
 import argparse
 import json
+import math
 import os
+
+from ..checks import argument, number, whole_list
+from ..fault.errors import UsageError
 
 from .costmodel import ALGORITHMS, CostModel, even_buckets, parse_rate, step_time
 
@@ -26,12 +30,15 @@ BUCKETS_MB = (1, 2, 5, 10, 25, 50, 100)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", help="model parameters, e.g. 124M or 1.3G (float32 gradients)")
-    p.add_argument("--step-compute-s", type=float, help="seconds of forward + backward + optimizer on one node")
-    p.add_argument("--link", default="1gbit", help="link rate per node, tc notation: 100mbit, 1gbit, 25gbit")
-    p.add_argument("--nodes", default="2,4,8,16,32", help="node counts (default 2,4,8,16,32)")
+    p.add_argument("--params", type=_typed(parse_count), help="model parameters, e.g. 124M or 1.3G (float32 gradients)")
+    p.add_argument("--step-compute-s", type=argument(number(0, above=True)),
+                   help="seconds of forward + backward + optimizer on one node")
+    p.add_argument("--link", default="1gbit", type=_typed(_checked_rate),
+                   help="link rate per node, tc notation: 100mbit, 1gbit, 25gbit")
+    p.add_argument("--nodes", default=[2, 4, 8, 16, 32], type=argument(whole_list(1)),
+                   help="node counts (default 2,4,8,16,32)")
     p.add_argument("--compressors", help="compressors to consider (default: every one in the cost model)")
-    p.add_argument("--max-loss-penalty", type=float, default=0.02,
+    p.add_argument("--max-loss-penalty", type=argument(number(0)), default=0.02,
                    help="leave out compressors that cost more validation loss than this in the training sweep "
                         "(default 0.02, i.e. 2%%)")
     p.add_argument("--cost-model", default=DEFAULT_MODEL, help="cost model JSON (default: the packaged one)")
@@ -48,9 +55,24 @@ def parse_count(text: str) -> float:
         value = float(t[:-1] if scale != 1.0 else t) * scale
     except ValueError:
         value = -1.0
-    if not value > 0:
+    if not (math.isfinite(value) and value > 0):
         raise ValueError(f"--params looks like 124M, 1.3G or 350000, got {text!r}")
     return value
+
+
+def _typed(parse):
+    """An argparse type from a parser that raises ValueError with its own message."""
+    def convert(text):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e).replace("--params ", "")) from None
+    return convert
+
+
+def _checked_rate(text: str) -> str:
+    parse_rate(text)  # raises ValueError saying what a rate looks like
+    return text
 
 
 def load_model(args) -> CostModel:
@@ -58,7 +80,7 @@ def load_model(args) -> CostModel:
         from .fit import fit
         return fit(args.fit)
     if not os.path.exists(args.cost_model):
-        raise SystemExit(f"plan: no cost model at {args.cost_model}; fit one with --fit RESULTS.json ...")
+        raise UsageError(f"plan: no cost model at {args.cost_model} — fit one with --fit RESULTS.json ...")
     return CostModel.load(args.cost_model)
 
 
@@ -97,23 +119,18 @@ def main(args) -> int:
         print(f"# wrote the cost model to {args.save_model}")
     if args.params is None and args.step_compute_s is None:
         if not args.save_model:
-            raise SystemExit("plan: give --params and --step-compute-s (or --fit ... --save-model FILE)")
+            raise UsageError("plan: --params and --step-compute-s are needed — give both (or --fit ... "
+                             "--save-model FILE)")
         return 0
-    if args.params is None or args.step_compute_s is None or not args.step_compute_s > 0:
-        raise SystemExit("plan: --params and --step-compute-s (> 0 seconds) are both needed")
-    try:
-        params = parse_count(args.params)
-        rate = parse_rate(args.link)
-        nodes = [int(n) for n in args.nodes.split(",") if n.strip()]
-    except ValueError as e:
-        raise SystemExit(f"plan: {e}") from None
-    if not nodes or min(nodes) < 1 or params <= 0:
-        raise SystemExit(f"plan: --nodes must be whole numbers >= 1 and --params > 0, "
-                         f"got {args.nodes!r}, {args.params!r}")
+    if args.params is None or args.step_compute_s is None:
+        raise UsageError("plan: --params and --step-compute-s are both needed — e.g. --params 124M "
+                         "--step-compute-s 0.35")
+    params, rate, nodes = args.params, parse_rate(args.link), args.nodes
     wanted = [c.strip() for c in args.compressors.split(",")] if args.compressors else sorted(model.compressors)
     unknown = [c for c in wanted if c not in model.compressors]
     if unknown:
-        raise SystemExit(f"plan: the cost model has no figures for {unknown}; it has {sorted(model.compressors)}")
+        raise UsageError(f"plan: --compressors: the cost model has no figures for {unknown} — it has "
+                         f"{sorted(model.compressors)}")
     from .fit import accuracy_key
     penalty = {c: 0.0 if accuracy_key(c) == "none" else model.loss_penalty.get(accuracy_key(c)) for c in wanted}
     # Unmeasured accuracy counts against a compressor unless it was asked for by name.

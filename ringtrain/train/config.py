@@ -1,5 +1,9 @@
 """TrainConfig: every training option, validated, one field per command-line flag."""
+import math
 from dataclasses import dataclass, fields
+
+from ..fault.errors import UsageError
+from ..checks import Rule, choice, either, number, optional, text, whole
 
 
 @dataclass(kw_only=True)
@@ -69,59 +73,57 @@ class TrainConfig:
     """The same deadline for start-up and the first step, which include loading data and imports."""
 
     def __post_init__(self):
-        positive = ("steps", "batch_size", "accumulate", "layers", "heads", "width", "context", "eval_windows",
-                    "log_every")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-        for name in ("warmup", "eval_every", "sample_tokens"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"optimizer must be adamw or sgd, got {self.optimizer!r}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError(f"weight_decay and grad_clip must be >= 0, got {self.weight_decay!r}, {self.grad_clip!r}")
-        if self.bucket_cap_mb != "auto" and not (isinstance(self.bucket_cap_mb, (int, float))
-                                                 and self.bucket_cap_mb > 0):
-            raise ValueError(f"bucket_cap_mb must be a number > 0 or auto, got {self.bucket_cap_mb!r}")
-        if self.model != "gpt" and ":" not in self.model:
-            raise ValueError(f"model must be gpt or module:function, got {self.model!r}")
-        from ..compression import get as compression_get
-        if self.compression != "auto":
-            compression_get(self.compression)  # raises ValueError naming what is wrong
-        if self.keep_checkpoints < 1 or self.stop_after < 0:
-            raise ValueError(f"keep_checkpoints must be >= 1 and stop_after >= 0, got "
-                             f"{self.keep_checkpoints!r}, {self.stop_after!r}")
-        if not self.timeout > 0 or not self.first_timeout > 0:
-            raise ValueError(f"timeout and first_timeout must be > 0, got {self.timeout!r}, {self.first_timeout!r}")
-        self.checkpoint_interval()  # validates checkpoint_every
-        if self.resume not in ("auto", "none") and not self.resume:
-            raise ValueError("resume must be auto, none or a checkpoint path")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not CHECKS[f.name].allows(value):
+                raise refused(f.name, value, CHECKS[f.name].allowed)
         if self.width % self.heads:
-            raise ValueError(f"width ({self.width}) must be divisible by heads ({self.heads})")
-
+            raise refused("width", self.width, f"a multiple of heads ({self.heads})")
+        if self.compression != "auto":
+            from ..compression import get as compression_get
+            try:
+                compression_get(self.compression)
+            except ValueError as e:  # it names the part that is wrong and what is allowed
+                raise UsageError(f"compression (--compression): {e}") from None
+        self.checkpoint_interval()
 
     def checkpoint_interval(self) -> tuple[int, float]:
         """(every N steps, every S seconds) from checkpoint_every; 0 means never."""
         text = str(self.checkpoint_every).strip()
-        try:
-            if text.endswith("s"):
-                seconds = float(text[:-1])
-                if seconds > 0:
-                    return 0, seconds
-            elif int(text) >= 0:
-                return int(text), 0.0
-        except ValueError:
-            pass
-        raise ValueError(f"checkpoint_every must be a number of steps (100) or seconds (600s), "
-                         f"got {self.checkpoint_every!r}")
+        if text.endswith("s"):
+            seconds = float(text[:-1])
+            if math.isfinite(seconds) and seconds > 0:
+                return 0, seconds
+            raise refused("checkpoint_every", self.checkpoint_every, CHECKS["checkpoint_every"].allowed)
+        return int(text), 0.0
+
+
+def refused(name: str, value, allowed: str) -> UsageError:
+    """The error for a field's bad value, naming the field, its flag, the value and what is allowed."""
+    return UsageError(f"{name} (--{name.replace('_', '-')}) = {value!r}: not allowed — {allowed}")
+
+
+_PATH = text("a non-empty path")
+# One rule per field; __post_init__ looks every field up here, so a field
+# added without a rule fails at once (KeyError) rather than going unchecked.
+CHECKS: dict[str, Rule] = {
+    "steps": whole(1), "batch_size": whole(1), "accumulate": whole(1),
+    "lr": number(0, above=True), "min_lr_ratio": number(0, 1), "warmup": whole(0),
+    "optimizer": choice("adamw", "sgd"), "momentum": number(0, 1, below=True), "weight_decay": number(0),
+    "grad_clip": number(0), "seed": whole(0, 2**63 - 1), "data": optional(_PATH),
+    "model": text("gpt, or module:function (a function that returns (model, loss_fn))",
+                  r"gpt|[A-Za-z_][\w.]*:[A-Za-z_]\w*"),
+    "layers": whole(1), "heads": whole(1), "width": whole(1), "context": whole(1),
+    "compression": text("a compression spec such as fp16, int8+lz4, ef+topk:ratio=0.01 or powersgd:rank=4; "
+                        "none; or auto", r"\S+"),
+    "bucket_cap_mb": either(number(0, above=True), choice("auto")),
+    "eval_every": whole(0), "eval_windows": whole(1), "log_every": whole(1), "sample_tokens": whole(0),
+    "out_dir": _PATH, "checkpoint_dir": optional(_PATH),
+    "checkpoint_every": either(whole(0), text("a number of steps (100; 0: only at the end) or of seconds (600s)",
+                                              r"\s*(\d+|(\d+\.?\d*|\.\d+)s)\s*")),
+    "keep_checkpoints": whole(1), "resume": text("auto, none, or the path of a checkpoint"),
+    "stop_after": whole(0), "timeout": number(0, above=True), "first_timeout": number(0, above=True),
+}
 
 
 def field_docs() -> dict[str, str]:
