@@ -1,4 +1,7 @@
 """Checkpoints that survive kill -9: atomic directories, checksummed manifests, fallback on load."""
-from .store import CheckpointError, find_latest, load_part, save, verify
+from .lock import DirectoryLock
+from .retention import supersede
+from .store import CheckpointError, find_latest, load_part, loadable, new_lineage, save, verify
 
-__all__ = ["CheckpointError", "find_latest", "load_part", "save", "verify"]
+__all__ = ["CheckpointError", "DirectoryLock", "find_latest", "load_part", "loadable", "new_lineage", "save", "supersede",
+           "verify"]

@@ -6,19 +6,24 @@ Layout of ``DIR/step-00000100/``:
 - ``rank-00003.pt``: state of one rank (RNG, compression residuals), written by that rank;
 - ``MANIFEST.json``: every file's size and SHA-256, the step and the world size, written last.
 
-Everything is written into ``step-00000100.tmp-<nonce>/``; each file is
-fsynced, then the manifest, then the directory, and only then is it renamed to
-its final name and the parent directory fsynced. A directory named
+Everything is written into ``step-00000100.tmp-<host>-<pid>-<nonce>/``; each
+file is fsynced, then the manifest, then the directory, and only then is it
+renamed to its final name and the parent directory fsynced. A directory named
 ``step-*`` (without ``.tmp``) therefore always holds a complete checkpoint; a
 kill at any moment leaves at most a ``.tmp`` directory, which readers ignore and
-the next save removes. Loading re-checks every checksum and falls back to the
-previous checkpoint, with a warning, when the newest is damaged.
+a later save removes once its writer is provably dead (retention.py).
+
+Loading re-checks every checksum and unpickles every file with
+``weights_only=True``; a checkpoint that fails either is moved aside as
+``damaged-step-*`` and loading falls back to the previous one, with a warning.
+If checkpoints exist but none loads, loading refuses rather than let a run
+start from step 0 over them. Nothing here deletes a checkpoint except pruning
+of the run's own, verified lineage.
 """
 import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import sys
 import uuid
@@ -26,9 +31,12 @@ import uuid
 import torch
 from mpi4py import MPI
 
-MANIFEST = "MANIFEST.json"
+from ..fault.errors import UsageError
+from . import retention
+from .lock import writer_id
+from .retention import MANIFEST, complete_steps
+
 FORMAT = 1
-_STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
 class CheckpointError(RuntimeError):
@@ -57,20 +65,33 @@ def _serialize(obj) -> bytes:
     return buf.getvalue()
 
 
-def save(directory: str, step: int, replicated: dict, per_rank: dict, comm: MPI.Comm, keep: int = 3) -> str:
+def new_lineage() -> str:
+    """A fresh lineage id, for a run that does not continue a checkpoint."""
+    return uuid.uuid4().hex[:12]
+
+
+def save(directory: str, step: int, replicated: dict, per_rank: dict, comm: MPI.Comm, keep: int = 3,
+         lineage: str = "") -> str:
     """Write checkpoint ``step`` collectively; returns its final path on every rank.
 
     ``replicated`` is taken from rank 0; every rank contributes ``per_rank``.
+    ``lineage`` names the run the checkpoint belongs to: pruning to the
+    ``keep`` newest touches only checkpoints of the same lineage.
     Raises CheckpointError on every rank if any rank failed to write its part.
     """
     rank, world = comm.Get_rank(), comm.Get_size()
     final = os.path.join(directory, f"step-{step:08d}")
-    tmp = None
+    tmp, error = None, None
     if rank == 0:
-        os.makedirs(directory, exist_ok=True)
-        tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
-        os.makedirs(tmp)
-    tmp = comm.bcast(tmp, root=0)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            tmp = f"{final}.tmp-{writer_id()}-{uuid.uuid4().hex[:8]}"
+            os.makedirs(tmp)
+        except OSError as e:
+            error = f"{type(e).__name__}: {e}"
+    tmp, error = comm.bcast((tmp, error), root=0)
+    if error:
+        raise CheckpointError(f"checkpoint step {step} in {directory} was not written: {error}")
     entry, error = None, None
     try:
         name = f"rank-{rank:05d}.pt"
@@ -86,14 +107,15 @@ def save(directory: str, step: int, replicated: dict, per_rank: dict, comm: MPI.
                 raise CheckpointError("; ".join(errors))
             files = dict(e for e, _ in gathered)
             files["replicated.pt"] = _write_file(os.path.join(tmp, "replicated.pt"), _serialize(replicated))
-            manifest = {"format": FORMAT, "step": step, "world_size": world, "files": files}
+            manifest = {"format": FORMAT, "step": step, "world_size": world, "lineage": lineage, "files": files}
             _write_file(os.path.join(tmp, MANIFEST), json.dumps(manifest, indent=1).encode())
             _fsync_dir(tmp)
-            if os.path.exists(final):  # an earlier run of the same step: the new one replaces it
-                shutil.rmtree(final)
+            if os.path.exists(final):  # an earlier run of the same step: kept aside, not overwritten
+                retention.move_aside(final, "replaced")
             os.rename(tmp, final)
             _fsync_dir(directory)
-            _prune(directory, keep)
+            retention.prune(directory, keep, lineage, _verified)
+            retention.remove_leftovers(directory)
         except Exception as e:
             shutil.rmtree(tmp, ignore_errors=True)
             outcome = f"{type(e).__name__}: {e}"
@@ -103,20 +125,23 @@ def save(directory: str, step: int, replicated: dict, per_rank: dict, comm: MPI.
     return final
 
 
-def _prune(directory: str, keep: int) -> None:
-    steps = sorted(_complete_steps(directory), reverse=True)
-    for step in steps[keep:]:
-        shutil.rmtree(os.path.join(directory, f"step-{step:08d}"), ignore_errors=True)
-    # Leftovers of writers killed mid-way.
-    for name in os.listdir(directory):
-        if ".tmp-" in name and name.startswith("step-"):
-            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+_VERIFIED: dict[str, tuple] = {}  # path -> its files' (name, size, mtime) when this process verified it
 
 
-def _complete_steps(directory: str) -> list[int]:
-    if not os.path.isdir(directory):
-        return []
-    return [int(m.group(1)) for m in map(_STEP_DIR.match, os.listdir(directory)) if m]
+def _verified(path: str) -> bool:
+    """Whether the checkpoint at ``path`` verifies; read again only if a file's size or mtime changed since."""
+    try:
+        stamp = tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(path)))
+    except OSError:
+        return False
+    if _VERIFIED.get(path) == stamp:
+        return True
+    try:
+        verify(path)
+    except CheckpointError:
+        return False
+    _VERIFIED[path] = stamp
+    return True
 
 
 def verify(path: str) -> dict:
@@ -140,23 +165,55 @@ def verify(path: str) -> dict:
         raise CheckpointError(f"{type(e).__name__}: {e}") from None
 
 
-def find_latest(directory: str, comm: MPI.Comm) -> tuple[str | None, dict | None]:
-    """The newest valid checkpoint in ``directory`` and its manifest, or (None, None); collective.
+def loadable(path: str) -> dict:
+    """The manifest if every file of ``path`` matches it and unpickles with weights_only; else CheckpointError."""
+    manifest = verify(path)
+    for name in manifest["files"]:
+        if name.endswith(".pt"):
+            load_part(path, name, manifest)
+    return manifest
 
-    Rank 0 checks the checksums of every file, newest first, and warns about
-    each damaged checkpoint it skips; the choice is broadcast.
+
+def find_latest(directory: str, comm: MPI.Comm) -> tuple[str | None, dict | None]:
+    """The newest loadable checkpoint in ``directory`` and its manifest, or (None, None); collective.
+
+    Rank 0 checks every file of each checkpoint, newest first (checksums,
+    then unpickling with weights_only), moves each that fails aside as
+    ``damaged-step-*`` with a warning, and broadcasts the choice. If the
+    directory holds checkpoints (or damaged ones from before) but none
+    loads, every rank raises UsageError: starting from step 0 would bury them.
     """
-    choice = (None, None)
+    choice, refusal = (None, None), None
     if comm.Get_rank() == 0:
-        for step in sorted(_complete_steps(directory), reverse=True):
+        failures = []
+        for step in sorted(complete_steps(directory), reverse=True):
             path = os.path.join(directory, f"step-{step:08d}")
             try:
-                choice = (path, verify(path))
+                choice = (path, loadable(path))
                 break
             except CheckpointError as e:
-                print(f"ringtrain: warning: checkpoint {path} is damaged ({e}); falling back to an older one",
-                      file=sys.stderr, flush=True)
-    return comm.bcast(choice, root=0)
+                aside = _move_damaged(path)
+                failures.append(f"{os.path.basename(path)} ({e})")
+                print(f"ringtrain: warning: checkpoint {path} is damaged ({e}); moved to {aside}; falling back to "
+                      "an older one", file=sys.stderr, flush=True)
+        damaged = os.path.isdir(directory) and any(n.startswith("damaged-") for n in os.listdir(directory))
+        if choice[0] is None and (failures or damaged):
+            said = (", ".join(f.split(" ")[0] for f in failures) + " (each named above)" if failures
+                    else "only damaged-* checkpoints from before")
+            refusal = (f"--checkpoint-dir {directory} holds checkpoints but none can be loaded: {said} — they are "
+                       "kept as damaged-step-*; fix or remove them, or pass --resume none to start from step 0 "
+                       "beside them")
+    choice, refusal = comm.bcast((choice, refusal), root=0)
+    if refusal:
+        raise UsageError(refusal, agreed=True)
+    return choice
+
+
+def _move_damaged(path: str) -> str:
+    try:
+        return retention.move_aside(path, "damaged")
+    except OSError as e:  # a read-only directory: leave it where it is, but say so
+        return f"nowhere ({e.strerror}); it stays"
 
 
 def load_part(path: str, name: str, manifest: dict):
@@ -168,4 +225,8 @@ def load_part(path: str, name: str, manifest: dict):
         raise CheckpointError(f"{path} has no {name}")
     if hashlib.sha256(data).hexdigest() != want["sha256"]:
         raise CheckpointError(f"{path}/{name} changed since it was verified")
-    return torch.load(io.BytesIO(data), weights_only=True)
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as e:  # weights_only refuses arbitrary pickles: that is damage too, not a crash
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{name} does not unpickle with weights_only=True ({first})") from None
