@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from ..fault.errors import UsageError
+
 BLOCK = 1 << 20
 VAL_EVERY = 20
 
@@ -32,8 +34,8 @@ class Batches:
         self.seed, self.rank, self.world = seed, rank, world
         n = len(tokens)
         if n < 2 * (context + 1):
-            raise ValueError(f"the corpus has {n} tokens; it needs at least {2 * (context + 1)} "
-                             f"for context {context}")
+            raise UsageError(f"--data: the corpus has {n} tokens — it needs at least {2 * (context + 1)} "
+                             f"for context {context}; give more text or a smaller --context")
         starts = np.arange(0, n, BLOCK)
         lengths = np.minimum(BLOCK, n - starts)
         usable = lengths > context + 1
@@ -45,8 +47,8 @@ class Batches:
             is_val = np.array([False, True])
             usable = lengths > context + 1
             if not usable.all():
-                raise ValueError(f"the corpus has {n} tokens, too few for context {context} "
-                                 "with a held-out validation split")
+                raise UsageError(f"--data: the corpus has {n} tokens, too few for context {context} "
+                                 "with a held-out validation split — give more text or a smaller --context")
         self._train = (starts[usable & ~is_val], lengths[usable & ~is_val])
         self._val = (starts[usable & is_val], lengths[usable & is_val])
 

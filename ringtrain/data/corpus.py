@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
+from ..fault.errors import UsageError
+
 _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
 
 
@@ -56,7 +58,7 @@ def open_tokens(data: str | None, comm: MPI.Comm = MPI.COMM_WORLD) -> TokenFile:
     else:
         root = Path(data)
         if not root.exists():
-            raise FileNotFoundError(f"--data {data}: no such file or directory")
+            raise UsageError(f"--data {data}: no such file or directory — give a text file, or a directory of them")
         files = [root] if root.is_file() else _text_files(root)
         source = str(root)
     error, path = None, None
@@ -67,7 +69,7 @@ def open_tokens(data: str | None, comm: MPI.Comm = MPI.COMM_WORLD) -> TokenFile:
             error = f"{type(e).__name__}: {e}"
     error, path = comm.bcast((error, path), root=0)
     if error:
-        raise RuntimeError(f"building the token file from {source} failed on rank 0: {error}")
+        raise UsageError(f"--data: building the token file from {source} failed on rank 0: {error}", agreed=True)
     tokens = np.memmap(path, dtype=np.uint8, mode="r")
     return TokenFile(tokens, Path(path), source)
 

@@ -3,6 +3,7 @@ import importlib
 
 import torch
 
+from ..fault.errors import UsageError
 from ..model import GPT, GPTConfig
 from .config import TrainConfig
 
@@ -25,12 +26,13 @@ def build_model(cfg: TrainConfig):
     try:
         factory = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"--model {cfg.model}: cannot import {function_name} from {module_name} ({e})") from None
+        raise UsageError(f"--model {cfg.model}: cannot import {function_name} from {module_name} ({e}) — give "
+                         "gpt, or module:function with the module on PYTHONPATH") from None
     built = factory()
     if (not isinstance(built, tuple) or len(built) != 2 or not isinstance(built[0], torch.nn.Module)
             or not callable(built[1])):
-        raise ValueError(f"--model {cfg.model}: {function_name}() must return (torch.nn.Module, loss_fn), "
-                         f"got {type(built).__name__}")
+        raise UsageError(f"--model {cfg.model}: {function_name}() returned {type(built).__name__} — it must "
+                         "return (torch.nn.Module, loss_fn)")
     return built
 
 

@@ -12,6 +12,7 @@ import torch
 from mpi4py import MPI
 
 from .. import checkpoint
+from ..fault.errors import UsageError
 from .config import TrainConfig
 
 # Changing these between a run and its resume would change what is computed.
@@ -21,12 +22,13 @@ _MUST_MATCH = ("model", "layers", "heads", "width", "context", "seed", "optimize
                "bucket_cap_mb")
 
 
-def save(cfg: TrainConfig, step: int, model, optimizer, reducer, comm: MPI.Comm) -> str:
+def save(cfg: TrainConfig, step: int, model, optimizer, reducer, comm: MPI.Comm, lineage: str) -> str:
     replicated = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                   "config": dataclasses.asdict(cfg),
                   "tuned": {"compression": reducer.compression_spec, "bucket_cap_mb": float(reducer.bucket_cap_mb)}}
     per_rank = {"torch_rng": torch.get_rng_state(), "reducer": reducer.state_dict()}
-    return checkpoint.save(cfg.checkpoint_dir, step, replicated, per_rank, comm, keep=cfg.keep_checkpoints)
+    return checkpoint.save(cfg.checkpoint_dir, step, replicated, per_rank, comm, keep=cfg.keep_checkpoints,
+                           lineage=lineage)
 
 
 def _locate(cfg: TrainConfig, comm: MPI.Comm):
@@ -42,12 +44,13 @@ def _locate(cfg: TrainConfig, comm: MPI.Comm):
         manifest = None
         if comm.Get_rank() == 0:
             try:
-                manifest = checkpoint.verify(path)
+                manifest = checkpoint.loadable(path)
             except checkpoint.CheckpointError as e:
                 error = str(e)
         error, manifest = comm.bcast((error, manifest), root=0)
         if error:
-            raise checkpoint.CheckpointError(f"--resume {path}: {error}")
+            raise UsageError(f"--resume {path}: this checkpoint cannot be loaded: {error} — give auto, none, or "
+                             "the path of an intact step-* directory", agreed=True)
         return path, manifest
 
 
@@ -59,11 +62,22 @@ def saved_tuning(cfg: TrainConfig, comm: MPI.Comm) -> dict | None:
     return checkpoint.load_part(path, "replicated.pt", manifest).get("tuned")
 
 
-def restore(cfg: TrainConfig, model, optimizer, reducer, comm: MPI.Comm) -> int:
-    """Load the checkpoint ``cfg.resume`` names into model and optimizer; returns its step (0 if none)."""
+def restore(cfg: TrainConfig, model, optimizer, reducer, comm: MPI.Comm) -> tuple[int, str]:
+    """Load the checkpoint ``cfg.resume`` names into model and optimizer. Collective.
+
+    Returns its step and lineage, or (0, a new lineage) when the run starts
+    afresh. A fresh start (``--resume none``) in a directory that holds
+    checkpoints first moves them into ``superseded-<time>/`` (rank 0): kept,
+    but out of the way of this run's resumes.
+    """
     path, manifest = _locate(cfg, comm)
     if path is None:
-        return 0
+        if cfg.resume == "none" and cfg.checkpoint_dir and comm.Get_rank() == 0:
+            moved = checkpoint.supersede(cfg.checkpoint_dir)
+            if moved:
+                print(f"ringtrain: --resume none: the checkpoints already in {cfg.checkpoint_dir} were moved to "
+                      f"{moved} (nothing deleted)", file=sys.stderr, flush=True)
+        return 0, comm.bcast(checkpoint.new_lineage(), root=0)
     state = checkpoint.load_part(path, "replicated.pt", manifest)
     _check_config(state["config"], cfg, path)
     model.load_state_dict(state["model"])
@@ -79,12 +93,13 @@ def restore(cfg: TrainConfig, model, optimizer, reducer, comm: MPI.Comm) -> int:
               f"{manifest['world_size']}: model and optimizer load as they are, per-rank state (RNG, compression "
               "residuals) starts fresh, and the data order changes with the world size, so the run will "
               "not match an uninterrupted one bit for bit", file=sys.stderr, flush=True)
-    return int(state["step"])
+    return int(state["step"]), manifest.get("lineage") or comm.bcast(checkpoint.new_lineage(), root=0)
 
 
 def _check_config(saved: dict, cfg: TrainConfig, path: str) -> None:
     now = dataclasses.asdict(cfg)
     changed = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in _MUST_MATCH if saved.get(k) != now[k]]
     if changed:
-        raise checkpoint.CheckpointError(f"{path} was written with a different configuration ({'; '.join(changed)}); "
-                                         "resume with the same settings, or pass --resume none to start afresh")
+        # Every rank compares the same replicated state with the same flags: agreed.
+        raise UsageError(f"{path} was written with a different configuration ({'; '.join(changed)}) — resume "
+                         "with the same settings, or pass --resume none to start afresh", agreed=True)

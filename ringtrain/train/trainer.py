@@ -9,6 +9,7 @@ peers runs under the watchdog's deadline. Rank 0 prints progress and writes
 metrics.jsonl.
 """
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ from mpi4py import MPI
 from ..collectives.comm import private
 from ..data import Batches, open_tokens
 from ..data.batches import Prefetcher
-from ..fault import EXIT_PREEMPTED, PreemptionSignals, Watchdog
+from ..fault import EXIT_PREEMPTED, Diverged, PreemptionSignals, Watchdog, checked
 from ..fault.signals import CAUGHT
 from ..model import GPT
 from ..reducer import GradientReducer
@@ -29,6 +30,7 @@ from . import state
 from .config import TrainConfig
 from .metrics import Metrics, progress_line, say
 from .model_factory import build_model, make_optimizer
+from .preflight import preflight
 from .schedule import learning_rate
 from .threads import set_torch_threads
 
@@ -52,19 +54,23 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None) -> dict:
     rank, world = comm.Get_rank(), comm.Get_size()
     signals = PreemptionSignals()
     watchdog = Watchdog(comm, cfg.timeout)
-    reducer = prefetch = metrics = None
+    lock = reducer = prefetch = metrics = None
     try:
         with watchdog.guard("start-up", 0, cfg.first_timeout):
+            # Every input is checked before any work; a bad one stops every rank with one line (exit code 2).
+            lock = preflight(cfg, comm)
+            if lock is not None and lock.taken_over():
+                say(rank, f"ringtrain: {cfg.checkpoint_dir}: {lock.taken_over()}")
             threads = set_torch_threads(comm)
-            tokens = open_tokens(cfg.data, comm)
-            model, loss_fn = build_model(cfg)
-            batches = Batches(tokens.tokens, context=cfg.context, batch=cfg.batch_size, seed=cfg.seed,
-                              rank=rank, world=world)
+            tokens = checked(comm, open_tokens, cfg.data, comm)
+            model, loss_fn = checked(comm, build_model, cfg)
+            batches = checked(comm, Batches, tokens.tokens, context=cfg.context, batch=cfg.batch_size,
+                              seed=cfg.seed, rank=rank, world=world)
             tuned = _tune(cfg, model, loss_fn, batches, comm)
             reducer = GradientReducer(model, bucket_cap_mb=tuned["bucket_cap_mb"], compression=tuned["compression"],
                                       comm=comm)
             optimizer = make_optimizer(cfg, model)
-            start = state.restore(cfg, model, optimizer, reducer, comm)
+            start, lineage = state.restore(cfg, model, optimizer, reducer, comm)
             ranks = comm.gather({"rank": rank, "host": socket.gethostname(), "pid": os.getpid()}, root=0)
         nparams = sum(p.numel() for p in model.parameters())
         say(rank, f"ringtrain: {world} ranks x {threads} torch threads | {cfg.model} with {nparams:,} parameters | "
@@ -80,11 +86,11 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None) -> dict:
             say(rank, f"resumed from the checkpoint at step {start}")
         prefetch = Prefetcher(batches, first_step=start * cfg.accumulate)
         result = _loop(cfg, comm, model, loss_fn, reducer, optimizer, batches, prefetch, metrics, watchdog,
-                       signals, start)
+                       signals, start, lineage)
         result["tuned"] = {"compression": tuned["compression"], "bucket_cap_mb": tuned["bucket_cap_mb"]}
         return result
     finally:
-        for closer in (prefetch, reducer, metrics, watchdog, signals):
+        for closer in (prefetch, reducer, metrics, watchdog, signals, lock):
             if closer is not None:
                 closer.close()
 
@@ -106,7 +112,8 @@ def _tune(cfg, model, loss_fn, batches, comm) -> dict:
     return {**tuned, "text": autotune.describe(tuned)}
 
 
-def _loop(cfg, comm, model, loss_fn, reducer, optimizer, batches, prefetch, metrics, watchdog, signals, start):
+def _loop(cfg, comm, model, loss_fn, reducer, optimizer, batches, prefetch, metrics, watchdog, signals, start,
+          lineage):
     rank, world = comm.Get_rank(), comm.Get_size()
     tokens_per_step = world * cfg.batch_size * cfg.accumulate * cfg.context
     every_steps, every_seconds = cfg.checkpoint_interval()
@@ -147,6 +154,11 @@ def _loop(cfg, comm, model, loss_fn, reducer, optimizer, batches, prefetch, metr
         with watchdog.guard("the end-of-step allreduce", step + 1, deadline):
             step_loss, signalled, timed_due = _agree(comm, local, signals.received, timed_due)
         done = step + 1
+        if not math.isfinite(step_loss):  # the same agreed value on every rank, so every rank stops here
+            metrics.write(event="diverged", step=done, loss=str(step_loss))
+            raise Diverged(f"the loss is {step_loss} at step {done} — the run stopped without checkpointing this "
+                           "state (any earlier checkpoint is intact); lower --lr, set --grad-clip, or check the data",
+                           agreed=True)
         step_s = time.perf_counter() - t0
         result["losses"].append(step_loss)
         result["step_seconds"].append(step_s)
@@ -159,9 +171,12 @@ def _loop(cfg, comm, model, loss_fn, reducer, optimizer, batches, prefetch, metr
         stopping = signalled or (done == last and done < cfg.steps)
         if cfg.checkpoint_dir and (stopping or timed_due or (every_steps and done % every_steps == 0)
                                    or done == cfg.steps):
-            with watchdog.guard("the checkpoint", done, slow):
-                _checkpoint(cfg, done, model, optimizer, reducer, comm, metrics)
+            # A second SIGINT while it is written waits for it: it must not cost the checkpoint.
+            with watchdog.guard("the checkpoint", done, slow), signals.deferred():
+                _checkpoint(cfg, done, model, optimizer, reducer, comm, metrics, lineage)
             last_checkpoint = time.monotonic()
+            if signals.hurried and not stopping:
+                raise KeyboardInterrupt
         if stopping:
             reason = f"{signalled} on some rank" if signalled else f"--stop-after {cfg.stop_after}"
             saved = f"checkpoint at step {done} written" if cfg.checkpoint_dir else "no --checkpoint-dir, nothing saved"
@@ -202,9 +217,9 @@ def _agree(comm, local_loss: float, signum: int | None, timed_due: bool) -> tupl
     return float(buf[0]) / comm.Get_size(), signalled, buf[3] > 0
 
 
-def _checkpoint(cfg, step, model, optimizer, reducer, comm, metrics) -> None:
+def _checkpoint(cfg, step, model, optimizer, reducer, comm, metrics, lineage) -> None:
     t0 = time.perf_counter()
-    path = state.save(cfg, step, model, optimizer, reducer, comm)
+    path = state.save(cfg, step, model, optimizer, reducer, comm, lineage)
     seconds = time.perf_counter() - t0
     if comm.Get_rank() == 0:
         size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))

@@ -1,0 +1,89 @@
+"""Checks before any work: every path and plug-in the run will need, on rank 0, with the verdict agreed.
+
+Without them, an unwritable --checkpoint-dir was found only when the first
+checkpoint was due (with the default --checkpoint-every 0: after the last
+step, losing the whole run), and a missing --data file killed the job with a
+traceback and an MPI abort. Here each problem becomes one UsageError, raised
+on every rank (exit code 2) before the model is built.
+
+Rank 0 also takes the checkpoint directory's lock here, and keeps it for the run.
+"""
+import importlib
+import os
+import uuid
+
+from mpi4py import MPI
+
+from ..checkpoint import DirectoryLock
+from ..fault.errors import UsageError, agree
+from .config import TrainConfig
+
+
+def preflight(cfg: TrainConfig, comm: MPI.Comm) -> DirectoryLock | None:
+    """Check ``cfg``'s paths and model on rank 0; every rank raises the same UsageError if one is bad. Collective.
+
+    Returns the checkpoint directory's lock on rank 0 (None elsewhere, or without --checkpoint-dir).
+    """
+    lock, error = None, None
+    if comm.Get_rank() == 0:
+        try:
+            check_data(cfg.data)
+            check_model(cfg.model)
+            probe_directory(cfg.out_dir, "--out-dir")
+            if cfg.resume not in ("auto", "none") and not os.path.isdir(cfg.resume):
+                raise UsageError(f"--resume {cfg.resume}: no such checkpoint directory — give auto, none, or the "
+                                 "path of a step-* directory")
+            if cfg.checkpoint_dir:
+                probe_directory(cfg.checkpoint_dir, "--checkpoint-dir")
+                lock = DirectoryLock(cfg.checkpoint_dir)
+        except UsageError as e:
+            error = e
+    agree(comm, error)
+    return lock
+
+
+def check_data(data: str | None) -> None:
+    """``data`` is None (the standard library) or a readable, non-empty file or directory of files."""
+    if data is None:
+        return
+    if not os.path.exists(data):
+        raise UsageError(f"--data {data}: no such file or directory — give a text file, or a directory of them")
+    if os.path.isfile(data):
+        files = [data]
+    else:
+        files = [os.path.join(d, f) for d, _, names in os.walk(data) for f in names]
+        if not files:
+            raise UsageError(f"--data {data}: the directory holds no files — give a text file, or a directory of them")
+    for path in files:
+        if not os.access(path, os.R_OK):
+            raise UsageError(f"--data {data}: {path} is not readable — check its permissions")
+    if sum(os.path.getsize(p) for p in files) == 0:
+        raise UsageError(f"--data {data}: the files are empty — give text to train on")
+
+
+def check_model(model: str) -> None:
+    """``gpt``, or ``module:function`` where the module imports and has that callable."""
+    if model == "gpt":
+        return
+    module_name, _, function_name = model.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UsageError(f"--model {model}: cannot import {module_name} ({e}) — give gpt, or module:function "
+                         "with the module on PYTHONPATH") from None
+    if not callable(getattr(module, function_name, None)):
+        raise UsageError(f"--model {model}: {module_name} has no function {function_name} — give gpt, or "
+                         "module:function returning (model, loss_fn)")
+
+
+def probe_directory(path: str, flag: str) -> None:
+    """Create ``path`` if needed and prove a file can be written there (and removed again)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".ringtrain-probe-{uuid.uuid4().hex[:8]}")
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        os.remove(probe)
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot write there ({e.strerror or e}) — give a directory this user can "
+                         "create and write") from None
