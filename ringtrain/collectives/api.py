@@ -22,7 +22,7 @@ from mpi4py import MPI
 from . import workspace
 from .buffers import LOW_PRECISION, SUPPORTED, as_flat, narrow, widen
 from .chain_broadcast import chain_broadcast
-from .comm import handshake, private
+from .comm import CollectiveMismatchError, handshake, private
 from .layout import chunk_bounds
 from .parameter_server import ps_allreduce
 from .recursive_doubling import recursive_doubling_allreduce
@@ -80,17 +80,20 @@ def allreduce(x, op: str = "sum", algorithm: str = "auto", comm: MPI.Comm | None
     """
     # Every small allreduce passes here, where the whole MPI call takes a
     # couple of microseconds: the common case must stay short.
-    a, dtype = as_flat(x)
-    op_code = _OP_CODES.get(op)
-    if op_code is None:
-        raise ValueError(f"allreduce: op={op!r} is not supported; use one of {OPS}")
-    alg_code = _ALGORITHM_CODES.get(algorithm)
-    if alg_code is None:
-        raise ValueError(f"allreduce: algorithm={algorithm!r} is not supported; use one of {ALGORITHMS}")
-    if op_code and dtype[0] == "i":
-        raise TypeError(f"allreduce: op='mean' needs a floating dtype, got {dtype}; "
-                        "use op='sum' and divide as you need")
     comm = _WORLD if comm is None else comm
+    try:
+        a, dtype = as_flat(x)
+        op_code = _OP_CODES.get(op)
+        if op_code is None:
+            raise ValueError(f"allreduce: op={op!r} is not supported; use one of {OPS}")
+        alg_code = _ALGORITHM_CODES.get(algorithm)
+        if alg_code is None:
+            raise ValueError(f"allreduce: algorithm={algorithm!r} is not supported; use one of {ALGORITHMS}")
+        if op_code and dtype[0] == "i":
+            raise TypeError(f"allreduce: op='mean' needs a floating dtype, got {dtype}; "
+                            "use op='sum' and divide as you need")
+    except (TypeError, ValueError) as e:
+        _refuse(comm, "allreduce", check, e)
     n = comm.Get_size()
     if n == 1:
         return x
@@ -143,13 +146,16 @@ def reduce_scatter(x, op: str = "sum", comm: MPI.Comm | None = None, *, check: b
     >>> ringtrain.reduce_scatter(np.arange(3.0), comm=MPI.COMM_SELF)
     array([0., 1., 2.])
     """
-    a, dtype = as_flat(x)
-    op_code = _OP_CODES.get(op)
-    if op_code is None:
-        raise ValueError(f"reduce_scatter: op={op!r} is not supported; use one of {OPS}")
-    if op_code and dtype[0] == "i":
-        raise TypeError(f"reduce_scatter: op='mean' needs a floating dtype, got {dtype}")
     comm = _WORLD if comm is None else comm
+    try:
+        a, dtype = as_flat(x)
+        op_code = _OP_CODES.get(op)
+        if op_code is None:
+            raise ValueError(f"reduce_scatter: op={op!r} is not supported; use one of {OPS}")
+        if op_code and dtype[0] == "i":
+            raise TypeError(f"reduce_scatter: op='mean' needs a floating dtype, got {dtype}")
+    except (TypeError, ValueError) as e:
+        _refuse(comm, "reduce_scatter", check, e)
     n = comm.Get_size()
     if n > 1:
         if CHECK if check is None else check:
@@ -168,8 +174,11 @@ def allgather(x, comm: MPI.Comm | None = None, *, check: bool | None = None):
     >>> ringtrain.allgather(np.arange(3.0), comm=MPI.COMM_SELF)
     array([0., 1., 2.])
     """
-    a, dtype = as_flat(x)
     comm = _WORLD if comm is None else comm
+    try:
+        a, dtype = as_flat(x)
+    except (TypeError, ValueError) as e:
+        _refuse(comm, "allgather", check, e)
     if comm.Get_size() > 1:
         if CHECK if check is None else check:
             _check(comm, "allgather", x, a, dtype, 0, "")
@@ -188,13 +197,17 @@ def broadcast(x, root: int = 0, comm: MPI.Comm | None = None, *, algorithm: str 
     >>> ringtrain.broadcast(np.arange(3.0), comm=MPI.COMM_SELF)
     array([0., 1., 2.])
     """
-    a, dtype = as_flat(x)
     comm = _WORLD if comm is None else comm
     n = comm.Get_size()
-    if isinstance(root, bool) or not isinstance(root, (int, np.integer)) or not 0 <= root < n:
-        raise ValueError(f"broadcast: root={root!r} is not a rank of this communicator (0..{n - 1})")
-    if algorithm not in BROADCAST_ALGORITHMS:
-        raise ValueError(f"broadcast: algorithm={algorithm!r} is not supported; use one of {BROADCAST_ALGORITHMS}")
+    try:
+        a, dtype = as_flat(x)
+        if isinstance(root, bool) or not isinstance(root, (int, np.integer)) or not 0 <= root < n:
+            raise ValueError(f"broadcast: root={root!r} is not a rank of this communicator (0..{n - 1})")
+        if algorithm not in BROADCAST_ALGORITHMS:
+            raise ValueError(f"broadcast: algorithm={algorithm!r} is not supported; use one of "
+                             f"{BROADCAST_ALGORITHMS}")
+    except (TypeError, ValueError) as e:
+        _refuse(comm, "broadcast", check, e)
     if n == 1:
         return x
     if algorithm == "auto":
@@ -207,6 +220,23 @@ def broadcast(x, root: int = 0, comm: MPI.Comm | None = None, *, algorithm: str 
     else:
         chain_broadcast(private(comm), a, int(root), GATHER_SEGMENT_BYTES)
     return x
+
+
+def _refuse(comm, what, check, error):
+    """Raise ``error``, after making every other rank raise too. Never returns.
+
+    A rank that refuses its arguments would otherwise leave its peers waiting
+    in the collective forever. It joins their handshake with an impossible
+    element count (-1), so the handshake fails on every rank: the peers raise
+    CollectiveMismatchError naming this rank's problem, and this rank raises
+    its own error. With the handshake off (check=False) only this rank knows.
+    """
+    if comm.Get_size() > 1 and (CHECK if check is None else check):
+        try:
+            handshake(comm, what, -1, -1, lambda: f"an argument it refused ({error})")
+        except CollectiveMismatchError:
+            pass
+    raise error
 
 
 def _check(comm, what, x, a, dtype, options_code, options):
