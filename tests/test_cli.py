@@ -1,6 +1,7 @@
 """The command line under mpiexec: version, info, the allreduce benchmark, and abort on failure."""
 import json
 import os
+import re
 import time
 
 from ringtrain import __version__
@@ -61,3 +62,17 @@ def test_bench_training_times_every_variant_against_ddp(tmp_path):
     assert set(rows) == {"compute", "bucket=1MB", "bucket=5MB", "bucket=25MB", "bucket=100MB", "no-bucket", "ddp"}
     assert all(row["step_ms"] > 0 for row in rows.values())
     assert rows["ddp"]["vs_ddp"] == 1.0 and rows["no-bucket"]["vs_no_bucket"] == 1.0
+
+
+def test_a_bad_argument_on_one_rank_makes_every_rank_raise_under_plain_mpiexec():
+    script = os.path.join(HERE, "scripts", "bad_argument_on_one_rank.py")
+    for n, kind, operation in [(2, "read-only", "allreduce"), (3, "strided", "reduce_scatter"),
+                               (2, "int8", "allgather"), (3, "read-only", "broadcast")]:
+        out = run_mpi(n, [script, kind, operation], timeout=60)  # a hang would raise TimeoutExpired
+        assert out.returncode == 0, out.stderr
+        # mpiexec may merge the ranks' lines: find each rank's report in the whole output.
+        said = dict(re.findall(r"rank (\d+): (raised \w+|returned)", out.stdout))
+        assert said == {str(r): "raised CollectiveMismatchError" for r in range(1, n)} | {"0": said.get("0")}, said
+        assert said["0"] in ("raised ValueError", "raised TypeError"), said
+        assert out.stdout.count(f"ringtrain.{operation}: ranks passed different arguments (rank 0: an argument it "
+                                "refused (") == n - 1, out.stdout

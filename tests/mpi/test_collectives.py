@@ -98,3 +98,24 @@ def test_the_collective_still_works_after_a_mismatch():
     x = np.ones(3)
     ringtrain.allreduce(x)
     assert all_ranks_agree(bool(np.all(x == n)))
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("operation", ["allreduce", "reduce_scatter", "allgather", "broadcast"])
+def test_a_buffer_refused_on_rank_0_makes_every_rank_raise(operation):
+    r = WORLD.Get_rank()
+    x = np.ones(100)
+    if r == 0:
+        x.flags.writeable = False
+    try:
+        getattr(ringtrain, operation)(x)
+        raised = None
+    except (TypeError, ValueError) as e:
+        raised = e
+    if r == 0:
+        ok = isinstance(raised, ValueError) and "read-only" in str(raised)
+    else:  # the others learn of rank 0's refusal in the handshake, and raise too
+        ok = (isinstance(raised, ringtrain.CollectiveMismatchError)
+              and "rank 0: an argument it refused (x: the array is read-only" in str(raised))
+    # The handshake above was the last collective, and every rank took part: safe to agree now.
+    assert all_ranks_agree(ok)

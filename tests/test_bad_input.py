@@ -1,0 +1,122 @@
+"""Bad input never costs work: every TrainConfig field against NaN, inf, negative, zero and wrong types.
+
+The cases are generated from TrainConfig's fields, so a field added later is
+covered at once: it must refuse each bad kind with a message naming it, or be
+listed here as accepting that kind. The same values through the command line
+must end with exit code 2 and no traceback, in-process (no mpiexec needed).
+"""
+import os
+import signal
+from dataclasses import fields
+
+import pytest
+
+from ringtrain.__main__ import main
+from ringtrain.fault.errors import UsageError
+from ringtrain.fault.signals import PreemptionSignals
+from ringtrain.train import TrainConfig
+from ringtrain.train.preflight import check_data, check_model, probe_directory
+
+KINDS = {"nan": float("nan"), "inf": float("inf"), "negative": -1, "zero": 0, "bool": True, "list": [1]}
+# (field, kind) pairs that are valid values, not bad input: 0 means "off" or "none" for these.
+ACCEPTED = {(name, "zero") for name in ("warmup", "momentum", "weight_decay", "grad_clip", "min_lr_ratio", "seed",
+                                        "eval_every", "sample_tokens", "stop_after", "checkpoint_every")}
+CASES = [(f.name, kind) for f in fields(TrainConfig) for kind in KINDS]
+
+
+def flag(name):
+    return "--" + name.replace("_", "-")
+
+
+@pytest.mark.parametrize("name, kind", CASES, ids=[f"{n}-{k}" for n, k in CASES])
+def test_every_field_refuses_every_bad_kind_by_name(name, kind):
+    value = KINDS[kind]
+    if (name, kind) in ACCEPTED:
+        assert getattr(TrainConfig(**{name: value}), name) == value
+        return
+    with pytest.raises(UsageError) as refused:
+        TrainConfig(**{name: value})
+    said = str(refused.value)
+    assert said.startswith(f"{name} ({flag(name)}) = {value!r}: not allowed — "), said
+
+
+def test_the_matrix_covers_every_field():
+    assert {n for n, _ in CASES} == {f.name for f in fields(TrainConfig)}
+    assert len(CASES) == len(KINDS) * len(fields(TrainConfig)) >= 180
+
+
+def test_relations_and_specs_are_checked_too():
+    for kwargs, words in [({"width": 100, "heads": 3}, "width (--width) = 100: not allowed — a multiple of heads (3)"),
+                          ({"compression": "int8:stochastic=no"}, "int8: stochastic=no is not allowed"),
+                          ({"compression": "topk:k=2.5"}, "topk: k=2.5 is not allowed"),
+                          ({"checkpoint_every": "0s"}, "checkpoint_every (--checkpoint-every) = '0s'"),
+                          ({"checkpoint_every": "-5"}, "checkpoint_every (--checkpoint-every) = '-5'"),
+                          ({"model": "nocolon"}, "model (--model) = 'nocolon': not allowed"),
+                          ({"resume": ""}, "resume (--resume) = '': not allowed"),
+                          ({"bucket_cap_mb": "fast"}, "bucket_cap_mb (--bucket-cap-mb) = 'fast'")]:
+        with pytest.raises(UsageError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            TrainConfig(**kwargs)
+
+
+CLI_CASES = [(f.name, text) for f in fields(TrainConfig) if f.type in (int, float) or f.name == "bucket_cap_mb"
+             for kind, text in (("nan", "nan"), ("inf", "inf"), ("negative", "-1"), ("zero", "0"), ("text", "x"))
+             if (f.name, kind) not in ACCEPTED]
+
+
+@pytest.mark.parametrize("name, text", CLI_CASES, ids=[f"{n}={t}" for n, t in CLI_CASES])
+def test_bad_flags_exit_2_naming_the_flag_without_a_traceback(name, text, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["train", flag(name), text, "--out-dir", os.devnull])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2, err
+    assert "Traceback" not in err and "Abort" not in err
+    last = err.strip().splitlines()[-1]
+    # Either argparse (a value of the wrong kind) or the config (a value out of range) names the flag.
+    assert last.startswith((f"python -m ringtrain train: error: argument {flag(name)}: ",
+                            f"ringtrain: {name} ({flag(name)}) = ")), err
+
+
+def test_the_cli_matrix_is_large():
+    assert len(CLI_CASES) >= 90, len(CLI_CASES)
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda d: str(d / "missing.txt"), "no such file or directory"),
+    (lambda d: (d / "empty").mkdir() or str(d / "empty"), "the directory holds no files"),
+    (lambda d: (d / "zero.txt").write_text("") or str(d / "zero.txt"), "the files are empty"),
+])
+def test_data_is_checked_before_any_work(tmp_path, make, words):
+    with pytest.raises(UsageError, match=words):
+        check_data(make(tmp_path))
+
+
+@pytest.mark.parametrize("model, words", [
+    ("no_such_module:build", "cannot import no_such_module"),
+    ("os:no_such_function", "os has no function no_such_function"),
+])
+def test_the_model_factory_is_checked_before_any_work(model, words):
+    with pytest.raises(UsageError, match=words):
+        check_model(model)
+
+
+def test_directories_are_probed_before_any_work(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UsageError, match=r"--checkpoint-dir .*/afile/ckpt: cannot write there \(Not a directory\)"):
+        probe_directory(str(tmp_path / "afile" / "ckpt"), "--checkpoint-dir")
+    probe_directory(str(tmp_path / "new" / "ckpt"), "--checkpoint-dir")
+    assert os.listdir(tmp_path / "new" / "ckpt") == []  # created, and the probe removed again
+
+
+def test_a_second_sigint_during_a_checkpoint_waits_for_it():
+    signals = PreemptionSignals()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert signals.received == signal.SIGINT
+        with signals.deferred():
+            os.kill(os.getpid(), signal.SIGINT)  # would raise KeyboardInterrupt outside
+            finished = True
+        assert finished and signals.hurried
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        signals.close()
