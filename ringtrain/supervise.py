@@ -3,10 +3,12 @@
 Each attempt runs ``mpiexec -n N python -m ringtrain ARGS``. When it fails, the
 supervisor says why, waits (1 s, 2 s, 4 s, ... up to 30 s) and runs it again;
 ``train`` resumes from the newest valid checkpoint by itself (``--resume auto``
-is its default), so nothing done before the last checkpoint is lost. Exit code
-75 (stopped by a signal, checkpoint written) is passed on without a restart, as
-is a signal to the supervisor itself, which it forwards to the job. The
-supervisor's exit code is the last attempt's.
+is its default), so nothing done before the last checkpoint is lost. Exit codes
+that a restart cannot cure are passed on without one: 75 (stopped by a signal,
+checkpoint written), 2 (bad input, or the checkpoint directory is locked by
+another run) and 3 (the loss diverged; a bit-exact resume would diverge
+again). So is a signal to the supervisor itself, which it forwards to the
+job. The supervisor's exit code is the last attempt's.
 
 When a rank dies, MPICH's mpiexec ends the other ranks at once and reports the
 dead process's PID (the ``start`` line of metrics.jsonl maps PIDs to ranks);
@@ -20,10 +22,12 @@ import subprocess
 import sys
 import time
 
-from .fault.exit_codes import EXIT_PREEMPTED, EXIT_TIMEOUT
+from .fault.exit_codes import EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_TIMEOUT, EXIT_USAGE
 
 _MEANING = {1: "an error on some rank", EXIT_TIMEOUT: "a collective missed its deadline (a rank died or stalled)",
-            EXIT_PREEMPTED: "stopped by a signal after a checkpoint"}
+            EXIT_PREEMPTED: "stopped by a signal after a checkpoint", EXIT_USAGE: "bad input; see the message above",
+            EXIT_DIVERGED: "a diverged loss"}
+FINAL = (EXIT_PREEMPTED, EXIT_USAGE, EXIT_DIVERGED)  # a restart cannot cure these
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -79,7 +83,7 @@ def main(args) -> int:
         if code == 0:
             print(f"launch: attempt {attempt} finished", flush=True)
             return 0
-        if interrupted or code == EXIT_PREEMPTED:
+        if interrupted or code in FINAL:
             print(f"launch: attempt {attempt} ended with {describe_exit(code)}; not restarting", flush=True)
             return code if code > 0 else 128 - code
         if attempt > args.max_restarts:

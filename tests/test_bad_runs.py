@@ -48,6 +48,15 @@ def test_a_diverged_loss_stops_with_exit_3_and_keeps_the_last_checkpoint(tmp_pat
     assert kept and int(kept[-1][5:]) == diverged_at - 1  # every finite step's checkpoint, none after
 
 
+def test_a_diverged_gradient_under_compression_stops_with_exit_3(tmp_path):
+    # The compressor meets the NaN before the loss is agreed, on its own rank: one line per rank, then abort.
+    out = train(2, tmp_path, "--steps", "40", "--lr", "1000", "--grad-clip", "0", "--warmup", "0",
+                "--compression", "int8")
+    assert out.returncode == 3, out.stderr
+    assert "the gradient has NaN or inf values on this rank, so the compressed average stopped" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_a_directory_whose_checkpoints_none_can_load_is_refused_then_kept_beside_a_fresh_run(tmp_path):
     ckpt = tmp_path / "ckpt"
     assert train(1, tmp_path, "--steps", "4", "--checkpoint-dir", str(ckpt), "--checkpoint-every", "2").returncode == 0
@@ -83,3 +92,13 @@ def test_a_second_run_on_a_locked_directory_is_refused_and_the_first_finishes(tm
         output = first.communicate(timeout=60)[0]
     assert first.returncode == 75, output
     assert "checkpoint at step" in output
+
+
+def test_launch_does_not_restart_what_a_restart_cannot_cure(tmp_path):
+    cmd = [sys.executable, "-m", "ringtrain", "launch", "-n", "2", "--max-restarts", "3", "--", "train", *TINY,
+           "--data", str(tmp_path / "missing.txt"), "--out-dir", str(tmp_path / "out")]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stdout.count("launch: attempt") == 2  # "attempt 1: <command>", then "attempt 1 ended with"
+    assert "attempt 1 ended with exit code 2 (bad input; see the message above); not restarting" in out.stdout
+    assert f"ringtrain: --data {tmp_path / 'missing.txt'}: no such file or directory" in out.stderr
