@@ -61,11 +61,15 @@ def all_finite(values) -> bool:
     return bool(torch.isfinite(t).all())
 
 
+class NonFiniteInput(ValueError):
+    """A compressor was given NaN or inf: the gradient has diverged on this rank."""
+
+
 def require_finite(x, name: str) -> None:
     """Refuse NaN or inf on the sending side, so that a decoder may treat any non-finite value as corruption."""
     if not all_finite(x):
-        raise ValueError(f"{name}: the input has NaN or inf values, which compression cannot carry "
-                         "(has the loss diverged?)")
+        raise NonFiniteInput(f"{name}: the input has NaN or inf values, which compression cannot carry "
+                             "(has the loss diverged?)")
 
 
 def check_finite(values, name: str, what: str):

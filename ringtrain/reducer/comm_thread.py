@@ -8,6 +8,9 @@ ready before bucket 1 from deadlocking with one where it is the other way round.
 import threading
 import time
 
+from ..compression.base import NonFiniteInput
+from ..fault.errors import Diverged
+
 
 class CommThread:
     """Runs ``reduce(bucket_index)`` for 0..n-1 each step, as buckets are marked ready."""
@@ -39,6 +42,11 @@ class CommThread:
         self._done.wait()
         if self._error is not None:
             error, self._error = self._error, None
+            if isinstance(error, NonFiniteInput):
+                # Only this rank knows (its peers wait inside the collective): a one-line
+                # error that run_or_abort turns into a job abort with exit code 3.
+                raise Diverged(f"the gradient has NaN or inf values on this rank, so the compressed average "
+                               f"stopped ({error}) — lower --lr, set --grad-clip, or check the data") from None
             raise RuntimeError(f"gradient averaging failed on the communication thread: {error}") from error
 
     def close(self) -> None:
