@@ -83,7 +83,7 @@ def test_the_cli_matrix_is_large():
 @pytest.mark.parametrize("make, words", [
     (lambda d: str(d / "missing.txt"), "no such file or directory"),
     (lambda d: (d / "empty").mkdir() or str(d / "empty"), "the directory holds no files"),
-    (lambda d: (d / "zero.txt").write_text("") or str(d / "zero.txt"), "the files are empty"),
+    (lambda d: (d / "zero.txt").write_text("") or str(d / "zero.txt"), "the file is empty"),
 ])
 def test_data_is_checked_before_any_work(tmp_path, make, words):
     with pytest.raises(UsageError, match=words):

@@ -43,22 +43,22 @@ def preflight(cfg: TrainConfig, comm: MPI.Comm) -> DirectoryLock | None:
 
 
 def check_data(data: str | None) -> None:
-    """``data`` is None (the standard library) or a readable, non-empty file or directory of files."""
+    """``data`` is None (the standard library) or an existing file, or a directory with a file in it.
+
+    Whether each file reads is found while the token file is built, on rank 0,
+    whose verdict every rank shares (corpus.open_tokens): checking it here
+    too would read every file's metadata twice.
+    """
     if data is None:
         return
     if not os.path.exists(data):
         raise UsageError(f"--data {data}: no such file or directory — give a text file, or a directory of them")
     if os.path.isfile(data):
-        files = [data]
-    else:
-        files = [os.path.join(d, f) for d, _, names in os.walk(data) for f in names]
-        if not files:
-            raise UsageError(f"--data {data}: the directory holds no files — give a text file, or a directory of them")
-    for path in files:
-        if not os.access(path, os.R_OK):
-            raise UsageError(f"--data {data}: {path} is not readable — check its permissions")
-    if sum(os.path.getsize(p) for p in files) == 0:
-        raise UsageError(f"--data {data}: the files are empty — give text to train on")
+        if os.path.getsize(data) == 0:
+            raise UsageError(f"--data {data}: the file is empty — give text to train on")
+        return
+    if not any(names for _, _, names in os.walk(data)):
+        raise UsageError(f"--data {data}: the directory holds no files — give a text file, or a directory of them")
 
 
 def check_model(model: str) -> None:
