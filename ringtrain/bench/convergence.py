@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
+from ..constants import BUCKET_CAP_MB
 from ..train import TrainConfig, train
 from ..train.threads import set_torch_threads
 
@@ -33,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"compressors to train with, at --bucket-cap-mb (default {DEFAULT_COMPRESSORS})")
     p.add_argument("--bucket-sizes", default="1,5,25",
                    help="bucket caps in MB for the uncompressed runs (default 1,5,25)")
-    p.add_argument("--bucket-cap-mb", type=float, default=25.0, help="bucket cap of the compressed runs (default 25)")
+    p.add_argument("--bucket-cap-mb", type=float, default=BUCKET_CAP_MB, help="bucket cap of the compressed runs (default 25)")
     p.add_argument("--steps", type=int, default=200, help="optimizer steps per variant (default 200)")
     p.add_argument("--skip", type=int, default=5, help="warm-up steps left out of the step time (default 5)")
     p.add_argument("--repeat", type=int, default=1,
@@ -61,10 +62,10 @@ def _variants(args):
             out.append(("ringtrain", c, args.bucket_cap_mb))
     for peer in (d.strip() for d in args.ddp.split(",") if d.strip() and d.strip() != "none"):
         if peer == "plain":
-            out.append(("ddp", "none", 25.0))
+            out.append(("ddp", "none", BUCKET_CAP_MB))
         elif peer.startswith("powersgd"):
             _, _, opt = peer.partition(":rank=")
-            out.append(("ddp", f"powersgd:rank={int(opt or 4)}", 25.0))
+            out.append(("ddp", f"powersgd:rank={int(opt or 4)}", BUCKET_CAP_MB))
         else:
             raise ValueError(f"--ddp has {peer!r}; allowed: plain, powersgd:rank=R, none")
     return out
@@ -90,7 +91,7 @@ def main(args) -> int:
         out_dir = os.path.join(args.out_dir, name.replace(" ", "_").replace(":", "-"))
         cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, width=args.width, layers=args.layers,
                           context=args.context, compression=compression if system == "ringtrain" else "none",
-                          bucket_cap_mb=cap or 25.0, eval_every=0, log_every=args.steps, sample_tokens=0,
+                          bucket_cap_mb=cap or BUCKET_CAP_MB, eval_every=0, log_every=args.steps, sample_tokens=0,
                           out_dir=out_dir if system != "compute" else os.path.join(out_dir, f"rank{rank}"))
         if rank == 0:
             print(f"# {name}", flush=True)

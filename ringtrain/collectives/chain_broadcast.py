@@ -7,9 +7,9 @@ the time approaches one buffer's transfer time whatever the world size.
 import numpy as np
 from mpi4py import MPI
 
+from ..constants import TAG_CHAIN_BROADCAST
 from .layout import segment_bounds
 
-_TAG = 41
 
 
 def chain_broadcast(comm: MPI.Comm, a: np.ndarray, root: int, segment_bytes: int) -> None:
@@ -26,14 +26,14 @@ def chain_broadcast(comm: MPI.Comm, a: np.ndarray, root: int, segment_bytes: int
     segs = [segment_bounds(0, a.size, nseg, k) for k in range(nseg)]
     forward = pos < n - 1
     if pos == 0:
-        MPI.Request.Waitall([comm.Isend(a[lo:hi], nxt, _TAG) for lo, hi in segs])
+        MPI.Request.Waitall([comm.Isend(a[lo:hi], nxt, TAG_CHAIN_BROADCAST) for lo, hi in segs])
         return
     sends = []
-    pending = comm.Irecv(a[slice(*segs[0])], prev, _TAG)
+    pending = comm.Irecv(a[slice(*segs[0])], prev, TAG_CHAIN_BROADCAST)
     for k, (lo, hi) in enumerate(segs):
-        following = comm.Irecv(a[slice(*segs[k + 1])], prev, _TAG) if k + 1 < nseg else None
+        following = comm.Irecv(a[slice(*segs[k + 1])], prev, TAG_CHAIN_BROADCAST) if k + 1 < nseg else None
         pending.Wait()
         if forward:
-            sends.append(comm.Isend(a[lo:hi], nxt, _TAG))
+            sends.append(comm.Isend(a[lo:hi], nxt, TAG_CHAIN_BROADCAST))
         pending = following
     MPI.Request.Waitall(sends)

@@ -8,9 +8,9 @@ for use.
 import numpy as np
 from mpi4py import MPI
 
+from ..constants import TAG_PARAMETER_SERVER
 from . import workspace
 
-_TAG = 31
 
 
 def ps_allreduce(comm: MPI.Comm, a: np.ndarray) -> None:
@@ -23,12 +23,12 @@ def ps_allreduce(comm: MPI.Comm, a: np.ndarray) -> None:
     if n == 1 or a.size == 0:
         return
     if r != 0:
-        comm.Send(a, 0, _TAG)
-        comm.Recv(a, 0, _TAG)
+        comm.Send(a, 0, TAG_PARAMETER_SERVER)
+        comm.Recv(a, 0, TAG_PARAMETER_SERVER)
         return
     tmp = workspace.get("ps", a.dtype, a.size)
     # Sum in rank order so the result does not depend on arrival order.
     for src in range(1, n):
-        comm.Recv(tmp, src, _TAG)
+        comm.Recv(tmp, src, TAG_PARAMETER_SERVER)
         np.add(a, tmp, out=a)
-    MPI.Request.Waitall([comm.Isend(a, dst, _TAG) for dst in range(1, n)])
+    MPI.Request.Waitall([comm.Isend(a, dst, TAG_PARAMETER_SERVER) for dst in range(1, n)])

@@ -12,9 +12,9 @@ identical.
 import numpy as np
 from mpi4py import MPI
 
+from ..constants import TAG_RECURSIVE_DOUBLING
 from . import workspace
 
-_TAG = 21
 
 
 def recursive_doubling_allreduce(comm: MPI.Comm, a: np.ndarray) -> None:
@@ -31,10 +31,10 @@ def recursive_doubling_allreduce(comm: MPI.Comm, a: np.ndarray) -> None:
     rem = n - p
     if r < 2 * rem:
         if r % 2 == 0:
-            comm.Send(a, r + 1, _TAG)
-            comm.Recv(a, r + 1, _TAG)
+            comm.Send(a, r + 1, TAG_RECURSIVE_DOUBLING)
+            comm.Recv(a, r + 1, TAG_RECURSIVE_DOUBLING)
             return
-        comm.Recv(tmp, r - 1, _TAG)
+        comm.Recv(tmp, r - 1, TAG_RECURSIVE_DOUBLING)
         np.add(a, tmp, out=a)
         vrank = r // 2
     else:
@@ -43,8 +43,8 @@ def recursive_doubling_allreduce(comm: MPI.Comm, a: np.ndarray) -> None:
     while mask < p:
         vpeer = vrank ^ mask
         peer = 2 * vpeer + 1 if vpeer < rem else vpeer + rem
-        comm.Sendrecv(a, peer, _TAG, tmp, peer, _TAG)
+        comm.Sendrecv(a, peer, TAG_RECURSIVE_DOUBLING, tmp, peer, TAG_RECURSIVE_DOUBLING)
         np.add(a, tmp, out=a)
         mask <<= 1
     if r < 2 * rem:
-        comm.Send(a, r - 1, _TAG)
+        comm.Send(a, r - 1, TAG_RECURSIVE_DOUBLING)

@@ -21,6 +21,7 @@ Chunk ownership follows ``layout.chunk_bounds``: after the reduce-scatter rank
 import numpy as np
 from mpi4py import MPI
 
+from ..constants import TAG_RING_GATHER, TAG_RING_REDUCE
 from . import workspace
 from .layout import chunk_bounds, segment_bounds, segment_count
 
@@ -29,7 +30,6 @@ from .layout import chunk_bounds, segment_bounds, segment_count
 # per-message cost shows).
 REDUCE_SEGMENT_BYTES = 512 << 10
 GATHER_SEGMENT_BYTES = 4 << 20
-_TAG_REDUCE, _TAG_GATHER = 11, 12
 
 
 def ring_reduce_scatter(comm: MPI.Comm, a: np.ndarray,
@@ -64,7 +64,7 @@ def _ring(comm, a, first_send, segment_bytes, reduce):
     left, right = (r - 1) % n, (r + 1) % n
     nseg = segment_count(a.size, n, segment_bytes // a.itemsize)
     bounds = [chunk_bounds(a.size, n, c) for c in range(n)]
-    tag = _TAG_REDUCE if reduce else _TAG_GATHER
+    tag = TAG_RING_REDUCE if reduce else TAG_RING_GATHER
     if reduce:
         seg_max = -(-bounds[0][1] // nseg)
         scratch = workspace.get("ring", a.dtype, 2 * seg_max).reshape(2, seg_max)

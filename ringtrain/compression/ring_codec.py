@@ -14,10 +14,10 @@ partial sum over ``summed`` ranks (``summed=1`` for the final mean).
 import numpy as np
 from mpi4py import MPI
 
+from ..constants import TAG_CODEC_GATHER, TAG_CODEC_REDUCE
 from ..collectives.layout import chunk_bounds
 from .base import all_finite
 
-_TAG = 61
 
 
 def ring_mean(codec, x: np.ndarray, comm: MPI.Comm) -> np.ndarray:
@@ -51,7 +51,7 @@ def _ring(codec, acc: np.ndarray, wire: np.ndarray, comm: MPI.Comm) -> np.ndarra
         slo, shi = bounds[(r - s - 1) % n]
         rlo, rhi = bounds[(r - s - 2) % n]
         codec.encode(acc[slo:shi], slo, shi, s + 1, wire[slo:shi])
-        comm.Sendrecv(wire[slo:shi], right, _TAG, inbox[:rhi - rlo], left, _TAG)
+        comm.Sendrecv(wire[slo:shi], right, TAG_CODEC_REDUCE, inbox[:rhi - rlo], left, TAG_CODEC_REDUCE)
         acc[rlo:rhi] += codec.decode(inbox[:rhi - rlo], rlo, rhi, s + 1, decoded[:rhi - rlo])
     lo, hi = bounds[r]
     acc[lo:hi] /= n
@@ -59,5 +59,5 @@ def _ring(codec, acc: np.ndarray, wire: np.ndarray, comm: MPI.Comm) -> np.ndarra
     for s in range(n - 1):
         slo, shi = bounds[(r - s) % n]
         rlo, rhi = bounds[(r - s - 1) % n]
-        comm.Sendrecv(wire[slo:shi], right, _TAG + 1, wire[rlo:rhi], left, _TAG + 1)
+        comm.Sendrecv(wire[slo:shi], right, TAG_CODEC_GATHER, wire[rlo:rhi], left, TAG_CODEC_GATHER)
     return codec.decode(wire, 0, acc.size, 1, acc)

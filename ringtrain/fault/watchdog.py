@@ -19,11 +19,11 @@ import time
 import numpy as np
 from mpi4py import MPI
 
+from ..constants import TAG_PING, TAG_PONG, TAG_VERDICT
 from .exit_codes import EXIT_TIMEOUT
 
 PROBE_SECONDS = 3.0
 GRACE_SECONDS = 2.0  # lets the other survivors print before the abort
-_PING, _PONG, _VERDICT = 71, 72, 73
 
 
 class Watchdog:
@@ -40,9 +40,9 @@ class Watchdog:
         self._stop = threading.Event()
         if self._probing:
             self._ping = np.zeros(1, np.int32)
-            self._ping_req = self._comm.Irecv(self._ping, MPI.ANY_SOURCE, _PING)
+            self._ping_req = self._comm.Irecv(self._ping, MPI.ANY_SOURCE, TAG_PING)
             self._verdict = np.zeros(self._size + 1, np.int32)
-            self._verdict_req = self._comm.Irecv(self._verdict, MPI.ANY_SOURCE, _VERDICT)
+            self._verdict_req = self._comm.Irecv(self._verdict, MPI.ANY_SOURCE, TAG_VERDICT)
         self._thread = threading.Thread(target=self._run, name="ringtrain-watchdog", daemon=True)
         self._thread.start()
 
@@ -83,16 +83,16 @@ class Watchdog:
     def _answer_pings(self):
         status = MPI.Status()
         while self._ping_req.Test(status):
-            self._comm.Isend(np.array([self._rank], np.int32), status.Get_source(), _PONG)
-            self._ping_req = self._comm.Irecv(self._ping, MPI.ANY_SOURCE, _PING)
+            self._comm.Isend(np.array([self._rank], np.int32), status.Get_source(), TAG_PONG)
+            self._ping_req = self._comm.Irecv(self._ping, MPI.ANY_SOURCE, TAG_PING)
 
     def _probe(self) -> list[int]:
         """Ranks that do not answer a ping within PROBE_SECONDS; tells the others who they are."""
         peers = [p for p in range(self._size) if p != self._rank]
         pongs = {p: np.zeros(1, np.int32) for p in peers}
-        waits = {p: self._comm.Irecv(pongs[p], p, _PONG) for p in peers}
+        waits = {p: self._comm.Irecv(pongs[p], p, TAG_PONG) for p in peers}
         for p in peers:
-            self._comm.Isend(np.array([self._rank], np.int32), p, _PING)  # a dead peer never takes it
+            self._comm.Isend(np.array([self._rank], np.int32), p, TAG_PING)  # a dead peer never takes it
         answered, deadline = set(), time.monotonic() + PROBE_SECONDS
         while time.monotonic() < deadline and len(answered) < len(peers):
             self._answer_pings()
@@ -101,7 +101,7 @@ class Watchdog:
         silent = [p for p in peers if p not in answered]
         verdict = np.array([len(silent), *silent], np.int32)
         for p in answered:
-            self._comm.Isend(verdict, p, _VERDICT)
+            self._comm.Isend(verdict, p, TAG_VERDICT)
         return silent
 
     def _finish(self, silent: list[int] | None, source: str):

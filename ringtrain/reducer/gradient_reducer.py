@@ -23,6 +23,7 @@ from mpi4py import MPI
 from ..collectives import allreduce, broadcast
 from ..collectives.comm import handshake, private
 from ..compression import get as compression_get
+from ..constants import BUCKET_CAP_MB
 from .buckets import assign_buckets, layout_fingerprint
 from .comm_thread import CommThread
 
@@ -42,7 +43,7 @@ class GradientReducer:
     >>> reducer.close()
     """
 
-    def __init__(self, model: torch.nn.Module, *, bucket_cap_mb: float = 25.0, compression=None,
+    def __init__(self, model: torch.nn.Module, *, bucket_cap_mb: float = BUCKET_CAP_MB, compression=None,
                  comm: MPI.Comm | None = None, broadcast_from: int | None = 0):
         if not bucket_cap_mb > 0:
             raise ValueError(f"bucket_cap_mb must be > 0, got {bucket_cap_mb}")

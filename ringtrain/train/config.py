@@ -4,6 +4,7 @@ from dataclasses import dataclass, fields
 
 from ..fault.errors import UsageError
 from ..checks import Rule, choice, either, number, optional, text, whole
+from ..constants import BUCKET_CAP_MB
 
 
 @dataclass(kw_only=True)
@@ -45,7 +46,7 @@ class TrainConfig:
     compression: str = "none"
     """Gradient compression per bucket, e.g. fp16, int8+lz4, ef+topk:ratio=0.01, onebit, powersgd:rank=4;
     auto: chosen by a probe at start-up, and used only where it pays."""
-    bucket_cap_mb: float | str = 25.0
+    bucket_cap_mb: float | str = BUCKET_CAP_MB
     """Largest gradient bucket, in MB; auto: chosen by a probe at start-up."""
     eval_every: int = 100
     """Validation loss every this many steps (and at the end); 0: only at the end."""

@@ -1,0 +1,16 @@
+"""Numbers that several modules must agree on: the default bucket cap and the MPI tags.
+
+Tags: every message stream gets its own, so a receive can never match a
+message of another algorithm even if two ever ran on one communicator. They
+all travel on ringtrain's private duplicate of the user's communicator
+(collectives/comm.py), except the watchdog's, which has its own.
+"""
+BUCKET_CAP_MB = 25.0
+"""The gradient reducer's default bucket cap in MB (DDP's too): big enough to amortise latency."""
+
+TAG_RING_REDUCE, TAG_RING_GATHER = 11, 12
+TAG_RECURSIVE_DOUBLING = 21
+TAG_PARAMETER_SERVER = 31
+TAG_CHAIN_BROADCAST = 41
+TAG_CODEC_REDUCE, TAG_CODEC_GATHER = 61, 62
+TAG_PING, TAG_PONG, TAG_VERDICT = 71, 72, 73
