@@ -23,7 +23,7 @@ from .. import _version
 from ..collectives import allreduce
 from ..collectives.api import RING_MIN_BYTES
 from .sizes import format_bytes, parse_bytes, sweep
-from .timing import iterations, memcpy_bandwidth, time_collective
+from ..timing import iterations, memcpy_bandwidth, time_collective
 
 PEER = "MPI_Allreduce"
 ALGORITHMS = ("ring", "recursive_doubling", "ps", "mpi", "auto", "auto+check")

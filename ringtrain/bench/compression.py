@@ -20,7 +20,7 @@ from mpi4py import MPI
 from .. import compression
 from ..collectives import allreduce
 from .sizes import format_bytes, parse_bytes
-from .timing import time_collective
+from ..timing import time_collective
 
 DEFAULT = ("fp16,bf16,int8,int8+lz4,lz4,topk:ratio=0.01,topk:ratio=0.01+lz4,onebit,powersgd:rank=4")
 

@@ -24,7 +24,7 @@ from ..collectives import allreduce
 from ..model import GPT, GPTConfig
 from ..reducer import GradientReducer
 from ..train.threads import set_torch_threads
-from .timing import median_call, slowest
+from ..timing import median_call, slowest
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

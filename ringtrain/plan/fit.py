@@ -125,20 +125,6 @@ def _fit_losses(model, results) -> None:
                 model.loss_penalty[key] = max(model.loss_penalty.get(key, -1.0), row["val_loss_vs_none"])
 
 
-class _Sized:
-    """Stands in for a parameter in group_params: only its bytes matter."""
-    dtype = "float32"
-
-    def __init__(self, nbytes):
-        self.nbytes = nbytes
-
-    def numel(self):
-        return self.nbytes // 4
-
-    def element_size(self):
-        return 4
-
-
 def contention(data: dict) -> float:
     """Ranks per core of a result: simulated hosts share one machine's cores; real hosts have their own."""
     if "hosts" in data and data.get("cores"):
@@ -152,19 +138,18 @@ def step_cases(model, data: dict, rate: float):
     Compute is the result's "compute" row; rows whose compressor the model has
     no figures for are skipped.
     """
-    from ..reducer.buckets import group_params
+    from ..reducer.buckets import bucket_bytes
     compute = next((r for r in data["rows"] if r["system"] == "compute"), None)
     if compute is None or "param_bytes" not in data:
         return []
     n, c, share = world_of(data), compute["step_ms"] / 1e3, contention(data)
-    sizes = [_Sized(b) for b in data["param_bytes"]]
     cases = []
     for row in data["rows"]:
         spec = row["compression"].removeprefix("auto=")
         key = spec if spec == "none" or spec in model.compressors else accuracy_key(spec)
         if row["system"] != "ringtrain" or (key != "none" and key not in model.compressors):
             continue
-        buckets = [sum(p.nbytes for p in g) for g in group_params(sizes, int(row["bucket_cap_mb"] * 1e6))]
+        buckets = bucket_bytes(data["param_bytes"], int(row["bucket_cap_mb"] * 1e6))
         serial, ideal = step_bounds(c, buckets, lambda b, key=key: model.compressed_time(b, n, rate, key, share))
         cases.append((row, key, c, serial, ideal))
     return cases

@@ -46,20 +46,39 @@ def assign_buckets(params: list, cap_bytes: int) -> list[Bucket]:
     return [_make(i, group) for i, group in enumerate(group_params(params, cap_bytes))]
 
 
-def group_params(params: list, cap_bytes: int) -> list[list]:
-    """The parameters of each bucket, without allocating any: last registered first, as backward produces them."""
+def group_sizes(nbytes: list[int], cap_bytes: int, dtypes: list | None = None) -> list[list[int]]:
+    """Which parameters (by index) go into each bucket, from their byte sizes alone.
+
+    Last registered first, as backward produces them; a bucket closes when the
+    next parameter would take it past ``cap_bytes`` or has another dtype. The
+    cost model and the planner call this with sizes only, no tensors.
+
+    >>> group_sizes([4, 4, 8], 8)
+    [[2], [1, 0]]
+    """
     groups, current, size, dtype = [], [], 0, None
-    for p in reversed(params):
-        nbytes = p.numel() * p.element_size()
-        if current and (p.dtype != dtype or size + nbytes > cap_bytes):
+    for i in reversed(range(len(nbytes))):
+        kind = dtypes[i] if dtypes is not None else None
+        if current and (kind != dtype or size + nbytes[i] > cap_bytes):
             groups.append(current)
             current, size = [], 0
-        current.append(p)
-        size += nbytes
-        dtype = p.dtype
+        current.append(i)
+        size += nbytes[i]
+        dtype = kind
     if current:
         groups.append(current)
     return groups
+
+
+def bucket_bytes(nbytes: list[int], cap_bytes: int) -> list[int]:
+    """The byte size of each bucket the reducer would make (same dtype throughout)."""
+    return [sum(nbytes[i] for i in group) for group in group_sizes(nbytes, cap_bytes)]
+
+
+def group_params(params: list, cap_bytes: int) -> list[list]:
+    """The parameters of each bucket, without allocating any (see group_sizes)."""
+    groups = group_sizes([p.numel() * p.element_size() for p in params], cap_bytes, [p.dtype for p in params])
+    return [[params[i] for i in group] for group in groups]
 
 
 def _make(index: int, params: list) -> Bucket:

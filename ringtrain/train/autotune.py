@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from ..collectives import allreduce
-from ..bench.timing import median_call, slowest
+from ..timing import median_call, slowest
 from ..compression import get as compression_get
+from ..constants import BUCKET_CAP_MB
 from ..plan.costmodel import step_time
-from ..reducer.buckets import group_params
+from ..reducer.buckets import bucket_bytes, group_params
 
 # Compressors that kept the validation loss within 2% of uncompressed training
 # in the training sweep (benchmarks/README.md); the others trade accuracy.
@@ -88,7 +89,8 @@ def tune(cfg, model, loss_fn, x, y, comm) -> dict:
             slope, fixed = times[0] / (4 * count), 0.0
         comm_models[spec] = lambda nbytes, f=fixed, s=slope: f + t_tiny + s * nbytes
     overlap = machine_overlap()
-    scores = score(compute, comm_models, params, cfg.compression, cfg.bucket_cap_mb, overlap)
+    param_bytes = [p.numel() * p.element_size() for p in params]
+    scores = score(compute, comm_models, param_bytes, cfg.compression, cfg.bucket_cap_mb, overlap)
     best = comm.bcast(choose(scores, cfg.compression == "auto"), root=0)
     return {"compression": best[0], "bucket_cap_mb": best[1],
             "probe": {"compute_s": compute, "allreduce_s": measured, "latency_s": latency, "per_byte_s": per_byte,
@@ -124,12 +126,11 @@ def machine_overlap() -> float:
         return 1.0
 
 
-def score(compute: float, comm_models: dict, params: list, compression: str, bucket_cap_mb,
+def score(compute: float, comm_models: dict, param_bytes: list[int], compression: str, bucket_cap_mb,
           overlap: float = 1.0) -> dict:
     """Predicted step seconds per (compressor, bucket cap), with the reducer's real bucket layout."""
     caps = CAPS_MB if bucket_cap_mb == "auto" else (float(bucket_cap_mb),)
-    layouts = {cap: [sum(p.numel() * p.element_size() for p in g) for g in group_params(params, int(cap * 1e6))]
-               for cap in caps}
+    layouts = {cap: bucket_bytes(param_bytes, int(cap * 1e6)) for cap in caps}
     return {(spec, cap): step_time(compute, buckets, comm_time, overlap)
             for spec, comm_time in comm_models.items() if compression in ("auto", spec)
             for cap, buckets in layouts.items()}
@@ -140,7 +141,7 @@ def choose(scores: dict, compression_auto: bool) -> tuple:
     # Exact ties happen when compute hides all communication: then the
     # default-sized bucket, as in DDP, rather than an extreme.
     def rank(choice):
-        return scores[choice], abs(np.log(choice[1] / 25.0))
+        return scores[choice], abs(np.log(choice[1] / BUCKET_CAP_MB))
     best = min(scores, key=rank)
     if compression_auto and best[0] != "none":
         plain = min(((s, c) for s, c in scores if s == "none"), key=rank)
