@@ -1,7 +1,7 @@
 """``python -m ringtrain``: runs the command line so that a failing rank aborts the whole job."""
 import sys
 
-from .abort import run_or_abort
+from .fault.abort import run_or_abort
 
 
 def main(argv=None) -> int:

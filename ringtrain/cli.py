@@ -1,17 +1,17 @@
 """The ``python -m ringtrain`` command line: one subcommand per job."""
 import argparse
-import os
 import sys
 
 from ._version import __version__
 from .fault.errors import UsageError
+from .fault import check_world_size
 
 
 class Parser(argparse.ArgumentParser):
     """argparse, but under mpiexec only rank 0 prints a usage error (every rank exits with code 2)."""
 
     def error(self, message):
-        from .abort import launcher_rank
+        from .fault.abort import launcher_rank
         if launcher_rank() == 0:
             self.print_usage(sys.stderr)
             sys.stderr.write(f"{self.prog}: error: {message}\n")
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .train import config as train_config
     train_config.add_arguments(sub.add_parser(
         "train", help="train a model (default: a small GPT on this Python's standard library)"))
-    from . import supervise
+    from .fault import supervise
     supervise.add_arguments(sub.add_parser(
         "launch", help="run mpiexec and restart it from the latest checkpoint when it fails"))
     sub.add_parser("info", help="MPI library, ranks and hosts, thread level, versions")
@@ -57,38 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_world_size() -> None:
-    """Fail loudly if RINGTRAIN_EXPECT_WORLD_SIZE is set and MPI sees another world size.
-
-    Job scripts set it to the number of tasks they asked for: a launcher with
-    the wrong PMI setting starts N independent rank-0 "singletons" that would
-    otherwise each train alone.
-    """
-    expected = os.environ.get("RINGTRAIN_EXPECT_WORLD_SIZE")
-    if not expected:
-        return
-    from mpi4py import MPI
-    size = MPI.COMM_WORLD.Get_size()
-    if int(expected) != size:
-        # Every rank sees the same mismatch, so every rank raises it: agreed.
-        raise UsageError(f"MPI sees a world of {size} rank(s) but the job started {expected} tasks "
-                         f"(RINGTRAIN_EXPECT_WORLD_SIZE) — the launcher and MPI disagree on PMI: under Slurm use "
-                         f"srun --mpi=pmi2 with the mpich wheel (see slurm/README.md)", agreed=True)
-
-
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv.insert(0, "train")  # `python -m ringtrain --steps 100` trains, as the bare command does
     args = build_parser().parse_args(argv)
     if args.command not in ("launch", "plan"):
-        check_world_size()
+        check_world_size()  # before any collective: a world of singletons must not train
     if args.command is None:  # the default job
         args = build_parser().parse_args(["train"])
     if args.command == "train":
         return _train(args)
     if args.command == "launch":
-        from . import supervise
+        from .fault import supervise
         return supervise.main(args)
     if args.command == "plan":
         from .plan import planner

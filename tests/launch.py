@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from ringtrain.supervise import mpiexec_path  # noqa: F401  ($MPIEXEC, else beside this Python, else PATH)
+from ringtrain.fault.supervise import mpiexec_path  # noqa: F401  ($MPIEXEC, else beside this Python, else PATH)
 
 
 def run_mpi(n: int, args: list[str], timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:

@@ -21,7 +21,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
-from ringtrain.supervise import mpiexec_path  # noqa: E402
+from ringtrain.fault.supervise import mpiexec_path  # noqa: E402
 SUBNET = "10.77.0"
 
 

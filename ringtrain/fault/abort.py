@@ -15,8 +15,8 @@ import sys
 import time
 import traceback
 
-from .fault.errors import OneLineError
-from .fault.exit_codes import EXIT_ERROR, EXIT_INTERRUPTED
+from .errors import OneLineError
+from .exit_codes import EXIT_ERROR, EXIT_INTERRUPTED
 
 
 def launcher_rank() -> int:

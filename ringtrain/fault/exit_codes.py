@@ -14,6 +14,8 @@
   aborted. Restarting from the last checkpoint is the remedy.
 - 130 (128 + SIGINT): a second SIGINT outside a checkpoint stopped at once,
   without a checkpoint.
+- 255 is not ringtrain's: MPICH's mpiexec returns it when it kills the job
+  (a rank died, or Ctrl-C twice at mpiexec, its force-abort).
 """
 EXIT_ERROR = 1
 EXIT_USAGE = 2

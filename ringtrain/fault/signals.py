@@ -11,6 +11,11 @@ import contextlib
 import signal
 import threading
 
+import numpy as np
+from mpi4py import MPI
+
+from .exit_codes import EXIT_PREEMPTED
+
 CAUGHT = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
@@ -47,3 +52,26 @@ class PreemptionSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+
+
+class Preempted(SystemExit):
+    """Raised on every rank after the checkpoint that a signal (or --stop-after) asked for."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(EXIT_PREEMPTED)
+        self.step, self.reason = step, reason
+
+
+def agree_at_step_end(comm, local_loss: float, signum: int | None, timed_due: bool) -> tuple[float, str | None, bool]:
+    """One SUM allreduce: the mean loss, the signal any rank received (by name), a timed checkpoint due.
+
+    The training step's loss allreduce carries the signals too, so every rank
+    learns of one rank's signal at the same step, for free.
+    """
+    buf = np.array([local_loss, float(signum is not None), float(signum or 0), float(timed_due)])
+    comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+    signalled = None
+    if buf[1] > 0:
+        mean = buf[2] / buf[1]  # the signal number, if every signalled rank got the same one
+        signalled = signal.Signals(int(mean)).name if mean == int(mean) and int(mean) in CAUGHT else "signals"
+    return float(buf[0]) / comm.Get_size(), signalled, buf[3] > 0

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from .fault.exit_codes import EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_TIMEOUT, EXIT_USAGE
+from .exit_codes import EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_TIMEOUT, EXIT_USAGE
 
 _MEANING = {1: "an error on some rank", EXIT_TIMEOUT: "a collective missed its deadline (a rank died or stalled)",
             EXIT_PREEMPTED: "stopped by a signal after a checkpoint", EXIT_USAGE: "bad input; see the message above",

@@ -11,7 +11,6 @@ metrics.jsonl.
 import contextlib
 import math
 import os
-import signal
 import socket
 import time
 
@@ -20,10 +19,10 @@ import torch
 from mpi4py import MPI
 
 from ..collectives.comm import private
+from ..constants import BUCKET_CAP_MB
 from ..data import Batches, open_tokens
 from ..data.batches import Prefetcher
-from ..fault import EXIT_PREEMPTED, Diverged, PreemptionSignals, Watchdog, checked
-from ..fault.signals import CAUGHT
+from ..fault import EXIT_PREEMPTED, Diverged, Preempted, PreemptionSignals, Watchdog, agree_at_step_end, checked
 from ..model import GPT
 from ..reducer import GradientReducer
 from . import state
@@ -33,14 +32,6 @@ from .model_factory import build_model, make_optimizer
 from .preflight import preflight
 from .schedule import learning_rate
 from .threads import set_torch_threads
-
-
-class Preempted(SystemExit):
-    """Raised on every rank after the checkpoint that a signal (or --stop-after) asked for."""
-
-    def __init__(self, step: int, reason: str):
-        super().__init__(EXIT_PREEMPTED)
-        self.step, self.reason = step, reason
 
 
 def train(cfg: TrainConfig, comm: MPI.Comm | None = None) -> dict:
@@ -104,7 +95,7 @@ def _tune(cfg, model, loss_fn, batches, comm) -> dict:
         return {**saved, "text": f"autotune: compression {saved['compression']}, bucket cap "
                                  f"{saved['bucket_cap_mb']:g} MB, as chosen before the checkpoint"}
     if comm.Get_size() == 1:  # nothing to average: nothing to tune
-        return {"compression": "none", "bucket_cap_mb": 25.0 if cfg.bucket_cap_mb == "auto" else cfg.bucket_cap_mb,
+        return {"compression": "none", "bucket_cap_mb": BUCKET_CAP_MB if cfg.bucket_cap_mb == "auto" else cfg.bucket_cap_mb,
                 "text": "autotune: one rank, no averaging: compression none"}
     from . import autotune
     x, y = batches.train(0)
@@ -152,7 +143,7 @@ def _loop(cfg, comm, model, loss_fn, reducer, optimizer, batches, prefetch, metr
         optimizer.zero_grad(set_to_none=True)
         timed_due = rank == 0 and every_seconds and time.monotonic() - last_checkpoint >= every_seconds
         with watchdog.guard("the end-of-step allreduce", step + 1, deadline):
-            step_loss, signalled, timed_due = _agree(comm, local, signals.received, timed_due)
+            step_loss, signalled, timed_due = agree_at_step_end(comm, local, signals.received, timed_due)
         done = step + 1
         if not math.isfinite(step_loss):  # the same agreed value on every rank, so every rank stops here
             metrics.write(event="diverged", step=done, loss=str(step_loss))
@@ -204,17 +195,6 @@ def _loop(cfg, comm, model, loss_fn, reducer, optimizer, batches, prefetch, metr
     if rank == 0 and isinstance(model, GPT) and cfg.sample_tokens:
         say(rank, "sample:\n" + _sample(model, cfg))
     return result
-
-
-def _agree(comm, local_loss: float, signum: int | None, timed_due: bool) -> tuple[float, str | None, bool]:
-    """One SUM allreduce: the mean loss, the signal any rank received (by name), a timed checkpoint due."""
-    buf = np.array([local_loss, float(signum is not None), float(signum or 0), float(timed_due)])
-    comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-    signalled = None
-    if buf[1] > 0:
-        mean = buf[2] / buf[1]  # the signal number, if every signalled rank got the same one
-        signalled = signal.Signals(int(mean)).name if mean == int(mean) and int(mean) in CAUGHT else "signals"
-    return float(buf[0]) / comm.Get_size(), signalled, buf[3] > 0
 
 
 def _checkpoint(cfg, step, model, optimizer, reducer, comm, metrics, lineage) -> None:

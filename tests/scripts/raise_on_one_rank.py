@@ -3,7 +3,7 @@ import sys
 
 from mpi4py import MPI
 
-from ringtrain.abort import run_or_abort
+from ringtrain.fault import run_or_abort
 
 
 def main():
