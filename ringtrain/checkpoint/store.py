@@ -65,6 +65,15 @@ def _serialize(obj) -> bytes:
     return buf.getvalue()
 
 
+def rank_file(rank: int) -> str:
+    """The name of one rank's file in a checkpoint directory.
+
+    >>> rank_file(3)
+    'rank-00003.pt'
+    """
+    return f"rank-{rank:05d}.pt"
+
+
 def new_lineage() -> str:
     """A fresh lineage id, for a run that does not continue a checkpoint."""
     return uuid.uuid4().hex[:12]
@@ -94,7 +103,7 @@ def save(directory: str, step: int, replicated: dict, per_rank: dict, comm: MPI.
         raise CheckpointError(f"checkpoint step {step} in {directory} was not written: {error}")
     entry, error = None, None
     try:
-        name = f"rank-{rank:05d}.pt"
+        name = rank_file(rank)
         entry = (name, _write_file(os.path.join(tmp, name), _serialize(per_rank)))
     except Exception as e:  # reported to rank 0, which decides for everyone
         error = f"rank {rank}: {type(e).__name__}: {e}"

@@ -83,7 +83,7 @@ def restore(cfg: TrainConfig, model, optimizer, reducer, comm: MPI.Comm) -> tupl
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     rank, world = comm.Get_rank(), comm.Get_size()
-    name = f"rank-{rank:05d}.pt"
+    name = checkpoint.rank_file(rank)
     if manifest["world_size"] == world:
         mine = checkpoint.load_part(path, name, manifest)
         torch.set_rng_state(mine["torch_rng"])
