@@ -28,8 +28,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from tests.kill_trials import one_trial  # noqa: E402
-from tests.launch import mpiexec_path  # noqa: E402
+from benchmarks.kill_trials import one_trial  # noqa: E402
+from ringtrain.fault.supervise import mpiexec_path  # noqa: E402
 
 
 def kill_trials(n: int, seed: int) -> dict:

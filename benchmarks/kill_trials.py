@@ -1,4 +1,4 @@
-"""kill -9 a checkpoint writer at random moments and check what loads; shared by tests and the stress benchmark."""
+"""kill -9 a checkpoint writer at random moments and check what loads: the fault benchmark, and a test, run it."""
 import os
 import random
 import signal
@@ -11,7 +11,7 @@ from mpi4py import MPI
 
 from ringtrain import checkpoint
 
-WRITER = os.path.join(os.path.dirname(__file__), "scripts", "checkpoint_writer.py")
+WRITER = os.path.join(os.path.dirname(__file__), "checkpoint_writer.py")
 
 
 def one_trial(directory: str, rng: random.Random) -> str | None:

@@ -12,7 +12,7 @@ from mpi4py import MPI
 
 from ringtrain import checkpoint
 from ringtrain.fault.errors import UsageError
-from tests.kill_trials import one_trial
+from benchmarks.kill_trials import one_trial
 
 SELF = MPI.COMM_SELF
 
