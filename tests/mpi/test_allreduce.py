@@ -16,6 +16,8 @@ WORLD = MPI.COMM_WORLD
 DTYPES = ["float16", "bfloat16", "float32", "float64", "int32", "int64"]
 SIZES = ["0", "1", "n-1", "n", "n+1", "prime", "2^20+3"]
 ALGORITHMS = ["ring", "recursive_doubling", "ps", "mpi", "auto"]
+# On one rank every algorithm takes the same early return: one of them covers it.
+ALGORITHMS_HERE = ALGORITHMS if WORLD.Get_size() > 1 else ["auto"]
 # Relative spacing of each float type: one ulp at 1.0.
 EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23, "float64": 2.0**-52}
 
@@ -68,7 +70,7 @@ def within_bound(got, expected, magnitude, dtype: str, n: int) -> bool:
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("algorithm", ALGORITHMS_HERE)
 @pytest.mark.parametrize("op", ["sum", "mean"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_allreduce_matches_mpi_allreduce(dtype, op, algorithm, size):

@@ -4,7 +4,7 @@ import torch
 from mpi4py import MPI
 
 from ringtrain.train import TrainConfig, train
-from ringtrain.train.trainer import Preempted
+from ringtrain.fault import Preempted, UsageError
 from tests.helpers import all_ranks_agree
 from tests.mpi.test_training import TINY, corpus, out_dir  # noqa: F401  (corpus is a fixture)
 
@@ -27,7 +27,9 @@ def test_stop_and_resume_equals_an_uninterrupted_run(corpus, tmp_path, optimizer
         train(TrainConfig(**common, checkpoint_dir=ckpt, stop_after=4))
     resumed = train(TrainConfig(**common, checkpoint_dir=ckpt))
     same_params = all(torch.equal(a, b) for a, b in zip(whole["model"].parameters(), resumed["model"].parameters()))
-    assert stop.value.code == 75 and stop.value.step == 4 and resumed["start_step"] == 4
+    stopped_right = stop.value.code == 75 and stop.value.step == 4 and resumed["start_step"] == 4
+    # Decided together, after the last collective: a rank that failed alone would leave the others waiting.
+    assert all_ranks_agree(stopped_right), f"stopped with {stop.value.code} at {stop.value.step}"
     assert all_ranks_agree(resumed["losses"] == whole["losses"][4:]), "loss sequences differ"
     assert all_ranks_agree(same_params), "final parameters differ"
 
@@ -36,6 +38,6 @@ def test_stop_and_resume_equals_an_uninterrupted_run(corpus, tmp_path, optimizer
 def test_resuming_with_a_different_model_is_refused(corpus, tmp_path):  # noqa: F811
     ckpt = shared_dir(tmp_path, "c")
     train(TrainConfig(**dict(TINY, width=32), data=corpus, steps=2, checkpoint_dir=ckpt, out_dir=out_dir(tmp_path)))
-    with pytest.raises(Exception, match=r"different configuration \(width: 32 -> 64\)"):
+    with pytest.raises(UsageError, match=r"different configuration \(width: 32 -> 64\)"):
         train(TrainConfig(**dict(TINY, width=64), data=corpus, steps=2, checkpoint_dir=ckpt,
                           out_dir=out_dir(tmp_path)))
