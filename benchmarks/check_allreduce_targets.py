@@ -5,14 +5,17 @@
 Exits 1 if a target is missed, so a sweep can be used as a gate; the table is
 the point, though: every line shows both figures from the same run.
 """
-import json
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ringtrain.results import load_result  # noqa: E402
 
 MIB = 1 << 20
 
 
 def rows_by(path):
-    data = json.load(open(path))
+    data = load_result(path)
     table = {}
     for row in data["rows"]:
         table[(row["algorithm"], row["size"])] = row

@@ -15,6 +15,9 @@ and trains to the end. A checkpoint counts as lost if
 - anything was moved aside as damaged or replaced, or a ``.tmp-`` leftover remains.
 
 Before the lock, two runs out of two lost a checkpoint this way.
+
+Run it from a checkout nobody edits meanwhile (a ``git worktree``): every run
+imports ringtrain from this file's tree.
 """
 import argparse
 import json
@@ -32,6 +35,7 @@ from mpi4py import MPI
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from ringtrain import checkpoint  # noqa: E402
+from ringtrain.results import metadata, write_result  # noqa: E402
 
 STEPS, EVERY = 3000, 100
 TINY = ["--width", "32", "--layers", "1", "--heads", "2", "--context", "16", "--batch-size", "2",
@@ -80,7 +84,8 @@ def one_pair(tmp: str, i: int, rng: random.Random, kill: float) -> dict:
     path, manifest = checkpoint.find_latest(directory, MPI.COMM_SELF)
     if path is None or manifest["step"] != STEPS:
         problems.append(f"the final checkpoint is {path}")
-    odd = [n for n in os.listdir(directory) if n.startswith(("damaged-", "replaced-")) or ".tmp-" in n]
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    odd = [n for n in names if n.startswith(("damaged-", "replaced-")) or ".tmp-" in n]
     if odd:
         problems.append(f"left behind: {odd}")
     return {"codes": codes, "killed": killed, "newest_written": newest, "resumed_at": resumed_at,
@@ -110,8 +115,7 @@ def main() -> int:
                "seconds": round(time.monotonic() - t0, 1), "trials": rows}
     print(json.dumps({k: v for k, v in summary.items() if k != "trials"}))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=1)
+        write_result(args.json, "checkpoint_race", metadata(MPI.COMM_SELF, args), **summary)
     return 1 if summary["trials_with_a_lost_checkpoint"] else 0
 
 

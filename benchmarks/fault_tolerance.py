@@ -25,11 +25,13 @@ import tempfile
 import time
 
 import numpy as np
+from mpi4py import MPI
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from benchmarks.kill_trials import one_trial  # noqa: E402
 from ringtrain.fault.supervise import mpiexec_path  # noqa: E402
+from ringtrain.results import load_result, metadata, write_result  # noqa: E402
 
 
 def kill_trials(n: int, seed: int) -> dict:
@@ -96,8 +98,10 @@ def main():
     p.add_argument("--json", help="write the results; an existing file keeps the parts not rerun")
     args = p.parse_args()
     parts = set(args.parts.split(","))
-    result = json.load(open(args.json)) if args.json and os.path.exists(args.json) else {}
-    result["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    # An existing file keeps the parts not rerun; the meta block is this run's.
+    result = load_result(args.json) if args.json and os.path.exists(args.json) else {}
+    result.pop("benchmark", None)
+    result["meta"] = metadata(MPI.COMM_SELF, args)
     if "kill" in parts:
         print(f"kill -9 during checkpoint writes, {args.trials} trials:", flush=True)
         result["kill_trials"] = kill_trials(args.trials, args.seed)
@@ -116,8 +120,8 @@ def main():
         print(f"demo checkpoint: {c['megabytes']:.1f} MB in {c['median_ms']:.0f} ms (median of {c['checkpoints']}); "
               f"a training step takes {c['median_step_ms']:.0f} ms at {c['world_size']} ranks")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        meta = result.pop("meta")
+        write_result(args.json, "fault_tolerance", meta, **result)
     return 1 if k and k["wrong_loads"] else 0
 
 

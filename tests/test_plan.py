@@ -9,6 +9,7 @@ import pytest
 from ringtrain.plan.costmodel import Compression, CostModel, even_buckets, parse_rate, step_time
 from ringtrain.plan.fit import accuracy_key, fit
 from ringtrain.plan.planner import DEFAULT_MODEL, parse_count
+from ringtrain.results import FORMAT, write_result
 from ringtrain.train import autotune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,6 +55,11 @@ def test_the_step_pipeline_overlaps_buckets_with_backward():
     assert step_time(0.3, [2, 2, 2, 2], lambda b: 0.1) == pytest.approx(0.15 + 0.4)
 
 
+def meta(n):
+    """The meta block of a result measured on n hosts, one rank each, at 1 Gbit/s."""
+    return {"format": FORMAT, "world_size": n, "hosts": n, "ranks_per_host": 1, "link": "1gbit"}
+
+
 def synthetic_results(tmp_path):
     """bench allreduce / compression JSON generated from known alpha, beta, gamma."""
     paths = []
@@ -61,7 +67,7 @@ def synthetic_results(tmp_path):
         rows = [{"algorithm": "ring", "size": s, "time_us": 1e6 * (2 * (n - 1) * ALPHA + 2 * (n - 1) / n * s * BETA)}
                 for s in (1 << 16, 1 << 20, 1 << 24)]
         path = tmp_path / f"allreduce_n{n}_1gbit.json"
-        path.write_text(json.dumps({"benchmark": "allreduce", "meta": {"world_size": n}, "rows": rows}))
+        write_result(str(path), "allreduce", meta(n), rows=rows)
         paths.append(str(path))
     s = 1 << 24
     rows = [{"compressor": "int8", "size": s, "wire_ratio": 0.25,
@@ -69,12 +75,12 @@ def synthetic_results(tmp_path):
             {"compressor": "topk:ratio=0.01", "size": s, "wire_ratio": 0.02,
              "allreduce_s": 1e-9 * s + 3 * (ALPHA + 0.02 * s * BETA)}]
     path = tmp_path / "compression_n4_1gbit.json"
-    path.write_text(json.dumps({"benchmark": "compression", "world_size": 4, "rows": rows}))
+    write_result(str(path), "compression", meta(4), rows=rows)
     paths.append(str(path))
     rows = [{"system": "ringtrain", "compression": "ef+int8", "val_loss_vs_none": 0.004},
             {"system": "ringtrain", "compression": "ef+topk:ratio=0.01", "val_loss_vs_none": 0.2}]
     path = tmp_path / "convergence_n4_1gbit.json"
-    path.write_text(json.dumps({"benchmark": "convergence", "world_size": 4, "rows": rows}))
+    write_result(str(path), "convergence", meta(4), rows=rows)
     paths.append(str(path))
     return paths
 
@@ -107,6 +113,7 @@ def test_plan_compresses_on_a_slow_link_and_not_where_compute_hides_the_network(
     assert all(0 < r["best"]["efficiency"] <= 1 for r in rows)
     fast = plan("--fit", *paths, "--params", "1M", "--step-compute-s", "10", "--link", "10gbit", "--nodes", "4",
                 "--json", str(tmp_path / "fast.json"))
+    assert fast.returncode == 0, fast.stderr
     row = json.loads((tmp_path / "fast.json").read_text())["plan"][0]
     # Compute hides the network: with or without compression the step is the compute, to 0.1%.
     assert row["best"]["step_s"] == pytest.approx(10.0, rel=1e-3)
@@ -177,3 +184,10 @@ def test_autotune_takes_compression_only_where_it_pays():
     # A fixed compressor with an automatic bucket cap only varies the cap.
     scores = autotune.score(0.05, slow, params, "fp16", "auto")
     assert {spec for spec, _ in scores} == {"fp16"} and len(scores) == len(autotune.CAPS_MB)
+
+
+def test_results_of_another_shape_are_refused_by_name(tmp_path):
+    old = tmp_path / "allreduce_n2_1gbit.json"
+    old.write_text(json.dumps({"benchmark": "allreduce", "world_size": 2, "rows": []}))
+    with pytest.raises(ValueError, match=f"{old}: not a ringtrain result of format 2 — convert"):
+        fit([str(old)])

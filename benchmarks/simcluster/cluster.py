@@ -102,7 +102,7 @@ def run(cluster: Cluster, command: list[str], timeout: float, env_extra=None) ->
         # without this each rank would start a compute thread per core.
         threads = str(max(1, len(os.sched_getaffinity(0)) // len(cluster.hosts)))
         env = dict(os.environ, OMP_NUM_THREADS=threads, RINGTRAIN_SIMCLUSTER_MAP=mapping,
-                   RINGTRAIN_SIMCLUSTER_RATE=cluster.rate, GLOO_SOCKET_IFNAME="eth0", MPIR_CVAR_CH4_NETMOD="ofi",
+                   GLOO_SOCKET_IFNAME="eth0", MPIR_CVAR_CH4_NETMOD="ofi",
                    FI_PROVIDER="tcp",
                    FI_TCP_IFACE="eth0", **(env_extra or {}))
         cmd = ["ip", "netns", "exec", cluster.hosts[0], mpiexec, "-f", hostfile, "-n", str(len(cluster.hosts)),

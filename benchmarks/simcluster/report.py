@@ -7,7 +7,6 @@ costmodel.json (the alpha-beta-gamma fit), allreduce_busbw.png,
 convergence_loss.png and bucket_step_time.png.
 """
 import glob
-import json
 import os
 import sys
 
@@ -15,7 +14,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 from ringtrain.bench.sizes import format_bytes  # noqa: E402
 from ringtrain.plan.costmodel import blend  # noqa: E402
-from ringtrain.plan.fit import accuracy_key, fit_loaded, link_of, step_cases, world_of  # noqa: E402
+from ringtrain.plan.fit import accuracy_key, fit_loaded, step_cases, world_of  # noqa: E402
+from ringtrain.results import link_rate, load_result  # noqa: E402
 
 MAX_LOSS_PENALTY = 0.02
 PLAN_TOLERANCE = 0.25
@@ -40,9 +40,8 @@ class Report:
 def load(out_dir, kind):
     results = []
     for path in sorted(glob.glob(os.path.join(out_dir, f"{kind}_*.json"))):
-        with open(path) as f:
-            data = json.load(f)
-        rate = link_of(data, path)
+        data = load_result(path)
+        rate = link_rate(data)
         if rate is not None:  # shared-memory results have no link to compare with
             results.append((path, data, rate, world_of(data)))
     return sorted(results, key=lambda r: (r[2], r[3]))
@@ -236,10 +235,9 @@ def main():
     if not (allreduce or compression or convergence):
         sys.exit(f"report.py: no sweep results in {out_dir}")
     first = (allreduce or compression or convergence)[0][1]
-    meta = first.get("meta", {})
+    meta = first["meta"]
     say(f"# Simulated-cluster sweep: {os.path.basename(os.path.abspath(out_dir))}")
-    say(f"Measured {meta.get('date', first.get('date', '?'))} on {meta.get('host', '?')}, "
-        f"{meta.get('mpi_library', first.get('mpi_library', '?')).splitlines()[0]}.")
+    say(f"Measured {meta['date']} on {meta.get('host', '?')}, {meta['mpi_library'].splitlines()[0]}.")
     say()
     targets = allreduce_section(say, allreduce) if allreduce else []
     if compression:

@@ -13,7 +13,6 @@ Afterwards ``report.py`` turns the directory into tables, PNG plots, the fitted
 cost model and the planner's validation. Needs root.
 """
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -86,7 +85,8 @@ def job_name(kind, hosts, rate, tag="") -> str:
 def run_job(kind, hosts, rate, bench_args, out_dir, timeout, tag="") -> None:
     name = job_name(kind, hosts, rate, tag)
     path = os.path.join(out_dir, name + ".json")
-    command = [sys.executable, "-m", "ringtrain", "bench", kind, *bench_args, "--json", path]
+    # The link is recorded by the benchmark itself (ringtrain.results), for the fit and the report.
+    command = [sys.executable, "-m", "ringtrain", "bench", kind, *bench_args, "--json", path, "--link", rate]
     if kind == "allreduce":
         command += ["--algorithms", ALGORITHMS]
     if kind == "convergence":
@@ -102,12 +102,6 @@ def run_job(kind, hosts, rate, bench_args, out_dir, timeout, tag="") -> None:
         why = (f"exit code {done.returncode}" if done.returncode else
                f"a host sent only {min(sent)} bytes over its link: the data did not cross the shaped links")
         raise SystemExit(f"sweep: {name} failed ({why}); its output is in {name}.log\n{done.stderr[-2000:]}")
-    # The link this was measured on, for the cost-model fit and the report.
-    with open(path) as f:
-        data = json.load(f)
-    data.update(link=rate, hosts=hosts, cores=len(os.sched_getaffinity(0)))
-    with open(path, "w") as f:
-        json.dump(data, f, indent=1)
     table = [line for line in done.stdout.splitlines() if not line.startswith(("step ", "validation", "done:"))]
     print("\n".join(table[-40:]))
     print(f"== {name}: {time.monotonic() - t0:.0f} s; bytes sent per host over the links: {sent}", flush=True)

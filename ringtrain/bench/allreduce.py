@@ -10,20 +10,16 @@ busbw follows nccl-tests: ``algbw * 2 (n - 1) / n``, the bytes each rank must
 move per unit time, comparable across world sizes.
 """
 import argparse
-import json
-import os
-import platform
-import socket
-import time
 
 import numpy as np
 from mpi4py import MPI
 
-from .. import _version
+from .._version import __version__
 from ..collectives import allreduce
 from ..collectives.api import RING_MIN_BYTES
-from .sizes import format_bytes, parse_bytes, sweep
+from ..results import add_link_argument, metadata, write_result
 from ..timing import iterations, memcpy_bandwidth, time_collective
+from .sizes import format_bytes, parse_bytes, sweep
 
 PEER = "MPI_Allreduce"
 ALGORITHMS = ("ring", "recursive_doubling", "ps", "mpi", "auto", "auto+check")
@@ -44,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="bytes to move per timing; sets the calls per timing (default 128M; less on slow links)")
     p.add_argument("--min-iters", type=int, default=5, help="fewest timed calls per timing (default 5)")
     p.add_argument("--json", metavar="FILE", help="write rows and metadata as JSON")
+    add_link_argument(p)
 
 
 def main(args) -> int:
@@ -56,11 +53,12 @@ def main(args) -> int:
                          f"got {args.repeat}, {args.warmup}, {args.min_iters}, {args.iter_bytes}")
     comm = MPI.COMM_WORLD
     n, rank = comm.Get_size(), comm.Get_rank()
+    meta = metadata(comm, args, link=args.link)
     dtype = np.dtype(args.dtype)
     sizes = sweep(args.min_bytes, args.max_bytes, args.step_factor, dtype.itemsize)
     say = print if rank == 0 else (lambda *a, **k: None)
 
-    say(f"# ringtrain {_version.__version__} bench allreduce: {n} ranks, {MPI.Get_library_version().splitlines()[0].strip()}")
+    say(f"# ringtrain {__version__} bench allreduce: {n} ranks, {MPI.Get_library_version().splitlines()[0].strip()}")
     say(f"# in place, {args.dtype}, op={args.op}, median of {args.repeat}; peer: {PEER}(MPI_IN_PLACE) "
         f"in the same run; auto switches to ring at {format_bytes(RING_MIN_BYTES)}")
     header = (f"{'size':>10} {'count':>10} {'type':>8} {'redop':>5} {'algorithm':>18} "
@@ -78,9 +76,7 @@ def main(args) -> int:
     for line in summary["lines"]:
         say(f"# {line}")
     if args.json and rank == 0:
-        with open(args.json, "w") as f:
-            json.dump({"benchmark": "allreduce", "meta": _meta(n, args), "rows": rows,
-                       "memcpy_GBps": memcpy, "summary": summary}, f, indent=1)
+        write_result(args.json, "allreduce", meta, rows=rows, memcpy_GBps=memcpy, summary=summary)
         say(f"# wrote {args.json}")
     wrong = sum(r["wrong"] for r in rows)
     return 1 if wrong else 0
@@ -168,12 +164,3 @@ def _summary(rows, algorithms, memcpy):
         lines.append(f"handshake (check=True) adds {np.median(extra):.1f} us per call (median over sizes)")
     out["lines"] = lines
     return out
-
-
-def _meta(n, args):
-    import mpi4py
-    return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
-            "machine": platform.machine(), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "numpy": np.__version__, "mpi4py": mpi4py.__version__,
-            "mpi_library": MPI.Get_library_version().strip(), "ringtrain": _version.__version__,
-            "world_size": n, "args": {k: v for k, v in vars(args).items() if not callable(v)}}

@@ -11,7 +11,6 @@ orders of magnitude, heavy-tailed within each, and drifting slowly from step to
 step, as gradients do.
 """
 import argparse
-import json
 import time
 
 import numpy as np
@@ -19,8 +18,9 @@ from mpi4py import MPI
 
 from .. import compression
 from ..collectives import allreduce
-from .sizes import format_bytes, parse_bytes
+from ..results import add_link_argument, metadata, write_result
 from ..timing import time_collective
+from .sizes import format_bytes, parse_bytes
 
 DEFAULT = ("fp16,bf16,int8,int8+lz4,lz4,topk:ratio=0.01,topk:ratio=0.01+lz4,onebit,powersgd:rank=4")
 
@@ -31,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=20, help="steps for the error measurement (default 20)")
     p.add_argument("--repeat", type=int, default=5, help="timing repetitions, median reported (default 5)")
     p.add_argument("--json", metavar="FILE")
+    add_link_argument(p)
 
 
 def gradients(count: int, steps: int, seed: int, rank: int):
@@ -48,6 +49,7 @@ def gradients(count: int, steps: int, seed: int, rank: int):
 def main(args) -> int:
     comm = MPI.COMM_WORLD
     rank, n = comm.Get_rank(), comm.Get_size()
+    meta = metadata(comm, args, link=args.link)
     # ',' separates specs, except between one spec's key=value parameters.
     specs = _split_specs(args.compressors)
     for spec in specs:
@@ -78,9 +80,7 @@ def main(args) -> int:
         say(f"{'(uncompressed ring)':>22} {format_bytes(size):>6} {1.0:>7.4f} {'':>10} {'':>9} {'':>7} {'':>8} {'':>7} "
             f"{1e3 * peer_times['ring']:>12.2f}   (MPI_Allreduce {1e3 * peer_times['mpi']:.2f} ms)")
     if args.json and rank == 0:
-        with open(args.json, "w") as f:
-            json.dump({"benchmark": "compression", "world_size": n, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                       "mpi_library": MPI.Get_library_version().splitlines()[0].strip(), "rows": rows}, f, indent=1)
+        write_result(args.json, "compression", meta, rows=rows)
         say(f"# wrote {args.json}")
     return 0
 

@@ -12,16 +12,13 @@ The variants are ringtrain with no compression at every ``--bucket-sizes``,
 then every compressor in ``--compressors`` at ``--bucket-cap-mb``.
 """
 import argparse
-import json
 import os
-import socket
-import time
 
 import numpy as np
-import torch
 from mpi4py import MPI
 
 from ..constants import BUCKET_CAP_MB
+from ..results import add_link_argument, metadata, write_result
 from ..train import TrainConfig, train
 from ..train.threads import set_torch_threads
 
@@ -47,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="DDP peers: plain and/or powersgd:rank=R, comma-separated; 'none' for none")
     p.add_argument("--out-dir", default="runs/bench-convergence", help="each variant's metrics.jsonl goes below")
     p.add_argument("--json", metavar="FILE")
+    add_link_argument(p)
 
 
 def _variants(args):
@@ -75,6 +73,7 @@ def main(args) -> int:
     from .ddp_peer import init_gloo, train_ddp
     comm = MPI.COMM_WORLD
     rank, world = comm.Get_rank(), comm.Get_size()
+    meta = metadata(comm, args, link=args.link)
     if args.skip >= args.steps:
         raise SystemExit(f"--skip ({args.skip}) must be less than --steps ({args.steps})")
     try:
@@ -127,7 +126,7 @@ def main(args) -> int:
         dist.destroy_process_group()
     rows = [_row(*variant, results, args.skip) for variant, results in runs.items()]
     if rank == 0:
-        _report(rows, args, world, param_bytes)
+        _report(rows, args, meta, param_bytes)
     return 0
 
 
@@ -150,11 +149,11 @@ def _row(system, compression, cap, results, skip) -> dict:
             "wall_s": float(wall[-1]), "curve": [[float(wall[i]), float(losses[i])] for i in keep]}
 
 
-def _report(rows, args, world, param_bytes) -> None:
+def _report(rows, args, meta, param_bytes) -> None:
     base = next((r for r in rows if r["system"] == "ringtrain" and r["compression"] == "none"
                  and r["bucket_cap_mb"] == args.bucket_cap_mb), rows[0])
     ddp = next((r for r in rows if r["system"] == "ddp" and r["compression"] == "none"), None)
-    print(f"# ringtrain bench convergence: {world} ranks, GPT width {args.width}, {args.layers} layers, batch "
+    print(f"# ringtrain bench convergence: {meta['world_size']} ranks, GPT width {args.width}, {args.layers} layers, batch "
           f"{args.batch_size}x{args.context} per rank, {args.steps} steps; step time = median after {args.skip}")
     print(f"{'system':>9} {'compression':>18} {'bucket':>6} {'step_ms':>8} {'steps/s':>7} {'speedup':>7} "
           f"{'final_loss':>10} {'val_loss':>8} {'val_vs_none':>11} {'vs_ddp':>6}")
@@ -167,10 +166,5 @@ def _report(rows, args, world, param_bytes) -> None:
               f"{r['steps_per_s']:>7.2f} {r['speedup_vs_none']:>7.2f} {r['final_loss']:>10.4f} "
               f"{r['val_loss']:>8.4f} {100 * r['val_loss_vs_none']:>+10.1f}% {vs_ddp}")
     if args.json:
-        meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "world_size": world,
-                "torch": torch.__version__, "mpi_library": MPI.Get_library_version().strip().splitlines()[0],
-                "link": os.environ.get("RINGTRAIN_SIMCLUSTER_RATE", "shared memory"), "args": vars(args)}
-        with open(args.json, "w") as f:
-            json.dump({"benchmark": "convergence", "meta": meta, "world_size": world, "param_bytes": param_bytes,
-                       "rows": rows}, f, indent=1)
+        write_result(args.json, "convergence", meta, param_bytes=param_bytes, rows=rows)
         print(f"# wrote {args.json}")

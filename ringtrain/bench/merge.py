@@ -5,9 +5,12 @@ link, as a Slurm array job writes them) into one table, one JSON file and one
 plot of busbw against message size. Runs without MPI ranks: plain Python.
 """
 import argparse
-import json
 import sys
+import time
 
+from .._version import __version__
+from ..fault.errors import UsageError
+from ..results import FORMAT, load_result, write_result
 from .sizes import format_bytes
 
 
@@ -18,17 +21,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    rows = []
+    rows, sources = [], []
     for path in args.inputs:
         try:
-            with open(path) as f:
-                data = json.load(f)
+            data = load_result(path)
         except (OSError, ValueError) as e:
-            raise SystemExit(f"bench merge: {path}: {e}") from None
+            raise UsageError(f"bench merge: {e}") from None
         if data.get("benchmark") != "allreduce":
-            raise SystemExit(f"bench merge: {path} is not a 'bench allreduce' result")
+            raise UsageError(f"bench merge: {path} is a '{data.get('benchmark')}' result — give 'bench allreduce' "
+                             "results")
         n = data["meta"]["world_size"]
         rows += [{**row, "world_size": n, "source": path} for row in data["rows"]]
+        sources.append(data["meta"])
     series = sorted({(r["world_size"], r["algorithm"]) for r in rows})
     sizes = sorted({r["size"] for r in rows})
     by = {(r["world_size"], r["algorithm"], r["size"]): r for r in rows}
@@ -39,8 +43,10 @@ def main(args) -> int:
         cells = [by.get((n, alg, size)) for n, alg in series]
         print(f"{format_bytes(size):>8} " + " ".join(f"{c['busbw']:>24.2f}" if c else f"{'-':>24}" for c in cells))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"benchmark": "allreduce-merged", "inputs": args.inputs, "rows": rows}, f, indent=1)
+        # No one run measured this: the meta block says what was merged, each input's own block inside.
+        meta = {"format": FORMAT, "ringtrain": __version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "command": " ".join(sys.argv), "sources": sources}
+        write_result(args.json, "allreduce-merged", meta, inputs=args.inputs, rows=rows)
         print(f"# wrote {args.json}")
     if args.plot:
         _plot(rows, series, args.plot)

@@ -12,8 +12,6 @@ The breakdown of a variant is ``comm = allreduce of all gradients, timed alone``
 ``exposed = step - compute`` and ``hidden = comm - exposed`` (the overlap).
 """
 import argparse
-import json
-import socket
 import time
 
 import numpy as np
@@ -23,6 +21,7 @@ from mpi4py import MPI
 from ..collectives import allreduce
 from ..model import GPT, GPTConfig
 from ..reducer import GradientReducer
+from ..results import add_link_argument, metadata, write_result
 from ..train.threads import set_torch_threads
 from ..timing import median_call, slowest
 
@@ -37,12 +36,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=5, help="repetitions; medians are reported (default 5)")
     p.add_argument("--no-ddp", action="store_true", help="skip the torch DDP peer")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    add_link_argument(p)
 
 
 def main(args) -> int:
     comm = MPI.COMM_WORLD
     rank, world = comm.Get_rank(), comm.Get_size()
     threads = set_torch_threads(comm)
+    meta = metadata(comm, args, link=args.link, torch_threads=threads)
     cfg = GPTConfig(width=args.width, layers=args.layers, heads=max(1, args.width // 64), context=args.context)
     caps = [float(c) for c in args.bucket_sizes.split(",") if c.strip()]
     torch.manual_seed(0)
@@ -88,12 +89,8 @@ def main(args) -> int:
             print(f"{row['variant']:>14} {row['step_ms']:>9.2f} {row['tokens_per_s']:>10,.0f} "
                   f"{row['exposed_comm_ms']:>10.2f} {row['hidden_comm_ms']:>9.2f} {vs_nb:>12.2f} {vs_ddp:>7.2f}")
         if args.json:
-            meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "world_size": world,
-                    "torch_threads": threads, "torch": torch.__version__, "parameters": nparams,
-                    "mpi_library": MPI.Get_library_version().strip().splitlines()[0], "args": vars(args)}
-            with open(args.json, "w") as f:
-                json.dump({"benchmark": "training", "meta": meta, "allreduce_alone_ms": 1e3 * comm_alone,
-                           "rows": rows}, f, indent=1)
+            write_result(args.json, "training", {**meta, "parameters": nparams},
+                         allreduce_alone_ms=1e3 * comm_alone, rows=rows)
             print(f"# wrote {args.json}")
     for v in variants.values():
         v.close()

@@ -15,28 +15,18 @@
   without ``ef`` and ``lz4`` (``accuracy_key``): lz4 is lossless, and a
   compressor trained with error feedback is planned with it.
 """
-import json
 import os
-import re
 
 import numpy as np
 
-from .costmodel import RING_SUMMABLE, Compression, CostModel, blend, parse_rate, step_bounds
+from ..results import link_rate, load_result
+from .costmodel import RING_SUMMABLE, Compression, CostModel, blend, step_bounds
 
 MIN_FIT_BYTES = 64 << 10
 
 
-def link_of(data: dict, path: str) -> float | None:
-    """The link rate (bit/s) a result was measured at: its ``link`` field, else its file name; None for shm."""
-    link = data.get("link") or data.get("meta", {}).get("link")
-    if not link or link == "shared memory":
-        match = re.search(r"_(\d+(?:\.\d+)?[kmgt]?bit)\b", os.path.basename(path))
-        link = match.group(1) if match else None
-    return parse_rate(link) if link else None
-
-
 def world_of(data: dict) -> int:
-    return int(data.get("world_size") or data["meta"]["world_size"])
+    return int(data["meta"]["world_size"])
 
 
 def compression_kind(spec: str) -> Compression:
@@ -58,9 +48,8 @@ def fit(paths: list) -> CostModel:
     """The cost model from these result files (those without a link are left out)."""
     loaded = []
     for path in paths:
-        with open(path) as f:
-            data = json.load(f)
-        rate = link_of(data, path)
+        data = load_result(path)
+        rate = link_rate(data)
         if rate is not None:
             loaded.append((path, data, rate))
     return fit_loaded(loaded)
@@ -127,8 +116,9 @@ def _fit_losses(model, results) -> None:
 
 def contention(data: dict) -> float:
     """Ranks per core of a result: simulated hosts share one machine's cores; real hosts have their own."""
-    if "hosts" in data and data.get("cores"):
-        return max(1.0, data["hosts"] / data["cores"])
+    meta = data["meta"]
+    if meta.get("hosts") and meta.get("cores"):
+        return max(1.0, meta["hosts"] / meta["cores"])
     return 1.0
 
 
