@@ -17,6 +17,10 @@ to pay fewer per-message costs.
 
 Chunk ownership follows ``layout.chunk_bounds``: after the reduce-scatter rank
 ``r`` holds the full reduction of chunk ``r``.
+
+With a ``codec`` (codec_ring.py), the reduce-scatter keeps the same schedule
+but each segment crosses the wire encoded: it is encoded into ``wire`` just
+before its send and the received one is decoded just before it is added.
 """
 import numpy as np
 from mpi4py import MPI
@@ -32,11 +36,13 @@ REDUCE_SEGMENT_BYTES = 512 << 10
 GATHER_SEGMENT_BYTES = 4 << 20
 
 
-def ring_reduce_scatter(comm: MPI.Comm, a: np.ndarray,
-                        segment_bytes: int = REDUCE_SEGMENT_BYTES) -> tuple[int, int]:
+def ring_reduce_scatter(comm: MPI.Comm, a: np.ndarray, segment_bytes: int = REDUCE_SEGMENT_BYTES, *,
+                        codec=None, wire: np.ndarray | None = None) -> tuple[int, int]:
     """Sum ``a`` across ranks chunk-wise; returns the bounds of this rank's reduced chunk.
 
     Only ``a[lo:hi]`` holds the full sum afterwards; other chunks hold partial sums.
+    With a ``codec``, ``a`` is float32 and segments travel encoded through ``wire``
+    (``codec.wire_dtype``, the size of ``a``).
 
     >>> ring_reduce_scatter(MPI.COMM_SELF, np.ones(3))
     (0, 3)
@@ -44,7 +50,7 @@ def ring_reduce_scatter(comm: MPI.Comm, a: np.ndarray,
     n, r = comm.Get_size(), comm.Get_rank()
     # Step s sends chunk r-s-1 and receives chunk r-s-2, so the last chunk
     # received (s = n-2) is chunk r: every rank ends owning its own chunk.
-    _ring(comm, a, first_send=(r - 1) % n, segment_bytes=segment_bytes, reduce=True)
+    _ring(comm, a, first_send=(r - 1) % n, segment_bytes=segment_bytes, reduce=True, codec=codec, wire=wire)
     return chunk_bounds(a.size, n, r)
 
 
@@ -56,7 +62,7 @@ def ring_allgather(comm: MPI.Comm, a: np.ndarray, segment_bytes: int = GATHER_SE
     _ring(comm, a, first_send=comm.Get_rank(), segment_bytes=segment_bytes, reduce=False)
 
 
-def _ring(comm, a, first_send, segment_bytes, reduce):
+def _ring(comm, a, first_send, segment_bytes, reduce, codec=None, wire=None):
     n = comm.Get_size()
     if n == 1 or a.size == 0:
         return
@@ -67,14 +73,17 @@ def _ring(comm, a, first_send, segment_bytes, reduce):
     tag = TAG_RING_REDUCE if reduce else TAG_RING_GATHER
     if reduce:
         seg_max = -(-bounds[0][1] // nseg)
-        scratch = workspace.get("ring", a.dtype, 2 * seg_max).reshape(2, seg_max)
+        on_wire = a.dtype if codec is None else codec.wire_dtype
+        scratch = workspace.get("ring", on_wire, 2 * seg_max).reshape(2, seg_max)
+        if codec is not None:
+            decoded = workspace.get("ring-decoded", np.float32, seg_max)
 
     def item(i):
-        # (send range, receive range) of the i-th (step, segment) item.
+        # (send range, receive range, step) of the i-th (step, segment) item.
         s, k = divmod(i, nseg)
         send = bounds[(first_send - s) % n]
         recv = bounds[(first_send - s - 1) % n]
-        return segment_bounds(*send, nseg, k), segment_bounds(*recv, nseg, k)
+        return segment_bounds(*send, nseg, k), segment_bounds(*recv, nseg, k), s
 
     def post_recv(i, rng):
         lo, hi = rng
@@ -85,14 +94,20 @@ def _ring(comm, a, first_send, segment_bytes, reduce):
     cur = item(0)
     pending = post_recv(0, cur[1])
     for i in range(nitems):
-        (slo, shi), (rlo, rhi) = cur
+        (slo, shi), (rlo, rhi), s = cur
         # The segment sent now was fully received (and reduced) at item i - nseg.
-        send = comm.Isend(a[slo:shi], right, tag)
+        if codec is None:
+            send = comm.Isend(a[slo:shi], right, tag)
+        else:  # at step s the segment holds the sum of s + 1 ranks
+            codec.encode(a[slo:shi], slo, shi, s + 1, wire[slo:shi])
+            send = comm.Isend(wire[slo:shi], right, tag)
         if i + 1 < nitems:
             nxt = item(i + 1)
             following = post_recv(i + 1, nxt[1])
         MPI.Request.Waitall((pending, send))
-        if reduce:
+        if codec is not None:
+            a[rlo:rhi] += codec.decode(scratch[i % 2, : rhi - rlo], rlo, rhi, s + 1, decoded[: rhi - rlo])
+        elif reduce:
             np.add(a[rlo:rhi], scratch[i % 2, : rhi - rlo], out=a[rlo:rhi])
         if i + 1 < nitems:
             cur, pending = nxt, following

@@ -1,14 +1,14 @@
 """float16 and bfloat16 on the wire: half the bytes of float32.
 
 Their payloads can be summed, so ``allreduce_mean`` runs a ring whose every hop
-carries 16-bit segments, accumulating in float32 at each rank (ring_codec.py).
+carries 16-bit segments, accumulating in float32 at each rank (collectives/codec_ring.py).
 """
 import numpy as np
 import torch
 from mpi4py import MPI
 
+from ..collectives.codec_ring import codec_mean
 from .base import Compressor, check_finite, check_size, require_finite
-from .ring_codec import ring_mean
 
 
 class Cast16(Compressor):
@@ -48,4 +48,4 @@ class Cast16(Compressor):
         return check_finite(out, self.name, "values")
 
     def allreduce_mean(self, x: np.ndarray, comm: MPI.Comm) -> np.ndarray:
-        return ring_mean(self, np.asarray(x, dtype=np.float32), comm)
+        return codec_mean(self, np.asarray(x, dtype=np.float32), comm)

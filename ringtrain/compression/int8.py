@@ -1,6 +1,6 @@
 """int8 with one float32 scale per segment: about a quarter of the float32 bytes.
 
-``allreduce_mean`` runs inside the ring (ring_codec.py) with scales shared by
+``allreduce_mean`` runs inside the ring (collectives/codec_ring.py) with scales shared by
 all ranks: one MAX allreduce of every segment's largest |x| (a 512th of the
 data), then a partial sum over h ranks crosses each hop as int8 with scale
 h * max / 127, so it never overflows; each hop rounds once. Stochastic
@@ -16,9 +16,9 @@ import torch
 from mpi4py import MPI
 
 from ..checks import flag, whole
+from ..collectives.codec_ring import codec_mean
 from .base import Compressor, check_scales, check_size, require_finite
 from .params import require
-from .ring_codec import ring_mean
 
 
 _LARGEST_SCALE = float(np.finfo(np.float32).max) / 127  # the encoder's scale is max|x| / 127
@@ -129,7 +129,7 @@ class Int8(Compressor):
         return out
 
     def allreduce_mean(self, x: np.ndarray, comm) -> np.ndarray:
-        return ring_mean(self, np.asarray(x, dtype=np.float32), comm)
+        return codec_mean(self, np.asarray(x, dtype=np.float32), comm)
 
     def state_dict(self) -> dict:
         return {"rng": self._rng.bit_generator.state}

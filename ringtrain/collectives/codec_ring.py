@@ -1,0 +1,59 @@
+"""The mean over ranks through a codec whose encoded values add up (fp16, bf16, int8).
+
+The ring's reduce-scatter runs on its usual pipelined schedule (ring.py), with
+each segment encoded just before it is sent and decoded just before it is
+added, so every hop carries the codec's bytes and rounds once; the
+accumulator stays float32. The owner divides its chunk by the world size and
+encodes it once more, and the ordinary ring allgather then moves those encoded
+values, which every rank decodes the same way: all ranks end with the same bits.
+"""
+from typing import Protocol
+
+import numpy as np
+from mpi4py import MPI
+
+from .comm import private
+from .ring import ring_allgather, ring_reduce_scatter
+
+
+class RingCodec(Protocol):
+    """What a compressor provides to ride the ring (casts.Cast16 and int8.Int8 do)."""
+
+    name: str
+    wire_dtype: type
+    """The numpy dtype of one encoded element (uint16 for 16-bit floats, int8)."""
+
+    def prepare(self, x: np.ndarray, comm: MPI.Comm) -> None:
+        """Collective set-up before a reduction of ``x``, such as agreeing on scales."""
+
+    def encode(self, values: np.ndarray, lo: int, hi: int, summed: int, out: np.ndarray) -> None:
+        """Encode ``values``, elements ``[lo, hi)`` of a partial sum over ``summed`` ranks, into ``out``."""
+
+    def decode(self, wire: np.ndarray, lo: int, hi: int, summed: int, out: np.ndarray) -> np.ndarray:
+        """Decode ``wire`` (elements ``[lo, hi)``, a sum over ``summed`` ranks) into float32 ``out``; returns it."""
+
+
+def codec_mean(codec: RingCodec, x: np.ndarray, comm: MPI.Comm) -> np.ndarray:
+    """Mean over ranks of float32 ``x``, every hop compressed by ``codec``; returns a new array.
+
+    Raises ValueError if the result is not finite: a NaN or inf came from some
+    rank's gradient, a value beyond the wire type's range, or a damaged segment,
+    and none may be averaged in silently (one pass, on the result only).
+    """
+    acc = np.array(x, dtype=np.float32)
+    codec.prepare(acc, comm)
+    wire = np.empty(acc.size, dtype=codec.wire_dtype)
+    n = comm.Get_size()
+    if n > 1:
+        priv = private(comm)
+        lo, hi = ring_reduce_scatter(priv, acc, codec=codec, wire=wire)
+        acc[lo:hi] /= n
+        codec.encode(acc[lo:hi], lo, hi, 1, wire[lo:hi])
+        ring_allgather(priv, wire)
+    else:
+        codec.encode(acc, 0, acc.size, 1, wire)
+    out = codec.decode(wire, 0, acc.size, 1, acc)
+    if not np.isfinite(out).all():
+        raise ValueError(f"{codec.name}: the compressed average has NaN or inf values (a non-finite gradient "
+                         "on some rank, a value beyond the wire type's range, or a corrupted segment)")
+    return out
