@@ -19,6 +19,7 @@ travels uncompressed in the first message: low rank only makes sense per
 layer, where gradients have that structure; a flattened bucket does not.
 """
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -30,6 +31,15 @@ from .base import Compressor, check_finite, check_size, require_finite
 from .params import require
 
 
+class Matrix(NamedTuple):
+    """One compressed parameter: elements ``[lo, hi)`` of the flat input as a rows x cols matrix, at rank r."""
+    lo: int
+    hi: int
+    rows: int
+    cols: int
+    r: int
+
+
 class PowerSGD(Compressor):
     name = "powersgd"
     params = {"rank": whole(1), "seed": whole(0, 2**63 - 1), "min_ratio": number(1)}
@@ -39,7 +49,8 @@ class PowerSGD(Compressor):
         self.rank, self.seed, self.min_ratio = int(rank), int(seed), float(min_ratio)
         self.layout = None        # [(lo, hi, shape)] of the parameters in the flat input
         self._plan_for = None     # the element count the plan below was made for
-        self.matrices, self.raw = [], []   # [(lo, hi, rows, cols, r)], [(lo, hi)]
+        self.matrices: list[Matrix] = []   # the compressed parameters
+        self.raw: list[tuple[int, int]] = []   # (lo, hi) of those sent whole
         self.q: list[torch.Tensor] | None = None
         self.residual: torch.Tensor | None = None
 
@@ -59,7 +70,7 @@ class PowerSGD(Compressor):
         self.matrices, self.raw = [], []
         if self.layout is None:
             rows, cols = self.matrix_shape(n)
-            self.matrices.append((0, n, rows, cols, min(self.rank, rows, cols)))
+            self.matrices.append(Matrix(0, n, rows, cols, min(self.rank, rows, cols)))
         else:
             if self.layout[-1][1] != n:
                 raise ValueError(f"powersgd: the layout covers {self.layout[-1][1]} elements, the input has {n}")
@@ -68,32 +79,32 @@ class PowerSGD(Compressor):
                 cols = (hi - lo) // rows if rows else 0
                 r = min(self.rank, rows, cols)
                 if rows and (rows + cols) * r * self.min_ratio <= rows * cols:
-                    self.matrices.append((lo, hi, rows, cols, r))
+                    self.matrices.append(Matrix(lo, hi, rows, cols, r))
                 else:
                     self.raw.append((lo, hi))
-        if self.q is None or [tuple(q.shape) for q in self.q] != [(c, r) for _, _, _, c, r in self.matrices]:
+        if self.q is None or [tuple(q.shape) for q in self.q] != [(m.cols, m.r) for m in self.matrices]:
             generator = torch.Generator().manual_seed(self.seed)
-            self.q = [torch.randn(cols, r, generator=generator) for _, _, _, cols, r in self.matrices]
+            self.q = [torch.randn(m.cols, m.r, generator=generator) for m in self.matrices]
         if self.residual is None or self.residual.numel() != n:
             self.residual = torch.zeros(n)
         self._plan_for = n
 
     def _views(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = []
-        for lo, hi, rows, cols, _ in self.matrices:
-            if hi - lo == rows * cols:
-                out.append(x[lo:hi].view(rows, cols))
+        for m in self.matrices:
+            if m.hi - m.lo == m.rows * m.cols:
+                out.append(x[m.lo:m.hi].view(m.rows, m.cols))
             else:  # the layout-less near-square matrix, zero-padded
-                m = torch.zeros(rows * cols)
-                m[:hi - lo] = x[lo:hi]
-                out.append(m.view(rows, cols))
+                padded = torch.zeros(m.rows * m.cols)
+                padded[:m.hi - m.lo] = x[m.lo:m.hi]
+                out.append(padded.view(m.rows, m.cols))
         return out
 
     def _raw(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x[lo:hi] for lo, hi in self.raw]) if self.raw else torch.zeros(0)
 
     def _sizes(self):
-        return [rows * r for _, _, rows, _, r in self.matrices], [cols * r for _, _, _, cols, r in self.matrices]
+        return [m.rows * m.r for m in self.matrices], [m.cols * m.r for m in self.matrices]
 
     def allreduce_mean(self, x, comm: MPI.Comm):
         # torch for the algebra: its matmuls follow the per-rank thread count,
@@ -103,18 +114,18 @@ class PowerSGD(Compressor):
         n = x.numel()
         self._plan(n)
         corrected = x + self.residual
-        ms = self._views(corrected)
+        views = self._views(corrected)  # one (rows, cols) tensor per Matrix
         p_sizes, q_sizes = self._sizes()
-        first = torch.cat([(m @ q).reshape(-1) for m, q in zip(ms, self.q)] + [self._raw(corrected)])
+        first = torch.cat([(v @ q).reshape(-1) for v, q in zip(views, self.q)] + [self._raw(corrected)])
         allreduce(first, op="mean", comm=comm, check=False)
-        ps = [torch.linalg.qr(p.view(-1, r)).Q for p, (_, _, _, _, r) in
-              zip(torch.split(first[:sum(p_sizes)], p_sizes), self.matrices)]
-        second = torch.cat([(m.T @ p).reshape(-1) for m, p in zip(ms, ps)] + [torch.zeros(0)])
+        ps = [torch.linalg.qr(p.view(-1, m.r)).Q for p, m in zip(torch.split(first[:sum(p_sizes)], p_sizes),
+                                                                   self.matrices)]
+        second = torch.cat([(v.T @ p).reshape(-1) for v, p in zip(views, ps)] + [torch.zeros(0)])
         allreduce(second, op="mean", comm=comm, check=False)
-        self.q = [q.view(-1, r).clone() for q, (_, _, _, _, r) in zip(torch.split(second, q_sizes), self.matrices)]
+        self.q = [q.view(-1, m.r).clone() for q, m in zip(torch.split(second, q_sizes), self.matrices)]
         out = torch.empty(n)
-        for (lo, hi, _, _, _), p, q in zip(self.matrices, ps, self.q):
-            out[lo:hi] = (p @ q.T).view(-1)[:hi - lo]
+        for m, p, q in zip(self.matrices, ps, self.q):
+            out[m.lo:m.hi] = (p @ q.T).view(-1)[:m.hi - m.lo]
         raw_mean = first[sum(p_sizes):]
         at = 0
         for lo, hi in self.raw:
@@ -132,9 +143,9 @@ class PowerSGD(Compressor):
         require_finite(x, self.name)
         self._plan(x.numel())
         parts = []
-        for m, q in zip(self._views(x), self.q):
-            p = torch.linalg.qr(m @ q).Q
-            parts += [p.reshape(-1), (m.T @ p).reshape(-1)]
+        for v, q in zip(self._views(x), self.q):
+            p = torch.linalg.qr(v @ q).Q
+            parts += [p.reshape(-1), (v.T @ p).reshape(-1)]
         parts.append(self._raw(x))
         return torch.cat(parts).numpy().view(np.uint8).copy(), x.numel()
 
@@ -146,9 +157,9 @@ class PowerSGD(Compressor):
                                              self.name).view(np.float32).copy())
         check_finite(values, self.name, "factors and values")
         out, at = torch.empty(ctx), 0
-        for (lo, hi, rows, cols, r), ps, qs in zip(self.matrices, p_sizes, q_sizes):
-            p, q = values[at:at + ps].view(rows, r), values[at + ps:at + ps + qs].view(cols, r)
-            out[lo:hi] = (p @ q.T).view(-1)[:hi - lo]
+        for m, ps, qs in zip(self.matrices, p_sizes, q_sizes):
+            p, q = values[at:at + ps].view(m.rows, m.r), values[at + ps:at + ps + qs].view(m.cols, m.r)
+            out[m.lo:m.hi] = (p @ q.T).view(-1)[:m.hi - m.lo]
             at += ps + qs
         for lo, hi in self.raw:
             out[lo:hi] = values[at:at + hi - lo]
