@@ -1,6 +1,7 @@
 """Compressors on one process: round trips, error bounds, error feedback, state, bad frames, names."""
 import numpy as np
 import pytest
+from mpi4py import MPI
 
 from ringtrain import compression
 from ringtrain.compression import LZ4, Cast16, Compressor, ErrorFeedback, Int8, OneBit, PowerSGD, TopK
@@ -215,3 +216,25 @@ def test_error_feedback_topk_and_onebit_reach_the_uncompressed_loss():
     for spec in ("ef+topk:ratio=0.01", "onebit"):
         # Within 5% of the uncompressed loss's progress from the start.
         assert _train(spec) <= plain + 0.05 * (start - plain), spec
+
+
+@pytest.mark.parametrize("spec, summable, messages", [
+    ("fp16", True, 1), ("bf16", True, 1), ("int8", True, 1), ("powersgd:rank=2", True, 2),
+    ("int8+lz4", False, 1), ("lz4", False, 1), ("topk:ratio=0.1", False, 1), ("onebit", False, 1),
+    ("ef+int8", False, 1), ("ef+fp16", False, 1),  # error feedback gathers, whatever its inner codec does
+])
+def test_each_compressor_states_how_it_travels(spec, summable, messages, monkeypatch):
+    from ringtrain.compression import powersgd
+    from ringtrain.plan.fit import compression_kind
+    c = compression.get(spec)
+    assert (c.summable, c.messages) == (summable, messages)
+    # Summable means a ring path of its own: the compressor overrides the gathering default.
+    assert (type(c).allreduce_mean is not Compressor.allreduce_mean) == summable
+    calls = []
+    monkeypatch.setattr(powersgd, "allreduce", lambda x, **kw: calls.append(x.numel()) or x)
+    c.set_layout([(0, 4096, (64, 64))])
+    c.allreduce_mean(RNG.standard_normal(4096).astype(np.float32), MPI.COMM_SELF)
+    assert len(calls) == (messages if spec.startswith("powersgd") else 0)
+    # The cost model takes these facts from the compressor, not from the spec's spelling.
+    kind = compression_kind(spec)
+    assert (kind.summable, kind.messages) == (summable, messages)

@@ -24,6 +24,10 @@ class Compressor:
     name = "none"
     params: dict = {}
     """Each parameter's rule (ringtrain.checks.Rule), by name: the spec parser and the constructor use them."""
+    summable = False
+    """True if ``allreduce_mean`` sums encoded values on the ring; False if it allgathers every payload."""
+    messages = 1
+    """Collective messages per ``allreduce_mean`` (PowerSGD sends P, then Q): each pays the latency."""
 
     def compress(self, x: np.ndarray):
         x = np.ascontiguousarray(x, dtype=np.float32)

@@ -22,6 +22,7 @@ class Cast16(Compressor):
         self._torch_dtype = torch.float16 if dtype == "float16" else torch.bfloat16
 
     wire_dtype = np.uint16
+    summable = True
 
     def prepare(self, x, comm) -> None:
         pass

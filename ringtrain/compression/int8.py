@@ -86,6 +86,7 @@ class Int8(Compressor):
 
     # --- the ring codec: scales shared across ranks ---------------------------
     wire_dtype = np.int8
+    summable = True
 
     def prepare(self, x: np.ndarray, comm) -> None:
         nseg = self._layout(x.size)

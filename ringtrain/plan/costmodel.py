@@ -29,7 +29,6 @@ import math
 from dataclasses import asdict, dataclass, field
 
 ALGORITHMS = ("ring", "recursive_doubling", "ps", "mpi")
-RING_SUMMABLE = ("fp16", "bf16", "int8", "powersgd")
 BACKWARD_SHARE = 2 / 3  # backward does about twice forward's work
 
 

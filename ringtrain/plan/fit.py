@@ -20,7 +20,7 @@ import os
 import numpy as np
 
 from ..results import link_rate, load_result
-from .costmodel import RING_SUMMABLE, Compression, CostModel, blend, step_bounds
+from .costmodel import Compression, CostModel, blend, step_bounds
 
 MIN_FIT_BYTES = 64 << 10
 
@@ -31,11 +31,11 @@ def world_of(data: dict) -> int:
 
 def compression_kind(spec: str) -> Compression:
     """How a compressor spec travels (summable or allgathered, messages per call); ratio and gamma still 0."""
-    parts = [p.partition(":")[0] for p in spec.split("+")]
-    base = [p for p in parts if p not in ("ef", "lz4")]
-    name = base[0] if base else "lz4"
-    summable = name in RING_SUMMABLE and "lz4" not in parts
-    return Compression(ratio=0.0, gamma=0.0, messages=2 if name == "powersgd" else 1, summable=summable)
+    from ..compression import get as compression_get
+    # The compressor says how it travels; note that ef+ chains gather (ErrorFeedback
+    # has no ring path), whatever their inner compressor does alone.
+    codec = compression_get(spec)
+    return Compression(ratio=0.0, gamma=0.0, messages=codec.messages, summable=codec.summable)
 
 
 def accuracy_key(spec: str) -> str:
