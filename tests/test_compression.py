@@ -238,3 +238,12 @@ def test_each_compressor_states_how_it_travels(spec, summable, messages, monkeyp
     # The cost model takes these facts from the compressor, not from the spec's spelling.
     kind = compression_kind(spec)
     assert (kind.summable, kind.messages) == (summable, messages)
+
+
+@pytest.mark.parametrize("spec", ["fp16", "bf16", "int8", "int8:segment=100", "onebit", "onebit:chunk=64",
+                                  "topk:ratio=0.01", "topk:k=9", "powersgd:rank=3", "ef+int8", "ef+topk:ratio=0.1"])
+@pytest.mark.parametrize("count", [1, 7, 1000, 10_007])
+def test_wire_bytes_are_what_compress_sends(spec, count):
+    c = compression.get(spec)
+    assert c.wire_bytes(count) == c.compress(X[:count])[0].nbytes
+    assert compression.get("int8+lz4").wire_bytes(count) is None  # lz4's gain depends on the data

@@ -38,6 +38,10 @@ class Compressor:
         out = check_size(payload, 4 * ctx, self.name).view(np.float32).copy()
         return check_finite(out, self.name, "values")
 
+    def wire_bytes(self, count: int) -> int | None:
+        """Bytes of the payload ``compress`` returns for ``count`` float32 inputs; None if it depends on the data."""
+        return 4 * count
+
     def set_layout(self, segments) -> None:
         """``(lo, hi, shape)`` of each parameter in the flat input; only layer-aware compressors use it."""
 

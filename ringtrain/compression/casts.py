@@ -36,6 +36,9 @@ class Cast16(Compressor):
         torch.from_numpy(out).copy_(torch.from_numpy(bits.view(np.int16)).view(self._torch_dtype))
         return out
 
+    def wire_bytes(self, count: int) -> int:
+        return 2 * count
+
     def compress(self, x: np.ndarray):
         bits = np.empty(x.size, dtype=np.uint16)
         self.encode(np.ascontiguousarray(x, dtype=np.float32), 0, x.size, 1, bits)

@@ -27,6 +27,9 @@ class ErrorFeedback(Compressor):
     def set_layout(self, segments) -> None:
         self.inner.set_layout(segments)
 
+    def wire_bytes(self, count: int) -> int | None:
+        return self.inner.wire_bytes(count)
+
     def compress(self, x):
         y = self._corrected(x)
         payload, ctx = self.inner.compress(y)

@@ -36,6 +36,9 @@ class Int8(Compressor):
     def _layout(self, count: int) -> int:
         return -(-count // self.segment)
 
+    def wire_bytes(self, count: int) -> int:
+        return 4 * self._layout(count) + count  # the scales, then one byte per value
+
     def _rows(self, x: torch.Tensor, nseg: int) -> torch.Tensor:
         """x as (nseg, segment), zero-padded; a copy, since it is scaled in place."""
         if x.numel() == nseg * self.segment:

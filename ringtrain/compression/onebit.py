@@ -32,6 +32,10 @@ class OneBit(Compressor):
         nchunks = -(-count // self.chunk)
         return nchunks, -(-count // 8)
 
+    def wire_bytes(self, count: int) -> int:
+        nchunks, nbytes = self._layout(count)
+        return 4 * nchunks + nbytes
+
     def compress(self, x: np.ndarray):
         x = np.ascontiguousarray(x, dtype=np.float32)
         n = x.size

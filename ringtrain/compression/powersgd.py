@@ -101,6 +101,11 @@ class PowerSGD(Compressor):
                 out.append(padded.view(m.rows, m.cols))
         return out
 
+    def wire_bytes(self, count: int) -> int:
+        self._plan(count)
+        p_sizes, q_sizes = self._sizes()
+        return 4 * (sum(p_sizes) + sum(q_sizes) + sum(hi - lo for lo, hi in self.raw))
+
     def _raw(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x[lo:hi] for lo, hi in self.raw]) if self.raw else torch.zeros(0)
 

@@ -28,6 +28,9 @@ class TopK(Compressor):
             return 0
         return min(n, self.k) if self.k is not None else max(1, min(n, int(self.ratio * n)))
 
+    def wire_bytes(self, count: int) -> int:
+        return 8 * self.count(count)  # a uint32 gap and a float32 value each
+
     def compress(self, x: np.ndarray):
         x = np.asarray(x, dtype=np.float32)
         k = self.count(x.size)
