@@ -168,6 +168,16 @@ time.sleep(60)
 """
 
 
+def test_a_dead_holders_leftovers_on_another_host_go_when_its_lock_is_taken_over(tmp_path):
+    (tmp_path / "ringtrain.lock").write_text('{"host": "otherhost", "pid": 77, "writer": "otherhost-77", "since": 0}')
+    for name in ("step-00000003.tmp-otherhost-77-0123abcd", "step-00000004.tmp-otherhost-78-0123abcd"):
+        os.makedirs(tmp_path / name)
+    lock = checkpoint.DirectoryLock(str(tmp_path))
+    lock.close()
+    # Only the dead holder's: nothing proves PID 78 on otherhost dead, so its directory stays.
+    assert sorted(os.listdir(tmp_path)) == ["ringtrain.lock", "step-00000004.tmp-otherhost-78-0123abcd"]
+
+
 def test_a_second_run_is_refused_by_the_lock_and_a_dead_holder_is_taken_over(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:

@@ -14,6 +14,7 @@ import socket
 import time
 
 from ..fault.errors import UsageError
+from .retention import remove_leftovers
 
 NAME = "ringtrain.lock"
 
@@ -41,6 +42,9 @@ class DirectoryLock:
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, json.dumps(me).encode(), 0)
         os.fsync(self._fd)
+        if self.previous and self.previous.get("writer"):
+            # Its lock was free, so it is gone, on whatever host it ran: its half-written checkpoints can go.
+            remove_leftovers(directory, dead_writers=(self.previous["writer"],))
 
     def taken_over(self) -> str | None:
         """A sentence naming the dead holder whose lock this run took over, or None."""

@@ -65,8 +65,8 @@ def run_or_abort(main, *args) -> int:
         _abort(e.exit_code)
         raise SystemExit(e.exit_code) from None
     except KeyboardInterrupt:
-        sys.stderr.write(f"ringtrain: rank {launcher_rank()}: interrupted by a second SIGINT; stopping now, "
-                         f"without a checkpoint (exit code {EXIT_INTERRUPTED})\n")
+        sys.stderr.write(f"ringtrain: rank {launcher_rank()}: interrupted by a second SIGINT; stopping now "
+                         f"(exit code {EXIT_INTERRUPTED}); the checkpoints written so far stay valid\n")
         sys.stderr.flush()
         _abort(EXIT_INTERRUPTED)
         raise SystemExit(EXIT_INTERRUPTED) from None

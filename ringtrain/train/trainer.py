@@ -95,8 +95,8 @@ def _tune(cfg, model, loss_fn, batches, comm) -> dict:
         return {**saved, "text": f"autotune: compression {saved['compression']}, bucket cap "
                                  f"{saved['bucket_cap_mb']:g} MB, as chosen before the checkpoint"}
     if comm.Get_size() == 1:  # nothing to average: nothing to tune
-        return {"compression": "none", "bucket_cap_mb": BUCKET_CAP_MB if cfg.bucket_cap_mb == "auto" else cfg.bucket_cap_mb,
-                "text": "autotune: one rank, no averaging: compression none"}
+        cap = BUCKET_CAP_MB if cfg.bucket_cap_mb == "auto" else cfg.bucket_cap_mb
+        return {"compression": "none", "bucket_cap_mb": cap, "text": "autotune: one rank, no averaging: compression none"}
     from . import autotune
     x, y = batches.train(0)
     tuned = autotune.tune(cfg, model, loss_fn, x, y, comm)
