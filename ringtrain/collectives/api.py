@@ -22,13 +22,14 @@ from mpi4py import MPI
 from . import workspace
 from .buffers import LOW_PRECISION, SUPPORTED, as_flat, narrow, widen
 from .chain_broadcast import chain_broadcast
+from .hierarchical import hierarchical_allreduce
 from .comm import CollectiveMismatchError, handshake, private
 from .layout import chunk_bounds
 from .parameter_server import ps_allreduce
 from .recursive_doubling import recursive_doubling_allreduce
 from .ring import GATHER_SEGMENT_BYTES, ring_allgather, ring_reduce_scatter
 
-ALGORITHMS = ("auto", "ring", "recursive_doubling", "ps", "mpi")
+ALGORITHMS = ("auto", "ring", "recursive_doubling", "ps", "mpi", "hierarchical")
 OPS = ("sum", "mean")
 BROADCAST_ALGORITHMS = ("auto", "chain", "mpi")
 _OP_CODES = {op: i for i, op in enumerate(OPS)}
@@ -71,8 +72,9 @@ def allreduce(x, op: str = "sum", algorithm: str = "auto", comm: MPI.Comm | None
     ``op`` is "sum" or "mean" (mean needs a float dtype). ``algorithm`` is
     "auto" (by size: native MPI for small messages, the ring from
     ``ring_min_bytes``, default RINGTRAIN_RING_MIN_BYTES or 16 MiB), "ring",
-    "recursive_doubling", "ps" (the parameter-server baseline) or "mpi"
-    (native MPI_Allreduce). All ranks end with bitwise-identical results.
+    "recursive_doubling", "ps" (the parameter-server baseline), "mpi"
+    (native MPI_Allreduce) or "hierarchical" (node-aware: rings inside nodes
+    and across them; hierarchical.py). All ranks end with bitwise-identical results.
 
     >>> import ringtrain, numpy as np
     >>> ringtrain.allreduce(np.arange(4.0), op="mean", comm=MPI.COMM_SELF)
@@ -121,6 +123,8 @@ def allreduce(x, op: str = "sum", algorithm: str = "auto", comm: MPI.Comm | None
         comm.Allreduce(_IN_PLACE, acc, _SUM)
     elif algorithm == "recursive_doubling":
         recursive_doubling_allreduce(private(comm), acc)
+    elif algorithm == "hierarchical":
+        hierarchical_allreduce(comm, acc)
     else:
         ps_allreduce(private(comm), acc)
     _finish(a, dtype, acc, op_code, n, 0, a.size)

@@ -15,7 +15,7 @@ from tests.helpers import all_ranks_agree, identical_across_ranks
 WORLD = MPI.COMM_WORLD
 DTYPES = ["float16", "bfloat16", "float32", "float64", "int32", "int64"]
 SIZES = ["0", "1", "n-1", "n", "n+1", "prime", "2^20+3"]
-ALGORITHMS = ["ring", "recursive_doubling", "ps", "mpi", "auto"]
+ALGORITHMS = ["ring", "recursive_doubling", "ps", "mpi", "auto", "hierarchical"]
 # On one rank every algorithm takes the same early return: one of them covers it.
 ALGORITHMS_HERE = ALGORITHMS if WORLD.Get_size() > 1 else ["auto"]
 # Relative spacing of each float type: one ulp at 1.0.

@@ -1,0 +1,65 @@
+"""Node groups: which ranks share a node's memory, and which talk across nodes.
+
+A cluster has two levels: many ranks per node over shared memory, and a slow
+link between nodes. ``node_groups(comm)`` returns, among others, two communicators:
+
+- ``local``: the ranks on this rank's node, from ``Split_type(COMM_TYPE_SHARED)``
+  (MPICH's hydra gives each host its own node, network namespaces included);
+- ``cross``: the ranks with this rank's local rank on every node, ordered by node.
+
+``RINGTRAIN_NODE_SIZE=K`` forces nodes of K consecutive ranks instead (the last
+one may be smaller), so tests on one machine can exercise every shape. Both
+communicators are cached on ``comm`` as an MPI attribute, like ``private()``,
+and freed with it. Creating them is collective.
+"""
+import os
+from typing import NamedTuple
+
+import numpy as np
+from mpi4py import MPI
+
+_KEYVAL = MPI.Comm.Create_keyval()
+
+
+def forced_node_size() -> int | None:
+    """RINGTRAIN_NODE_SIZE as a whole number >= 1, or None when unset."""
+    text = os.environ.get("RINGTRAIN_NODE_SIZE")
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"RINGTRAIN_NODE_SIZE={text!r} is not allowed — a whole number >= 1 (ranks per node)")
+    return int(text)
+
+
+class NodeGroups(NamedTuple):
+    local: MPI.Comm
+    """The ranks of this rank's node."""
+    cross: MPI.Comm
+    """The ranks with this rank's local rank, one per node that has it."""
+    core: MPI.Comm
+    """The first ``width`` ranks of this node (COMM_NULL on the others)."""
+    width: int
+    """The fewest ranks any node has: each node's first ``width`` ranks share the cross-node work."""
+    nodes: int
+    """How many nodes there are."""
+
+
+def node_groups(comm: MPI.Comm) -> NodeGroups:
+    """The node groups of ``comm``; created once per communicator. Collective on first use."""
+    cached = comm.Get_attr(_KEYVAL)
+    if cached is None:
+        forced = forced_node_size()
+        if forced is None:
+            local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
+        else:
+            local = comm.Split(comm.Get_rank() // forced, key=comm.Get_rank())
+        # Ordered by the rank in ``comm``, so every rank agrees on each ring's order.
+        cross = comm.Split(local.Get_rank(), key=comm.Get_rank())
+        counts = np.array([local.Get_size(), 1 if local.Get_rank() == 0 else 0], dtype=np.int64)
+        width, nodes = np.array(counts[:1]), np.array(counts[1:])
+        comm.Allreduce(MPI.IN_PLACE, width, op=MPI.MIN)
+        comm.Allreduce(MPI.IN_PLACE, nodes, op=MPI.SUM)
+        core = local.Split(0 if local.Get_rank() < width[0] else MPI.UNDEFINED, key=local.Get_rank())
+        cached = NodeGroups(local, cross, core, int(width[0]), int(nodes[0]))
+        comm.Set_attr(_KEYVAL, cached)
+    return cached

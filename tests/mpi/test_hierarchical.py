@@ -1,0 +1,82 @@
+"""The node-aware allreduce against MPI_Allreduce, with nodes forced to 1, 2 and 3 ranks (uneven ones too).
+
+RINGTRAIN_NODE_SIZE=K makes nodes of K consecutive ranks, so one machine can
+play a cluster of any shape. One communicator per node size is kept for the
+module: groups are cached per communicator, and MPI has only so many.
+"""
+import os
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+import ringtrain
+from ringtrain.collectives.topology import node_groups
+from tests.helpers import all_ranks_agree, identical_across_ranks
+from tests.mpi.test_allreduce import as_float64, element_count, random_buffer, reference, within_bound
+
+WORLD = MPI.COMM_WORLD
+_COMMS = {}
+
+
+def nodes_of(k: int) -> MPI.Comm:
+    """A communicator over every rank whose nodes are forced to k consecutive ranks."""
+    if k not in _COMMS:
+        old = os.environ.get("RINGTRAIN_NODE_SIZE")
+        os.environ["RINGTRAIN_NODE_SIZE"] = str(k)
+        try:
+            comm = WORLD.Dup()
+            node_groups(comm)  # made now, while the variable says k
+        finally:
+            if old is None:
+                del os.environ["RINGTRAIN_NODE_SIZE"]
+            else:
+                os.environ["RINGTRAIN_NODE_SIZE"] = old
+        _COMMS[k] = comm
+    return _COMMS[k]
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_forced_nodes_have_the_shape_asked_for(k):
+    n, r = WORLD.Get_size(), WORLD.Get_rank()
+    groups = node_groups(nodes_of(k))
+    sizes = [min(k, n - start) for start in range(0, n, k)]
+    ok = (groups.local.Get_size() == sizes[r // k] and groups.local.Get_rank() == r % k
+          and groups.nodes == len(sizes) and groups.width == min(sizes)
+          and (groups.core == MPI.COMM_NULL) == (r % k >= min(sizes)))
+    assert all_ranks_agree(ok), (k, groups.local.Get_size(), groups.nodes, groups.width)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("size", ["0", "1", "n-1", "n+1", "prime"])
+@pytest.mark.parametrize("dtype, op", [(d, op) for d in ("float16", "bfloat16", "float32", "float64", "int32", "int64")
+                                       for op in ("sum", "mean") if not (op == "mean" and d.startswith("int"))])
+def test_hierarchical_matches_mpi_allreduce(dtype, op, size, k):
+    comm, n = nodes_of(k), WORLD.Get_size()
+    count = element_count(size, n)
+    x = random_buffer(dtype, count, seed=count + 11)
+    if dtype.startswith("int"):
+        expected = x.copy()
+        WORLD.Allreduce(MPI.IN_PLACE, expected, op=MPI.SUM)
+        out = ringtrain.allreduce(x, op=op, algorithm="hierarchical", comm=comm)
+        correct = bool(np.array_equal(out, expected))
+    else:
+        expected, magnitude = reference(x, op, WORLD)
+        out = ringtrain.allreduce(x, op=op, algorithm="hierarchical", comm=comm)
+        correct = within_bound(out, expected, magnitude, dtype, n)
+    same_everywhere = identical_across_ranks(as_float64(out))
+    assert all_ranks_agree(correct), f"{dtype} {op} count={count} nodes of {k}: outside the bound on some rank"
+    assert same_everywhere, f"{dtype} {op} count={count} nodes of {k}: ranks differ bitwise"
+
+
+@pytest.mark.mpi
+def test_a_bad_node_size_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv("RINGTRAIN_NODE_SIZE", "two")
+    comm = WORLD.Dup()
+    try:
+        with pytest.raises(ValueError, match="RINGTRAIN_NODE_SIZE='two' is not allowed — a whole number >= 1"):
+            node_groups(comm)  # every rank reads the same variable, so every rank raises before any collective
+    finally:
+        comm.Free()
