@@ -22,7 +22,7 @@ from ..timing import iterations, memcpy_bandwidth, time_collective
 from .sizes import format_bytes, parse_bytes, sweep
 
 PEER = "MPI_Allreduce"
-ALGORITHMS = ("ring", "recursive_doubling", "ps", "mpi", "auto", "auto+check")
+ALGORITHMS = ("ring", "recursive_doubling", "ps", "mpi", "hierarchical", "auto", "auto+check")
 DTYPES = ("float16", "float32", "float64", "int32", "int64")
 
 
