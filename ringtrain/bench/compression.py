@@ -17,6 +17,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .. import compression
+from ..compression import ErrorFeedback, PowerSGD
 from ..collectives import allreduce
 from ..results import add_link_argument, metadata, write_result
 from ..timing import time_collective
@@ -114,16 +115,18 @@ def _measure(spec, x, count, args, comm) -> dict:
     codec_s = comm.bcast(codec_s, root=0)
     errors = {}
     for feedback in (False, True):
-        # onebit always carries error feedback; its "without" column is the bare OneBit.
-        if spec.startswith("onebit") and not feedback:
-            c = compression.get(spec).inner
-        else:
-            c = compression.get(("ef+" if feedback and not spec.startswith(("onebit", "powersgd")) else "") + spec)
+        # A compressor with error feedback built in (onebit) has its "without" column from
+        # the bare codec inside; one without gets ef+ for the "with" column.
+        c = compression.get(spec)
+        if c.feedback and not feedback and isinstance(c, ErrorFeedback):
+            c = c.inner
+        elif feedback and not c.feedback:
+            c = compression.get("ef+" + spec)
         sent_sum = np.zeros(count, np.float64)
         true_sum = np.zeros(count, np.float64)
         step_errors = []
         for g in gradients(count, args.steps, 1, comm.Get_rank()):
-            if spec.startswith("powersgd"):
+            if isinstance(c, PowerSGD):  # its residual lives in allreduce_mean: compress alone has none
                 sent = c.allreduce_mean(g, MPI.COMM_SELF) if feedback else c.decompress(*c.compress(g))
             else:
                 sent = c.decompress(*c.compress(g))

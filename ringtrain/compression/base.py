@@ -28,6 +28,8 @@ class Compressor:
     """True if ``allreduce_mean`` sums encoded values on the ring; False if it allgathers every payload."""
     messages = 1
     """Collective messages per ``allreduce_mean`` (PowerSGD sends P, then Q): each pays the latency."""
+    feedback = False
+    """True if error feedback is part of it (an ``ef+`` chain, onebit, PowerSGD's own residual)."""
 
     def compress(self, x: np.ndarray):
         x = np.ascontiguousarray(x, dtype=np.float32)

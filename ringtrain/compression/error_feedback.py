@@ -13,6 +13,7 @@ from .base import Compressor
 
 
 class ErrorFeedback(Compressor):
+    feedback = True
     def __init__(self, inner: Compressor):
         self.inner = inner
         self.name = f"ef({inner.name})"

@@ -22,9 +22,9 @@ import subprocess
 import sys
 import time
 
-from .exit_codes import EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_TIMEOUT, EXIT_USAGE
+from .exit_codes import EXIT_DIVERGED, EXIT_ERROR, EXIT_PREEMPTED, EXIT_TIMEOUT, EXIT_USAGE
 
-_MEANING = {1: "an error on some rank", EXIT_TIMEOUT: "a collective missed its deadline (a rank died or stalled)",
+_MEANING = {EXIT_ERROR: "an error on some rank", EXIT_TIMEOUT: "a collective missed its deadline (a rank died or stalled)",
             EXIT_PREEMPTED: "stopped by a signal after a checkpoint", EXIT_USAGE: "bad input; see the message above",
             EXIT_DIVERGED: "a diverged loss"}
 FINAL = (EXIT_PREEMPTED, EXIT_USAGE, EXIT_DIVERGED)  # a restart cannot cure these
