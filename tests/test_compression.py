@@ -247,3 +247,15 @@ def test_wire_bytes_are_what_compress_sends(spec, count):
     c = compression.get(spec)
     assert c.wire_bytes(count) == c.compress(X[:count])[0].nbytes
     assert compression.get("int8+lz4").wire_bytes(count) is None  # lz4's gain depends on the data
+
+
+@pytest.mark.parametrize("spec, feedback", [("fp16", False), ("int8+lz4", False), ("topk:ratio=0.1", False),
+                                            ("ef+topk:ratio=0.1", True), ("onebit", True), ("powersgd", True)])
+def test_each_compressor_states_whether_error_feedback_is_built_in(spec, feedback):
+    c = compression.get(spec)
+    assert c.feedback == feedback
+    # Feedback means a residual that the next step pays back: it is in the state a checkpoint saves.
+    c.set_layout([(0, 4096, (64, 64))])
+    c.allreduce_mean(RNG.standard_normal(4096).astype(np.float32), MPI.COMM_SELF)
+    state = c.state_dict()
+    assert (state.get("residual") is not None) == feedback
