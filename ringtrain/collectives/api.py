@@ -23,6 +23,7 @@ from . import workspace
 from .buffers import LOW_PRECISION, SUPPORTED, as_flat, narrow, widen
 from .chain_broadcast import chain_broadcast
 from .hierarchical import hierarchical_allreduce
+from .topology import cached_node_groups, node_groups
 from .comm import CollectiveMismatchError, handshake, private
 from .layout import chunk_bounds
 from .parameter_server import ps_allreduce
@@ -52,15 +53,24 @@ def _env_int(name: str, default: int) -> int:
 # wheel): below this size native MPI_Allreduce is as fast or faster.
 RING_MIN_BYTES = _env_int("RINGTRAIN_RING_MIN_BYTES", 16 << 20)
 CHAIN_MIN_BYTES = _env_int("RINGTRAIN_CHAIN_MIN_BYTES", 1 << 20)
+# Measured at 2 hosts x 2 ranks over 1 Gbit/s (benchmarks/README.md): the node-aware
+# ring was 0.78x MPI_Allreduce at 256 KiB and 1.25x at 1 MiB, 1.17-1.34x up to 64 MiB.
+HIERARCHICAL_MIN_BYTES = _env_int("RINGTRAIN_HIERARCHICAL_MIN_BYTES", 1 << 20)
 CHECK = os.environ.get("RINGTRAIN_CHECK", "1") != "0"
 
 
-def choose_algorithm(nbytes: int, size: int, ring_min_bytes: int | None = None) -> str:
+def choose_algorithm(nbytes: int, size: int, ring_min_bytes: int | None = None, two_level: bool = False) -> str:
     """The algorithm ``auto`` runs for a message of ``nbytes`` on ``size`` ranks.
 
-    >>> choose_algorithm(4, 2), choose_algorithm(64 << 20, 2)
-    ('mpi', 'ring')
+    ``two_level``: the ranks span several nodes, with several ranks on some
+    node (topology.NodeGroups.two_level); then the node-aware ring runs from
+    RINGTRAIN_HIERARCHICAL_MIN_BYTES (1 MiB).
+
+    >>> choose_algorithm(4, 2), choose_algorithm(64 << 20, 2), choose_algorithm(4 << 20, 4, two_level=True)
+    ('mpi', 'ring', 'hierarchical')
     """
+    if size > 1 and two_level and nbytes >= HIERARCHICAL_MIN_BYTES:
+        return "hierarchical"
     threshold = RING_MIN_BYTES if ring_min_bytes is None else ring_min_bytes
     return "ring" if size > 1 and nbytes >= threshold else "mpi"
 
@@ -99,12 +109,23 @@ def allreduce(x, op: str = "sum", algorithm: str = "auto", comm: MPI.Comm | None
     n = comm.Get_size()
     if n == 1:
         return x
+    learn_topology = False
     if not alg_code:  # auto; choose_algorithm, inlined
         algorithm = "ring" if a.nbytes >= (RING_MIN_BYTES if ring_min_bytes is None else ring_min_bytes) \
             else "mpi"
+        if a.nbytes >= HIERARCHICAL_MIN_BYTES:
+            groups = cached_node_groups(comm)
+            if groups is None:
+                learn_topology = True  # made below, once every rank is known to be here
+            elif groups.two_level:
+                algorithm = "hierarchical"
     if CHECK if check is None else check:
         _check(comm, "allreduce", x, a, dtype, op_code * 8 + _ALGORITHM_CODES[algorithm],
                f"op={op}, algorithm={algorithm}")
+    if learn_topology and node_groups(comm).two_level:
+        # Collective, so only after the handshake (or check=False's promise) that
+        # every rank made this same call: a mismatched call must raise, not hang here.
+        algorithm = "hierarchical"
     low = dtype in LOW_PRECISION
     if algorithm == "mpi" and not low:
         comm.Allreduce(_IN_PLACE, a, _SUM)

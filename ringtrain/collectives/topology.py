@@ -40,8 +40,20 @@ class NodeGroups(NamedTuple):
     """The first ``width`` ranks of this node (COMM_NULL on the others)."""
     width: int
     """The fewest ranks any node has: each node's first ``width`` ranks share the cross-node work."""
+    widest: int
+    """The most ranks any node has."""
     nodes: int
     """How many nodes there are."""
+
+    @property
+    def two_level(self) -> bool:
+        """More than one node, and more than one rank on some node: where the node-aware ring pays."""
+        return self.nodes > 1 and self.widest > 1
+
+
+def cached_node_groups(comm: MPI.Comm) -> NodeGroups | None:
+    """The node groups of ``comm`` if they were made already, else None. Not collective."""
+    return comm.Get_attr(_KEYVAL)
 
 
 def node_groups(comm: MPI.Comm) -> NodeGroups:
@@ -55,11 +67,14 @@ def node_groups(comm: MPI.Comm) -> NodeGroups:
             local = comm.Split(comm.Get_rank() // forced, key=comm.Get_rank())
         # Ordered by the rank in ``comm``, so every rank agrees on each ring's order.
         cross = comm.Split(local.Get_rank(), key=comm.Get_rank())
-        counts = np.array([local.Get_size(), 1 if local.Get_rank() == 0 else 0], dtype=np.int64)
-        width, nodes = np.array(counts[:1]), np.array(counts[1:])
-        comm.Allreduce(MPI.IN_PLACE, width, op=MPI.MIN)
-        comm.Allreduce(MPI.IN_PLACE, nodes, op=MPI.SUM)
-        core = local.Split(0 if local.Get_rank() < width[0] else MPI.UNDEFINED, key=local.Get_rank())
-        cached = NodeGroups(local, cross, core, int(width[0]), int(nodes[0]))
+        # The smallest and largest node (MIN of the size and of its negative), then the node count.
+        sizes = np.array([local.Get_size(), -local.Get_size()], dtype=np.int64)
+        comm.Allreduce(MPI.IN_PLACE, sizes, op=MPI.MIN)
+        width, widest = int(sizes[0]), int(-sizes[1])
+        leaders = np.array([1 if local.Get_rank() == 0 else 0], dtype=np.int64)
+        comm.Allreduce(MPI.IN_PLACE, leaders, op=MPI.SUM)
+        nodes = int(leaders[0])
+        core = local.Split(0 if local.Get_rank() < width else MPI.UNDEFINED, key=local.Get_rank())
+        cached = NodeGroups(local, cross, core, width, widest, nodes)
         comm.Set_attr(_KEYVAL, cached)
     return cached

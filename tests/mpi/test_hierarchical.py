@@ -80,3 +80,35 @@ def test_a_bad_node_size_is_refused_by_name(monkeypatch):
             node_groups(comm)  # every rank reads the same variable, so every rank raises before any collective
     finally:
         comm.Free()
+
+
+def _spy(monkeypatch) -> list:
+    """Sizes of the buffers that ringtrain.allreduce hands to the node-aware ring."""
+    from ringtrain.collectives import api
+    calls, real = [], api.hierarchical_allreduce
+    monkeypatch.setattr(api, "hierarchical_allreduce", lambda comm, a: (calls.append(a.size), real(comm, a))[1])
+    return calls
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("k", [1, 2])
+def test_auto_takes_the_node_aware_ring_from_1_mib_where_there_are_two_levels(k, monkeypatch):
+    calls, comm, n = _spy(monkeypatch), nodes_of(k), WORLD.Get_size()
+    big, small = np.ones(1 << 18, np.float32), np.ones(1 << 10, np.float32)  # 1 MiB and 4 KiB
+    ringtrain.allreduce(big, comm=comm)
+    ringtrain.allreduce(small, comm=comm)
+    # Nodes of one rank are a flat ring already; one node has no link to spare.
+    expected = [1 << 18] if node_groups(comm).two_level else []
+    assert all_ranks_agree(calls == expected and bool(np.all(big == n)) and bool(np.all(small == n))), calls
+
+
+@pytest.mark.mpi
+def test_auto_learns_the_topology_on_its_first_large_call(monkeypatch):
+    calls, n = _spy(monkeypatch), WORLD.Get_size()
+    monkeypatch.setenv("RINGTRAIN_NODE_SIZE", "2")
+    comm = WORLD.Dup()  # no groups yet: the first call of 1 MiB or more makes them, after the handshake
+    x = np.ones(1 << 18, np.float32)
+    ringtrain.allreduce(x, comm=comm)
+    two_level = node_groups(comm).two_level
+    assert all_ranks_agree(calls == ([1 << 18] if two_level else []) and bool(np.all(x == n)))
+    assert two_level == (n > 2)
