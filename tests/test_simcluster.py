@@ -47,8 +47,9 @@ def test_smoke_sweep_fits_a_cost_model_and_reports_every_section(root_only, tmp_
                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
-    for section in ("## (a) allreduce", "## (b) compressed allreduce", "## (c) training", "## Cost model",
-                    "## Planner validation", "## Targets"):
+    for section in ("## (a) allreduce", "## (d) node-aware allreduce", "### 2 hosts x 2 ranks, 1 Gbit/s",
+                    "## (b) compressed allreduce", "## (c) training", "## Cost model", "## Planner validation",
+                    "## Targets"):
         assert section in report, section
     for png in ("allreduce_busbw.png", "convergence_loss.png", "bucket_step_time.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
@@ -65,4 +66,9 @@ def test_smoke_sweep_fits_a_cost_model_and_reports_every_section(root_only, tmp_
     meta = conv["meta"]
     assert (meta["format"], meta["link"], meta["hosts"], meta["ranks_per_host"], meta["world_size"]) == \
         (2, "1gbit", 2, 1, 2), meta
+    # Two hosts of two ranks: MPI saw the shape, and the node-aware ring was checked against a closed form.
+    two = json.loads((tmp_path / "allreduce_n2x2_1gbit.json").read_text())
+    assert (two["meta"]["hosts"], two["meta"]["ranks_per_host"], two["meta"]["world_size"]) == (2, 2, 4)
+    hier = [r for r in two["rows"] if r["algorithm"] == "hierarchical"]
+    assert hier and all(r["wrong"] == 0 for r in hier)
     assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout == before

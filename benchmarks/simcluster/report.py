@@ -37,12 +37,15 @@ class Report:
         self()
 
 
-def load(out_dir, kind):
+def load(out_dir, kind, two_level=False):
+    """(path, result, link rate, world size) of each result with a link; hosts of one rank, or of several."""
     results = []
     for path in sorted(glob.glob(os.path.join(out_dir, f"{kind}_*.json"))):
         data = load_result(path)
         rate = link_rate(data)
-        if rate is not None:  # shared-memory results have no link to compare with
+        # Shared-memory results have no link to compare with; two-level ones have their own section
+        # and stay out of the single-level cost-model fit.
+        if rate is not None and (data["meta"].get("ranks_per_host", 1) > 1) == two_level:
             results.append((path, data, rate, world_of(data)))
     return sorted(results, key=lambda r: (r[2], r[3]))
 
@@ -81,6 +84,24 @@ def allreduce_section(say, results):
                                 f"{worst_link:.2f}x link, {worst_mpi:.2f}x MPI (worst size)",
                                 worst_link >= 0.9 and worst_mpi >= 0.95))
     return targets
+
+
+def node_aware_section(say, results):
+    say("## (d) node-aware allreduce: hosts of several ranks")
+    say("Milliseconds, median of the repeats; the two-level scheme sends one buffer per host over each link.")
+    say()
+    for _, data, rate, _ in results:
+        meta = data["meta"]
+        say(f"### {meta['hosts']} hosts x {meta['ranks_per_host']} ranks, {rate_name(rate)}")
+        by = {(r["algorithm"], r["size"]): r for r in data["rows"]}
+        rows = []
+        for size in sorted({r["size"] for r in data["rows"]}):
+            mpi, ring, hier = (by.get((a, size)) for a in ("MPI_Allreduce", "ring", "hierarchical"))
+            if mpi and ring and hier:
+                rows.append([format_bytes(size), f"{mpi['time_us'] / 1e3:.1f}", f"{ring['time_us'] / 1e3:.1f}",
+                             f"{hier['time_us'] / 1e3:.1f}", f"{hier['vs_mpi']:.2f}x",
+                             f"{ring['time_us'] / hier['time_us']:.2f}x"])
+        say.table(["size", "MPI_Allreduce", "flat ring", "hierarchical", "vs MPI", "vs flat ring"], rows)
 
 
 def compression_section(say, results):
@@ -240,6 +261,9 @@ def main():
     say(f"Measured {meta['date']} on {meta.get('host', '?')}, {meta['mpi_library'].splitlines()[0]}.")
     say()
     targets = allreduce_section(say, allreduce) if allreduce else []
+    node_aware = load(out_dir, "allreduce", two_level=True)
+    if node_aware:
+        node_aware_section(say, node_aware)
     if compression:
         compression_section(say, compression)
     if convergence:

@@ -28,7 +28,8 @@ CONVERGENCE_COMPRESSORS = "fp16,ef+int8,powersgd:rank=4,ef+topk:ratio=0.01,onebi
 ALGORITHMS = "ring,recursive_doubling,ps,auto"
 
 # Jobs: (kind, hosts, rate, bench arguments[, tag for a second job of the same
-# kind, hosts and rate]). The allreduce peer, MPI_Allreduce, is in every
+# kind, hosts and rate]). ``hosts`` may be (hosts, ranks per host) for a two-level
+# cluster, whose allreduce jobs add the node-aware ring. The allreduce peer, MPI_Allreduce, is in every
 # allreduce job; the uncompressed ring and MPI in every compression job; DDP
 # and DDP+PowerSGD in every convergence job.
 
@@ -36,6 +37,8 @@ ALGORITHMS = "ring,recursive_doubling,ps,auto"
 SMOKE = [
     ("allreduce", 2, "1gbit", ["--min-bytes", "1M", "--max-bytes", "4M", "--step-factor", "4", "--repeat", "1",
                                "--iter-bytes", "4M", "--min-iters", "2"]),
+    ("allreduce", (2, 2), "1gbit", ["--min-bytes", "4M", "--max-bytes", "4M", "--repeat", "1",
+                                    "--iter-bytes", "4M", "--min-iters", "2"]),
     ("compression", 2, "1gbit", ["--sizes", "1M", "--compressors", "fp16,powersgd:rank=4", "--steps", "2",
                                  "--repeat", "1"]),
     ("convergence", 2, "1gbit", ["--steps", "6", "--skip", "2", "--width", "64", "--layers", "1", "--context", "32",
@@ -79,7 +82,9 @@ FULL = [
 
 
 def job_name(kind, hosts, rate, tag="") -> str:
-    return f"{kind}_n{hosts}_{rate}" + (f"_{tag}" if tag else "")
+    hosts, per_host = hosts if isinstance(hosts, tuple) else (hosts, 1)
+    shape = f"{hosts}x{per_host}" if per_host > 1 else f"{hosts}"
+    return f"{kind}_n{shape}_{rate}" + (f"_{tag}" if tag else "")
 
 
 def run_job(kind, hosts, rate, bench_args, out_dir, timeout, tag="") -> None:
@@ -87,13 +92,14 @@ def run_job(kind, hosts, rate, bench_args, out_dir, timeout, tag="") -> None:
     path = os.path.join(out_dir, name + ".json")
     # The link is recorded by the benchmark itself (ringtrain.results), for the fit and the report.
     command = [sys.executable, "-m", "ringtrain", "bench", kind, *bench_args, "--json", path, "--link", rate]
+    hosts, per_host = hosts if isinstance(hosts, tuple) else (hosts, 1)
     if kind == "allreduce":
-        command += ["--algorithms", ALGORITHMS]
+        command += ["--algorithms", ALGORITHMS + (",hierarchical" if per_host > 1 else "")]
     if kind == "convergence":
         command += ["--out-dir", os.path.join(out_dir, "runs", name)]
     print(f"== {name}: {' '.join(command[1:])}", flush=True)
     t0 = time.monotonic()
-    done, sent = run_counted(hosts, rate, command, timeout)
+    done, sent = run_counted(hosts, rate, command, timeout, per_host)
     with open(os.path.join(out_dir, name + ".log"), "w") as f:
         f.write(done.stdout + done.stderr)
     if done.returncode or min(sent) < MIN_LINK_BYTES:

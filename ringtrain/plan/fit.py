@@ -50,7 +50,8 @@ def fit(paths: list) -> CostModel:
     for path in paths:
         data = load_result(path)
         rate = link_rate(data)
-        if rate is not None:
+        # Hosts of several ranks need a two-level model, which this fit is not (yet).
+        if rate is not None and data["meta"].get("ranks_per_host", 1) == 1:
             loaded.append((path, data, rate))
     return fit_loaded(loaded)
 
