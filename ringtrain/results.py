@@ -20,6 +20,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ._version import __version__
+from .collectives.topology import node_groups
 
 FORMAT = 2
 SHARED_MEMORY = "shared memory"
@@ -33,20 +34,14 @@ def add_link_argument(parser) -> None:
 
 def metadata(comm: MPI.Comm, args=None, *, link: str | None = None, **extra) -> dict:
     """The meta block of a result measured on ``comm``. Collective (it counts the hosts)."""
-    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    per_host = np.array([node.Get_size(), 1 if node.Get_rank() == 0 else 0], dtype=np.int64)
-    node.Free()
-    widest = np.array(per_host[:1])
-    comm.Allreduce(MPI.IN_PLACE, widest, op=MPI.MAX)
-    hosts = np.array(per_host[1:])
-    comm.Allreduce(MPI.IN_PLACE, hosts, op=MPI.SUM)
+    groups = node_groups(comm)
     import mpi4py
     meta = {"format": FORMAT, "ringtrain": __version__, "mpi_library": MPI.Get_library_version().strip(),
             "mpi4py": mpi4py.__version__, "numpy": np.__version__, "python": platform.python_version(),
             "machine": platform.machine(), "host": socket.gethostname(), "cpus": os.cpu_count(),
-            "cores": len(os.sched_getaffinity(0)), "world_size": comm.Get_size(), "hosts": int(hosts[0]),
-            "ranks_per_host": int(widest[0]),
-            "link": link if link is not None else (SHARED_MEMORY if int(hosts[0]) == 1 else None),
+            "cores": len(os.sched_getaffinity(0)), "world_size": comm.Get_size(), "hosts": groups.nodes,
+            "ranks_per_host": groups.widest,
+            "link": link if link is not None else (SHARED_MEMORY if groups.nodes == 1 else None),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv)}
     if "torch" in sys.modules:
         meta["torch"] = sys.modules["torch"].__version__

@@ -123,6 +123,9 @@ def save(directory: str, step: int, replicated: dict, per_rank: dict, comm: MPI.
                 retention.move_aside(final, "replaced")
             os.rename(tmp, final)
             _fsync_dir(directory)
+            # Its checksums were computed from the bytes just written and fsynced: pruning
+            # need not read it back. Older ones are read once per process.
+            _VERIFIED[final] = _stamp(final)
             retention.prune(directory, keep, lineage, _verified)
             retention.remove_leftovers(directory)
         except Exception as e:
@@ -134,14 +137,24 @@ def save(directory: str, step: int, replicated: dict, per_rank: dict, comm: MPI.
     return final
 
 
-_VERIFIED: dict[str, tuple] = {}  # path -> its files' (name, size, mtime) when this process verified it
+# What this process has checked, by path, with the stamp the directory had then:
+# a file whose size or mtime changed since is checked again.
+_VERIFIED: dict[str, tuple] = {}                  # checksums match
+_LOADABLE: dict[str, tuple[tuple, dict]] = {}     # ... and every file unpickles; with its manifest
+
+
+def _stamp(path: str) -> tuple | None:
+    """Each file's (name, size, mtime) in a checkpoint directory; None if it cannot be read."""
+    try:
+        return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(path)))
+    except OSError:
+        return None
 
 
 def _verified(path: str) -> bool:
     """Whether the checkpoint at ``path`` verifies; read again only if a file's size or mtime changed since."""
-    try:
-        stamp = tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(path)))
-    except OSError:
+    stamp = _stamp(path)
+    if stamp is None:
         return False
     if _VERIFIED.get(path) == stamp:
         return True
@@ -175,11 +188,23 @@ def verify(path: str) -> dict:
 
 
 def loadable(path: str) -> dict:
-    """The manifest if every file of ``path`` matches it and unpickles with weights_only; else CheckpointError."""
+    """The manifest if every file of ``path`` matches it and unpickles with weights_only; else CheckpointError.
+
+    Checked once per process while the files stay as they were (a run looks
+    its checkpoint up twice when it autotunes); ``load_part`` still checks the
+    checksum of what it loads.
+    """
+    stamp = _stamp(path)
+    hit = _LOADABLE.get(path)
+    if stamp is not None and hit is not None and hit[0] == stamp:
+        return hit[1]
     manifest = verify(path)
     for name in manifest["files"]:
         if name.endswith(".pt"):
             load_part(path, name, manifest)
+    if stamp is not None:
+        _LOADABLE[path] = (stamp, manifest)
+        _VERIFIED[path] = stamp
     return manifest
 
 

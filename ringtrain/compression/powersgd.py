@@ -66,24 +66,28 @@ class PowerSGD(Compressor):
         self.layout = [(int(lo), int(hi), tuple(shape)) for lo, hi, shape in segments]
         self._plan_for = None
 
+    def _split(self, n: int) -> tuple[list[Matrix], list[tuple[int, int]]]:
+        """Which parts of an input of ``n`` elements are compressed (as matrices) and which travel whole."""
+        if self.layout is None:
+            rows, cols = self.matrix_shape(n)
+            return [Matrix(0, n, rows, cols, min(self.rank, rows, cols))], []
+        if self.layout[-1][1] != n:
+            raise ValueError(f"powersgd: the layout covers {self.layout[-1][1]} elements, the input has {n}")
+        matrices, raw = [], []
+        for lo, hi, shape in self.layout:
+            rows = shape[0] if len(shape) >= 2 else 0
+            cols = (hi - lo) // rows if rows else 0
+            r = min(self.rank, rows, cols)
+            if rows and (rows + cols) * r * self.min_ratio <= rows * cols:
+                matrices.append(Matrix(lo, hi, rows, cols, r))
+            else:
+                raw.append((lo, hi))
+        return matrices, raw
+
     def _plan(self, n: int) -> None:
         if self._plan_for == n:
             return
-        self.matrices, self.raw = [], []
-        if self.layout is None:
-            rows, cols = self.matrix_shape(n)
-            self.matrices.append(Matrix(0, n, rows, cols, min(self.rank, rows, cols)))
-        else:
-            if self.layout[-1][1] != n:
-                raise ValueError(f"powersgd: the layout covers {self.layout[-1][1]} elements, the input has {n}")
-            for lo, hi, shape in self.layout:
-                rows = shape[0] if len(shape) >= 2 else 0
-                cols = (hi - lo) // rows if rows else 0
-                r = min(self.rank, rows, cols)
-                if rows and (rows + cols) * r * self.min_ratio <= rows * cols:
-                    self.matrices.append(Matrix(lo, hi, rows, cols, r))
-                else:
-                    self.raw.append((lo, hi))
+        self.matrices, self.raw = self._split(n)
         if self.q is None or [tuple(q.shape) for q in self.q] != [(m.cols, m.r) for m in self.matrices]:
             generator = torch.Generator().manual_seed(self.seed)
             self.q = [torch.randn(m.cols, m.r, generator=generator) for m in self.matrices]
@@ -103,9 +107,9 @@ class PowerSGD(Compressor):
         return out
 
     def wire_bytes(self, count: int) -> int:
-        self._plan(count)
-        p_sizes, q_sizes = self._sizes()
-        return 4 * (sum(p_sizes) + sum(q_sizes) + sum(hi - lo for lo, hi in self.raw))
+        # From the split alone: asking must not reset Q or the residual.
+        matrices, raw = self._split(count)
+        return 4 * (sum((m.rows + m.cols) * m.r for m in matrices) + sum(hi - lo for lo, hi in raw))
 
     def _raw(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x[lo:hi] for lo, hi in self.raw]) if self.raw else torch.zeros(0)
