@@ -5,7 +5,7 @@
 """
 from ._version import __version__
 from .collectives import (ALGORITHMS, CollectiveMismatchError, allgather, allreduce, broadcast,
-                          choose_algorithm, chunk_bounds, reduce_scatter)
+                          choose_algorithm, chunk_bounds, owned_bounds, reduce_scatter)
 
 
 
@@ -18,4 +18,4 @@ def __getattr__(name):
 
 
 __all__ = ["ALGORITHMS", "CollectiveMismatchError", "GradientReducer", "__version__", "allgather", "allreduce",
-           "broadcast", "choose_algorithm", "chunk_bounds", "reduce_scatter"]
+           "broadcast", "choose_algorithm", "chunk_bounds", "owned_bounds", "reduce_scatter"]

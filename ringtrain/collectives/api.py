@@ -22,7 +22,8 @@ from mpi4py import MPI
 from . import workspace
 from .buffers import LOW_PRECISION, SUPPORTED, as_flat, narrow, widen
 from .chain_broadcast import chain_broadcast
-from .hierarchical import hierarchical_allreduce
+from .hierarchical import hierarchical_allgather, hierarchical_allreduce, hierarchical_bounds, \
+    hierarchical_reduce_scatter
 from .topology import cached_node_groups, node_groups
 from .comm import CollectiveMismatchError, handshake, private
 from .layout import chunk_bounds
@@ -33,6 +34,7 @@ from .ring import GATHER_SEGMENT_BYTES, ring_allgather, ring_reduce_scatter
 ALGORITHMS = ("auto", "ring", "recursive_doubling", "ps", "mpi", "hierarchical")
 OPS = ("sum", "mean")
 BROADCAST_ALGORITHMS = ("auto", "chain", "mpi")
+SCATTER_ALGORITHMS = ("ring", "hierarchical")
 _OP_CODES = {op: i for i, op in enumerate(OPS)}
 _ALGORITHM_CODES = {alg: i for i, alg in enumerate(ALGORITHMS)}
 _DTYPE_CODES = {dtype: i for i, dtype in enumerate(SUPPORTED)}
@@ -160,12 +162,16 @@ def _finish(a, dtype, acc, op_code, n, lo, hi) -> None:
         narrow(acc[lo:hi], dtype, a[lo:hi])
 
 
-def reduce_scatter(x, op: str = "sum", comm: MPI.Comm | None = None, *, check: bool | None = None):
-    """Ring reduce-scatter in place; returns this rank's chunk of ``x`` (a view).
+def reduce_scatter(x, op: str = "sum", comm: MPI.Comm | None = None, *, algorithm: str = "ring",
+                   check: bool | None = None):
+    """Reduce-scatter in place; returns the piece of ``x`` this rank owns (a view).
 
-    ``x`` is cut into ``comm.size`` chunks as ``chunk_bounds`` describes; chunk
-    ``r`` of rank ``r`` holds the reduction afterwards. Other chunks hold partial
-    sums (for 16-bit types, the input).
+    "ring": ``x`` is cut into ``comm.size`` chunks as ``chunk_bounds``
+    describes, and chunk ``r`` of rank ``r`` holds the reduction afterwards.
+    "hierarchical": node-aware (hierarchical.py); the owned pieces are
+    ``hierarchical.hierarchical_bounds``, node-major inside each block, and a
+    rank beyond the smallest node's size owns an empty piece. Elsewhere ``x``
+    holds partial sums (for 16-bit types, the input).
 
     >>> import ringtrain, numpy as np
     >>> ringtrain.reduce_scatter(np.arange(3.0), comm=MPI.COMM_SELF)
@@ -179,21 +185,26 @@ def reduce_scatter(x, op: str = "sum", comm: MPI.Comm | None = None, *, check: b
             raise ValueError(f"reduce_scatter: op={op!r} is not supported; use one of {OPS}")
         if op_code and dtype[0] == "i":
             raise TypeError(f"reduce_scatter: op='mean' needs a floating dtype, got {dtype}")
+        _scatter_algorithm("reduce_scatter", algorithm)
     except (TypeError, ValueError) as e:
         _refuse(comm, "reduce_scatter", check, e)
     n = comm.Get_size()
+    hierarchical = algorithm == "hierarchical"
+    lo, hi = 0, a.size
     if n > 1:
         if CHECK if check is None else check:
-            _check(comm, "reduce_scatter", x, a, dtype, op_code, f"op={op}")
+            _check(comm, "reduce_scatter", x, a, dtype, op_code + 2 * hierarchical,
+                   f"op={op}, algorithm={algorithm}")
         acc = widen(a, dtype, workspace.get("acc", np.float32, a.size)) if dtype in LOW_PRECISION else a
-        lo, hi = ring_reduce_scatter(private(comm), acc)
+        lo, hi = (hierarchical_reduce_scatter(comm, acc) if hierarchical
+                  else ring_reduce_scatter(private(comm), acc))
         _finish(a, dtype, acc, op_code, n, lo, hi)
-    lo, hi = chunk_bounds(a.size, n, comm.Get_rank())
     return x.reshape(-1)[lo:hi]
 
 
-def allgather(x, comm: MPI.Comm | None = None, *, check: bool | None = None):
-    """Ring allgather in place: chunk ``r`` of rank ``r`` is copied to every rank; returns ``x``.
+def allgather(x, comm: MPI.Comm | None = None, *, algorithm: str = "ring", check: bool | None = None):
+    """Allgather in place: the piece each rank owns after ``reduce_scatter`` with the same
+    ``algorithm`` is copied to every rank; returns ``x``.
 
     >>> import ringtrain, numpy as np
     >>> ringtrain.allgather(np.arange(3.0), comm=MPI.COMM_SELF)
@@ -202,13 +213,39 @@ def allgather(x, comm: MPI.Comm | None = None, *, check: bool | None = None):
     comm = _WORLD if comm is None else comm
     try:
         a, dtype = as_flat(x)
+        _scatter_algorithm("allgather", algorithm)
     except (TypeError, ValueError) as e:
         _refuse(comm, "allgather", check, e)
     if comm.Get_size() > 1:
+        hierarchical = algorithm == "hierarchical"
         if CHECK if check is None else check:
-            _check(comm, "allgather", x, a, dtype, 0, "")
-        ring_allgather(private(comm), a)
+            _check(comm, "allgather", x, a, dtype, int(hierarchical), f"algorithm={algorithm}")
+        if hierarchical:
+            hierarchical_allgather(comm, a)
+        else:
+            ring_allgather(private(comm), a)
     return x
+
+
+def owned_bounds(count: int, comm: MPI.Comm | None = None, algorithm: str = "ring") -> tuple[int, int]:
+    """The ``[lo, hi)`` piece of a ``count``-element buffer that ``reduce_scatter`` leaves on this rank.
+
+    Collective the first time "hierarchical" is asked on a communicator (it learns the nodes).
+
+    >>> owned_bounds(10, MPI.COMM_SELF)
+    (0, 10)
+    """
+    comm = _WORLD if comm is None else comm
+    _scatter_algorithm("owned_bounds", algorithm)
+    if algorithm == "ring" or comm.Get_size() == 1:
+        return chunk_bounds(count, comm.Get_size(), comm.Get_rank())
+    groups = node_groups(comm)
+    return hierarchical_bounds(groups, groups.local.Get_rank(), groups.cross.Get_rank(), count)
+
+
+def _scatter_algorithm(what: str, algorithm: str) -> None:
+    if algorithm not in SCATTER_ALGORITHMS:
+        raise ValueError(f"{what}: algorithm={algorithm!r} is not supported; use one of {SCATTER_ALGORITHMS}")
 
 
 def broadcast(x, root: int = 0, comm: MPI.Comm | None = None, *, algorithm: str = "auto",

@@ -37,12 +37,14 @@ GATHER_SEGMENT_BYTES = 4 << 20
 
 
 def ring_reduce_scatter(comm: MPI.Comm, a: np.ndarray, segment_bytes: int = REDUCE_SEGMENT_BYTES, *,
-                        codec=None, wire: np.ndarray | None = None) -> tuple[int, int]:
+                        codec=None, wire: np.ndarray | None = None, bounds=None) -> tuple[int, int]:
     """Sum ``a`` across ranks chunk-wise; returns the bounds of this rank's reduced chunk.
 
     Only ``a[lo:hi]`` holds the full sum afterwards; other chunks hold partial sums.
     With a ``codec``, ``a`` is float32 and segments travel encoded through ``wire``
-    (``codec.wire_dtype``, the size of ``a``).
+    (``codec.wire_dtype``, the size of ``a``). ``bounds`` gives each rank's
+    ``(lo, hi)`` chunk, consecutive and covering ``a``, where the balanced
+    layout will not do (chunks cut at parameter boundaries); every rank passes the same.
 
     >>> ring_reduce_scatter(MPI.COMM_SELF, np.ones(3))
     (0, 3)
@@ -50,29 +52,35 @@ def ring_reduce_scatter(comm: MPI.Comm, a: np.ndarray, segment_bytes: int = REDU
     n, r = comm.Get_size(), comm.Get_rank()
     # Step s sends chunk r-s-1 and receives chunk r-s-2, so the last chunk
     # received (s = n-2) is chunk r: every rank ends owning its own chunk.
-    _ring(comm, a, first_send=(r - 1) % n, segment_bytes=segment_bytes, reduce=True, codec=codec, wire=wire)
-    return chunk_bounds(a.size, n, r)
+    _ring(comm, a, first_send=(r - 1) % n, segment_bytes=segment_bytes, reduce=True, codec=codec, wire=wire,
+          bounds=bounds)
+    return chunk_bounds(a.size, n, r) if bounds is None else bounds[r]
 
 
-def ring_allgather(comm: MPI.Comm, a: np.ndarray, segment_bytes: int = GATHER_SEGMENT_BYTES) -> None:
-    """Fill every chunk of ``a`` from its owner; rank ``r`` contributes ``a[chunk r]``.
+def ring_allgather(comm: MPI.Comm, a: np.ndarray, segment_bytes: int = GATHER_SEGMENT_BYTES, *,
+                   bounds=None) -> None:
+    """Fill every chunk of ``a`` from its owner; rank ``r`` contributes ``a[chunk r]`` (or ``a[slice(*bounds[r])]``).
 
     >>> ring_allgather(MPI.COMM_SELF, np.ones(3))
     """
-    _ring(comm, a, first_send=comm.Get_rank(), segment_bytes=segment_bytes, reduce=False)
+    _ring(comm, a, first_send=comm.Get_rank(), segment_bytes=segment_bytes, reduce=False, bounds=bounds)
 
 
-def _ring(comm, a, first_send, segment_bytes, reduce, codec=None, wire=None):
+def _ring(comm, a, first_send, segment_bytes, reduce, codec=None, wire=None, bounds=None):
     n = comm.Get_size()
     if n == 1 or a.size == 0:
         return
     r = comm.Get_rank()
     left, right = (r - 1) % n, (r + 1) % n
-    nseg = segment_count(a.size, n, segment_bytes // a.itemsize)
-    bounds = [chunk_bounds(a.size, n, c) for c in range(n)]
+    if bounds is None:
+        nseg = segment_count(a.size, n, segment_bytes // a.itemsize)
+        bounds = [chunk_bounds(a.size, n, c) for c in range(n)]
+    else:  # the same count for every chunk, from the largest, so that all ranks agree
+        largest = max(hi - lo for lo, hi in bounds)
+        nseg = max(1, -(-largest // max(1, segment_bytes // a.itemsize)))
     tag = TAG_RING_REDUCE if reduce else TAG_RING_GATHER
     if reduce:
-        seg_max = -(-bounds[0][1] // nseg)
+        seg_max = -(-max(hi - lo for lo, hi in bounds) // nseg)
         on_wire = a.dtype if codec is None else codec.wire_dtype
         scratch = workspace.get("ring", on_wire, 2 * seg_max).reshape(2, seg_max)
         if codec is not None:

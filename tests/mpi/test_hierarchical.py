@@ -112,3 +112,32 @@ def test_auto_learns_the_topology_on_its_first_large_call(monkeypatch):
     two_level = node_groups(comm).two_level
     assert all_ranks_agree(calls == ([1 << 18] if two_level else []) and bool(np.all(x == n)))
     assert two_level == (n > 2)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("size", ["0", "1", "n-1", "n+1", "prime"])
+def test_hierarchical_reduce_scatter_owns_disjoint_pieces_that_allgather_makes_whole(size, k):
+    comm, n = nodes_of(k), WORLD.Get_size()
+    count = element_count(size, n)
+    x = random_buffer("float64", count, seed=count + 5)
+    expected, magnitude = reference(x, "sum", WORLD)
+    piece = ringtrain.reduce_scatter(x, algorithm="hierarchical", comm=comm)
+    lo, hi = ringtrain.owned_bounds(count, comm, algorithm="hierarchical")
+    # Every element is owned by exactly one rank.
+    owners = np.zeros(count, dtype=np.int64)
+    owners[lo:hi] = 1
+    WORLD.Allreduce(MPI.IN_PLACE, owners, op=MPI.SUM)
+    owned_right = piece.size == hi - lo and within_bound(piece, expected[lo:hi], magnitude[lo:hi], "float64", n)
+    ringtrain.allgather(x, algorithm="hierarchical", comm=comm)
+    assert all_ranks_agree(owned_right and bool(np.all(owners == 1))), (count, k, lo, hi)
+    assert all_ranks_agree(within_bound(x, expected, magnitude, "float64", n))
+    assert identical_across_ranks(x)
+
+
+@pytest.mark.mpi
+def test_an_unknown_scatter_algorithm_is_refused_on_every_rank():
+    with pytest.raises((ValueError, ringtrain.CollectiveMismatchError), match="algorithm='tree'|refused"):
+        ringtrain.reduce_scatter(np.ones(8), algorithm="tree")
+    with pytest.raises(ValueError, match=r"algorithm='tree' is not supported; use one of \('ring', 'hierarchical'\)"):
+        ringtrain.owned_bounds(8, algorithm="tree")
