@@ -9,7 +9,9 @@ that speed bought with accuracy shows. The peers, in the same run: torch DDP
 on gloo, and DDP with torch's PowerSGD communication hook.
 
 The variants are ringtrain with no compression at every ``--bucket-sizes``,
-then every compressor in ``--compressors`` at ``--bucket-cap-mb``.
+then every compressor in ``--compressors`` at ``--bucket-cap-mb``, each once per
+``--node-aware`` setting ("auto,off" compares compressing only what crosses
+nodes with compressing every hop).
 """
 import argparse
 import os
@@ -43,27 +45,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ddp", default="plain,powersgd:rank=4",
                    help="DDP peers: plain and/or powersgd:rank=R, comma-separated; 'none' for none")
     p.add_argument("--out-dir", default="runs/bench-convergence", help="each variant's metrics.jsonl goes below")
+    p.add_argument("--node-aware", default="auto",
+                   help="train's --node-aware settings to run each ringtrain variant with, comma-separated "
+                        "(auto, on, off; default auto)")
     p.add_argument("--json", metavar="FILE")
     add_link_argument(p)
+
+
+def _node_aware(args) -> list[str]:
+    settings = [s.strip() for s in args.node_aware.split(",") if s.strip()]
+    bad = [s for s in settings if s not in ("auto", "on", "off")]
+    if bad or not settings:
+        raise ValueError(f"--node-aware has {args.node_aware!r}; allowed: a comma-separated list of auto, on, off")
+    return settings
 
 
 def _variants(args):
     caps = [float(c) for c in args.bucket_sizes.split(",") if c.strip()]
     # The floor: every rank trains alone (no averaging) at the same time, so the
     # compute shares the CPU exactly as in the other variants.
-    out = [("compute", "none", 0.0)]
-    out += [("ringtrain", "none", cap) for cap in caps]
+    settings = _node_aware(args)
+    out = [("compute", "none", 0.0, "auto")]
+    out += [("ringtrain", "none", cap, na) for cap in caps for na in settings]
     for c in (c.strip() for c in args.compressors.split(",")):
         if c == "auto":  # --compression auto --bucket-cap-mb auto
-            out.append(("ringtrain", "auto", "auto"))
+            out += [("ringtrain", "auto", "auto", na) for na in settings]
         elif c and c != "none":
-            out.append(("ringtrain", c, args.bucket_cap_mb))
+            out += [("ringtrain", c, args.bucket_cap_mb, na) for na in settings]
     for peer in (d.strip() for d in args.ddp.split(",") if d.strip() and d.strip() != "none"):
         if peer == "plain":
-            out.append(("ddp", "none", BUCKET_CAP_MB))
+            out.append(("ddp", "none", BUCKET_CAP_MB, "auto"))
         elif peer.startswith("powersgd"):
             _, _, opt = peer.partition(":rank=")
-            out.append(("ddp", f"powersgd:rank={int(opt or 4)}", BUCKET_CAP_MB))
+            out.append(("ddp", f"powersgd:rank={int(opt or 4)}", BUCKET_CAP_MB, "auto"))
         else:
             raise ValueError(f"--ddp has {peer!r}; allowed: plain, powersgd:rank=R, none")
     return out
@@ -85,12 +99,14 @@ def main(args) -> int:
     runs = {v: [] for v in variants}
     gloo = False
     # Round robin: drift of a shared machine spreads over every variant alike.
-    for (system, compression, cap) in [v for _ in range(args.repeat) for v in variants]:
+    for (system, compression, cap, node_aware) in [v for _ in range(args.repeat) for v in variants]:
         name = f"{system} {compression} {cap}MB" if cap == "auto" else f"{system} {compression} {cap:g}MB"
+        if node_aware != "auto":
+            name += f" node-aware-{node_aware}"
         out_dir = os.path.join(args.out_dir, name.replace(" ", "_").replace(":", "-"))
         cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, width=args.width, layers=args.layers,
                           context=args.context, compression=compression if system == "ringtrain" else "none",
-                          bucket_cap_mb=cap or BUCKET_CAP_MB, eval_every=0, log_every=args.steps, sample_tokens=0,
+                          bucket_cap_mb=cap or BUCKET_CAP_MB, node_aware=node_aware, eval_every=0, log_every=args.steps, sample_tokens=0,
                           out_dir=out_dir if system != "compute" else os.path.join(out_dir, f"rank{rank}"))
         if rank == 0:
             print(f"# {name}", flush=True)
@@ -120,7 +136,7 @@ def main(args) -> int:
             result = train_ddp(cfg, comm, powersgd_rank=powersgd_rank)
         model = result.pop("model")  # keep only numbers: a run per variant and repetition adds up
         param_bytes = [p.numel() * p.element_size() for p in model.parameters() if p.requires_grad]
-        runs[(system, compression, cap)].append(result)
+        runs[(system, compression, cap, node_aware)].append(result)
     if gloo:
         import torch.distributed as dist
         dist.destroy_process_group()
@@ -130,7 +146,7 @@ def main(args) -> int:
     return 0
 
 
-def _row(system, compression, cap, results, skip) -> dict:
+def _row(system, compression, cap, node_aware, results, skip) -> dict:
     """One variant's row: losses from its first run (every run computes the same bits), step time the median
     over its runs' medians."""
     result = results[0]
@@ -143,7 +159,8 @@ def _row(system, compression, cap, results, skip) -> dict:
     keep = np.unique(np.linspace(0, len(losses) - 1, min(CURVE_POINTS, len(losses))).astype(int))
     per_run = [float(np.median(np.array(r["step_seconds"])[skip:])) for r in results]
     step_s = float(np.median(per_run))
-    return {"system": system, "compression": compression, "bucket_cap_mb": cap, "step_ms": 1e3 * step_s,
+    return {"system": system, "compression": compression, "bucket_cap_mb": cap, "node_aware": node_aware,
+            "step_ms": 1e3 * step_s,
             "steps_per_s": 1.0 / step_s, "step_ms_runs": [1e3 * s for s in per_run],
             "final_loss": float(losses[-10:].mean()), "val_loss": result["val_loss"],
             "wall_s": float(wall[-1]), "curve": [[float(wall[i]), float(losses[i])] for i in keep]}
@@ -151,18 +168,18 @@ def _row(system, compression, cap, results, skip) -> dict:
 
 def _report(rows, args, meta, param_bytes) -> None:
     base = next((r for r in rows if r["system"] == "ringtrain" and r["compression"] == "none"
-                 and r["bucket_cap_mb"] == args.bucket_cap_mb), rows[0])
+                 and r["bucket_cap_mb"] == args.bucket_cap_mb and r["node_aware"] == "auto"), rows[0])
     ddp = next((r for r in rows if r["system"] == "ddp" and r["compression"] == "none"), None)
     print(f"# ringtrain bench convergence: {meta['world_size']} ranks, GPT width {args.width}, {args.layers} layers, batch "
           f"{args.batch_size}x{args.context} per rank, {args.steps} steps; step time = median after {args.skip}")
-    print(f"{'system':>9} {'compression':>18} {'bucket':>6} {'step_ms':>8} {'steps/s':>7} {'speedup':>7} "
+    print(f"{'system':>9} {'compression':>18} {'bucket':>6} {'node':>4} {'step_ms':>8} {'steps/s':>7} {'speedup':>7} "
           f"{'final_loss':>10} {'val_loss':>8} {'val_vs_none':>11} {'vs_ddp':>6}")
     for r in rows:
         r["speedup_vs_none"] = r["steps_per_s"] / base["steps_per_s"]
         r["val_loss_vs_none"] = r["val_loss"] / base["val_loss"] - 1.0
         r["speedup_vs_ddp"] = r["steps_per_s"] / ddp["steps_per_s"] if ddp else None
         vs_ddp = f"{r['speedup_vs_ddp']:>6.2f}" if ddp else f"{'-':>6}"
-        print(f"{r['system']:>9} {r['compression']:>18} {r['bucket_cap_mb']:>6g} {r['step_ms']:>8.1f} "
+        print(f"{r['system']:>9} {r['compression']:>18} {r['bucket_cap_mb']:>6g} {r['node_aware']:>4} {r['step_ms']:>8.1f} "
               f"{r['steps_per_s']:>7.2f} {r['speedup_vs_none']:>7.2f} {r['final_loss']:>10.4f} "
               f"{r['val_loss']:>8.4f} {100 * r['val_loss_vs_none']:>+10.1f}% {vs_ddp}")
     if args.json:

@@ -30,6 +30,8 @@ class Compressor:
     """Collective messages per ``allreduce_mean`` (PowerSGD sends P, then Q): each pays the latency."""
     feedback = False
     """True if error feedback is part of it (an ``ef+`` chain, onebit, PowerSGD's own residual)."""
+    layered = False
+    """True if it needs whole parameters (``set_layout``): node-aware blocks are then cut at parameter ends."""
 
     def compress(self, x: np.ndarray):
         x = np.ascontiguousarray(x, dtype=np.float32)

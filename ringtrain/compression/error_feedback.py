@@ -25,6 +25,10 @@ class ErrorFeedback(Compressor):
             self.residual = np.zeros(x.size, dtype=np.float32)
         return x + self.residual
 
+    @property
+    def layered(self) -> bool:
+        return self.inner.layered
+
     def set_layout(self, segments) -> None:
         self.inner.set_layout(segments)
 

@@ -16,6 +16,10 @@ class LZ4(Compressor):
         self.inner = inner if inner is not None else Compressor()
         self.name = f"{self.inner.name}+lz4"
 
+    @property
+    def layered(self) -> bool:
+        return self.inner.layered
+
     def set_layout(self, segments) -> None:
         self.inner.set_layout(segments)
 

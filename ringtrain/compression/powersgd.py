@@ -45,6 +45,7 @@ class PowerSGD(Compressor):
     params = {"rank": whole(1), "seed": whole(0, 2**63 - 1), "min_ratio": number(1)}
     summable, messages = True, 2  # P and Q, each through the ordinary allreduce
     feedback = True  # its own residual, kept inside allreduce_mean
+    layered = True  # one matrix per parameter
 
     def __init__(self, rank: int = 4, seed: int = 0, min_ratio: float = 2.0):
         require(self.name, self.params, rank=rank, seed=seed, min_ratio=min_ratio)

@@ -11,21 +11,31 @@ it with ringtrain.allreduce (op="mean") while autograd goes on with earlier
 layers. ``synchronize`` then points each ``p.grad`` at its slice of the averaged
 bucket (no copy back).
 
+On a two-level topology (several nodes, several ranks on some node) a
+compressed bucket is compressed only where it crosses nodes (cross_node.py);
+an uncompressed one goes through ``allreduce``'s "auto", which picks the
+node-aware ring there from 1 MiB.
+
 MPI threading: only the communication thread calls MPI between the first
 backward hook and ``synchronize``, and only the main thread outside that
 window, so MPI_THREAD_SERIALIZED is enough; the constructor checks it.
 """
 import contextlib
+import sys
 
 import torch
 from mpi4py import MPI
 
 from ..collectives import allreduce, broadcast
+from ..collectives.api import choose_algorithm
 from ..collectives.comm import handshake, private
+from ..collectives.hierarchical import hierarchical_allreduce
+from ..collectives.topology import node_groups
 from ..compression import get as compression_get
 from ..constants import BUCKET_CAP_MB
 from .buckets import assign_buckets, layout_fingerprint
 from .comm_thread import CommThread
+from .cross_node import block_layout, compressed_cross_sum, node_blocks
 
 
 class GradientReducer:
@@ -35,6 +45,10 @@ class GradientReducer:
     DDP). ``compression`` is a spec for ``ringtrain.compression.get`` (for
     example ``"ef+topk:ratio=0.01"``); each bucket gets its own compressor, whose
     state (error-feedback residuals, PowerSGD's Q) ``state_dict`` returns.
+    ``node_aware``: None (the default) goes node-aware where the ranks span
+    several nodes with several ranks on some node; True forces it (on one node
+    nothing crosses a link, so nothing is compressed); False keeps the flat ring
+    and compresses every hop.
     Collective: every rank must construct it, with the same model architecture.
 
     >>> model = torch.nn.Linear(4, 2)
@@ -44,7 +58,7 @@ class GradientReducer:
     """
 
     def __init__(self, model: torch.nn.Module, *, bucket_cap_mb: float = BUCKET_CAP_MB, compression=None,
-                 comm: MPI.Comm | None = None, broadcast_from: int | None = 0):
+                 comm: MPI.Comm | None = None, broadcast_from: int | None = 0, node_aware: bool | None = None):
         if not bucket_cap_mb > 0:
             raise ValueError(f"bucket_cap_mb must be > 0, got {bucket_cap_mb}")
         level = MPI.Query_thread()
@@ -70,6 +84,7 @@ class GradientReducer:
         # Every rank must agree on the layout before any per-parameter collective,
         # or ranks with different models would wait on different broadcasts.
         handshake(self.comm, "GradientReducer (model layout)", total, digest, lambda: describe)
+        self._set_node_aware(node_aware)
         if broadcast_from is not None:
             with torch.no_grad():
                 for t in [*model.parameters(), *model.buffers()]:
@@ -82,6 +97,32 @@ class GradientReducer:
         self._thread = None if self._alone else CommThread(len(self.buckets), self._reduce_bucket)
         self._hooks = [] if self._alone else [p.register_post_accumulate_grad_hook(self._grad_ready)
                                                for p in params]
+
+    def _set_node_aware(self, node_aware: bool | None) -> None:
+        """Choose the algorithm of uncompressed buckets, and cut compressed ones into per-node blocks."""
+        if node_aware not in (None, True, False):
+            raise ValueError(f"node_aware={node_aware!r} is not allowed — None (auto), True or False")
+        self.node_aware, self._blocks, self._algorithm = False, None, "auto"
+        if self.comm.Get_size() == 1:
+            return
+        if node_aware is False:  # the flat choice, whatever the topology
+            self._algorithm = None
+            return
+        groups = node_groups(self.comm)  # collective; every rank is here, after the handshake
+        self.node_aware = groups.two_level if node_aware is None else True
+        if node_aware:
+            self._algorithm = "hierarchical"
+        if not self.node_aware or all(c is None for c in self.compressors):
+            return
+        j = groups.local.Get_rank()
+        self._blocks = []
+        for bucket, compressor in zip(self.buckets, self.compressors):
+            layered = compressor is not None and compressor.layered
+            blocks = node_blocks(bucket.bounds, groups.width, layered)
+            self._blocks.append(blocks)
+            if layered and j < groups.width and blocks[j][1] > blocks[j][0]:
+                compressor.set_layout(block_layout(bucket.bounds, [tuple(p.shape) for p in bucket.params],
+                                                   blocks[j]))
 
     @contextlib.contextmanager
     def no_sync(self):
@@ -122,20 +163,47 @@ class GradientReducer:
         bucket, compressor = self.buckets[index], self.compressors[index]
         # check=False: the layout was verified once at construction.
         if compressor is None:
-            allreduce(bucket.buffer, op="mean", comm=self.comm, check=False)
+            algorithm = self._algorithm or choose_algorithm(bucket.buffer.numel() * bucket.buffer.element_size(),
+                                                            self.comm.Get_size())
+            allreduce(bucket.buffer, op="mean", algorithm=algorithm, comm=self.comm, check=False)
             return
         grads = bucket.buffer[:bucket.bounds[-1][1]]
-        mean = compressor.allreduce_mean(grads.float().numpy(), self.comm)
-        grads.copy_(torch.from_numpy(mean))
+        if self._blocks is None:
+            mean = compressor.allreduce_mean(grads.float().numpy(), self.comm)
+        else:
+            mean = grads.float().numpy()  # a view for float32: summed in place
+            hierarchical_allreduce(self.comm, mean, compressed_cross_sum(compressor), self._blocks[index])
+            mean /= self.comm.Get_size()
+        if mean.ctypes.data != grads.data_ptr():
+            grads.copy_(torch.from_numpy(mean))
         # The used-flags stay exact: a compressor must not decide whether a gradient exists.
         allreduce(bucket.flags, op="mean", comm=self.comm, check=False)
 
     def state_dict(self) -> dict:
-        """This rank's compression state, one entry per bucket (None where uncompressed)."""
-        return {"compression": [None if c is None else c.state_dict() for c in self.compressors]}
+        """This rank's compression state, one entry per bucket (None where uncompressed).
+
+        Node-aware, a compressor's state belongs to this rank's block on its
+        node, so the layout (nodes, ranks per node that share the work, local
+        rank) is recorded with it.
+        """
+        return {"compression": [None if c is None else c.state_dict() for c in self.compressors],
+                "blocks": self._block_key()}
+
+    def _block_key(self) -> list[int] | None:
+        if self._blocks is None:
+            return None
+        groups = node_groups(self.comm)  # cached: not collective here
+        return [groups.nodes, groups.width, groups.local.Get_rank()]
 
     def load_state_dict(self, state: dict) -> None:
         saved = state["compression"]
+        if state.get("blocks") != self._block_key():
+            # Residuals of another cut of the bucket cannot be mapped onto this one.
+            if self.comm.Get_rank() == 0:
+                print(f"ringtrain: warning: the compression state was saved with node layout {state.get('blocks')} "
+                      f"(nodes, ranks per node, local rank; None: flat) and this run has {self._block_key()}: "
+                      "error-feedback residuals start from zero", file=sys.stderr, flush=True)
+            return
         if len(saved) != len(self.compressors):
             raise ValueError(f"the saved reducer state has {len(saved)} buckets, this reducer {len(self.compressors)}")
         for compressor, s in zip(self.compressors, saved):

@@ -48,6 +48,9 @@ class TrainConfig:
     auto: chosen by a probe at start-up, and used only where it pays."""
     bucket_cap_mb: float | str = BUCKET_CAP_MB
     """Largest gradient bucket, in MB; auto: chosen by a probe at start-up."""
+    node_aware: str = "auto"
+    """auto: where the ranks span several nodes with several ranks on some node, average node-aware and
+    compress only what crosses nodes; on: always; off: the flat ring, compressing every hop."""
     eval_every: int = 100
     """Validation loss every this many steps (and at the end); 0: only at the end."""
     eval_windows: int = 64
@@ -117,7 +120,7 @@ CHECKS: dict[str, Rule] = {
     "layers": whole(1), "heads": whole(1), "width": whole(1), "context": whole(1),
     "compression": text("a compression spec such as fp16, int8+lz4, ef+topk:ratio=0.01 or powersgd:rank=4; "
                         "none; or auto", r"\S+"),
-    "bucket_cap_mb": either(number(0, above=True), choice("auto")),
+    "bucket_cap_mb": either(number(0, above=True), choice("auto")), "node_aware": choice("auto", "on", "off"),
     "eval_every": whole(0), "eval_windows": whole(1), "log_every": whole(1), "sample_tokens": whole(0),
     "out_dir": _PATH, "checkpoint_dir": optional(_PATH),
     "checkpoint_every": either(whole(0), text("a number of steps (100; 0: only at the end) or of seconds (600s)",

@@ -59,7 +59,7 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None) -> dict:
                               seed=cfg.seed, rank=rank, world=world)
             tuned = _tune(cfg, model, loss_fn, batches, comm)
             reducer = GradientReducer(model, bucket_cap_mb=tuned["bucket_cap_mb"], compression=tuned["compression"],
-                                      comm=comm)
+                                      comm=comm, node_aware={"auto": None, "on": True, "off": False}[cfg.node_aware])
             optimizer = make_optimizer(cfg, model)
             start, lineage = state.restore(cfg, model, optimizer, reducer, comm)
             ranks = comm.gather({"rank": rank, "host": socket.gethostname(), "pid": os.getpid()}, root=0)
