@@ -5,15 +5,18 @@ import numpy as np
 from mpi4py import MPI
 
 
-def time_collective(comm: MPI.Comm, call, iters: int, warmup: int) -> float:
+def time_collective(comm: MPI.Comm, call, iters: int, warmup: int, mark=None) -> float:
     """Seconds per call of ``call()``, as the maximum over ranks of each rank's average.
 
     The maximum is what a training step waits for: the collective is only done
-    when its slowest rank is.
+    when its slowest rank is. ``mark()``, if given, runs after the warm-up and
+    the barrier, just before the clock starts (a byte counter's start).
     """
     for _ in range(warmup):
         call()
     comm.Barrier()
+    if mark is not None:
+        mark()
     t0 = time.perf_counter()
     for _ in range(iters):
         call()

@@ -78,6 +78,12 @@ FULL = [
                                  "--repeat", "2", "--compressors", CONVERGENCE_COMPRESSORS], "ctx32"),
     ("convergence", 2, "10gbit", ["--steps", "150", "--batch-size", "1", "--bucket-sizes", "1,5,25", "--repeat", "2",
                                   "--compressors", CONVERGENCE_COMPRESSORS]),
+    # Two levels: the node-aware ring against the flat one, and compression across nodes
+    # only (auto) against compression on every hop (off).
+    ("allreduce", (2, 2), "1gbit", ["--min-bytes", "4K", "--max-bytes", "64M", "--step-factor", "4", "--repeat", "5",
+                                    "--iter-bytes", "64M", "--min-iters", "2"]),
+    ("convergence", (2, 2), "1gbit", ["--steps", "150", "--bucket-sizes", "25", "--repeat", "2", "--node-aware",
+                                      "auto,off", "--compressors", "ef+int8,powersgd:rank=4", "--ddp", "plain"]),
 ]
 
 
@@ -94,7 +100,8 @@ def run_job(kind, hosts, rate, bench_args, out_dir, timeout, tag="") -> None:
     command = [sys.executable, "-m", "ringtrain", "bench", kind, *bench_args, "--json", path, "--link", rate]
     hosts, per_host = hosts if isinstance(hosts, tuple) else (hosts, 1)
     if kind == "allreduce":
-        command += ["--algorithms", ALGORITHMS + (",hierarchical" if per_host > 1 else "")]
+        # Each host's eth0 carries only the job: its counter is the job's link bytes.
+        command += ["--algorithms", ALGORITHMS + (",hierarchical" if per_host > 1 else ""), "--count-iface", "eth0"]
     if kind == "convergence":
         command += ["--out-dir", os.path.join(out_dir, "runs", name)]
     print(f"== {name}: {' '.join(command[1:])}", flush=True)

@@ -8,6 +8,11 @@ median over repetitions.
 
 busbw follows nccl-tests: ``algbw * 2 (n - 1) / n``, the bytes each rank must
 move per unit time, comparable across world sizes.
+
+``--count-iface IFACE`` also reads each node's interface counters around every
+timed loop (link_counter.py) and reports the bytes the busiest node sent per
+operation (``link_bytes``), and their ratio to the two-level bound 2(N-1)/N of
+the buffer, N the number of nodes (``vs_bound``).
 """
 import argparse
 
@@ -19,6 +24,7 @@ from ..collectives import allreduce
 from ..collectives.api import RING_MIN_BYTES
 from ..results import add_link_argument, metadata, write_result
 from ..timing import iterations, memcpy_bandwidth, time_collective
+from .link_counter import LinkCounter, two_level_bound
 from .sizes import format_bytes, parse_bytes, sweep
 
 PEER = "MPI_Allreduce"
@@ -39,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iter-bytes", type=parse_bytes, default=128 << 20,
                    help="bytes to move per timing; sets the calls per timing (default 128M; less on slow links)")
     p.add_argument("--min-iters", type=int, default=5, help="fewest timed calls per timing (default 5)")
+    p.add_argument("--count-iface", metavar="IFACE",
+                   help="report the bytes each node sends over IFACE per operation (e.g. eth0 in the simulated "
+                        "cluster; only meaningful on an interface that carries nothing else)")
     p.add_argument("--json", metavar="FILE", help="write rows and metadata as JSON")
     add_link_argument(p)
 
@@ -57,20 +66,23 @@ def main(args) -> int:
     dtype = np.dtype(args.dtype)
     sizes = sweep(args.min_bytes, args.max_bytes, args.step_factor, dtype.itemsize)
     say = print if rank == 0 else (lambda *a, **k: None)
+    counter = LinkCounter(comm, args.count_iface) if args.count_iface else None
 
     say(f"# ringtrain {__version__} bench allreduce: {n} ranks, {MPI.Get_library_version().splitlines()[0].strip()}")
     say(f"# in place, {args.dtype}, op={args.op}, median of {args.repeat}; peer: {PEER}(MPI_IN_PLACE) "
         f"in the same run; auto switches to ring at {format_bytes(RING_MIN_BYTES)}")
     header = (f"{'size':>10} {'count':>10} {'type':>8} {'redop':>5} {'algorithm':>18} "
-              f"{'time_us':>10} {'algbw':>7} {'busbw':>7} {'#wrong':>6} {'vs_mpi':>6}")
+              f"{'time_us':>10} {'algbw':>7} {'busbw':>7} {'#wrong':>6} {'vs_mpi':>6}"
+              + (f" {'link_bytes':>11} {'vs_bound':>8}" if counter else ""))
     say(header)
     rows = []
     for nbytes in sizes:
-        rows += _measure_size(comm, nbytes, dtype, args, algorithms)
+        rows += _measure_size(comm, nbytes, dtype, args, algorithms, counter)
         for row in rows[-len(algorithms) - 1:]:
             say(f"{format_bytes(row['size']):>10} {row['count']:>10} {row['type']:>8} {row['redop']:>5} "
                 f"{row['algorithm']:>18} {row['time_us']:>10.1f} {row['algbw']:>7.3f} {row['busbw']:>7.3f} "
-                f"{row['wrong']:>6} {row['vs_mpi']:>6.2f}")
+                f"{row['wrong']:>6} {row['vs_mpi']:>6.2f}"
+                + (f" {row['link_bytes']:>11.0f} {_ratio(row['link_bytes_vs_bound']):>8}" if counter else ""))
     memcpy = _memcpy_reference(comm)
     summary = _summary(rows, algorithms, memcpy)
     for line in summary["lines"]:
@@ -82,7 +94,11 @@ def main(args) -> int:
     return 1 if wrong else 0
 
 
-def _measure_size(comm, nbytes, dtype, args, algorithms):
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _measure_size(comm, nbytes, dtype, args, algorithms, counter=None):
     n = comm.Get_size()
     count = nbytes // dtype.itemsize
     # Zeros: summing a buffer in place over and over must not grow it to inf,
@@ -94,9 +110,13 @@ def _measure_size(comm, nbytes, dtype, args, algorithms):
         calls[alg] = lambda name=name, check=check: allreduce(buf, args.op, name, comm, check=check)
     iters = iterations(nbytes, args.iter_bytes, args.min_iters)
     times = {name: [] for name in calls}
+    sent = {name: [] for name in calls}  # per repetition: bytes per call of the busiest node
     for _ in range(args.repeat):
         for name, call in calls.items():
-            times[name].append(time_collective(comm, call, iters, args.warmup))
+            times[name].append(time_collective(comm, call, iters, args.warmup,
+                                               mark=counter.mark if counter else None))
+            if counter:
+                sent[name].append(max(counter.per_host(iters)))
     peer_time = float(np.median(times[PEER]))
     rows = []
     for name in calls:
@@ -106,6 +126,11 @@ def _measure_size(comm, nbytes, dtype, args, algorithms):
                      "algorithm": name, "time_us": t * 1e6, "time_us_reps": [x * 1e6 for x in times[name]],
                      "algbw": algbw, "busbw": algbw * 2 * (n - 1) / n,
                      "wrong": _count_wrong(comm, count, dtype, args.op, name), "vs_mpi": peer_time / t})
+        if counter:
+            link = float(np.median(sent[name]))
+            bound = two_level_bound(nbytes, counter.nodes)
+            rows[-1].update(link_bytes=link, link_bytes_vs_bound=link / bound if bound else None,
+                            nodes=counter.nodes)
     return rows
 
 
