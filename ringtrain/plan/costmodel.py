@@ -18,6 +18,22 @@ PowerSGD) ride the ring; the others are allgathered, so each node receives
     ring-summable   gamma_c S + messages_c 2 (n-1) alpha + 2 (n-1)/n ratio_c S beta
     allgathered     gamma_c S + (n-1) alpha + (n-1) ratio_c S beta
 
+Two levels: n nodes of k ranks each, with an intra-node (shared memory)
+alpha_i + S beta_i per message. The node-aware ring ("hierarchical") is an
+intra-node reduce-scatter and allgather around k parallel cross-node rings that
+share the node's link; flat algorithms run over all nk ranks, and the link hop
+is the slowest of the ring:
+
+    hierarchical        2 (k-1) alpha_i + 2 (k-1)/k S beta_i + 2 (n-1) alpha + 2 (n-1)/n S beta
+    ring over nk        2 (nk-1) alpha + 2 (nk-1)/(nk) S beta
+    mpi over nk         2 (k-1)/k S beta_i + 2 ceil(log2 n) alpha + 2 (n-1)/n S beta   (MPICH: intra
+                        reduce, leaders' allreduce, intra broadcast, one after another)
+
+Compressed node-aware (compression across nodes only), each rank compresses
+its block of S/k, the intra-node phases run uncompressed, and the cross-node
+phase is the formula above for n nodes; flat, every rank compresses all of S
+and an allgathered payload reaches each node from all (n-1)k remote ranks.
+
 A training step is then a pipeline (``step_time``): forward, then backward
 releasing the buckets in order with its share of the compute, each bucket's
 allreduce starting when both it is ready and the previous one has finished,
@@ -29,6 +45,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 ALGORITHMS = ("ring", "recursive_doubling", "ps", "mpi")
+TWO_LEVEL_ALGORITHMS = ("hierarchical", "ring", "mpi")
 BACKWARD_SHARE = 2 / 3  # backward does about twice forward's work
 
 
@@ -64,7 +81,10 @@ class CostModel:
     loss_penalty: dict = field(default_factory=dict)  # spec -> validation loss vs uncompressed, from training
     overlap: float = 1.0                             # share of the ideal overlap that training reached
     gamma_none: float = 0.0                          # the reducer's own seconds per byte in training
+    intra_alpha: float = 0.0                         # seconds per message inside a node (shared memory)
+    intra_beta: float = 0.0                          # seconds per byte inside a node
     source: str = ""
+    origin: dict = field(default_factory=dict)       # coefficient -> where its value came from
 
     def efficiency_at(self, rate: float) -> float:
         """Measured efficiency at the nearest measured rate (on a log scale); 0.9 if none was measured."""
@@ -76,9 +96,16 @@ class CostModel:
     def beta(self, rate: float) -> float:
         return 8.0 / (rate * self.efficiency_at(rate))
 
-    def allreduce_time(self, nbytes: float, n: int, rate: float, algorithm: str = "ring") -> float:
-        if n == 1:
+    def intra_time(self, nbytes: float, k: int) -> float:
+        """An intra-node reduce-scatter plus allgather of ``nbytes`` over ``k`` ranks."""
+        return 2 * (k - 1) * self.intra_alpha + 2 * (k - 1) / k * nbytes * self.intra_beta if k > 1 else 0.0
+
+    def allreduce_time(self, nbytes: float, n: int, rate: float, algorithm: str = "ring", k: int = 1) -> float:
+        """One allreduce of ``nbytes`` over ``n`` nodes of ``k`` ranks each."""
+        if n * k == 1:
             return 0.0
+        if k > 1:
+            return self._two_level_time(nbytes, n, rate, algorithm, k)
         a, b, logn = self.alpha, self.beta(rate), math.ceil(math.log2(n))
         if algorithm == "ring":
             return 2 * (n - 1) * a + 2 * (n - 1) / n * nbytes * b
@@ -86,30 +113,47 @@ class CostModel:
             return logn * (a + nbytes * b)
         if algorithm == "ps":
             return 2 * (n - 1) * (a + nbytes * b)
+        if algorithm in ("mpi", "hierarchical"):  # one rank per node: hierarchical is the ring across nodes
+            return (2 * logn * a if algorithm == "mpi" else 2 * (n - 1) * a) + 2 * (n - 1) / n * nbytes * b
+        raise ValueError(f"unknown algorithm {algorithm!r}; the model knows {ALGORITHMS + ('hierarchical',)}")
+
+    def _two_level_time(self, nbytes, n, rate, algorithm, k) -> float:
+        if algorithm == "hierarchical":
+            return self.intra_time(nbytes, k) + self.allreduce_time(nbytes, n, rate, "ring")
+        if algorithm == "ring":
+            return self.allreduce_time(nbytes, n * k, rate, "ring")
         if algorithm == "mpi":
-            return 2 * logn * a + 2 * (n - 1) / n * nbytes * b
-        raise ValueError(f"unknown algorithm {algorithm!r}; the model knows {ALGORITHMS}")
+            intra = 2 * (k - 1) / k * nbytes * self.intra_beta
+            return intra + (self.allreduce_time(nbytes, n, rate, "mpi") if n > 1 else 0.0)
+        raise ValueError(f"algorithm {algorithm!r} has no two-level model; the model knows {TWO_LEVEL_ALGORITHMS}")
 
     def compressed_time(self, nbytes: float, n: int, rate: float, spec: str, contention: float = 1.0,
-                        algorithm: str = "ring") -> float:
+                        algorithm: str = "ring", k: int = 1, node_aware: bool = False) -> float:
         """One bucket's averaging: wire time plus gamma x bytes, the CPU work (x ``contention``: ranks per core).
 
         ``spec`` "none" is the uncompressed ``algorithm`` with ``gamma_none``, the
         reducer's own per-byte work in training (copies into and out of buckets).
+        ``n`` nodes of ``k`` ranks; ``node_aware`` compresses only across nodes.
         """
         if spec == "none":
-            return self.allreduce_time(nbytes, n, rate, algorithm) + self.gamma_none * contention * nbytes
+            return self.allreduce_time(nbytes, n, rate, algorithm, k) + self.gamma_none * contention * nbytes
         if spec not in self.compressors:
             raise ValueError(f"the cost model has no figures for compressor {spec!r}; it has "
                              f"{sorted(self.compressors)}")
         c = self.compressors[spec]
-        if n == 1:
+        if n * k == 1:
             return 0.0
-        work = (c.gamma + self.gamma_none) * contention * nbytes
+        if node_aware and k > 1:
+            work = (c.gamma / k + self.gamma_none) * contention * nbytes
+            return work + self.intra_time(nbytes, k) + (self._wire(c, nbytes, n, rate, 1) if n > 1 else 0.0)
+        return (c.gamma + self.gamma_none) * contention * nbytes + self._wire(c, nbytes, n * k, rate, k)
+
+    def _wire(self, c: Compression, nbytes: float, ranks: int, rate: float, k: int) -> float:
+        """The compressed payload's time on the link over ``ranks`` ranks, ``k`` per node."""
         if c.summable:
-            wire = self.allreduce_time(c.ratio * nbytes, n, rate) - 2 * (n - 1) * self.alpha
-            return work + c.messages * 2 * (n - 1) * self.alpha + wire
-        return work + (n - 1) * (self.alpha + c.ratio * nbytes * self.beta(rate))
+            return c.messages * 2 * (ranks - 1) * self.alpha + 2 * (ranks - 1) / ranks * c.ratio * nbytes * self.beta(rate)
+        # Allgathered: each node's link brings in the payloads of the (ranks - k) remote ranks.
+        return (ranks - 1) * self.alpha + (ranks - k) * c.ratio * nbytes * self.beta(rate)
 
     def save(self, path: str) -> None:
         data = asdict(self)

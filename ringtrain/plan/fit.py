@@ -10,6 +10,8 @@
   wire instead, which is what a planner needs.
 - the overlap: how much of the ideal bucket pipeline the uncompressed
   training steps reached (least squares, 0 to 1).
+- the intra-node alpha and beta: the same least squares over ``bench allreduce``
+  results without a link (one host, shared memory), for the two-level model.
 - the loss penalty per compressor: validation loss against the uncompressed
   run of the same training sweep (the worst over the sweep's links), keyed
   without ``ef`` and ``lz4`` (``accuracy_key``): lz4 is lossless, and a
@@ -45,15 +47,27 @@ def accuracy_key(spec: str) -> str:
 
 
 def fit(paths: list) -> CostModel:
-    """The cost model from these result files (those without a link are left out)."""
-    loaded = []
+    """The cost model from these result files.
+
+    Results over a link with one rank per host fit the link; allreduce results of
+    one host without a link fit the intra-node terms; two-level results are what
+    the model predicts (``two_level_cases``), so they are not fitted.
+    """
+    loaded, shared_memory = [], []
     for path in paths:
         data = load_result(path)
-        rate = link_rate(data)
-        # Hosts of several ranks need a two-level model, which this fit is not (yet).
-        if rate is not None and data["meta"].get("ranks_per_host", 1) == 1:
+        rate, meta = link_rate(data), data["meta"]
+        if rate is not None and meta.get("ranks_per_host", 1) == 1:
             loaded.append((path, data, rate))
-    return fit_loaded(loaded)
+        elif rate is None and meta.get("hosts", 1) == 1 and data.get("benchmark") == "allreduce":
+            shared_memory.append((path, data))
+    model = fit_loaded(loaded)
+    if shared_memory:
+        _fit_intra(model, [d for _, d in shared_memory])
+        names = ", ".join(sorted(os.path.basename(p) for p, _ in shared_memory))
+        model.source += f"; intra-node: {names}"
+        model.origin["intra_alpha"] = model.origin["intra_beta"] = f"fitted to {names} (shared memory)"
+    return model
 
 
 def fit_loaded(loaded: list) -> CostModel:
@@ -65,7 +79,31 @@ def fit_loaded(loaded: list) -> CostModel:
     _fit_losses(model, [d for d, _ in convergence])
     model.overlap = fit_overlap(model, convergence)
     _calibrate_gammas(model, convergence)
+    fitted = f"fitted to {len(loaded)} sweep results (listed in source)"
+    model.origin.update({name: fitted for name in ("alpha", "efficiency", "overlap", "gamma_none", "gamma",
+                                                    "loss_penalty")})
     return model
+
+
+def _ring_terms(data) -> tuple[float, float] | None:
+    """Least-squares (alpha, beta) of a result's ring rows against 2 (n-1) alpha + 2 (n-1)/n S beta."""
+    n = world_of(data)
+    rows = [r for r in data["rows"] if r["algorithm"] == "ring" and r["size"] >= MIN_FIT_BYTES]
+    if n < 2 or len(rows) < 2:
+        return None
+    size = np.array([r["size"] for r in rows], float)
+    t = np.array([r["time_us"] for r in rows]) * 1e-6
+    # Weighted by 1/time: each row's relative error counts alike.
+    design = np.stack([np.full_like(size, 2 * (n - 1)), 2 * (n - 1) / n * size], axis=1) / t[:, None]
+    (alpha, beta), *_ = np.linalg.lstsq(design, np.ones_like(t), rcond=None)
+    return alpha, beta
+
+
+def _fit_intra(model, results) -> None:
+    terms = [t for t in (_ring_terms(d) for d in results) if t is not None]
+    if terms:
+        model.intra_alpha = float(max(1e-7, np.median([a for a, _ in terms])))
+        model.intra_beta = float(max(1e-13, np.median([b for _, b in terms])))
 
 
 def _fit_links(model, results) -> None:
@@ -73,14 +111,10 @@ def _fit_links(model, results) -> None:
         raise ValueError("fitting the cost model needs at least one bench allreduce result on a shaped link")
     alphas, efficiency = [], {}
     for data, rate in results:
-        n = world_of(data)
-        rows = [r for r in data["rows"] if r["algorithm"] == "ring" and r["size"] >= MIN_FIT_BYTES]
-        if n < 2 or len(rows) < 2:
+        terms = _ring_terms(data)
+        if terms is None:
             continue
-        size = np.array([r["size"] for r in rows], float)
-        t = np.array([r["time_us"] for r in rows]) * 1e-6
-        design = np.stack([np.full_like(size, 2 * (n - 1)), 2 * (n - 1) / n * size], axis=1) / t[:, None]
-        (alpha, beta), *_ = np.linalg.lstsq(design, np.ones_like(t), rcond=None)
+        alpha, beta = terms
         alphas.append(max(alpha, 1e-6))
         efficiency.setdefault(rate, []).append(8.0 / (rate * beta))
     if not alphas:
@@ -116,10 +150,11 @@ def _fit_losses(model, results) -> None:
 
 
 def contention(data: dict) -> float:
-    """Ranks per core of a result: simulated hosts share one machine's cores; real hosts have their own."""
+    """Ranks per core of a result whose simulated hosts all share one machine's cores (at least 1)."""
     meta = data["meta"]
-    if meta.get("hosts") and meta.get("cores"):
-        return max(1.0, meta["hosts"] / meta["cores"])
+    ranks = meta.get("world_size") or meta.get("hosts")
+    if ranks and meta.get("cores"):
+        return max(1.0, ranks / meta["cores"])
     return 1.0
 
 
@@ -127,23 +162,45 @@ def step_cases(model, data: dict, rate: float):
     """(row, compressor key, compute, no-overlap, ideal-pipeline seconds) per ringtrain row of a convergence result.
 
     Compute is the result's "compute" row; rows whose compressor the model has
-    no figures for are skipped.
+    no figures for are skipped. On two levels (several ranks per host) a row
+    run with node_aware "auto" or "on" is modelled node-aware, "off" flat.
     """
     from ..reducer.buckets import bucket_bytes
     compute = next((r for r in data["rows"] if r["system"] == "compute"), None)
     if compute is None or "param_bytes" not in data:
         return []
-    n, c, share = world_of(data), compute["step_ms"] / 1e3, contention(data)
+    k = int(data["meta"].get("ranks_per_host", 1))
+    n, c, share = world_of(data) // k, compute["step_ms"] / 1e3, contention(data)
     cases = []
     for row in data["rows"]:
-        spec = row["compression"].removeprefix("auto=")
-        key = spec if spec == "none" or spec in model.compressors else accuracy_key(spec)
-        if row["system"] != "ringtrain" or (key != "none" and key not in model.compressors):
+        key = known_spec(model, row["compression"].removeprefix("auto="))
+        if row["system"] != "ringtrain" or key is None:
             continue
+        node_aware = k > 1 and row.get("node_aware", "auto") != "off"
+        algorithm = "hierarchical" if node_aware else "ring"
         buckets = bucket_bytes(data["param_bytes"], int(row["bucket_cap_mb"] * 1e6))
-        serial, ideal = step_bounds(c, buckets, lambda b, key=key: model.compressed_time(b, n, rate, key, share))
+        serial, ideal = step_bounds(c, buckets, lambda b, key=key: model.compressed_time(
+            b, n, rate, key, share, algorithm=algorithm, k=k, node_aware=node_aware))
         cases.append((row, key, c, serial, ideal))
     return cases
+
+
+def known_spec(model, spec: str) -> str | None:
+    """``spec`` if the model has figures for it, or can derive them; else None.
+
+    A spec that differs from a measured one only by ef or lz4 (``accuracy_key``)
+    borrows its ratio and gamma, but travels as the spec itself does: ``ef+int8``
+    is allgathered (error feedback has no ring path), while ``int8`` rides the ring.
+    """
+    if spec == "none" or spec in model.compressors:
+        return spec
+    measured = model.compressors.get(accuracy_key(spec))
+    if measured is None:
+        return None
+    kind = compression_kind(spec)
+    model.compressors[spec] = Compression(ratio=measured.ratio, gamma=measured.gamma, messages=kind.messages,
+                                          summable=kind.summable)
+    return spec
 
 
 def fit_overlap(model, convergence) -> float:
