@@ -47,11 +47,12 @@ def test_smoke_sweep_fits_a_cost_model_and_reports_every_section(root_only, tmp_
                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
-    for section in ("## (a) allreduce", "## (d) node-aware allreduce", "### 2 hosts x 2 ranks, 1 Gbit/s",
+    for section in ("## (a) allreduce", "## (d) node-aware", "### allreduce, 2 hosts x 2 ranks, 1 Gbit/s",
+                    "### the two-level model's predictions",
                     "## (b) compressed allreduce", "## (c) training", "## Cost model", "## Planner validation",
                     "## Targets"):
         assert section in report, section
-    for png in ("allreduce_busbw.png", "convergence_loss.png", "bucket_step_time.png"):
+    for png in ("allreduce_busbw.png", "convergence_loss.png", "bucket_step_time.png", "node_aware_busbw.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
     model = json.loads((tmp_path / "costmodel.json").read_text())
     # 1 Gbit/s links: what the ring reached must be a plausible share of the rate.
@@ -71,4 +72,8 @@ def test_smoke_sweep_fits_a_cost_model_and_reports_every_section(root_only, tmp_
     assert (two["meta"]["hosts"], two["meta"]["ranks_per_host"], two["meta"]["world_size"]) == (2, 2, 4)
     hier = [r for r in two["rows"] if r["algorithm"] == "hierarchical"]
     assert hier and all(r["wrong"] == 0 for r in hier)
+    # The interface counters show each schedule's bytes per host: one buffer node-aware, 1.5 for the flat ring.
+    flat = [r for r in two["rows"] if r["algorithm"] == "ring"]
+    assert all(0.95 <= r["link_bytes_vs_bound"] <= 1.05 for r in hier), [r["link_bytes_vs_bound"] for r in hier]
+    assert all(1.45 <= r["link_bytes_vs_bound"] <= 1.6 for r in flat), [r["link_bytes_vs_bound"] for r in flat]
     assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout == before

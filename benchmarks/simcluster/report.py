@@ -1,10 +1,13 @@
 """Tables, plots, targets, the fitted cost model and its validation, from one sweep directory.
 
-    python benchmarks/simcluster/report.py benchmarks/results/simcluster-full
+    python benchmarks/simcluster/report.py benchmarks/results/simcluster-full [--shm allreduce_n2_shm.json]
 
 Writes into the directory: report.md (every table and target, also printed),
 costmodel.json (the alpha-beta-gamma fit), allreduce_busbw.png,
-convergence_loss.png and bucket_step_time.png.
+convergence_loss.png, bucket_step_time.png and, with two-level results,
+node_aware_busbw.png. ``--shm`` names a shared-memory ``bench allreduce``
+result for the two-level model's intra-node terms (default: the one in
+benchmarks/results).
 """
 import glob
 import os
@@ -14,11 +17,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 from ringtrain.bench.sizes import format_bytes  # noqa: E402
 from ringtrain.plan.costmodel import blend  # noqa: E402
-from ringtrain.plan.fit import accuracy_key, fit_loaded, step_cases, world_of  # noqa: E402
+from ringtrain.plan.fit import _fit_intra, accuracy_key, fit_loaded, step_cases, world_of  # noqa: E402
+from ringtrain.plan.two_level import two_level_cases  # noqa: E402
 from ringtrain.results import link_rate, load_result  # noqa: E402
 
 MAX_LOSS_PENALTY = 0.02
 PLAN_TOLERANCE = 0.25
+NODE_AWARE_SPEEDUP = 1.35   # hierarchical busbw against MPI_Allreduce and the flat ring, 4-64 MiB
+LINK_BYTES_SLACK = 1.05     # link bytes per host per operation against the two-level bound
+STEP_RATIO = 0.8            # node-aware training step against the flat ring's
+SHM_DEFAULT = os.path.join(os.path.dirname(HERE), "results", "allreduce_n2_shm.json")
 
 
 class Report:
@@ -86,22 +94,81 @@ def allreduce_section(say, results):
     return targets
 
 
-def node_aware_section(say, results):
-    say("## (d) node-aware allreduce: hosts of several ranks")
-    say("Milliseconds, median of the repeats; the two-level scheme sends one buffer per host over each link.")
+def node_aware_section(say, results, convergence, model):
+    """Tables and targets of the two-level results: allreduce, link bytes, training, the model's predictions."""
+    say("## (d) node-aware: hosts of several ranks")
+    say("Milliseconds, median of the repeats; the two-level scheme sends 2(N-1)/N of the buffer per host over "
+        "its link (N hosts), the flat ring 2(NK-1)/(NK) with K ranks per host. Link bytes: the busiest host's "
+        "interface counter per operation, frame headers and acknowledgements included, over the bound.")
     say()
+    targets = []
     for _, data, rate, _ in results:
         meta = data["meta"]
-        say(f"### {meta['hosts']} hosts x {meta['ranks_per_host']} ranks, {rate_name(rate)}")
+        say(f"### allreduce, {meta['hosts']} hosts x {meta['ranks_per_host']} ranks, {rate_name(rate)}")
         by = {(r["algorithm"], r["size"]): r for r in data["rows"]}
-        rows = []
+        rows, speedups, link = [], [], []
         for size in sorted({r["size"] for r in data["rows"]}):
             mpi, ring, hier = (by.get((a, size)) for a in ("MPI_Allreduce", "ring", "hierarchical"))
-            if mpi and ring and hier:
-                rows.append([format_bytes(size), f"{mpi['time_us'] / 1e3:.1f}", f"{ring['time_us'] / 1e3:.1f}",
-                             f"{hier['time_us'] / 1e3:.1f}", f"{hier['vs_mpi']:.2f}x",
-                             f"{ring['time_us'] / hier['time_us']:.2f}x"])
-        say.table(["size", "MPI_Allreduce", "flat ring", "hierarchical", "vs MPI", "vs flat ring"], rows)
+            if not (mpi and ring and hier):
+                continue
+            row = [format_bytes(size), f"{mpi['time_us'] / 1e3:.1f}", f"{ring['time_us'] / 1e3:.1f}",
+                   f"{hier['time_us'] / 1e3:.1f}", f"{hier['vs_mpi']:.2f}x", f"{ring['time_us'] / hier['time_us']:.2f}x"]
+            if "link_bytes_vs_bound" in hier:
+                row += [f"{r['link_bytes_vs_bound']:.3f}" for r in (mpi, ring, hier)]
+                if size >= 1 << 20:
+                    link.append(hier["link_bytes_vs_bound"])
+            rows.append(row)
+            if 4 << 20 <= size <= 64 << 20:
+                speedups.append((hier["vs_mpi"], ring["time_us"] / hier["time_us"]))
+        header = ["size", "MPI_Allreduce", "flat ring", "hierarchical", "vs MPI", "vs flat ring"]
+        say.table(header + (["link/bound MPI", "flat", "hier"] if link else []), rows)
+        if speedups:
+            vs_mpi, vs_ring = [a for a, _ in speedups], [b for _, b in speedups]
+            targets.append((f"hierarchical busbw >= {NODE_AWARE_SPEEDUP}x MPI_Allreduce, 4-64 MiB, "
+                            f"{meta['hosts']}x{meta['ranks_per_host']} {rate_name(rate)}",
+                            f"{min(vs_mpi):.2f}-{max(vs_mpi):.2f}x", min(vs_mpi) >= NODE_AWARE_SPEEDUP))
+            targets.append((f"hierarchical busbw >= {NODE_AWARE_SPEEDUP}x the flat ring, 4-64 MiB",
+                            f"{min(vs_ring):.2f}-{max(vs_ring):.2f}x", min(vs_ring) >= NODE_AWARE_SPEEDUP))
+        if link:
+            targets.append((f"hierarchical link bytes per host <= {LINK_BYTES_SLACK} x 2(N-1)/N x buffer, >= 1 MiB",
+                            f"{min(link):.3f}-{max(link):.3f} of the bound", max(link) <= LINK_BYTES_SLACK))
+    for _, data, rate, _ in convergence:
+        targets += _node_aware_training(say, data, rate)
+    if model is not None:
+        cases = [c for _, data, rate, _ in results + convergence for c in two_level_cases(model, data, rate)]
+        say("### the two-level model's predictions (fitted on single-level and shared-memory sweeps only)")
+        say.table(["run", "predicted ms", "measured ms", "error"],
+                  [[c["what"], f"{1e3 * c['predicted_s']:.1f}", f"{1e3 * c['measured_s']:.1f}",
+                    f"{100 * c['error']:+.0f}%"] for c in cases])
+        ours = [c for c in cases if "MPI" not in c["what"]]
+        if ours:
+            worst = max(ours, key=lambda c: abs(c["error"]))
+            within = sum(abs(c["error"]) <= PLAN_TOLERANCE for c in ours)
+            targets.append((f"two-level model predicts ringtrain's 2-level runs within +-{100 * PLAN_TOLERANCE:.0f}%",
+                            f"{within}/{len(ours)} within; worst {100 * worst['error']:+.0f}% ({worst['what']})",
+                            within == len(ours)))
+    return targets
+
+
+def _node_aware_training(say, data, rate):
+    meta = data["meta"]
+    say(f"### training, {meta['hosts']} hosts x {meta['ranks_per_host']} ranks, {rate_name(rate)}")
+    say("node-aware auto: compression only across nodes; off: the flat ring, compressing every hop.")
+    rows, targets = [], []
+    by = {(r["system"], r["compression"], r.get("node_aware", "auto")): r for r in data["rows"]}
+    for (system, spec, how), r in by.items():
+        rows.append([system, spec, how, f"{r['step_ms']:.1f}", f"{r['steps_per_s']:.2f}", f"{r['val_loss']:.4f}"])
+        flat = by.get((system, spec, "off"))
+        if system == "ringtrain" and how == "auto" and flat:
+            speed, loss = r["steps_per_s"] / flat["steps_per_s"], r["val_loss"] / flat["val_loss"] - 1
+            if spec == "none":
+                targets.append((f"training step node-aware <= {STEP_RATIO}x the flat ring's",
+                                f"{r['step_ms'] / flat['step_ms']:.2f}x", r["step_ms"] / flat["step_ms"] <= STEP_RATIO))
+            else:
+                targets.append((f"{spec} across nodes only: steps/s and validation loss against every hop",
+                                f"{speed:.2f}x steps/s, loss {100 * loss:+.2f}%", speed >= 1 and loss <= 0))
+    say.table(["system", "compression", "node-aware", "step ms", "steps/s", "val loss"], rows)
+    return targets
 
 
 def compression_section(say, results):
@@ -182,7 +249,7 @@ def validation_section(say, loaded, results):
              f"{inside}/{len(errors)} within; worst {100 * worst:+.0f}%", inside == len(errors))]
 
 
-def plots(out_dir, allreduce, convergence):
+def plots(out_dir, allreduce, convergence, node_aware=()):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -221,6 +288,26 @@ def plots(out_dir, allreduce, convergence):
 
     if allreduce:
         panels(allreduce, 4.2, busbw, "message bytes", "busbw (GB/s)", "allreduce_busbw.png")
+    if node_aware:
+        fig, axes = plt.subplots(1, len(node_aware), figsize=(5.5 * len(node_aware), 4), squeeze=False)
+        for ax, (_, data, rate, _) in zip(axes[0], node_aware):
+            for alg, label in (("hierarchical", "hierarchical (node-aware)"), ("ring", "flat ring"),
+                               ("MPI_Allreduce", "MPI_Allreduce")):
+                pts = sorted((r["size"], r["busbw"]) for r in data["rows"] if r["algorithm"] == alg)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=label)
+            # busbw counts 2(n-1)/n of the buffer per rank (n ranks); at the link rate a host moving
+            # 2(N-1)/N of it (N hosts, the two-level bound) reaches that ratio times the rate, the flat ring the rate.
+            n, hosts = data["meta"]["world_size"], data["meta"]["hosts"]
+            ax.axhline(rate / 8e9 * ((n - 1) / n) / ((hosts - 1) / hosts), color="black", ls="--", lw=1,
+                       label="link rate, two-level schedule")
+            ax.axhline(rate / 8e9, color="gray", ls=":", lw=1, label="link rate, flat ring")
+            ax.set_xscale("log", base=2)
+            ax.set_title(f"{data['meta']['hosts']} hosts x {data['meta']['ranks_per_host']} ranks, {rate_name(rate)}")
+            ax.set_xlabel("message bytes")
+            ax.set_ylabel("busbw (GB/s)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        save(fig, "node_aware_busbw.png")
     if convergence:
         panels(convergence, 5, losses, "wall time (s)", "training loss (moving average)", "convergence_loss.png")
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -248,9 +335,13 @@ def _smooth(values, width=10):
 
 
 def main():
-    if len(sys.argv) != 2 or not os.path.isdir(sys.argv[1]):
-        sys.exit("usage: report.py SWEEP_DIRECTORY")
-    out_dir = sys.argv[1]
+    args = sys.argv[1:]
+    shm = SHM_DEFAULT
+    if len(args) == 3 and args[1] == "--shm":
+        args, shm = args[:1], args[2]
+    if len(args) != 1 or not os.path.isdir(args[0]):
+        sys.exit("usage: report.py SWEEP_DIRECTORY [--shm SHARED_MEMORY_ALLREDUCE.json]")
+    out_dir = args[0]
     say = Report()
     allreduce, compression, convergence = (load(out_dir, k) for k in ("allreduce", "compression", "convergence"))
     if not (allreduce or compression or convergence):
@@ -261,9 +352,14 @@ def main():
     say(f"Measured {meta['date']} on {meta.get('host', '?')}, {meta['mpi_library'].splitlines()[0]}.")
     say()
     targets = allreduce_section(say, allreduce) if allreduce else []
-    node_aware = load(out_dir, "allreduce", two_level=True)
-    if node_aware:
-        node_aware_section(say, node_aware)
+    two_level = load(out_dir, "allreduce", two_level=True), load(out_dir, "convergence", two_level=True)
+    if any(two_level):
+        two_level_model = None
+        if allreduce:
+            two_level_model = fit_loaded([(p, d, r) for p, d, r, _ in allreduce + compression + convergence])
+            if os.path.exists(shm):
+                _fit_intra(two_level_model, [load_result(shm)])
+        targets += node_aware_section(say, *two_level, two_level_model)
     if compression:
         compression_section(say, compression)
     if convergence:
@@ -286,8 +382,9 @@ def main():
     say.table(["target", "measured", "met"],
               [[t, m, "reported" if ok is None else ("yes" if ok else "NO")] for t, m, ok in targets])
     try:
-        plots(out_dir, allreduce, convergence)
-        say("Plots: allreduce_busbw.png, convergence_loss.png, bucket_step_time.png")
+        plots(out_dir, allreduce, convergence, two_level[0])
+        say("Plots: allreduce_busbw.png, convergence_loss.png, bucket_step_time.png"
+            + (", node_aware_busbw.png" if two_level[0] else ""))
     except ImportError:
         say("(no plots: matplotlib is not installed; pip install 'ringtrain[bench]')")
     with open(os.path.join(out_dir, "report.md"), "w") as f:
