@@ -8,6 +8,10 @@ all travel on ringtrain's private duplicate of the user's communicator
 BUCKET_CAP_MB = 25.0
 """The gradient reducer's default bucket cap in MB (DDP's too): big enough to amortise latency."""
 
+POLL_SLEEP_US = 200.0
+"""Microseconds the reducer's communication thread sleeps between tests of its MPI requests (0: spin in MPI);
+RINGTRAIN_POLL_SLEEP_US overrides it. From measurements in benchmarks/README.md ("Polite waiting")."""
+
 TAG_RING_REDUCE, TAG_RING_GATHER = 11, 12
 TAG_RECURSIVE_DOUBLING = 21
 TAG_PARAMETER_SERVER = 31

@@ -6,6 +6,8 @@ in turn within each repetition, and the median step time is reported:
 - ``compute``: forward, backward and optimizer step with no communication (the floor);
 - ``bucket=N``: the GradientReducer with ``bucket_cap_mb=N``, overlapping with backward;
 - ``no-bucket``: one bucket holding every gradient, so its allreduce starts after backward;
+- with ``--poll-sleep-us A,B``, each reducer variant once per sleep between the
+  communication thread's polls (``sleep=0us`` spins inside MPI);
 - ``ddp``: torch DistributedDataParallel on gloo (TCP on loopback), default 25 MB buckets.
 
 The breakdown of a variant is ``comm = allreduce of all gradients, timed alone``,
@@ -35,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant per repetition (default 10)")
     p.add_argument("--repeat", type=int, default=5, help="repetitions; medians are reported (default 5)")
     p.add_argument("--no-ddp", action="store_true", help="skip the torch DDP peer")
+    p.add_argument("--poll-sleep-us", default="",
+                   help="comma-separated sleeps between the communication thread's polls, in microseconds, "
+                        "each run as its own variant (0: spin inside MPI; default: the reducer's default only)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     add_link_argument(p)
 
@@ -50,10 +55,13 @@ def main(args) -> int:
     x = torch.randint(0, 256, (args.batch_size, args.context))
     y = torch.randint(0, 256, (args.batch_size, args.context))
 
+    sleeps = [float(v) for v in args.poll_sleep_us.split(",") if v.strip()] or [None]
     variants = {"compute": _Plain(cfg)}
-    for cap in caps:
-        variants[f"bucket={cap:g}MB"] = _Reduced(cfg, cap, comm)
-    variants["no-bucket"] = _Reduced(cfg, 1e9, comm)
+    for sleep in sleeps:
+        tag = "" if sleep is None else f" sleep={sleep:g}us"
+        for cap in caps:
+            variants[f"bucket={cap:g}MB{tag}"] = _Reduced(cfg, cap, comm, sleep)
+        variants[f"no-bucket{tag}"] = _Reduced(cfg, 1e9, comm, sleep)
     if not args.no_ddp and world > 1:
         variants["ddp"] = _DDP(cfg, comm)
     grad_bytes = sum(p.numel() for p in variants["compute"].model.parameters()) * 4
@@ -79,14 +87,16 @@ def main(args) -> int:
               f"{args.layers} layers, {nparams:,} parameters ({grad_bytes / 1e6:.1f} MB of gradients), "
               f"{args.batch_size}x{args.context} tokens per rank")
         print(f"# allreduce of all gradients alone: {1e3 * comm_alone:.2f} ms = "
-              f"{100 * comm_alone / med.get('no-bucket', compute):.0f}% of the no-bucket step; median of {args.repeat}")
-        print(f"{'variant':>14} {'step_ms':>9} {'tokens/s':>10} {'exposed_ms':>10} {'hidden_ms':>9} "
+              f"{100 * comm_alone / compute:.0f}% of the compute step; median of {args.repeat}")
+        print(f"{'variant':>24} {'step_ms':>9} {'tokens/s':>10} {'exposed_ms':>10} {'hidden_ms':>9} "
               f"{'vs_no_bucket':>12} {'vs_ddp':>7}")
         for row in rows:
-            vs_nb = row["step_ms"] / (1e3 * med["no-bucket"]) if "no-bucket" in med else float("nan")
+            suffix = row["variant"].partition(" ")[2]  # the sleep, if several were asked for
+            plain = f"no-bucket {suffix}" if suffix else "no-bucket"
+            vs_nb = row["step_ms"] / (1e3 * med[plain]) if plain in med else float("nan")
             vs_ddp = row["step_ms"] / (1e3 * med["ddp"]) if "ddp" in med else float("nan")
             row.update(vs_no_bucket=vs_nb, vs_ddp=vs_ddp)
-            print(f"{row['variant']:>14} {row['step_ms']:>9.2f} {row['tokens_per_s']:>10,.0f} "
+            print(f"{row['variant']:>24} {row['step_ms']:>9.2f} {row['tokens_per_s']:>10,.0f} "
                   f"{row['exposed_comm_ms']:>10.2f} {row['hidden_comm_ms']:>9.2f} {vs_nb:>12.2f} {vs_ddp:>7.2f}")
         if args.json:
             write_result(args.json, "training", {**meta, "parameters": nparams},
@@ -120,9 +130,9 @@ class _Plain:
 
 
 class _Reduced(_Plain):
-    def __init__(self, cfg, cap_mb, comm):
+    def __init__(self, cfg, cap_mb, comm, poll_sleep_us=None):
         super().__init__(cfg)
-        self.reducer = GradientReducer(self.model, bucket_cap_mb=cap_mb, comm=comm)
+        self.reducer = GradientReducer(self.model, bucket_cap_mb=cap_mb, comm=comm, poll_sleep_us=poll_sleep_us)
 
     def sync(self):
         self.reducer.synchronize()

@@ -19,7 +19,7 @@ import os
 import numpy as np
 from mpi4py import MPI
 
-from . import workspace
+from . import waiting, workspace
 from .buffers import LOW_PRECISION, SUPPORTED, as_flat, narrow, widen
 from .chain_broadcast import chain_broadcast
 from .hierarchical import hierarchical_allgather, hierarchical_allreduce, hierarchical_bounds, \
@@ -130,7 +130,7 @@ def allreduce(x, op: str = "sum", algorithm: str = "auto", comm: MPI.Comm | None
         algorithm = "hierarchical"
     low = dtype in LOW_PRECISION
     if algorithm == "mpi" and not low:
-        comm.Allreduce(_IN_PLACE, a, _SUM)
+        waiting.allreduce(comm, _IN_PLACE, a, _SUM)
         if op_code:
             np.divide(a, n, out=a)
         return x
@@ -143,7 +143,7 @@ def allreduce(x, op: str = "sum", algorithm: str = "auto", comm: MPI.Comm | None
         ring_allgather(priv, a)
         return x
     if algorithm == "mpi":
-        comm.Allreduce(_IN_PLACE, acc, _SUM)
+        waiting.allreduce(comm, _IN_PLACE, acc, _SUM)
     elif algorithm == "recursive_doubling":
         recursive_doubling_allreduce(private(comm), acc)
     elif algorithm == "hierarchical":

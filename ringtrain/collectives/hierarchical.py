@@ -23,7 +23,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ..constants import TAG_NODE_FOLD
-from . import workspace
+from . import waiting, workspace
 from .comm import private
 from .layout import chunk_bounds
 from .ring import ring_allgather, ring_reduce_scatter
@@ -51,7 +51,7 @@ def hierarchical_allreduce(comm: MPI.Comm, a: np.ndarray, cross_allreduce=None, 
     local = private(groups.local)
     folded = _fold_in(groups, local, a)
     if folded is None:
-        local.Recv(a, local.Get_rank() % groups.width, TAG_NODE_FOLD)
+        waiting.recv(local, a, local.Get_rank() % groups.width, TAG_NODE_FOLD)
         return
     core = private(groups.core)
     lo, hi = ring_reduce_scatter(core, a, bounds=bounds)
@@ -85,7 +85,7 @@ def hierarchical_allgather(comm: MPI.Comm, a: np.ndarray) -> None:
     local = private(groups.local)
     j = local.Get_rank()
     if j >= groups.width:
-        local.Recv(a, j % groups.width, TAG_NODE_FOLD)
+        waiting.recv(local, a, j % groups.width, TAG_NODE_FOLD)
         return
     lo, hi = chunk_bounds(a.size, groups.width, j)
     ring_allgather(private(groups.cross), a[lo:hi])
@@ -109,17 +109,17 @@ def _fold_in(groups: NodeGroups, local: MPI.Comm, a: np.ndarray) -> range | None
     """Fold the ranks beyond the width into their partners; None on a folded rank (after sending)."""
     j, width = local.Get_rank(), groups.width
     if j >= width:  # a rank beyond the smallest node's size: its partner does its share
-        local.Send(a, j % width, TAG_NODE_FOLD)
+        waiting.send(local, a, j % width, TAG_NODE_FOLD)
         return None
     folded = range(j + width, local.Get_size(), width)
     if folded:
         scratch = workspace.get("fold", a.dtype, a.size)
         for extra in folded:  # in rank order, so the sum's rounding is the same every time
-            local.Recv(scratch, extra, TAG_NODE_FOLD)
+            waiting.recv(local, scratch, extra, TAG_NODE_FOLD)
             np.add(a, scratch, out=a)
     return folded
 
 
 def _fold_out(local: MPI.Comm, a: np.ndarray, folded: range) -> None:
     for extra in folded:
-        local.Send(a, extra, TAG_NODE_FOLD)
+        waiting.send(local, a, extra, TAG_NODE_FOLD)

@@ -26,7 +26,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ..constants import TAG_RING_GATHER, TAG_RING_REDUCE
-from . import workspace
+from . import waiting, workspace
 from .layout import chunk_bounds, segment_bounds, segment_count
 
 # Segment sizes in bytes, from `ringtrain bench allreduce` sweeps on 2 ranks
@@ -112,7 +112,7 @@ def _ring(comm, a, first_send, segment_bytes, reduce, codec=None, wire=None, bou
         if i + 1 < nitems:
             nxt = item(i + 1)
             following = post_recv(i + 1, nxt[1])
-        MPI.Request.Waitall((pending, send))
+        waiting.wait_all((pending, send))
         if codec is not None:
             a[rlo:rhi] += codec.decode(scratch[i % 2, : rhi - rlo], rlo, rhi, s + 1, decoded[: rhi - rlo])
         elif reduce:

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
+from ..collectives import waiting
+
 
 class Compressor:
     """Identity by default: the payload is the float32 bytes."""
@@ -107,10 +109,10 @@ def gather_mean(compressor, x: np.ndarray, comm: MPI.Comm) -> np.ndarray:
         return compressor.decompress(payload, ctx)
     # Sizes first, with the buffer interface: no pickling even for varying sizes.
     sizes = np.zeros(n, dtype=np.int64)
-    comm.Allgather(np.array([payload.size], dtype=np.int64), sizes)
+    waiting.allgather(comm, np.array([payload.size], dtype=np.int64), sizes)
     displs = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     frames = np.empty(int(sizes.sum()), dtype=np.uint8)
-    comm.Allgatherv(payload, [frames, sizes, displs, MPI.BYTE])
+    waiting.allgather(comm, payload, [frames, sizes, displs, MPI.BYTE])
     total = np.zeros(x.size, dtype=np.float32)
     for r in range(n):  # rank order: every rank adds in the same order, so the bits agree
         total += compressor.decompress(frames[displs[r]:displs[r] + sizes[r]], ctx)

@@ -16,6 +16,7 @@ import torch
 from mpi4py import MPI
 
 from ..checks import flag, whole
+from ..collectives import waiting
 from ..collectives.codec_ring import codec_mean
 from .base import Compressor, check_scales, check_size, require_finite
 from .params import require
@@ -102,7 +103,7 @@ class Int8(Compressor):
         if nseg > full:
             shared[full] = np.abs(x[full * self.segment:]).max()
         require_finite(shared, self.name)  # before the MAX: one rank's NaN would vanish into it
-        comm.Allreduce(MPI.IN_PLACE, shared, op=MPI.MAX)
+        waiting.allreduce(comm, MPI.IN_PLACE, shared, MPI.MAX)
         step = torch.from_numpy(shared / 127.0)
         # Per element, once, in buffers kept between calls (fresh tens-of-MB
         # tensors cost page faults on every call): the hops then only slice.

@@ -4,10 +4,15 @@ Buckets are averaged strictly in index order on every rank, whatever order
 their gradients arrive in: MPI collectives on one communicator must be called
 in the same order everywhere, and this is what keeps a rank whose bucket 2 is
 ready before bucket 1 from deadlocking with one where it is the other way round.
+
+The thread waits for MPI politely (collectives/waiting.py): it tests its
+requests and sleeps ``poll_sleep`` seconds between tests, so that backward,
+running beside it, keeps the core; 0 waits inside MPI (spinning).
 """
 import threading
 import time
 
+from ..collectives import waiting
 from ..compression.base import NonFiniteInput
 from ..fault.errors import Diverged
 
@@ -15,8 +20,8 @@ from ..fault.errors import Diverged
 class CommThread:
     """Runs ``reduce(bucket_index)`` for 0..n-1 each step, as buckets are marked ready."""
 
-    def __init__(self, nbuckets: int, reduce):
-        self._n, self._reduce = nbuckets, reduce
+    def __init__(self, nbuckets: int, reduce, poll_sleep: float = 0.0):
+        self._n, self._reduce, self._poll_sleep = nbuckets, reduce, poll_sleep
         self._cv = threading.Condition()
         self._ready = [False] * nbuckets
         self._step_open = False
@@ -56,6 +61,10 @@ class CommThread:
         self._thread.join(timeout=5)
 
     def _run(self):
+        with waiting.polite(self._poll_sleep):
+            self._loop()
+
+    def _loop(self):
         while True:
             for i in range(self._n):
                 with self._cv:

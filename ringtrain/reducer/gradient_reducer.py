@@ -21,6 +21,7 @@ backward hook and ``synchronize``, and only the main thread outside that
 window, so MPI_THREAD_SERIALIZED is enough; the constructor checks it.
 """
 import contextlib
+import os
 import sys
 
 import torch
@@ -32,7 +33,7 @@ from ..collectives.comm import handshake, private
 from ..collectives.hierarchical import hierarchical_allreduce
 from ..collectives.topology import node_groups
 from ..compression import get as compression_get
-from ..constants import BUCKET_CAP_MB
+from ..constants import BUCKET_CAP_MB, POLL_SLEEP_US
 from .buckets import assign_buckets, layout_fingerprint
 from .comm_thread import CommThread
 from .cross_node import block_layout, compressed_cross_sum, node_blocks
@@ -48,7 +49,9 @@ class GradientReducer:
     ``node_aware``: None (the default) goes node-aware where the ranks span
     several nodes with several ranks on some node; True forces it (on one node
     nothing crosses a link, so nothing is compressed); False keeps the flat ring
-    and compresses every hop.
+    and compresses every hop. ``poll_sleep_us``: how long the communication
+    thread sleeps between tests of its MPI requests, so backward keeps the core
+    (0 spins inside MPI; default RINGTRAIN_POLL_SLEEP_US or 200).
     Collective: every rank must construct it, with the same model architecture.
 
     >>> model = torch.nn.Linear(4, 2)
@@ -58,7 +61,8 @@ class GradientReducer:
     """
 
     def __init__(self, model: torch.nn.Module, *, bucket_cap_mb: float = BUCKET_CAP_MB, compression=None,
-                 comm: MPI.Comm | None = None, broadcast_from: int | None = 0, node_aware: bool | None = None):
+                 comm: MPI.Comm | None = None, broadcast_from: int | None = 0, node_aware: bool | None = None,
+                 poll_sleep_us: float | None = None):
         if not bucket_cap_mb > 0:
             raise ValueError(f"bucket_cap_mb must be > 0, got {bucket_cap_mb}")
         level = MPI.Query_thread()
@@ -94,7 +98,9 @@ class GradientReducer:
         # On one rank the average is the gradient itself: no hooks, no copies,
         # no thread, so a single-rank run costs what a plain torch loop costs.
         self._alone = self.comm.Get_size() == 1
-        self._thread = None if self._alone else CommThread(len(self.buckets), self._reduce_bucket)
+        self.poll_sleep_us = _poll_sleep_us(poll_sleep_us)
+        self._thread = None if self._alone else CommThread(len(self.buckets), self._reduce_bucket,
+                                                           self.poll_sleep_us * 1e-6)
         self._hooks = [] if self._alone else [p.register_post_accumulate_grad_hook(self._grad_ready)
                                                for p in params]
 
@@ -244,3 +250,20 @@ class GradientReducer:
         if self._thread is not None:
             self._thread.close()
             self._thread = None
+
+
+def _poll_sleep_us(value: float | None) -> float:
+    """The sleep between polls in microseconds: ``value``, else RINGTRAIN_POLL_SLEEP_US, else the default."""
+    where = "poll_sleep_us"
+    if value is None:
+        text = os.environ.get("RINGTRAIN_POLL_SLEEP_US")
+        if text is None:
+            return POLL_SLEEP_US
+        where, value = f"RINGTRAIN_POLL_SLEEP_US={text!r}", text
+    try:
+        us = float(value)
+    except (TypeError, ValueError):
+        us = float("nan")
+    if isinstance(value, bool) or not (0 <= us < 1e6):
+        raise ValueError(f"{where} is not allowed — microseconds between polls, a number from 0 (spin) below 1e6")
+    return us

@@ -1,0 +1,85 @@
+"""How a thread waits for MPI: inside MPI (spinning), or politely (testing, then sleeping).
+
+MPICH waits by polling its progress engine in a loop, so a thread blocked in
+MPI_Wait or MPI_Allreduce keeps a core busy. That is the fastest way to wait
+when each rank has a core to itself. The gradient reducer's communication
+thread, though, waits beside backward on the same core: its spinning takes the
+CPU that backward needs, and the overlap the buckets were made for does not
+happen. Inside ``polite(seconds)`` the calling thread instead starts each
+operation nonblocking (Isend, Irecv, Iallreduce, Iallgather) and polls it with
+MPI_Testall, sleeping ``seconds`` between polls, which releases the core (and
+the GIL) to backward. Other threads are unaffected: the setting is per thread.
+
+MPICH's own knobs were read for the same purpose (``mpivars`` of the MPICH
+5.0.2 wheel): MPIR_CVAR_POLLS_BEFORE_YIELD (sched_yield every 1000 polls),
+MPIR_CVAR_CH4_PROGRESS_THROTTLE (usleep(1) after 4096 polls without progress)
+and MPIR_CVAR_ASYNC_PROGRESS (one more thread that polls). benchmarks/README.md
+compares them with this.
+"""
+import contextlib
+import threading
+import time
+
+from mpi4py import MPI
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def polite(seconds: float):
+    """Inside this block, this thread's waits in ringtrain's collectives test and sleep ``seconds``; 0 spins."""
+    if not seconds >= 0:
+        raise ValueError(f"polite: the sleep between polls must be >= 0 seconds, got {seconds!r}")
+    previous = getattr(_local, "sleep", 0.0)
+    _local.sleep = float(seconds)
+    try:
+        yield
+    finally:
+        _local.sleep = previous
+
+
+def sleep_between_polls() -> float:
+    """This thread's sleep between polls; 0 when it waits inside MPI."""
+    return getattr(_local, "sleep", 0.0)
+
+
+def wait_all(requests) -> None:
+    """Complete every request, spinning in MPI_Waitall or politely (see module docstring)."""
+    sleep = getattr(_local, "sleep", 0.0)
+    if not sleep:
+        MPI.Request.Waitall(requests)
+        return
+    while not MPI.Request.Testall(requests):
+        time.sleep(sleep)
+
+
+def allreduce(comm: MPI.Comm, sendbuf, recvbuf, op) -> None:
+    """MPI_Allreduce, or MPI_Iallreduce completed politely."""
+    if getattr(_local, "sleep", 0.0):
+        wait_all([comm.Iallreduce(sendbuf, recvbuf, op)])
+    else:
+        comm.Allreduce(sendbuf, recvbuf, op)
+
+
+def allgather(comm: MPI.Comm, sendbuf, recvbuf) -> None:
+    """MPI_Allgather(v) (``recvbuf`` a buffer spec with counts for v), or its nonblocking form completed politely."""
+    vector = isinstance(recvbuf, (list, tuple))
+    if getattr(_local, "sleep", 0.0):
+        start = comm.Iallgatherv if vector else comm.Iallgather
+        wait_all([start(sendbuf, recvbuf)])
+    else:
+        (comm.Allgatherv if vector else comm.Allgather)(sendbuf, recvbuf)
+
+
+def send(comm: MPI.Comm, buf, dest: int, tag: int) -> None:
+    if getattr(_local, "sleep", 0.0):
+        wait_all([comm.Isend(buf, dest, tag)])
+    else:
+        comm.Send(buf, dest, tag)
+
+
+def recv(comm: MPI.Comm, buf, source: int, tag: int) -> None:
+    if getattr(_local, "sleep", 0.0):
+        wait_all([comm.Irecv(buf, source, tag)])
+    else:
+        comm.Recv(buf, source, tag)
