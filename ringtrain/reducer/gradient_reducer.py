@@ -5,11 +5,19 @@
     reducer.synchronize()                           # waits; p.grad now holds the mean
     optimizer.step()
 
-A post-accumulate-grad hook on every parameter copies its gradient into its
-bucket; when a bucket's last gradient is in, the communication thread averages
-it with ringtrain.allreduce (op="mean") while autograd goes on with earlier
-layers. ``synchronize`` then points each ``p.grad`` at its slice of the averaged
-bucket (no copy back).
+A post-accumulate-grad hook on every parameter marks its gradient in; when a
+bucket's last gradient is in, the communication thread averages it with
+ringtrain.allreduce (op="mean") while autograd goes on with earlier layers.
+
+Zero-copy buckets: each ``p.grad`` is a view of its slice of a bucket, so
+autograd accumulates straight into the bucket and nothing is copied. The views
+stay through ``optimizer.zero_grad()``: set to None, a gradient is re-attached
+as its zeroed view by a forward pre-hook before the next backward (a memset of
+memory already mapped, where a fresh gradient would be allocated and page-faulted
+in every step, then copied). A gradient that is not the view (the first step,
+or one the caller set) is copied in once and replaced by the view.
+``synchronize`` leaves each ``p.grad`` as its averaged view, or None where no
+rank had a gradient.
 
 On a two-level topology (several nodes, several ranks on some node) a
 compressed bucket is compressed only where it crosses nodes (cross_node.py);
@@ -101,8 +109,12 @@ class GradientReducer:
         self.poll_sleep_us = _poll_sleep_us(poll_sleep_us)
         self._thread = None if self._alone else CommThread(len(self.buckets), self._reduce_bucket,
                                                            self.poll_sleep_us * 1e-6)
+        self._params = params
+        self._touched, self._zeroed = set(), set()  # since the last synchronize: got a gradient; attached as zeros
         self._hooks = [] if self._alone else [p.register_post_accumulate_grad_hook(self._grad_ready)
                                                for p in params]
+        if not self._alone:
+            self._hooks.append(model.register_forward_pre_hook(self._attach_views))
 
     def _set_node_aware(self, node_aware: bool | None) -> None:
         """Choose the algorithm of uncompressed buckets, and cut compressed ones into per-node blocks."""
@@ -139,7 +151,18 @@ class GradientReducer:
         finally:
             self._sync = previous
 
+    def _attach_views(self, module, inputs) -> None:
+        """Before a forward that will backpropagate: each gradient set to None becomes its zeroed bucket view."""
+        if not torch.is_grad_enabled():
+            return
+        for p in self._params:
+            if p.grad is None:
+                bucket, i = self._where[id(p)]
+                p.grad = bucket.view(i).zero_()
+                self._zeroed.add(id(p))
+
     def _grad_ready(self, p: torch.Tensor) -> None:
+        self._touched.add(id(p))
         if not self._sync:
             return
         bucket, i = self._where[id(p)]
@@ -158,12 +181,16 @@ class GradientReducer:
         self._thread.mark_ready(bucket.index)
 
     def _copy_in(self, bucket, i: int) -> None:
+        """Put parameter i's gradient into its bucket slice (a no-op when p.grad is that slice) and flag it."""
         p, view = bucket.params[i], bucket.view(i)
-        bucket.flags[i] = p.grad is not None
-        if p.grad is None:
+        # A view attached as zeros that no backward touched is no gradient: it must stay None, as in torch.
+        has = id(p) in self._touched or (p.grad is not None and id(p) not in self._zeroed)
+        bucket.flags[i] = has
+        if not has or p.grad is None:
             view.zero_()
         elif p.grad.data_ptr() != view.data_ptr():
             view.copy_(p.grad)
+            p.grad = view  # from now on autograd accumulates into the bucket
 
     def _reduce_bucket(self, index: int) -> None:
         bucket, compressor = self.buckets[index], self.compressors[index]
@@ -236,6 +263,8 @@ class GradientReducer:
             self._submit(bucket)
         self._thread.wait()
         self.last_comm_seconds = self._thread.busy_seconds
+        self._touched.clear()
+        self._zeroed.clear()
         for bucket in self.buckets:
             bucket.submitted = False
             used = bucket.flags.tolist()
