@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     planner.add_arguments(sub.add_parser(
         "plan", help="predicted step time and scaling per node count, with the best algorithm, bucket size "
                      "and compressor, from the fitted cost model"))
+    trace = sub.add_parser("trace", help="read a timeline written by train --trace")
+    trace_sub = trace.add_subparsers(dest="trace_command", metavar="ACTION", required=True)
+    from .trace import summary as trace_summary
+    trace_summary.add_arguments(trace_sub.add_parser(
+        "summary", help="per step: compute, communication, the exposed part, overlap and the slowest rank"))
     bench = sub.add_parser("bench", help="benchmarks against the native MPI peer")
     bench_sub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     bench_allreduce.add_arguments(bench_sub.add_parser(
@@ -62,7 +67,7 @@ def main(argv=None) -> int:
     if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv.insert(0, "train")  # `python -m ringtrain --steps 100` trains, as the bare command does
     args = build_parser().parse_args(argv)
-    if args.command not in ("launch", "plan"):
+    if args.command not in ("launch", "plan", "trace"):
         check_world_size()  # before any collective: a world of singletons must not train
     if args.command is None:  # the default job
         args = build_parser().parse_args(["train"])
@@ -74,6 +79,9 @@ def main(argv=None) -> int:
     if args.command == "plan":
         from .plan import planner
         return planner.main(args)
+    if args.command == "trace":
+        from .trace import summary as trace_summary
+        return trace_summary.main(args)
     if args.command == "info":
         from . import info
         return info.main(args)

@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant per repetition (default 10)")
     p.add_argument("--repeat", type=int, default=5, help="repetitions; medians are reported (default 5)")
     p.add_argument("--no-ddp", action="store_true", help="skip the torch DDP peer")
+    p.add_argument("--first-bucket-mb", type=float,
+                   help="also run each bucket cap above it with its first bucket capped at this many MB")
     p.add_argument("--poll-sleep-us", default="",
                    help="comma-separated sleeps between the communication thread's polls, in microseconds, "
                         "each run as its own variant (0: spin inside MPI; default: the reducer's default only)")
@@ -61,6 +63,9 @@ def main(args) -> int:
         tag = "" if sleep is None else f" sleep={sleep:g}us"
         for cap in caps:
             variants[f"bucket={cap:g}MB{tag}"] = _Reduced(cfg, cap, comm, sleep)
+            if args.first_bucket_mb and args.first_bucket_mb < cap:
+                variants[f"bucket={cap:g}MB,first={args.first_bucket_mb:g}MB{tag}"] = _Reduced(
+                    cfg, cap, comm, sleep, args.first_bucket_mb)
         variants[f"no-bucket{tag}"] = _Reduced(cfg, 1e9, comm, sleep)
     if not args.no_ddp and world > 1:
         variants["ddp"] = _DDP(cfg, comm)
@@ -88,7 +93,7 @@ def main(args) -> int:
               f"{args.batch_size}x{args.context} tokens per rank")
         print(f"# allreduce of all gradients alone: {1e3 * comm_alone:.2f} ms = "
               f"{100 * comm_alone / compute:.0f}% of the compute step; median of {args.repeat}")
-        print(f"{'variant':>24} {'step_ms':>9} {'tokens/s':>10} {'exposed_ms':>10} {'hidden_ms':>9} "
+        print(f"{'variant':>32} {'step_ms':>9} {'tokens/s':>10} {'exposed_ms':>10} {'hidden_ms':>9} "
               f"{'vs_no_bucket':>12} {'vs_ddp':>7}")
         for row in rows:
             suffix = row["variant"].partition(" ")[2]  # the sleep, if several were asked for
@@ -96,7 +101,7 @@ def main(args) -> int:
             vs_nb = row["step_ms"] / (1e3 * med[plain]) if plain in med else float("nan")
             vs_ddp = row["step_ms"] / (1e3 * med["ddp"]) if "ddp" in med else float("nan")
             row.update(vs_no_bucket=vs_nb, vs_ddp=vs_ddp)
-            print(f"{row['variant']:>24} {row['step_ms']:>9.2f} {row['tokens_per_s']:>10,.0f} "
+            print(f"{row['variant']:>32} {row['step_ms']:>9.2f} {row['tokens_per_s']:>10,.0f} "
                   f"{row['exposed_comm_ms']:>10.2f} {row['hidden_comm_ms']:>9.2f} {vs_nb:>12.2f} {vs_ddp:>7.2f}")
         if args.json:
             write_result(args.json, "training", {**meta, "parameters": nparams},
@@ -130,9 +135,10 @@ class _Plain:
 
 
 class _Reduced(_Plain):
-    def __init__(self, cfg, cap_mb, comm, poll_sleep_us=None):
+    def __init__(self, cfg, cap_mb, comm, poll_sleep_us=None, first_bucket_mb=None):
         super().__init__(cfg)
-        self.reducer = GradientReducer(self.model, bucket_cap_mb=cap_mb, comm=comm, poll_sleep_us=poll_sleep_us)
+        self.reducer = GradientReducer(self.model, bucket_cap_mb=cap_mb, comm=comm, poll_sleep_us=poll_sleep_us,
+                                       first_bucket_mb=first_bucket_mb)
 
     def sync(self):
         self.reducer.synchronize()

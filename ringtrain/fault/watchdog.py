@@ -20,6 +20,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ..constants import TAG_PING, TAG_PONG, TAG_VERDICT
+from ..trace import NO_TRACE
 from .exit_codes import EXIT_TIMEOUT
 
 PROBE_SECONDS = 3.0
@@ -31,6 +32,7 @@ class Watchdog:
 
     def __init__(self, comm: MPI.Comm, timeout: float):
         self.timeout = timeout
+        self.trace = NO_TRACE  # each guard is a "wait: ..." span when the trainer traces
         self._comm = comm.Dup()  # its own communicator: pings never match training messages
         self._rank, self._size = self._comm.Get_rank(), self._comm.Get_size()
         # Pings need a second thread in MPI while the main one waits in a collective.
@@ -53,7 +55,8 @@ class Watchdog:
         with self._lock:
             self._current = (what, step, time.monotonic() + limit, limit)
         try:
-            yield
+            with self.trace.span(f"wait: {what}", "watchdog", step=step):
+                yield
         finally:
             with self._lock:
                 self._current = None

@@ -4,7 +4,9 @@ Buckets are filled in reverse registration order, because backward produces
 gradients roughly from the last layer to the first: the first bucket fills
 first and its allreduce can start while backward is still running. A bucket
 holds one dtype and closes when it reaches ``cap_bytes`` (a parameter larger
-than the cap gets a bucket of its own).
+than the cap gets a bucket of its own). The first bucket closes at
+``first_cap_bytes`` if that is smaller, as DDP's does at 1 MB, so that
+communication starts as soon as the last layers have their gradients.
 """
 import hashlib
 from dataclasses import dataclass
@@ -36,17 +38,20 @@ class Bucket:
         return self.buffer[self.bounds[-1][1]:]
 
 
-def assign_buckets(params: list, cap_bytes: int) -> list[Bucket]:
+def assign_buckets(params: list, cap_bytes: int, first_cap_bytes: int | None = None) -> list[Bucket]:
     """Buckets for ``params`` (in registration order), each at most ``cap_bytes`` unless one parameter is larger.
 
     >>> ps = [torch.nn.Parameter(torch.zeros(n)) for n in (4, 4, 4)]
     >>> [len(b.params) for b in assign_buckets(ps, cap_bytes=32)]
     [2, 1]
+    >>> [len(b.params) for b in assign_buckets(ps, cap_bytes=32, first_cap_bytes=16)]
+    [1, 2]
     """
-    return [_make(i, group) for i, group in enumerate(group_params(params, cap_bytes))]
+    return [_make(i, group) for i, group in enumerate(group_params(params, cap_bytes, first_cap_bytes))]
 
 
-def group_sizes(nbytes: list[int], cap_bytes: int, dtypes: list | None = None) -> list[list[int]]:
+def group_sizes(nbytes: list[int], cap_bytes: int, dtypes: list | None = None,
+                first_cap_bytes: int | None = None) -> list[list[int]]:
     """Which parameters (by index) go into each bucket, from their byte sizes alone.
 
     Last registered first, as backward produces them; a bucket closes when the
@@ -57,9 +62,10 @@ def group_sizes(nbytes: list[int], cap_bytes: int, dtypes: list | None = None) -
     [[2], [1, 0]]
     """
     groups, current, size, dtype = [], [], 0, None
+    first = cap_bytes if first_cap_bytes is None else min(cap_bytes, first_cap_bytes)
     for i in reversed(range(len(nbytes))):
         kind = dtypes[i] if dtypes is not None else None
-        if current and (kind != dtype or size + nbytes[i] > cap_bytes):
+        if current and (kind != dtype or size + nbytes[i] > (cap_bytes if groups else first)):
             groups.append(current)
             current, size = [], 0
         current.append(i)
@@ -70,14 +76,15 @@ def group_sizes(nbytes: list[int], cap_bytes: int, dtypes: list | None = None) -
     return groups
 
 
-def bucket_bytes(nbytes: list[int], cap_bytes: int) -> list[int]:
+def bucket_bytes(nbytes: list[int], cap_bytes: int, first_cap_bytes: int | None = None) -> list[int]:
     """The byte size of each bucket the reducer would make (same dtype throughout)."""
-    return [sum(nbytes[i] for i in group) for group in group_sizes(nbytes, cap_bytes)]
+    return [sum(nbytes[i] for i in group) for group in group_sizes(nbytes, cap_bytes, None, first_cap_bytes)]
 
 
-def group_params(params: list, cap_bytes: int) -> list[list]:
+def group_params(params: list, cap_bytes: int, first_cap_bytes: int | None = None) -> list[list]:
     """The parameters of each bucket, without allocating any (see group_sizes)."""
-    groups = group_sizes([p.numel() * p.element_size() for p in params], cap_bytes, [p.dtype for p in params])
+    groups = group_sizes([p.numel() * p.element_size() for p in params], cap_bytes, [p.dtype for p in params],
+                         first_cap_bytes)
     return [[params[i] for i in group] for group in groups]
 
 

@@ -42,6 +42,7 @@ from ..collectives.hierarchical import hierarchical_allreduce
 from ..collectives.topology import node_groups
 from ..compression import get as compression_get
 from ..constants import BUCKET_CAP_MB, POLL_SLEEP_US
+from ..trace import NO_TRACE
 from .buckets import assign_buckets, layout_fingerprint
 from .comm_thread import CommThread
 from .cross_node import block_layout, compressed_cross_sum, node_blocks
@@ -59,7 +60,11 @@ class GradientReducer:
     nothing crosses a link, so nothing is compressed); False keeps the flat ring
     and compresses every hop. ``poll_sleep_us``: how long the communication
     thread sleeps between tests of its MPI requests, so backward keeps the core
-    (0 spins inside MPI; default RINGTRAIN_POLL_SLEEP_US or 200).
+    (0 spins inside MPI; default RINGTRAIN_POLL_SLEEP_US or 200). ``trace``: a
+    ``ringtrain.trace.Tracer``; each bucket's ready instant and averaging span
+    (and a gathered codec's compress and decompress) go into it.
+    ``first_bucket_mb`` caps the first bucket (the last layers, ready first)
+    lower, so that averaging starts early.
     Collective: every rank must construct it, with the same model architecture.
 
     >>> model = torch.nn.Linear(4, 2)
@@ -70,7 +75,7 @@ class GradientReducer:
 
     def __init__(self, model: torch.nn.Module, *, bucket_cap_mb: float = BUCKET_CAP_MB, compression=None,
                  comm: MPI.Comm | None = None, broadcast_from: int | None = 0, node_aware: bool | None = None,
-                 poll_sleep_us: float | None = None):
+                 poll_sleep_us: float | None = None, trace=NO_TRACE, first_bucket_mb: float | None = None):
         if not bucket_cap_mb > 0:
             raise ValueError(f"bucket_cap_mb must be > 0, got {bucket_cap_mb}")
         level = MPI.Query_thread()
@@ -84,7 +89,10 @@ class GradientReducer:
         for p in params:
             if p.device.type != "cpu":
                 raise ValueError(f"GradientReducer works on CPU tensors; a parameter is on {p.device}")
-        self.buckets = assign_buckets(params, int(bucket_cap_mb * 1e6))
+        if first_bucket_mb is not None and not first_bucket_mb > 0:
+            raise ValueError(f"first_bucket_mb must be > 0 (or None: as bucket_cap_mb), got {first_bucket_mb}")
+        self.buckets = assign_buckets(params, int(bucket_cap_mb * 1e6),
+                                      None if first_bucket_mb is None else int(first_bucket_mb * 1e6))
         self.compressors = [compression_get(compression) for _ in self.buckets]
         # What a checkpoint records as the run's choice, e.g. after autotuning.
         self.compression_spec, self.bucket_cap_mb = compression or "none", bucket_cap_mb
@@ -92,6 +100,11 @@ class GradientReducer:
             if compressor is not None:
                 compressor.set_layout([(lo, hi, tuple(p.shape)) for p, (lo, hi) in zip(bucket.params, bucket.bounds)])
         self._where = {id(p): (b, i) for b in self.buckets for i, p in enumerate(b.params)}
+        self.trace = trace
+        if trace.enabled:
+            for compressor in self.compressors:
+                if compressor is not None:
+                    _trace_codec(compressor, trace)
         total, digest, describe = layout_fingerprint(self.buckets)
         # Every rank must agree on the layout before any per-parameter collective,
         # or ranks with different models would wait on different broadcasts.
@@ -178,6 +191,9 @@ class GradientReducer:
 
     def _submit(self, bucket) -> None:
         bucket.submitted, bucket.waiting = True, None
+        if self.trace.enabled:
+            self.trace.instant(f"bucket {bucket.index} ready", "bucket",
+                               bytes=bucket.buffer.numel() * bucket.buffer.element_size())
         self._thread.mark_ready(bucket.index)
 
     def _copy_in(self, bucket, i: int) -> None:
@@ -194,10 +210,19 @@ class GradientReducer:
 
     def _reduce_bucket(self, index: int) -> None:
         bucket, compressor = self.buckets[index], self.compressors[index]
+        nbytes = bucket.buffer.numel() * bucket.buffer.element_size()
+        algorithm = self._algorithm or choose_algorithm(nbytes, self.comm.Get_size())
+        if not self.trace.enabled:
+            self._average(bucket, compressor, algorithm)
+            return
+        how = algorithm if compressor is None else "across nodes" if self._blocks is not None else "every hop"
+        with self.trace.span(f"allreduce bucket {index}", "communication", bytes=nbytes, algorithm=how,
+                             compressor=self.compression_spec):
+            self._average(bucket, compressor, algorithm)
+
+    def _average(self, bucket, compressor, algorithm: str) -> None:
         # check=False: the layout was verified once at construction.
         if compressor is None:
-            algorithm = self._algorithm or choose_algorithm(bucket.buffer.numel() * bucket.buffer.element_size(),
-                                                            self.comm.Get_size())
             allreduce(bucket.buffer, op="mean", algorithm=algorithm, comm=self.comm, check=False)
             return
         grads = bucket.buffer[:bucket.bounds[-1][1]]
@@ -205,7 +230,7 @@ class GradientReducer:
             mean = compressor.allreduce_mean(grads.float().numpy(), self.comm)
         else:
             mean = grads.float().numpy()  # a view for float32: summed in place
-            hierarchical_allreduce(self.comm, mean, compressed_cross_sum(compressor), self._blocks[index])
+            hierarchical_allreduce(self.comm, mean, compressed_cross_sum(compressor), self._blocks[bucket.index])
             mean /= self.comm.Get_size()
         if mean.ctypes.data != grads.data_ptr():
             grads.copy_(torch.from_numpy(mean))
@@ -279,6 +304,17 @@ class GradientReducer:
         if self._thread is not None:
             self._thread.close()
             self._thread = None
+
+
+def _trace_codec(compressor, trace) -> None:
+    """Record a compressor's compress and decompress calls as spans (ring codecs encode inside the ring)."""
+    for name in ("compress", "decompress"):
+        method = getattr(compressor, name)
+
+        def traced(*args, method=method, name=name):
+            with trace.span(name, "codec", codec=compressor.name):
+                return method(*args)
+        setattr(compressor, name, traced)
 
 
 def _poll_sleep_us(value: float | None) -> float:

@@ -75,6 +75,8 @@ class TrainConfig:
     """Seconds a rank waits for its peers in a collective before it aborts the job (exit code 76)."""
     first_timeout: float = 300.0
     """The same deadline for start-up and the first step, which include loading data and imports."""
+    trace: str | None = None
+    """Write a timeline of every rank (Chrome Trace Event Format, for ui.perfetto.dev) to this file."""
 
     def __post_init__(self):
         for f in fields(self):
@@ -127,6 +129,7 @@ CHECKS: dict[str, Rule] = {
                                               r"\s*(\d+|(\d+\.?\d*|\.\d+)s)\s*")),
     "keep_checkpoints": whole(1), "resume": text("auto, none, or the path of a checkpoint"),
     "stop_after": whole(0), "timeout": number(0, above=True), "first_timeout": number(0, above=True),
+    "trace": optional(_PATH),
 }
 
 

@@ -6,7 +6,8 @@ every rank), clipping, optimizer step, then one small allreduce that carries
 the loss, whether any rank was signalled and whether a timed checkpoint is due,
 so that every rank makes the same decision at the same step. Each wait for the
 peers runs under the watchdog's deadline. Rank 0 prints progress and writes
-metrics.jsonl.
+metrics.jsonl. With ``--trace FILE`` every rank records its timeline
+(ringtrain/trace) and rank 0 merges them into FILE at the end.
 """
 import contextlib
 import math
@@ -25,6 +26,7 @@ from ..data.batches import Prefetcher
 from ..fault import EXIT_PREEMPTED, Diverged, Preempted, PreemptionSignals, Watchdog, agree_at_step_end, checked
 from ..model import GPT
 from ..reducer import GradientReducer
+from ..trace import NO_TRACE, Tracer
 from . import state
 from .config import TrainConfig
 from .metrics import Metrics, progress_line, say
@@ -46,6 +48,7 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None) -> dict:
     signals = PreemptionSignals()
     watchdog = Watchdog(comm, cfg.timeout)
     lock = reducer = prefetch = metrics = None
+    tracer = NO_TRACE
     try:
         with watchdog.guard("start-up", 0, cfg.first_timeout):
             # Every input is checked before any work; a bad one stops every rank with one line (exit code 2).
@@ -58,8 +61,11 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None) -> dict:
             batches = checked(comm, Batches, tokens.tokens, context=cfg.context, batch=cfg.batch_size,
                               seed=cfg.seed, rank=rank, world=world)
             tuned = _tune(cfg, model, loss_fn, batches, comm)
+            tracer = Tracer(cfg.trace, comm) if cfg.trace else NO_TRACE
+            watchdog.trace = tracer
             reducer = GradientReducer(model, bucket_cap_mb=tuned["bucket_cap_mb"], compression=tuned["compression"],
-                                      comm=comm, node_aware={"auto": None, "on": True, "off": False}[cfg.node_aware])
+                                      comm=comm, node_aware={"auto": None, "on": True, "off": False}[cfg.node_aware],
+                                      trace=tracer)
             optimizer = make_optimizer(cfg, model)
             start, lineage = state.restore(cfg, model, optimizer, reducer, comm)
             ranks = comm.gather({"rank": rank, "host": socket.gethostname(), "pid": os.getpid()}, root=0)
@@ -77,8 +83,12 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None) -> dict:
             say(rank, f"resumed from the checkpoint at step {start}")
         prefetch = Prefetcher(batches, first_step=start * cfg.accumulate)
         result = _loop(cfg, comm, model, loss_fn, reducer, optimizer, batches, prefetch, metrics, watchdog,
-                       signals, start, lineage)
+                       signals, start, lineage, tracer)
         result["tuned"] = {"compression": tuned["compression"], "bucket_cap_mb": tuned["bucket_cap_mb"]}
+        with watchdog.guard("writing the trace", cfg.steps, max(cfg.timeout, 60.0)):
+            tracer.close()
+        if cfg.trace:
+            say(rank, f"trace: {cfg.trace} (open it in ui.perfetto.dev; python -m ringtrain trace summary {cfg.trace})")
         return result
     finally:
         for closer in (prefetch, reducer, metrics, watchdog, signals, lock):
@@ -104,7 +114,7 @@ def _tune(cfg, model, loss_fn, batches, comm) -> dict:
 
 
 def _loop(cfg, comm, model, loss_fn, reducer, optimizer, batches, prefetch, metrics, watchdog, signals, start,
-          lineage):
+          lineage, tracer):
     rank, world = comm.Get_rank(), comm.Get_size()
     tokens_per_step = world * cfg.batch_size * cfg.accumulate * cfg.context
     every_steps, every_seconds = cfg.checkpoint_interval()
@@ -118,39 +128,45 @@ def _loop(cfg, comm, model, loss_fn, reducer, optimizer, batches, prefetch, metr
     say(rank, f"validation loss at step {start}: {result['start_val_loss']:.4f}")
     last = cfg.steps if not cfg.stop_after else min(cfg.steps, start + cfg.stop_after)
     for step in range(start, last):
-        t0 = time.perf_counter()
+        t0 = time.perf_counter_ns()
         deadline = cfg.first_timeout if step == start else cfg.timeout
         lr = learning_rate(step, lr=cfg.lr, warmup=cfg.warmup, steps=cfg.steps, min_lr_ratio=cfg.min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
         local = 0.0
         for micro in range(cfg.accumulate):
-            x, y = prefetch.get(step * cfg.accumulate + micro)
+            with tracer.span("data", "data", step=step + 1):
+                x, y = prefetch.get(step * cfg.accumulate + micro)
             quiet = reducer.no_sync() if micro < cfg.accumulate - 1 else contextlib.nullcontext()
             with quiet:
-                loss = loss_fn(model, x, y) / cfg.accumulate
-                loss.backward()
+                with tracer.span("forward", "compute", step=step + 1):
+                    loss = loss_fn(model, x, y) / cfg.accumulate
+                with tracer.span("backward", "compute", step=step + 1):
+                    loss.backward()
             local += loss.item()
         t_sync = time.perf_counter()
-        with watchdog.guard("the gradient allreduce", step + 1, deadline):
+        with watchdog.guard("the gradient allreduce", step + 1, deadline), \
+                tracer.span("synchronize", "communication", step=step + 1):
             reducer.synchronize()
         exposed = time.perf_counter() - t_sync
-        if cfg.grad_clip:
-            # On the averaged gradient, which is bitwise identical on every
-            # rank, so every rank clips by the same factor.
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        with tracer.span("optimizer", "compute", step=step + 1):
+            if cfg.grad_clip:
+                # On the averaged gradient, which is bitwise identical on every
+                # rank, so every rank clips by the same factor.
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         timed_due = rank == 0 and every_seconds and time.monotonic() - last_checkpoint >= every_seconds
         with watchdog.guard("the end-of-step allreduce", step + 1, deadline):
             step_loss, signalled, timed_due = agree_at_step_end(comm, local, signals.received, timed_due)
+        tracer.complete("step", "step", t0, time.perf_counter_ns(), step=step + 1)
         done = step + 1
         if not math.isfinite(step_loss):  # the same agreed value on every rank, so every rank stops here
             metrics.write(event="diverged", step=done, loss=str(step_loss))
             raise Diverged(f"the loss is {step_loss} at step {done} — the run stopped without checkpointing this "
                            "state (any earlier checkpoint is intact); lower --lr, set --grad-clip, or check the data",
                            agreed=True)
-        step_s = time.perf_counter() - t0
+        step_s = (time.perf_counter_ns() - t0) / 1e9
         result["losses"].append(step_loss)
         result["step_seconds"].append(step_s)
         comm_share, exposed_share = reducer.last_comm_seconds / step_s, exposed / step_s
@@ -163,7 +179,8 @@ def _loop(cfg, comm, model, loss_fn, reducer, optimizer, batches, prefetch, metr
         if cfg.checkpoint_dir and (stopping or timed_due or (every_steps and done % every_steps == 0)
                                    or done == cfg.steps):
             # A second SIGINT while it is written waits for it: it must not cost the checkpoint.
-            with watchdog.guard("the checkpoint", done, slow), signals.deferred():
+            with watchdog.guard("the checkpoint", done, slow), signals.deferred(), \
+                    tracer.span("checkpoint", "checkpoint", step=done):
                 _checkpoint(cfg, done, model, optimizer, reducer, comm, metrics, lineage)
             last_checkpoint = time.monotonic()
             if signals.hurried and not stopping:
@@ -175,7 +192,7 @@ def _loop(cfg, comm, model, loss_fn, reducer, optimizer, batches, prefetch, metr
             metrics.write(event="stopped", step=done, reason=reason)
             raise Preempted(done, reason)
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
-            with watchdog.guard("validation", done):
+            with watchdog.guard("validation", done), tracer.span("eval", "eval", step=done):
                 val = validate(model, loss_fn, batches, cfg, comm)
             result["val_losses"].append((done, val))
             metrics.write(step=done, val_loss=val)
