@@ -58,3 +58,17 @@ def test_a_file_that_is_not_a_trace_is_refused_by_name(tmp_path):
     empty.write_text('{"traceEvents": []}')
     done = run(str(empty))
     assert done.returncode == 2 and "has no training steps" in done.stderr
+
+
+def test_a_failed_run_keeps_each_ranks_part(tmp_path):
+    from mpi4py import MPI
+
+    from ringtrain.trace import Tracer
+    tracer = Tracer(str(tmp_path / "run.json"), MPI.COMM_SELF)
+    with tracer.span("backward", "compute", step=1):
+        pass
+    tracer.instant("bucket 0 ready", "bucket", bytes=4)
+    part = json.loads((tmp_path / tracer.write_part().split("/")[-1]).read_text())
+    names = [e["name"] for e in part["events"]]
+    assert names == ["process_name", "process_sort_index", "backward", "bucket 0 ready"]
+    assert part["clock"] == {"offset_us": 0.0, "error_us": 0.0} and not tracer.closed

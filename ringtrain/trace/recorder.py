@@ -45,6 +45,8 @@ class _NoTrace:
     def close(self):
         pass
 
+    closed = True
+
 
 NO_TRACE = _NoTrace()
 
@@ -58,6 +60,7 @@ class Tracer:
         self.path, self.comm = path, comm.Dup()
         self.rank = self.comm.Get_rank()
         self.events = []
+        self.closed = False
         self.offset_ns, self.error_ns = _clock_offset(self.comm)
 
     def now_us(self) -> float:
@@ -81,14 +84,21 @@ class Tracer:
         self.events.append({"name": name, "ph": "i", "s": "t", "cat": cat, "ts": self.now_us(),
                             "pid": self.rank, "tid": _thread(), "args": args})
 
-    def close(self) -> None:
-        """Write this rank's part, then rank 0 merges every part into ``path``. Collective."""
+    def write_part(self) -> str:
+        """Write this rank's events to ``path.rank<r>`` and return that name. Not collective: a failed run
+        calls it on every rank it can, so the parts survive to be read."""
         meta = [{"name": "process_name", "ph": "M", "pid": self.rank, "args": {"name": f"rank {self.rank}"}},
                 {"name": "process_sort_index", "ph": "M", "pid": self.rank, "args": {"sort_index": self.rank}}]
         part = f"{self.path}.rank{self.rank}"
         with open(part, "w") as f:
             json.dump({"events": meta + self.events,
                        "clock": {"offset_us": self.offset_ns / 1e3, "error_us": self.error_ns / 1e3}}, f)
+        self.events = []
+        return part
+
+    def close(self) -> None:
+        """Write this rank's part, then rank 0 merges every part into ``path``. Collective."""
+        self.write_part()
         self.comm.Barrier()
         if self.rank == 0:
             merged, clocks = [], {}
@@ -107,6 +117,7 @@ class Tracer:
             os.replace(tmp, self.path)
         self.comm.Barrier()
         self.comm.Free()
+        self.closed = True
 
 
 def _thread() -> str:

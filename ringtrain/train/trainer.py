@@ -91,6 +91,8 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None) -> dict:
             say(rank, f"trace: {cfg.trace} (open it in ui.perfetto.dev; python -m ringtrain trace summary {cfg.trace})")
         return result
     finally:
+        if not tracer.closed:  # the run failed: keep this rank's part of the timeline (FILE.rank<r>)
+            tracer.write_part()
         for closer in (prefetch, reducer, metrics, watchdog, signals, lock):
             if closer is not None:
                 closer.close()
