@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every test: the serial ones once, the multi-rank ones at each world size in
+# Every test: the serial ones and the package's doctests once, the multi-rank ones at each world size in
 # RINGTRAIN_TEST_SIZES (default "1 2 3 4"), each mpiexec under a timeout.
 # Exits non-zero if any run fails, including a run that collects no tests.
 set -u
@@ -34,6 +34,8 @@ run() {  # run NAME COMMAND...
 }
 
 run serial timeout -k 10 "$MPI_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider tests --ignore=tests/mpi
+# The examples in the package's docstrings, checked as written.
+run doctests timeout -k 10 "$MPI_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider --doctest-modules ringtrain
 # Only rank 0 reports on the terminal; rank r writes to np<N>/rank<r>.log,
 # shown when the run fails.
 rank0_only='r=${PMI_RANK:-${OMPI_COMM_WORLD_RANK:-0}}; d=$1; shift

@@ -44,6 +44,7 @@ from ..compression import get as compression_get
 from ..constants import BUCKET_CAP_MB, POLL_SLEEP_US
 from ..trace import NO_TRACE
 from .buckets import assign_buckets, layout_fingerprint
+from .buffer_sync import BufferSync
 from .comm_thread import CommThread
 from .cross_node import block_layout, compressed_cross_sum, node_blocks
 
@@ -64,7 +65,9 @@ class GradientReducer:
     ``ringtrain.trace.Tracer``; each bucket's ready instant and averaging span
     (and a gathered codec's compress and decompress) go into it.
     ``first_bucket_mb`` caps the first bucket (the last layers, ready first)
-    lower, so that averaging starts early.
+    lower, so that averaging starts early. ``broadcast_buffers`` (default
+    True, as DDP): rank 0's buffers (BatchNorm statistics) overwrite every
+    rank's before each training forward (buffer_sync.py).
     Collective: every rank must construct it, with the same model architecture.
 
     >>> model = torch.nn.Linear(4, 2)
@@ -75,7 +78,8 @@ class GradientReducer:
 
     def __init__(self, model: torch.nn.Module, *, bucket_cap_mb: float = BUCKET_CAP_MB, compression=None,
                  comm: MPI.Comm | None = None, broadcast_from: int | None = 0, node_aware: bool | None = None,
-                 poll_sleep_us: float | None = None, trace=NO_TRACE, first_bucket_mb: float | None = None):
+                 poll_sleep_us: float | None = None, trace=NO_TRACE, first_bucket_mb: float | None = None,
+                 broadcast_buffers: bool = True):
         if not bucket_cap_mb > 0:
             raise ValueError(f"bucket_cap_mb must be > 0, got {bucket_cap_mb}")
         level = MPI.Query_thread()
@@ -112,8 +116,9 @@ class GradientReducer:
         self._set_node_aware(node_aware)
         if broadcast_from is not None:
             with torch.no_grad():
-                for t in [*model.parameters(), *model.buffers()]:
+                for t in model.parameters():
                     broadcast(t.data, root=broadcast_from, comm=self.comm)
+            BufferSync(model, self.comm, root=broadcast_from)()  # buffers of any dtype, packed
         self._sync = True
         self.last_comm_seconds = 0.0
         # On one rank the average is the gradient itself: no hooks, no copies,
@@ -126,8 +131,13 @@ class GradientReducer:
         self._touched, self._zeroed = set(), set()  # since the last synchronize: got a gradient; attached as zeros
         self._hooks = [] if self._alone else [p.register_post_accumulate_grad_hook(self._grad_ready)
                                                for p in params]
+        if broadcast_buffers not in (True, False):
+            raise ValueError(f"broadcast_buffers={broadcast_buffers!r} is not allowed — True or False")
+        self._sync_buffers = BufferSync(model, self.comm) if broadcast_buffers and not self._alone else None
+        if self._sync_buffers is not None and not self._sync_buffers.groups:
+            self._sync_buffers = None
         if not self._alone:
-            self._hooks.append(model.register_forward_pre_hook(self._attach_views))
+            self._hooks.append(model.register_forward_pre_hook(self._before_forward))
 
     def _set_node_aware(self, node_aware: bool | None) -> None:
         """Choose the algorithm of uncompressed buckets, and cut compressed ones into per-node blocks."""
@@ -164,10 +174,13 @@ class GradientReducer:
         finally:
             self._sync = previous
 
-    def _attach_views(self, module, inputs) -> None:
-        """Before a forward that will backpropagate: each gradient set to None becomes its zeroed bucket view."""
+    def _before_forward(self, module, inputs) -> None:
+        """Before a forward that will backpropagate: rank 0's buffers everywhere, and each gradient set to
+        None becomes its zeroed bucket view."""
         if not torch.is_grad_enabled():
             return
+        if self._sync_buffers is not None:
+            self._sync_buffers()
         for p in self._params:
             if p.grad is None:
                 bucket, i = self._where[id(p)]

@@ -48,6 +48,8 @@ class TrainConfig:
     auto: chosen by a probe at start-up, and used only where it pays."""
     bucket_cap_mb: float | str = BUCKET_CAP_MB
     """Largest gradient bucket, in MB; auto: chosen by a probe at start-up."""
+    broadcast_buffers: str = "on"
+    """on: rank 0's buffers (BatchNorm statistics) overwrite every rank's before each forward, as DDP does; off."""
     node_aware: str = "auto"
     """auto: where the ranks span several nodes with several ranks on some node, average node-aware and
     compress only what crosses nodes; on: always; off: the flat ring, compressing every hop."""
@@ -123,6 +125,7 @@ CHECKS: dict[str, Rule] = {
     "compression": text("a compression spec such as fp16, int8+lz4, ef+topk:ratio=0.01 or powersgd:rank=4; "
                         "none; or auto", r"\S+"),
     "bucket_cap_mb": either(number(0, above=True), choice("auto")), "node_aware": choice("auto", "on", "off"),
+    "broadcast_buffers": choice("on", "off"),
     "eval_every": whole(0), "eval_windows": whole(1), "log_every": whole(1), "sample_tokens": whole(0),
     "out_dir": _PATH, "checkpoint_dir": optional(_PATH),
     "checkpoint_every": either(whole(0), text("a number of steps (100; 0: only at the end) or of seconds (600s)",

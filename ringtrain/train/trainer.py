@@ -65,7 +65,7 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None) -> dict:
             watchdog.trace = tracer
             reducer = GradientReducer(model, bucket_cap_mb=tuned["bucket_cap_mb"], compression=tuned["compression"],
                                       comm=comm, node_aware={"auto": None, "on": True, "off": False}[cfg.node_aware],
-                                      trace=tracer)
+                                      trace=tracer, broadcast_buffers=cfg.broadcast_buffers == "on")
             optimizer = make_optimizer(cfg, model)
             start, lineage = state.restore(cfg, model, optimizer, reducer, comm)
             ranks = comm.gather({"rank": rank, "host": socket.gethostname(), "pid": os.getpid()}, root=0)

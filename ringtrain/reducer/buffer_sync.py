@@ -1,0 +1,37 @@
+"""Buffers kept equal on every rank: rank 0's are broadcast before each training forward, as DDP does.
+
+BatchNorm's running statistics are updated by each rank's own batches, so
+without this they drift apart, and evaluation or a checkpoint taken on another
+rank disagrees with rank 0's. The buffers are packed by dtype into one flat
+tensor each (floating statistics, integer counters such as num_batches_tracked),
+so a model with a hundred buffers costs one or two MPI_Bcast calls, not a hundred.
+Every rank must run the same number of training forwards, as with DDP.
+"""
+import torch
+
+
+class BufferSync:
+    """Calling it copies ``root``'s buffers to every rank of ``comm``. Collective."""
+
+    def __init__(self, model: torch.nn.Module, comm, root: int = 0):
+        self.comm, self.root = comm, root
+        groups = {}
+        for b in model.buffers():
+            groups.setdefault(b.dtype, []).append(b)
+        self.groups = list(groups.values())
+        self.flat = [torch.empty(sum(b.numel() for b in bs), dtype=bs[0].dtype) for bs in self.groups]
+
+    def __call__(self) -> None:
+        """Overwrite every rank's buffers with the root's. Collective."""
+        for buffers, flat in zip(self.groups, self.flat):
+            at = 0
+            for b in buffers:
+                flat[at:at + b.numel()].copy_(b.reshape(-1))
+                at += b.numel()
+            # As raw bytes: buffers come in any dtype (bool masks, uint8), which only need copying.
+            self.comm.Bcast(flat.view(torch.uint8).numpy(), root=self.root)
+            at = 0
+            with torch.no_grad():
+                for b in buffers:
+                    b.copy_(flat[at:at + b.numel()].view_as(b))
+                    at += b.numel()
