@@ -6,6 +6,7 @@ rendezvous port and broadcasts it). ``train_ddp`` runs the same job as
 validation, with DistributedDataParallel averaging the gradients, optionally
 through torch's PowerSGD communication hook.
 """
+import contextlib
 import datetime
 import fcntl
 import os
@@ -91,14 +92,18 @@ def train_ddp(cfg: TrainConfig, comm: MPI.Comm, powersgd_rank: int = 0) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, lr=cfg.lr, warmup=cfg.warmup, steps=cfg.steps,
                                         min_lr_ratio=cfg.min_lr_ratio)
-        x, y = batches.train(step)
-        loss = loss_fn(ddp, x, y)
-        loss.backward()
+        local = 0.0
+        for micro in range(cfg.accumulate):  # as the trainer does: all but the last micro-batch without sync
+            x, y = batches.train(step * cfg.accumulate + micro)
+            with ddp.no_sync() if micro < cfg.accumulate - 1 else contextlib.nullcontext():
+                loss = loss_fn(ddp, x, y) / cfg.accumulate
+                loss.backward()
+            local += loss.item()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        total = torch.tensor([loss.item()], dtype=torch.float64)
+        total = torch.tensor([local], dtype=torch.float64)
         dist.all_reduce(total)
         result["step_seconds"].append(time.perf_counter() - t0)
         result["losses"].append(float(total) / world)

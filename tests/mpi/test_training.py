@@ -142,3 +142,19 @@ def test_torch_threads_split_the_node_cores():
     threads = set_torch_threads(WORLD)
     expected = int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, len(os.sched_getaffinity(0)) // WORLD.Get_size())
     assert all_ranks_agree(threads == expected == torch.get_num_threads())
+
+
+@pytest.mark.mpi(min_size=2)
+def test_the_ddp_peer_accumulates_as_the_trainer_does(corpus, tmp_path):
+    import torch.distributed as dist
+
+    from ringtrain.bench.ddp_peer import init_gloo, train_ddp
+    cfg = TrainConfig(**TINY, data=corpus, steps=3, batch_size=2, accumulate=2, optimizer="sgd", grad_clip=0.0,
+                      out_dir=out_dir(tmp_path))
+    ours = train(cfg)["losses"]
+    init_gloo(WORLD)
+    try:
+        theirs = train_ddp(cfg, WORLD)["losses"]
+    finally:
+        dist.destroy_process_group()
+    assert all_ranks_agree(bool(np.allclose(ours, theirs, rtol=1e-5))), (ours, theirs)
