@@ -26,16 +26,21 @@ _local = threading.local()
 
 
 @contextlib.contextmanager
-def polite(seconds: float):
-    """Inside this block, this thread's waits in ringtrain's collectives test and sleep ``seconds``; 0 spins."""
+def polite(seconds: float, urgent=None):
+    """Inside this block, this thread's waits in ringtrain's collectives test and sleep ``seconds``; 0 spins.
+
+    ``urgent()``, if given, is asked at each poll: while it is true the thread
+    spins instead, because nobody needs the core (the reducer's main thread is
+    itself blocked waiting for this thread).
+    """
     if not seconds >= 0:
         raise ValueError(f"polite: the sleep between polls must be >= 0 seconds, got {seconds!r}")
-    previous = getattr(_local, "sleep", 0.0)
-    _local.sleep = float(seconds)
+    previous = getattr(_local, "sleep", 0.0), getattr(_local, "urgent", None)
+    _local.sleep, _local.urgent = float(seconds), urgent
     try:
         yield
     finally:
-        _local.sleep = previous
+        _local.sleep, _local.urgent = previous
 
 
 def sleep_between_polls() -> float:
@@ -49,7 +54,11 @@ def wait_all(requests) -> None:
     if not sleep:
         MPI.Request.Waitall(requests)
         return
+    urgent = _local.urgent
     while not MPI.Request.Testall(requests):
+        if urgent is not None and urgent():
+            MPI.Request.Waitall(requests)
+            return
         time.sleep(sleep)
 
 

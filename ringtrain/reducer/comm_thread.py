@@ -7,7 +7,10 @@ ready before bucket 1 from deadlocking with one where it is the other way round.
 
 The thread waits for MPI politely (collectives/waiting.py): it tests its
 requests and sleeps ``poll_sleep`` seconds between tests, so that backward,
-running beside it, keeps the core; 0 waits inside MPI (spinning).
+running beside it, keeps the core; 0 waits inside MPI (spinning). Once the
+main thread blocks in ``wait()`` nobody needs the core any more, and the
+thread spins until the step's last bucket is done: a sleep then would only
+add latency.
 """
 import threading
 import time
@@ -27,6 +30,7 @@ class CommThread:
         self._step_open = False
         self._done = threading.Event()
         self._done.set()
+        self._main_waiting = False  # the main thread is blocked in wait(): spin, do not sleep
         self._error = None
         self._closing = False
         self.busy_seconds = 0.0  # time spent inside reduce() this step
@@ -37,6 +41,7 @@ class CommThread:
         with self._cv:
             if not self._step_open:
                 self._step_open = True
+                self._main_waiting = False
                 self._done.clear()
                 self.busy_seconds = 0.0
             self._ready[index] = True
@@ -44,6 +49,7 @@ class CommThread:
 
     def wait(self) -> None:
         """Block until every bucket of this step is reduced; re-raise the thread's error if any."""
+        self._main_waiting = True
         self._done.wait()
         if self._error is not None:
             error, self._error = self._error, None
@@ -61,7 +67,7 @@ class CommThread:
         self._thread.join(timeout=5)
 
     def _run(self):
-        with waiting.polite(self._poll_sleep):
+        with waiting.polite(self._poll_sleep, urgent=lambda: self._main_waiting):
             self._loop()
 
     def _loop(self):

@@ -74,3 +74,23 @@ def test_a_polite_wait_leaves_the_core_to_others():
         comm.Send(np.ones(1024, np.float32), 0, 5)
     comm.Free()
     assert all_ranks_agree(cpu < 0.15 and (rank != 0 or buf[0] == 1)), cpu
+
+
+@pytest.mark.mpi
+def test_an_urgent_wait_spins_instead_of_sleeping():
+    """The reducer's main thread blocked in synchronize makes the wait urgent: no 2 s sleep after the first poll."""
+    if WORLD.Get_size() < 2:
+        pytest.skip("needs a peer to wait for")
+    comm, rank = WORLD.Dup(), WORLD.Get_rank()
+    buf = np.zeros(8, np.float32)
+    took = 0.0
+    if rank == 0:
+        with waiting.polite(2.0, urgent=lambda: True):
+            t0 = time.perf_counter()
+            waiting.recv(comm, buf, 1, 6)
+            took = time.perf_counter() - t0
+    elif rank == 1:
+        time.sleep(0.05)
+        comm.Send(np.ones(8, np.float32), 0, 6)
+    comm.Free()
+    assert all_ranks_agree(took < 1.0 and (rank != 0 or buf[0] == 1)), took
