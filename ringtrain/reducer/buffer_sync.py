@@ -20,18 +20,20 @@ class BufferSync:
             groups.setdefault(b.dtype, []).append(b)
         self.groups = list(groups.values())
         self.flat = [torch.empty(sum(b.numel() for b in bs), dtype=bs[0].dtype) for bs in self.groups]
+        # One view of the flat tensor per buffer, made once: packing and unpacking are one foreach copy each.
+        self.views = []
+        for buffers, flat in zip(self.groups, self.flat):
+            at, views = 0, []
+            for b in buffers:
+                views.append(flat[at:at + b.numel()].view_as(b))
+                at += b.numel()
+            self.views.append(views)
 
     def __call__(self) -> None:
         """Overwrite every rank's buffers with the root's. Collective."""
-        for buffers, flat in zip(self.groups, self.flat):
-            at = 0
-            for b in buffers:
-                flat[at:at + b.numel()].copy_(b.reshape(-1))
-                at += b.numel()
-            # As raw bytes: buffers come in any dtype (bool masks, uint8), which only need copying.
-            self.comm.Bcast(flat.view(torch.uint8).numpy(), root=self.root)
-            at = 0
-            with torch.no_grad():
-                for b in buffers:
-                    b.copy_(flat[at:at + b.numel()].view_as(b))
-                    at += b.numel()
+        with torch.no_grad():
+            for buffers, flat, views in zip(self.groups, self.flat, self.views):
+                torch._foreach_copy_(views, buffers)
+                # As raw bytes: buffers come in any dtype (bool masks, uint8), which only need copying.
+                self.comm.Bcast(flat.view(torch.uint8).numpy(), root=self.root)
+                torch._foreach_copy_(buffers, views)
