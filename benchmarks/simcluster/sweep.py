@@ -35,8 +35,10 @@ ALGORITHMS = "ring,recursive_doubling,ps,auto"
 
 # CI's check that the harness, the benches, the fit and the report still work together.
 SMOKE = [
-    ("allreduce", 2, "1gbit", ["--min-bytes", "1M", "--max-bytes", "4M", "--step-factor", "4", "--repeat", "1",
-                               "--iter-bytes", "4M", "--min-iters", "2"]),
+    # From 4 MiB: the links' 256 KiB token-bucket burst flatters 1 MiB enough that a two-point fit
+    # could put the link above 100% efficiency.
+    ("allreduce", 2, "1gbit", ["--min-bytes", "4M", "--max-bytes", "16M", "--step-factor", "4", "--repeat", "1",
+                               "--iter-bytes", "16M", "--min-iters", "2"]),
     ("allreduce", (2, 2), "1gbit", ["--min-bytes", "4M", "--max-bytes", "4M", "--repeat", "1",
                                     "--iter-bytes", "4M", "--min-iters", "2"]),
     ("compression", 2, "1gbit", ["--sizes", "1M", "--compressors", "fp16,powersgd:rank=4", "--steps", "2",
