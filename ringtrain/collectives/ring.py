@@ -26,7 +26,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ..constants import TAG_RING_GATHER, TAG_RING_REDUCE
-from . import waiting, workspace
+from . import traffic, waiting, workspace
 from .layout import chunk_bounds, segment_bounds, segment_count
 
 # Segment sizes in bytes, from `ringtrain bench allreduce` sweeps on 2 ranks
@@ -106,9 +106,11 @@ def _ring(comm, a, first_send, segment_bytes, reduce, codec=None, wire=None, bou
         # The segment sent now was fully received (and reduced) at item i - nseg.
         if codec is None:
             send = comm.Isend(a[slo:shi], right, tag)
+            traffic.sent(a[slo:shi].nbytes)
         else:  # at step s the segment holds the sum of s + 1 ranks
             codec.encode(a[slo:shi], slo, shi, s + 1, wire[slo:shi])
             send = comm.Isend(wire[slo:shi], right, tag)
+            traffic.sent(wire[slo:shi].nbytes)
         if i + 1 < nitems:
             nxt = item(i + 1)
             following = post_recv(i + 1, nxt[1])

@@ -22,6 +22,8 @@ import time
 
 from mpi4py import MPI
 
+from . import traffic
+
 _local = threading.local()
 
 
@@ -64,6 +66,10 @@ def wait_all(requests) -> None:
 
 def allreduce(comm: MPI.Comm, sendbuf, recvbuf, op) -> None:
     """MPI_Allreduce, or MPI_Iallreduce completed politely."""
+    counter = traffic.current()
+    if counter is not None:
+        n = comm.Get_size()
+        counter[0] += 2 * (n - 1) * _nbytes(recvbuf) // n
     if getattr(_local, "sleep", 0.0):
         wait_all([comm.Iallreduce(sendbuf, recvbuf, op)])
     else:
@@ -73,6 +79,9 @@ def allreduce(comm: MPI.Comm, sendbuf, recvbuf, op) -> None:
 def allgather(comm: MPI.Comm, sendbuf, recvbuf) -> None:
     """MPI_Allgather(v) (``recvbuf`` a buffer spec with counts for v), or its nonblocking form completed politely."""
     vector = isinstance(recvbuf, (list, tuple))
+    counter = traffic.current()
+    if counter is not None:
+        counter[0] += (comm.Get_size() - 1) * _nbytes(sendbuf)
     if getattr(_local, "sleep", 0.0):
         start = comm.Iallgatherv if vector else comm.Iallgather
         wait_all([start(sendbuf, recvbuf)])
@@ -81,6 +90,7 @@ def allgather(comm: MPI.Comm, sendbuf, recvbuf) -> None:
 
 
 def send(comm: MPI.Comm, buf, dest: int, tag: int) -> None:
+    traffic.sent(_nbytes(buf))
     if getattr(_local, "sleep", 0.0):
         wait_all([comm.Isend(buf, dest, tag)])
     else:
@@ -92,3 +102,7 @@ def recv(comm: MPI.Comm, buf, source: int, tag: int) -> None:
         wait_all([comm.Irecv(buf, source, tag)])
     else:
         comm.Recv(buf, source, tag)
+
+
+def _nbytes(buf) -> int:
+    return 0 if buf is MPI.IN_PLACE else memoryview(buf).nbytes

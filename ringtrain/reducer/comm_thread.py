@@ -15,7 +15,7 @@ add latency.
 import threading
 import time
 
-from ..collectives import waiting
+from ..collectives import traffic, waiting
 from ..compression.base import NonFiniteInput
 from ..fault.errors import Diverged
 
@@ -34,6 +34,7 @@ class CommThread:
         self._error = None
         self._closing = False
         self.busy_seconds = 0.0  # time spent inside reduce() this step
+        self.sent = [0]  # bytes sent this step (collectives/traffic.py)
         self._thread = threading.Thread(target=self._run, name="ringtrain-comm", daemon=True)
         self._thread.start()
 
@@ -44,6 +45,7 @@ class CommThread:
                 self._main_waiting = False
                 self._done.clear()
                 self.busy_seconds = 0.0
+                self.sent[0] = 0
             self._ready[index] = True
             self._cv.notify()
 
@@ -67,7 +69,7 @@ class CommThread:
         self._thread.join(timeout=5)
 
     def _run(self):
-        with waiting.polite(self._poll_sleep, urgent=lambda: self._main_waiting):
+        with waiting.polite(self._poll_sleep, urgent=lambda: self._main_waiting), traffic.counting(self.sent):
             self._loop()
 
     def _loop(self):

@@ -121,6 +121,7 @@ class GradientReducer:
             BufferSync(model, self.comm, root=broadcast_from)()  # buffers of any dtype, packed
         self._sync = True
         self.last_comm_seconds = 0.0
+        self.last_wire_bytes = 0  # bytes this rank sent averaging the last step's gradients (traffic.py)
         # On one rank the average is the gradient itself: no hooks, no copies,
         # no thread, so a single-rank run costs what a plain torch loop costs.
         self._alone = self.comm.Get_size() == 1
@@ -301,6 +302,7 @@ class GradientReducer:
             self._submit(bucket)
         self._thread.wait()
         self.last_comm_seconds = self._thread.busy_seconds
+        self.last_wire_bytes = self._thread.sent[0]
         self._touched.clear()
         self._zeroed.clear()
         for bucket in self.buckets:

@@ -173,7 +173,8 @@ def _loop(cfg, comm, model, loss_fn, reducer, optimizer, batches, prefetch, metr
         result["step_seconds"].append(step_s)
         comm_share, exposed_share = reducer.last_comm_seconds / step_s, exposed / step_s
         metrics.write(step=done, loss=step_loss, lr=lr, step_seconds=step_s, tokens_per_second=tokens_per_step / step_s,
-                      comm_seconds=reducer.last_comm_seconds, exposed_comm_seconds=exposed)
+                      comm_seconds=reducer.last_comm_seconds, exposed_comm_seconds=exposed,
+                      wire_bytes=reducer.last_wire_bytes)
         if done % cfg.log_every == 0 or step == start or done == cfg.steps:
             say(rank, progress_line(done, cfg.steps, step_loss, lr, tokens_per_step / step_s, comm_share,
                                     exposed_share, step_s))

@@ -78,5 +78,6 @@ def test_the_summary_agrees_with_metrics(traced):
         ours, theirs = row["ranks"]["0"]["exposed"], 1e3 * m["exposed_comm_seconds"]
         ok &= abs(ours - theirs) <= 0.1 * theirs + 0.5
         ok &= 0 < row["compute_ms"] <= row["step_ms"]
+        ok &= (m["wire_bytes"] > 0) == (WORLD.Get_size() > 1)  # bytes sent averaging, per step
     assert all_ranks_agree(ok), [(r["ranks"]["0"]["exposed"], 1e3 * m["exposed_comm_seconds"])
                                  for r, m in zip(rows, metrics)]
