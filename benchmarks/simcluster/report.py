@@ -17,7 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 from ringtrain.bench.sizes import format_bytes  # noqa: E402
 from ringtrain.plan.costmodel import blend  # noqa: E402
-from ringtrain.plan.fit import _fit_intra, accuracy_key, fit_loaded, step_cases, world_of  # noqa: E402
+from ringtrain.plan.fit import accuracy_key, fit_intra, fit_loaded, step_cases, world_of  # noqa: E402
 from ringtrain.plan.two_level import two_level_cases  # noqa: E402
 from ringtrain.results import link_rate, load_result  # noqa: E402
 
@@ -358,7 +358,7 @@ def main():
         if allreduce:
             two_level_model = fit_loaded([(p, d, r) for p, d, r, _ in allreduce + compression + convergence])
             if os.path.exists(shm):
-                _fit_intra(two_level_model, [load_result(shm)])
+                fit_intra(two_level_model, [load_result(shm)])
         targets += node_aware_section(say, *two_level, two_level_model)
     if compression:
         compression_section(say, compression)

@@ -75,12 +75,13 @@ def _ring(comm, a, first_send, segment_bytes, reduce, codec=None, wire=None, bou
     if bounds is None:
         nseg = segment_count(a.size, n, segment_bytes // a.itemsize)
         bounds = [chunk_bounds(a.size, n, c) for c in range(n)]
+        largest = bounds[0][1]  # chunk 0 is never smaller than another
     else:  # the same count for every chunk, from the largest, so that all ranks agree
         largest = max(hi - lo for lo, hi in bounds)
         nseg = max(1, -(-largest // max(1, segment_bytes // a.itemsize)))
     tag = TAG_RING_REDUCE if reduce else TAG_RING_GATHER
     if reduce:
-        seg_max = -(-max(hi - lo for lo, hi in bounds) // nseg)
+        seg_max = -(-largest // nseg)
         on_wire = a.dtype if codec is None else codec.wire_dtype
         scratch = workspace.get("ring", on_wire, 2 * seg_max).reshape(2, seg_max)
         if codec is not None:

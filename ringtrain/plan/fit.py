@@ -63,7 +63,7 @@ def fit(paths: list) -> CostModel:
             shared_memory.append((path, data))
     model = fit_loaded(loaded)
     if shared_memory:
-        _fit_intra(model, [d for _, d in shared_memory])
+        fit_intra(model, [d for _, d in shared_memory])
         names = ", ".join(sorted(os.path.basename(p) for p, _ in shared_memory))
         model.source += f"; intra-node: {names}"
         model.origin["intra_alpha"] = model.origin["intra_beta"] = f"fitted to {names} (shared memory)"
@@ -99,7 +99,7 @@ def _ring_terms(data) -> tuple[float, float] | None:
     return alpha, beta
 
 
-def _fit_intra(model, results) -> None:
+def fit_intra(model, results) -> None:
     terms = [t for t in (_ring_terms(d) for d in results) if t is not None]
     if terms:
         model.intra_alpha = float(max(1e-7, np.median([a for a, _ in terms])))

@@ -35,6 +35,7 @@ import sys
 import torch
 from mpi4py import MPI
 
+from ..checks import number
 from ..collectives import allreduce, broadcast
 from ..collectives.api import choose_algorithm
 from ..collectives.comm import handshake, private
@@ -332,18 +333,20 @@ def _trace_codec(compressor, trace) -> None:
         setattr(compressor, name, traced)
 
 
+_POLL_SLEEP = number(0, 1e6, below=True)
+
+
 def _poll_sleep_us(value: float | None) -> float:
     """The sleep between polls in microseconds: ``value``, else RINGTRAIN_POLL_SLEEP_US, else the default."""
-    where = "poll_sleep_us"
-    if value is None:
-        text = os.environ.get("RINGTRAIN_POLL_SLEEP_US")
-        if text is None:
-            return POLL_SLEEP_US
-        where, value = f"RINGTRAIN_POLL_SLEEP_US={text!r}", text
+    allowed = f"microseconds between polls, {_POLL_SLEEP.allowed} (0 spins)"
+    if value is not None:
+        if not _POLL_SLEEP.allows(value):
+            raise ValueError(f"poll_sleep_us is not allowed — {allowed}; got {value!r}")
+        return float(value)
+    text = os.environ.get("RINGTRAIN_POLL_SLEEP_US")
+    if text is None:
+        return POLL_SLEEP_US
     try:
-        us = float(value)
-    except (TypeError, ValueError):
-        us = float("nan")
-    if isinstance(value, bool) or not (0 <= us < 1e6):
-        raise ValueError(f"{where} is not allowed — microseconds between polls, a number from 0 (spin) below 1e6")
-    return us
+        return _POLL_SLEEP.value_of(text)
+    except ValueError:
+        raise ValueError(f"RINGTRAIN_POLL_SLEEP_US={text!r} is not allowed — {allowed}") from None
