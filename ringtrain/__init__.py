@@ -14,8 +14,12 @@ def __getattr__(name):
     if name == "GradientReducer":
         from .reducer import GradientReducer
         return GradientReducer
+    if name in ("Task", "TrainConfig", "fit"):  # (ringtrain.train is the subpackage; its train() stays there)
+        from .train import Task, TrainConfig, fit
+        return {"Task": Task, "TrainConfig": TrainConfig, "fit": fit}[name]
     raise AttributeError(f"module 'ringtrain' has no attribute {name!r}")
 
 
-__all__ = ["ALGORITHMS", "CollectiveMismatchError", "GradientReducer", "__version__", "allgather", "allreduce",
-           "broadcast", "choose_algorithm", "chunk_bounds", "owned_bounds", "reduce_scatter"]
+__all__ = ["ALGORITHMS", "CollectiveMismatchError", "GradientReducer", "Task", "TrainConfig", "__version__",
+           "allgather", "allreduce", "broadcast", "choose_algorithm", "chunk_bounds", "fit", "owned_bounds",
+           "reduce_scatter"]

@@ -20,7 +20,8 @@ from ringtrain.train.preflight import check_data, check_model, probe_directory
 KINDS = {"nan": float("nan"), "inf": float("inf"), "negative": -1, "zero": 0, "bool": True, "list": [1]}
 # (field, kind) pairs that are valid values, not bad input: 0 means "off" or "none" for these.
 ACCEPTED = {(name, "zero") for name in ("warmup", "momentum", "weight_decay", "grad_clip", "min_lr_ratio", "seed",
-                                        "eval_every", "sample_tokens", "stop_after", "checkpoint_every")}
+                                        "eval_every", "sample_tokens", "stop_after", "checkpoint_every", "epochs",
+                                        "loader_workers")}
 CASES = [(f.name, kind) for f in fields(TrainConfig) for kind in KINDS]
 
 

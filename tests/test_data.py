@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from ringtrain.data import Batches, default_corpus_files
-from ringtrain.data.batches import BLOCK, VAL_EVERY, Prefetcher
+from ringtrain.data.batches import BLOCK, VAL_EVERY
+from ringtrain.data.loader import Prefetcher
 
 TOKENS = (np.arange(5 * BLOCK * VAL_EVERY // 4) * 7919 % 251).astype(np.uint8)
 

@@ -112,3 +112,43 @@ def test_training_with_compression_checkpoints_error_feedback(tmp_path):
     residuals = [b["residual"] for b in mine["reducer"]["compression"]]
     assert residuals and all(r is not None and float(r.abs().sum()) > 0 for r in residuals)
 
+
+
+def test_a_task_with_datasets_trains_through_the_cli(tmp_path):
+    out = run_mpi(2, ["-m", "ringtrain", "train", "--model", "tests.plugin_model:task", "--epochs", "4",
+                      "--batch-size", "10", "--lr", "0.02", "--eval-every", "10", "--loader-workers", "1",
+                      "--out-dir", str(tmp_path)], timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    # 200 samples / (2 ranks x 10) = 10 steps an epoch.
+    assert "200 training samples (10 micro-steps per epoch), 50 for validation | 4 epochs = 40 steps" in out.stdout
+    assert "step 40/40 | epoch 4.00 |" in out.stdout and "samples/s" in out.stdout
+    rows = read_metrics(tmp_path)
+    assert rows[0]["steps_per_epoch"] == 10
+    evals = [r for r in rows if "val_accuracy" in r]
+    assert [r["step"] for r in evals] == [10, 20, 30, 40]
+    assert evals[-1]["val_accuracy"] >= 0.9 and evals[-1]["val_loss"] < 0.5
+
+
+@pytest.mark.parametrize("factory, words", [
+    ("returns_a_list", "it returned a list — it must return a ringtrain.Task (model, loss_fn, datasets, ...) or a "
+                       "(torch.nn.Module, loss_fn) pair"),
+    ("returns_one_thing", "it returned a tuple of 1 (NextByteMLP) — it must return a ringtrain.Task"),
+    ("streams_its_data", "Task.train_data is a Stream: give a map-style dataset (with __len__ and __getitem__)"),
+])
+def test_a_factory_that_returns_something_else_stops_every_rank(tmp_path, factory, words):
+    out = run_mpi(2, ["-m", "ringtrain", "train", "--model", f"tests.plugin_model:{factory}",
+                      "--out-dir", str(tmp_path)], timeout=120, cwd=ROOT)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith(f"ringtrain: --model tests.plugin_model:{factory}: {words}"), out.stderr
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--model", "tests.plugin_model:task", "--data", "README.md"], "--data README.md: this task brings its own"),
+    (["--epochs", "2"], "--epochs 2: it applies to a task with datasets"),
+    (["--model", "tests.plugin_model:task", "--last-batch", "drop", "--batch-size", "150"],
+     "--last-batch drop: the training dataset has 200 samples, fewer than one global batch"),
+])
+def test_dataset_flags_that_do_not_fit_the_task(tmp_path, flags, words):
+    out = run_mpi(2, ["-m", "ringtrain", "train", *flags, "--out-dir", str(tmp_path)], timeout=120, cwd=ROOT)
+    assert out.returncode == 2 and out.stderr.startswith(f"ringtrain: {words}"), out.stderr

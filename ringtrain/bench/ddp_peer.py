@@ -1,28 +1,23 @@
 """The peer every training benchmark is measured against: torch DDP on gloo, started from MPI.
 
 ``init_gloo`` builds a gloo process group over the MPI ranks (rank 0 picks the
-rendezvous port and broadcasts it). ``train_ddp`` runs the same job as
-``ringtrain.train.train``: same model, data, optimizer, schedule, clipping and
-validation, with DistributedDataParallel averaging the gradients, optionally
-through torch's PowerSGD communication hook.
+rendezvous port and broadcasts it). ``train_ddp`` runs ``ringtrain.train.train``
+itself with DDPSync plugged in as the gradient averaging: the same loop, data,
+optimizer, schedule, clipping, accumulation and validation, with
+DistributedDataParallel averaging the gradients, optionally through torch's
+PowerSGD communication hook.
 """
-import contextlib
 import datetime
 import fcntl
 import os
 import socket
 import struct
-import time
 
-import torch
 import torch.distributed as dist
 from mpi4py import MPI
 
-from ..data import Batches, open_tokens
 from ..train.config import TrainConfig
-from ..train.model_factory import build_model, make_optimizer
-from ..train.schedule import learning_rate
-from ..train.trainer import validate
+from ..train.trainer import train
 
 
 def _interface_address(name: str) -> str:
@@ -66,46 +61,52 @@ def init_gloo(comm: MPI.Comm) -> None:
                             world_size=comm.Get_size(), timeout=datetime.timedelta(seconds=120))
 
 
+class DDPSync:
+    """torch DDP as the training loop's gradient averaging (train/sync.py): forward runs on DDP's wrapper,
+    whose backward hooks average the gradients, so there is nothing left to wait for in ``synchronize``."""
+
+    compression_spec = "none"
+    last_wire_bytes = last_comm_seconds = None  # DDP reports neither
+
+    def __init__(self, model, cfg: TrainConfig, powersgd_rank: int = 0):
+        from torch.nn.parallel import DistributedDataParallel
+        self.bucket_cap_mb = cfg.bucket_cap_mb
+        buffers = {}
+        if cfg.broadcast_buffers == "off":  # torch 2.13 renamed the switch; older torch has only the old name
+            import inspect
+            new_name = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+            buffers = {"forward_sync_buffers" if new_name else "broadcast_buffers": False}
+        self.model = DistributedDataParallel(model, bucket_cap_mb=cfg.bucket_cap_mb, **buffers)
+        if powersgd_rank:
+            from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
+            state = powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=powersgd_rank,
+                                                start_powerSGD_iter=2, random_seed=cfg.seed)
+            self.model.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+            self.compression_spec = f"ddp-powersgd:rank={powersgd_rank}"
+
+    def no_sync(self):
+        return self.model.no_sync()
+
+    def synchronize(self) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def train_ddp(cfg: TrainConfig, comm: MPI.Comm, powersgd_rank: int = 0) -> dict:
-    """``cfg``'s training job with DDP on the gloo group from ``init_gloo``; the same result keys as ``train``.
+    """``cfg``'s training job with DDP on the gloo group from ``init_gloo``, through ringtrain's own loop.
 
     ``powersgd_rank`` > 0 registers torch's PowerSGD hook at that rank, with
     error feedback and warm start, compressing from the second step (the
     earliest the hook allows).
     """
-    from torch.nn.parallel import DistributedDataParallel
-    rank, world = comm.Get_rank(), comm.Get_size()
-    tokens = open_tokens(cfg.data, comm)
-    model, loss_fn = build_model(cfg)
-    ddp = DistributedDataParallel(model, bucket_cap_mb=cfg.bucket_cap_mb)
-    if powersgd_rank:
-        from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
-        state = powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=powersgd_rank,
-                                            start_powerSGD_iter=2, random_seed=cfg.seed)
-        ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
-    optimizer = make_optimizer(cfg, model)
-    batches = Batches(tokens.tokens, context=cfg.context, batch=cfg.batch_size, seed=cfg.seed, rank=rank, world=world)
-    result = {"losses": [], "step_seconds": [], "val_losses": [], "model": model, "world": world, "start_step": 0}
-    result["start_val_loss"] = validate(model, loss_fn, batches, cfg, comm)
-    for step in range(cfg.steps):
-        t0 = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, lr=cfg.lr, warmup=cfg.warmup, steps=cfg.steps,
-                                        min_lr_ratio=cfg.min_lr_ratio)
-        local = 0.0
-        for micro in range(cfg.accumulate):  # as the trainer does: all but the last micro-batch without sync
-            x, y = batches.train(step * cfg.accumulate + micro)
-            with ddp.no_sync() if micro < cfg.accumulate - 1 else contextlib.nullcontext():
-                loss = loss_fn(ddp, x, y) / cfg.accumulate
-                loss.backward()
-            local += loss.item()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        total = torch.tensor([local], dtype=torch.float64)
-        dist.all_reduce(total)
-        result["step_seconds"].append(time.perf_counter() - t0)
-        result["losses"].append(float(total) / world)
-    result["val_loss"] = validate(model, loss_fn, batches, cfg, comm)
-    return result
+    if "auto" in (cfg.compression, cfg.bucket_cap_mb):
+        raise ValueError("the DDP peer takes a fixed --compression none and --bucket-cap-mb")
+    return train(cfg, comm, make_sync=lambda task, cfg, comm, tuned, tracer: DDPSync(task.model, cfg, powersgd_rank))

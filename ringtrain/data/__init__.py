@@ -1,5 +1,9 @@
-"""Training data: byte tokens from a text corpus, and deterministic per-rank batches."""
+"""Training data: byte tokens from a text corpus or any map-style dataset, in deterministic per-rank batches."""
 from .batches import Batches
 from .corpus import TokenFile, default_corpus_files, open_tokens
+from .dataset_batches import DatasetBatches
+from .loader import Prefetcher, WorkerPrefetcher
+from .sampler import ShardedSampler
 
-__all__ = ["Batches", "TokenFile", "default_corpus_files", "open_tokens"]
+__all__ = ["Batches", "DatasetBatches", "Prefetcher", "ShardedSampler", "TokenFile", "WorkerPrefetcher",
+           "default_corpus_files", "open_tokens"]

@@ -7,9 +7,6 @@ drawn from ``seed`` and ``step`` alone, and rank ``r`` takes rows
 at batch N*b with the same seed, which makes a distributed run comparable with
 a serial one, and a resumed run with an uninterrupted one.
 """
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import torch
 
@@ -27,11 +24,15 @@ class Batches:
     (torch.Size([2, 8]), True)
     """
 
-    def __init__(self, tokens: np.ndarray, *, context: int, batch: int, seed: int, rank: int, world: int):
+    steps_per_epoch = None  # windows are drawn afresh every step: there are no epochs
+
+    def __init__(self, tokens: np.ndarray, *, context: int, batch: int, seed: int, rank: int, world: int,
+                 eval_windows: int = 64, source: str = "the corpus"):
         if batch < 1 or context < 1:
             raise ValueError(f"batch and context must be >= 1, got batch={batch}, context={context}")
         self.tokens, self.context, self.batch = tokens, context, batch
         self.seed, self.rank, self.world = seed, rank, world
+        self.eval_windows, self.source = eval_windows, source
         n = len(tokens)
         if n < 2 * (context + 1):
             raise UsageError(f"--data: the corpus has {n} tokens — it needs at least {2 * (context + 1)} "
@@ -74,23 +75,11 @@ class Batches:
         x, y = self._windows(self._val, rng, count)
         return x[self.rank::self.world], y[self.rank::self.world]
 
+    def held_out(self):
+        """(window count, (x, y)) for this rank's share of ``eval_windows`` held-out windows, as one batch."""
+        x, y = self.validation(self.eval_windows)
+        if len(x):
+            yield len(x), (x, y)
 
-class Prefetcher:
-    """Builds the next step's batch on a background thread while the current step runs."""
-
-    def __init__(self, batches: Batches, first_step: int):
-        self._batches = batches
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ringtrain-data")
-        self._lock = threading.Lock()
-        self._next = (first_step, self._pool.submit(batches.train, first_step))
-
-    def get(self, step: int):
-        """The batch for ``step``; starts preparing ``step + 1``."""
-        with self._lock:
-            ready_step, future = self._next
-            batch = future.result() if ready_step == step else self._batches.train(step)
-            self._next = (step + 1, self._pool.submit(self._batches.train, step + 1))
-        return batch
-
-    def close(self):
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def describe(self) -> str:
+        return f"{len(self.tokens):,} byte tokens from {self.source}"

@@ -1,5 +1,6 @@
-"""The training loop and its configuration."""
+"""The training loop, its configuration, and the Task it trains."""
 from .config import TrainConfig
-from .trainer import train
+from .task import Task
+from .trainer import fit, train
 
-__all__ = ["TrainConfig", "train"]
+__all__ = ["Task", "TrainConfig", "fit", "train"]

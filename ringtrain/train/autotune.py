@@ -32,6 +32,7 @@ from ..compression import get as compression_get
 from ..constants import BUCKET_CAP_MB
 from ..plan.costmodel import step_time
 from ..reducer.buckets import bucket_bytes, group_params
+from .task import call
 
 # Compressors that kept the validation loss within 2% of uncompressed training
 # in the training sweep (benchmarks/README.md); the others trade accuracy.
@@ -40,24 +41,24 @@ CAPS_MB = (1, 2, 5, 10, 25, 50, 100)
 PAYS = 0.95
 
 
-def probe_compute(model, loss_fn, x, y, comm) -> float:
+def probe_compute(model, loss_fn, batch, comm) -> float:
     """Seconds of forward + backward, leaving the model, its gradients and the RNG as they were."""
     with torch.random.fork_rng(devices=[]):
         seconds = 0.0
         for _ in range(2):
             t0 = time.perf_counter()
-            loss_fn(model, x, y).backward()
+            call(loss_fn, model, batch).backward()
             seconds = time.perf_counter() - t0
     model.zero_grad(set_to_none=True)
     return slowest(comm, seconds)
 
 
-def tune(cfg, model, loss_fn, x, y, comm) -> dict:
+def tune(cfg, model, loss_fn, batch, comm) -> dict:
     """``{"compression": spec, "bucket_cap_mb": cap, "probe": {...}}`` for ``cfg``'s auto fields. Collective."""
     params = [p for p in model.parameters() if p.requires_grad]
     count = sum(p.numel() for p in params)
     # Accumulation repeats forward and backward; only the last backward overlaps averaging.
-    compute = probe_compute(model, loss_fn, x, y, comm) * cfg.accumulate
+    compute = probe_compute(model, loss_fn, batch, comm) * cfg.accumulate
     full = np.zeros(count, np.float32)
     small = full[:max(1, count // 16)]
     tiny = full[:1]

@@ -34,7 +34,16 @@ class TrainConfig:
     data: str | None = None
     """A text file or directory; default: this Python's standard-library sources."""
     model: str = "gpt"
-    """gpt, or module:function returning (model, loss_fn) with loss_fn(model, x, y) -> loss."""
+    """gpt, or module:function returning a ringtrain.Task (model, loss, datasets, metrics), or a
+    (model, loss_fn) pair with loss_fn(model, x, y) -> loss trained on --data's byte tokens."""
+    epochs: int = 0
+    """A dataset task: train this many epochs (this sets --steps); 0: --steps decides."""
+    last_batch: str = "pad"
+    """A dataset task's short last global batch of an epoch: pad (with the epoch's first samples) or drop."""
+    loader_workers: int = 0
+    """A dataset task: DataLoader worker processes per rank; 0: one background thread."""
+    prefetch: int = 2
+    """Batches each loader worker keeps ready."""
     layers: int = 4
     """GPT transformer blocks."""
     heads: int = 4
@@ -49,7 +58,7 @@ class TrainConfig:
     bucket_cap_mb: float | str = BUCKET_CAP_MB
     """Largest gradient bucket, in MB; auto: chosen by a probe at start-up."""
     broadcast_buffers: str = "on"
-    """on: rank 0's buffers (BatchNorm statistics) overwrite every rank's before each forward, as DDP does; off."""
+    """on: rank 0's buffers (BatchNorm statistics) overwrite every rank's after each step's averaging; off."""
     node_aware: str = "auto"
     """auto: where the ranks span several nodes with several ranks on some node, average node-aware and
     compress only what crosses nodes; on: always; off: the flat ring, compressing every hop."""
@@ -119,8 +128,9 @@ CHECKS: dict[str, Rule] = {
     "lr": number(0, above=True), "min_lr_ratio": number(0, 1), "warmup": whole(0),
     "optimizer": choice("adamw", "sgd"), "momentum": number(0, 1, below=True), "weight_decay": number(0),
     "grad_clip": number(0), "seed": whole(0, 2**63 - 1), "data": optional(_PATH),
-    "model": text("gpt, or module:function (a function that returns (model, loss_fn))",
+    "model": text("gpt, or module:function (a function that returns a ringtrain.Task or (model, loss_fn))",
                   r"gpt|[A-Za-z_][\w.]*:[A-Za-z_]\w*"),
+    "epochs": whole(0), "last_batch": choice("pad", "drop"), "loader_workers": whole(0), "prefetch": whole(1),
     "layers": whole(1), "heads": whole(1), "width": whole(1), "context": whole(1),
     "compression": text("a compression spec such as fp16, int8+lz4, ef+topk:ratio=0.01 or powersgd:rank=4; "
                         "none; or auto", r"\S+"),

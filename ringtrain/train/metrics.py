@@ -23,12 +23,20 @@ class Metrics:
             self._file.close()
 
 
-def progress_line(step: int, steps: int, loss: float, lr: float, tokens_per_s: float,
-                  comm_share: float, exposed_share: float, step_s: float) -> str:
-    """One line of progress, as rank 0 prints it."""
-    return (f"step {step:>{len(str(steps))}}/{steps} | loss {loss:.4f} | lr {lr:.2e} | "
-            f"{tokens_per_s:,.0f} tok/s | {step_s * 1e3:.0f} ms/step | "
-            f"comm {100 * comm_share:.0f}% of step, {100 * exposed_share:.0f}% exposed")
+def progress_line(step: int, steps: int, loss: float, lr: float, per_s: float, comm_share: float | None,
+                  exposed_share: float, step_s: float, *, wire_bytes: int | None = None, unit: str = "tokens",
+                  epoch: float | None = None) -> str:
+    """One line of progress, as rank 0 prints it.
+
+    >>> progress_line(10, 100, 2.5, 1e-3, 5000, 0.3, 0.1, 0.2, wire_bytes=3_000_000, unit="samples", epoch=1.5)
+    'step  10/100 | epoch 1.50 | loss 2.5000 | lr 1.00e-03 | 5,000 samples/s | 200 ms/step | comm 30% of step, 10% exposed | 3.0 MB sent'
+    """
+    short = {"tokens": "tok/s"}.get(unit, f"{unit}/s")
+    return (f"step {step:>{len(str(steps))}}/{steps} | " + (f"epoch {epoch:.2f} | " if epoch is not None else "")
+            + f"loss {loss:.4f} | lr {lr:.2e} | {per_s:,.0f} {short} | {step_s * 1e3:.0f} ms/step | "
+            + (f"comm {100 * comm_share:.0f}% of step, " if comm_share is not None else "")
+            + f"{100 * exposed_share:.0f}% exposed"
+            + (f" | {wire_bytes / 1e6:.1f} MB sent" if wire_bytes is not None else ""))
 
 
 def say(rank: int, text: str) -> None:

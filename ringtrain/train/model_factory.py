@@ -1,4 +1,4 @@
-"""The model a run trains: the built-in GPT, or any torch model named as module:function."""
+"""The task a run trains: the built-in GPT on the byte corpus, or whatever module:function returns."""
 import importlib
 
 import torch
@@ -6,14 +6,15 @@ import torch
 from ..fault.errors import UsageError
 from ..model import GPT, GPTConfig
 from .config import TrainConfig
+from .task import Task, TaskError, as_task
 
 
 def gpt_loss(model, x, y):
     return model(x, y)[1]
 
 
-def build_model(cfg: TrainConfig):
-    """(model, loss_fn) with ``loss_fn(model, x, y) -> scalar``; x and y are (B, T) byte tokens.
+def build_task(cfg: TrainConfig) -> Task:
+    """``cfg.model``'s Task: the GPT on the byte corpus, or what ``module:function`` returns.
 
     The seed is set first, so every rank builds identical weights (rank 0's are
     broadcast anyway, which also covers models that ignore the seed).
@@ -21,19 +22,17 @@ def build_model(cfg: TrainConfig):
     torch.manual_seed(cfg.seed)
     if cfg.model == "gpt":
         gpt = GPT(GPTConfig(context=cfg.context, layers=cfg.layers, heads=cfg.heads, width=cfg.width))
-        return gpt, gpt_loss
+        return Task(gpt, gpt_loss)
     module_name, _, function_name = cfg.model.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as e:
         raise UsageError(f"--model {cfg.model}: cannot import {function_name} from {module_name} ({e}) — give "
                          "gpt, or module:function with the module on PYTHONPATH") from None
-    built = factory()
-    if (not isinstance(built, tuple) or len(built) != 2 or not isinstance(built[0], torch.nn.Module)
-            or not callable(built[1])):
-        raise UsageError(f"--model {cfg.model}: {function_name}() returned {type(built).__name__} — it must "
-                         "return (torch.nn.Module, loss_fn)")
-    return built
+    try:
+        return as_task(factory(), cfg.model)
+    except TaskError as e:  # a Task built from the wrong things inside the factory
+        raise UsageError(f"--model {cfg.model}: {e}") from None
 
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

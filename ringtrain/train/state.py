@@ -19,7 +19,7 @@ from .config import TrainConfig
 # (--steps may grow: that only stretches the learning-rate schedule from here on.)
 _MUST_MATCH = ("model", "layers", "heads", "width", "context", "seed", "optimizer", "batch_size", "accumulate",
                "lr", "min_lr_ratio", "warmup", "momentum", "weight_decay", "grad_clip", "data", "compression",
-               "bucket_cap_mb")
+               "bucket_cap_mb", "last_batch")
 
 
 def save(cfg: TrainConfig, step: int, model, optimizer, reducer, comm: MPI.Comm, lineage: str) -> str:
@@ -98,7 +98,10 @@ def restore(cfg: TrainConfig, model, optimizer, reducer, comm: MPI.Comm) -> tupl
 
 def _check_config(saved: dict, cfg: TrainConfig, path: str) -> None:
     now = dataclasses.asdict(cfg)
-    changed = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in _MUST_MATCH if saved.get(k) != now[k]]
+    # A field newer than the checkpoint was, in effect, at its default when it was written.
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    was = {k: saved.get(k, defaults[k]) for k in _MUST_MATCH}
+    changed = [f"{k}: {was[k]!r} -> {now[k]!r}" for k in _MUST_MATCH if was[k] != now[k]]
     if changed:
         # Every rank compares the same replicated state with the same flags: agreed.
         raise UsageError(f"{path} was written with a different configuration ({'; '.join(changed)}) — resume "

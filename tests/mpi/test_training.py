@@ -15,7 +15,7 @@ from mpi4py import MPI
 import ringtrain
 from ringtrain.data import Batches, open_tokens
 from ringtrain.train import TrainConfig, train
-from ringtrain.train.model_factory import build_model
+from ringtrain.train.model_factory import build_task
 from tests.helpers import all_ranks_agree, identical_across_ranks
 
 WORLD = MPI.COMM_WORLD
@@ -79,14 +79,15 @@ def test_averaged_gradients_equal_ddp_on_gloo(corpus):
     # The peer: DistributedDataParallel over gloo (TCP on loopback).
     init_gloo(WORLD)
     try:
-        peer, loss_fn = build_model(cfg)
+        peer = build_task(cfg).model
         ddp = torch.nn.parallel.DistributedDataParallel(peer)
         _, loss = ddp(x, y)
         loss.backward()
         expected = [p.grad.clone() for p in peer.parameters()]
     finally:
         dist.destroy_process_group()
-    mine, loss_fn = build_model(cfg)
+    task = build_task(cfg)
+    mine, loss_fn = task.model, task.loss_fn
     reducer = ringtrain.GradientReducer(mine)
     loss_fn(mine, x, y).backward()
     reducer.synchronize()

@@ -1,0 +1,235 @@
+"""The training loop, one method per piece of a step.
+
+A step: ``forward_backward`` over ``accumulate`` micro-batches (all but the
+last inside ``no_sync``), ``synchronize`` (after it the averaged gradient is
+identical on every rank), ``optimizer_step`` (clipping, then the optimizer),
+``agree`` (one small allreduce carrying the loss, whether any rank was
+signalled and whether a timed checkpoint is due, so every rank makes the same
+decision at the same step), ``record`` (metrics.jsonl and the progress line on
+rank 0), then a checkpoint or validation if due. Each wait for the peers runs
+under the watchdog's deadline.
+
+Gradient averaging is whatever ``sync`` is (train/sync.py): the
+GradientReducer, or torch DDP for the benchmark peer, through this same loop.
+"""
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+from mpi4py import MPI
+
+from ..fault import EXIT_PREEMPTED, Diverged, Preempted, Watchdog, PreemptionSignals, agree_at_step_end
+from ..model import GPT
+from . import state
+from .config import TrainConfig
+from .data_source import prefetcher
+from .metrics import Metrics, progress_line, say
+from .schedule import learning_rate
+from .sync import GradientSync
+from .task import Task, call
+from .validation import describe, validate
+
+
+@dataclass(kw_only=True)
+class TrainingLoop:
+    cfg: TrainConfig
+    comm: MPI.Comm
+    task: Task
+    sync: GradientSync
+    optimizer: torch.optim.Optimizer
+    source: object
+    """The batches (train/data_source.py)."""
+    metrics: Metrics
+    watchdog: Watchdog
+    signals: PreemptionSignals
+    tracer: object
+    lineage: str
+    start: int
+    """The step the run starts from (0, or a checkpoint's)."""
+
+    def __post_init__(self):
+        self.rank, self.world = self.comm.Get_rank(), self.comm.Get_size()
+        self.model = self.task.model
+        self.every_steps, self.every_seconds = self.cfg.checkpoint_interval()
+        self.last_checkpoint = time.monotonic()
+        self.result = {"losses": [], "step_seconds": [], "val_losses": [], "val_metrics": [], "model": self.model,
+                       "world": self.world, "start_step": self.start}
+
+    def run(self) -> dict:
+        """Train from ``start`` to --steps (or --stop-after); returns losses, times and validation results."""
+        cfg = self.cfg
+        last = cfg.steps if not cfg.stop_after else min(cfg.steps, self.start + cfg.stop_after)
+        with self.watchdog.guard("validation", self.start, cfg.first_timeout):
+            self.result["start_val_loss"] = self.validate(self.start, record=False)
+        self.prefetch = prefetcher(cfg, self.source, self.start, last)
+        try:
+            for step in range(self.start, last):
+                self.train_step(step, last)
+        finally:
+            self.prefetch.close()
+        return self.finish()
+
+    def train_step(self, step: int, last: int) -> None:
+        cfg = self.cfg
+        t0 = time.perf_counter_ns()
+        deadline = cfg.first_timeout if step == self.start else cfg.timeout
+        lr = learning_rate(step, lr=cfg.lr, warmup=cfg.warmup, steps=cfg.steps, min_lr_ratio=cfg.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        local = self.forward_backward(step)
+        exposed = self.synchronize(step, deadline)
+        self.optimizer_step(step)
+        step_loss, signalled, timed_due = self.agree(step, local, deadline)
+        self.tracer.complete("step", "step", t0, time.perf_counter_ns(), step=step + 1)
+        done = step + 1
+        if not math.isfinite(step_loss):  # the same agreed value on every rank, so every rank stops here
+            self.metrics.write(event="diverged", step=done, loss=str(step_loss))
+            raise Diverged(f"the loss is {step_loss} at step {done} — the run stopped without checkpointing this "
+                           "state (any earlier checkpoint is intact); lower --lr, set --grad-clip, or check the data",
+                           agreed=True)
+        self.record(step, step_loss, lr, (time.perf_counter_ns() - t0) / 1e9, exposed)
+        stopping = signalled or (done == last and done < cfg.steps)
+        if cfg.checkpoint_dir and (stopping or timed_due or (self.every_steps and done % self.every_steps == 0)
+                                   or done == cfg.steps):
+            self.checkpoint(done)
+            if self.signals.hurried and not stopping:
+                raise KeyboardInterrupt
+        if stopping:
+            reason = f"{signalled} on some rank" if signalled else f"--stop-after {cfg.stop_after}"
+            saved = f"checkpoint at step {done} written" if cfg.checkpoint_dir else "no --checkpoint-dir, nothing saved"
+            say(self.rank, f"stopping after step {done} ({reason}); {saved}; exit code {EXIT_PREEMPTED}")
+            self.metrics.write(event="stopped", step=done, reason=reason)
+            raise Preempted(done, reason)
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+            with self.watchdog.guard("validation", done), self.tracer.span("eval", "eval", step=done):
+                self.validate(done)
+
+    def forward_backward(self, step: int) -> float:
+        """Forward and backward over the step's micro-batches; returns this rank's loss (their mean)."""
+        cfg, tracer = self.cfg, self.tracer
+        local = 0.0
+        for micro in range(cfg.accumulate):
+            with tracer.span("data", "data", step=step + 1):
+                batch = self.prefetch.get(step * cfg.accumulate + micro)
+            quiet = self.sync.no_sync() if micro < cfg.accumulate - 1 else contextlib.nullcontext()
+            with quiet:
+                with tracer.span("forward", "compute", step=step + 1):
+                    loss = call(self.task.loss_fn, self.sync.model, batch) / cfg.accumulate
+                with tracer.span("backward", "compute", step=step + 1):
+                    loss.backward()
+            local += loss.item()
+        return local
+
+    def synchronize(self, step: int, deadline: float) -> float:
+        """Wait for the averaged gradients; returns the seconds waited (communication backward did not hide)."""
+        t0 = time.perf_counter()
+        with self.watchdog.guard("the gradient allreduce", step + 1, deadline), \
+                self.tracer.span("synchronize", "communication", step=step + 1):
+            self.sync.synchronize()
+        return time.perf_counter() - t0
+
+    def optimizer_step(self, step: int) -> None:
+        with self.tracer.span("optimizer", "compute", step=step + 1):
+            if self.cfg.grad_clip:
+                # On the averaged gradient, which is bitwise identical on every
+                # rank, so every rank clips by the same factor.
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def agree(self, step: int, local: float, deadline: float):
+        """(mean loss over ranks, the signal any rank received or None, a timed checkpoint is due). Collective."""
+        timed_due = (self.rank == 0 and self.every_seconds
+                     and time.monotonic() - self.last_checkpoint >= self.every_seconds)
+        with self.watchdog.guard("the end-of-step allreduce", step + 1, deadline):
+            return agree_at_step_end(self.comm, local, self.signals.received, timed_due)
+
+    def record(self, step: int, loss: float, lr: float, step_s: float, exposed: float) -> None:
+        """The step's row in metrics.jsonl, and the progress line on rank 0 every --log-every steps."""
+        cfg, done = self.cfg, step + 1
+        self.result["losses"].append(loss)
+        self.result["step_seconds"].append(step_s)
+        samples = self.world * cfg.batch_size * cfg.accumulate
+        # Tokens for the byte corpus (each sample is --context of them); samples for a dataset.
+        per_step, unit = (samples * cfg.context, "tokens") if self.source.steps_per_epoch is None else (samples,
+                                                                                                       "samples")
+        epoch = ({"epoch": round(done * cfg.accumulate / self.source.steps_per_epoch, 4)}
+                 if self.source.steps_per_epoch else {})
+        self.metrics.write(step=done, loss=loss, lr=lr, step_seconds=step_s, **{f"{unit}_per_second": per_step / step_s},
+                           comm_seconds=self.sync.last_comm_seconds, exposed_comm_seconds=exposed,
+                           wire_bytes=self.sync.last_wire_bytes, **epoch)
+        if done % cfg.log_every == 0 or step == self.start or done == cfg.steps:
+            comm = self.sync.last_comm_seconds
+            say(self.rank, progress_line(done, cfg.steps, loss, lr, per_step / step_s,
+                                         None if comm is None else comm / step_s, exposed / step_s, step_s,
+                                         wire_bytes=self.sync.last_wire_bytes, unit=unit, epoch=epoch.get("epoch")))
+
+    def checkpoint(self, step: int) -> None:
+        # A second SIGINT while it is written waits for it: it must not cost the checkpoint.
+        # Checkpoints wait on rank 0's writes to storage: give them at least a minute.
+        with self.watchdog.guard("the checkpoint", step, max(self.cfg.timeout, 60.0)), self.signals.deferred(), \
+                self.tracer.span("checkpoint", "checkpoint", step=step):
+            t0 = time.perf_counter()
+            path = state.save(self.cfg, step, self.model, self.optimizer, self.sync, self.comm, self.lineage)
+            seconds = time.perf_counter() - t0
+        self.last_checkpoint = time.monotonic()
+        if self.rank == 0:
+            size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+            self.metrics.write(event="checkpoint", step=step, path=path, bytes=size, seconds=seconds)
+            say(0, f"checkpoint at step {step}: {size / 1e6:.1f} MB in {1e3 * seconds:.0f} ms -> {path}")
+
+    def validate(self, step: int, record: bool = True) -> float | None:
+        """The validation loss at ``step`` (None without held-out data), with a line on rank 0. Collective.
+
+        ``record``: also keep it in the result and write its metrics row.
+        """
+        values = validate(self.task, self.source, self.comm)
+        if values is None:
+            return None
+        self.last_values = values
+        if record:
+            self.result["val_losses"].append((step, values["loss"]))
+            self.result["val_metrics"].append((step, values))
+            self.metrics.write(step=step, **_val_columns(values))
+        say(self.rank, f"validation loss at step {step}: {describe(values)}")
+        return values["loss"]
+
+    def finish(self) -> dict:
+        """The final validation, the end row of metrics.jsonl, the summary line and (GPT) a sample."""
+        cfg, result = self.cfg, self.result
+        with self.watchdog.guard("validation", cfg.steps):
+            val = self.validate(cfg.steps, record=False)
+        columns = {}
+        if val is not None:
+            result["val_losses"].append((cfg.steps, val))
+            result["val_metrics"].append((cfg.steps, self.last_values))
+            columns = _val_columns(self.last_values)
+        result.update(val_loss=val, start_loss=result["losses"][0] if result["losses"] else None,
+                      end_loss=result["losses"][-1] if result["losses"] else None)
+        self.metrics.write(step=cfg.steps, event="end", start_loss=result["start_loss"], end_loss=result["end_loss"],
+                           start_val_loss=result["start_val_loss"], **columns)
+        validation = (f", validation loss {result['start_val_loss']:.4f} -> {val:.4f}" if val is not None else "")
+        if result["losses"]:
+            say(self.rank, f"done: loss {result['start_loss']:.4f} -> {result['end_loss']:.4f}{validation}"
+                           + (f"; metrics in {self.metrics.path}" if self.rank == 0 else ""))
+        else:
+            say(self.rank, f"nothing to do: the checkpoint is already at step {cfg.steps}{validation}")
+        if self.rank == 0 and isinstance(self.model, GPT) and cfg.sample_tokens:
+            say(self.rank, "sample:\n" + _sample(self.model, cfg))
+        return result
+
+
+def _val_columns(values: dict) -> dict:
+    """metrics.jsonl's names: val_loss, val_<metric>."""
+    return {f"val_{name}": value for name, value in values.items()}
+
+
+def _sample(model: GPT, cfg: TrainConfig) -> str:
+    model.eval()
+    prompt = torch.tensor([list(b"def ")], dtype=torch.long)
+    out = model.generate(prompt, cfg.sample_tokens, generator=torch.Generator().manual_seed(cfg.seed))
+    model.train()
+    return bytes(out[0].tolist()).decode("utf-8", errors="replace")
