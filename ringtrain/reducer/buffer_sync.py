@@ -1,8 +1,11 @@
-"""Buffers kept equal on every rank: rank 0's are broadcast before each training forward, as DDP does.
+"""Buffers kept equal on every rank: rank 0's are broadcast at the end of each gradient synchronisation.
 
 BatchNorm's running statistics are updated by each rank's own batches, so
 without this they drift apart, and evaluation or a checkpoint taken on another
-rank disagrees with rank 0's. The buffers are packed by dtype into one flat
+rank disagrees with rank 0's. DDP broadcasts before each forward instead, so
+its ranks differ again after the last step's forward; the reducer broadcasts
+inside ``synchronize``, which every rank calls, so the buffers are equal after
+every step. The statistics follow rank 0's batches either way. The buffers are packed by dtype into one flat
 tensor each (floating statistics, integer counters such as num_batches_tracked),
 so a model with a hundred buffers costs one or two MPI_Bcast calls, not a hundred.
 Every rank must run the same number of training forwards, as with DDP.

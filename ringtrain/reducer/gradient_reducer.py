@@ -68,7 +68,7 @@ class GradientReducer:
     ``first_bucket_mb`` caps the first bucket (the last layers, ready first)
     lower, so that averaging starts early. ``broadcast_buffers`` (default
     True, as DDP): rank 0's buffers (BatchNorm statistics) overwrite every
-    rank's before each training forward (buffer_sync.py).
+    rank's at the end of each ``synchronize`` (buffer_sync.py).
     Collective: every rank must construct it, with the same model architecture.
 
     >>> model = torch.nn.Linear(4, 2)
@@ -177,12 +177,9 @@ class GradientReducer:
             self._sync = previous
 
     def _before_forward(self, module, inputs) -> None:
-        """Before a forward that will backpropagate: rank 0's buffers everywhere, and each gradient set to
-        None becomes its zeroed bucket view."""
+        """Before a forward that will backpropagate: each gradient set to None becomes its zeroed bucket view."""
         if not torch.is_grad_enabled():
             return
-        if self._sync_buffers is not None:
-            self._sync_buffers()
         for p in self._params:
             if p.grad is None:
                 bucket, i = self._where[id(p)]
@@ -304,6 +301,11 @@ class GradientReducer:
         self._thread.wait()
         self.last_comm_seconds = self._thread.busy_seconds
         self.last_wire_bytes = self._thread.sent[0]
+        if self._sync_buffers is not None:
+            # Here, not before each forward as DDP does: every rank calls synchronize, so an evaluation
+            # forward on some ranks alone can never hang, and after every step the buffers are equal
+            # everywhere, for validation and checkpoints alike.
+            self._sync_buffers()
         self._touched.clear()
         self._zeroed.clear()
         for bucket in self.buckets:

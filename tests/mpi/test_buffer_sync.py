@@ -1,4 +1,4 @@
-"""Buffers kept equal: rank 0's BatchNorm statistics everywhere before each training forward, as DDP does."""
+"""Buffers kept equal: rank 0's BatchNorm statistics everywhere after each synchronize."""
 import pytest
 import torch
 from mpi4py import MPI
