@@ -26,7 +26,9 @@ setup(
         # MPICH from PyPI: mpiexec and libmpi without a compiler (laptops, CI).
         # On a cluster, build mpi4py against the site MPI instead (README).
         "mpich": ["mpich"],
-        "test": ["pytest>=7", "pytest-mpi>=0.6", "hypothesis>=6", "matplotlib>=3.7"],
+        "test": ["pytest>=7", "pytest-mpi>=0.6", "hypothesis>=6", "matplotlib>=3.7", "scikit-learn>=1.0"],
+        # ringtrain.examples.digits: scikit-learn ships the images.
+        "examples": ["scikit-learn>=1.0"],
         "bench": ["matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["ringtrain=ringtrain.__main__:main"]},
