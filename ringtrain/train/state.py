@@ -80,8 +80,14 @@ def restore(cfg: TrainConfig, model, optimizer, reducer, comm: MPI.Comm) -> tupl
         return 0, comm.bcast(checkpoint.new_lineage(), root=0)
     state = checkpoint.load_part(path, "replicated.pt", manifest)
     _check_config(state["config"], cfg, path)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:  # another model under the same flags (ringtrain.fit, --model)
+        first = str(e).strip().splitlines()[0]
+        raise UsageError(f"{path} holds another model's weights or optimizer state ({first}) — resume with the "
+                         "model that wrote it, or pass resume='none' (--resume none) to start afresh",
+                         agreed=True) from None
     rank, world = comm.Get_rank(), comm.Get_size()
     name = checkpoint.rank_file(rank)
     if manifest["world_size"] == world:

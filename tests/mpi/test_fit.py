@@ -138,3 +138,13 @@ def test_metrics_are_averaged_over_every_validation_sample(tmp_path):
                     "max_error": float((result["model"](x) - y).abs().amax(dim=1).mean())}
     got = result["val_metrics"][-1][1]
     assert all_ranks_agree(all(abs(got[k] - v) <= 1e-6 for k, v in expected.items())), (got, expected)
+
+
+@pytest.mark.mpi
+def test_resuming_with_another_model_is_refused_in_one_line(tmp_path):
+    shared = WORLD.bcast(str(tmp_path) if WORLD.Get_rank() == 0 else None, root=0)
+    common = dict(SGD, steps=2, batch_size=2, out_dir=out_dir(tmp_path), checkpoint_dir=f"{shared}/c")
+    ringtrain.fit(mlp(), mse, regression_data(), config=TrainConfig(**common))
+    with pytest.raises(ringtrain.fault.UsageError, match=r"holds another model's weights .* resume='none'") as e:
+        ringtrain.fit(BatchNormNet(), mse, regression_data(), config=TrainConfig(**common))
+    assert all_ranks_agree(e.value.agreed)
