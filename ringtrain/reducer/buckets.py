@@ -20,9 +20,20 @@ class Bucket:
     index: int
     params: list
     bounds: list  # (lo, hi) element range of each parameter in ``buffer``
-    buffer: torch.Tensor
+    buffer: torch.Tensor | None  # None between steps under ZeRO-2, which frees it once reduce-scattered
     waiting: set | None = None  # ids of parameters still owing a gradient this step; None: none in yet
     submitted: bool = False     # handed to the communication thread this step
+
+    @property
+    def numel(self) -> int:
+        """Elements of the buffer: the gradients, then one used-flag per parameter."""
+        return self.bounds[-1][1] + len(self.params)
+
+    def allocate(self) -> torch.Tensor:
+        """The buffer, made anew if it was freed (uninitialised: every element is written before it is read)."""
+        if self.buffer is None:
+            self.buffer = torch.empty(self.numel, dtype=self.params[0].dtype)
+        return self.buffer
 
     def view(self, i: int) -> torch.Tensor:
         lo, hi = self.bounds[i]
@@ -100,6 +111,6 @@ def layout_fingerprint(buckets: list[Bucket]) -> tuple[int, int, str]:
     """(total elements, 62-bit hash, description) of the bucket layout, for a cross-rank check."""
     text = ";".join(f"{b.buffer.dtype}:" + ",".join(str(tuple(p.shape)) for p in b.params) for b in buckets)
     digest = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 2
-    total = sum(b.buffer.numel() for b in buckets)
+    total = sum(b.numel for b in buckets)
     nparams = sum(len(b.params) for b in buckets)
     return total, digest, f"{nparams} parameters, {total} elements in {len(buckets)} buckets"

@@ -48,6 +48,7 @@ from .buckets import assign_buckets, layout_fingerprint
 from .buffer_sync import BufferSync
 from .comm_thread import CommThread
 from .cross_node import block_layout, compressed_cross_sum, node_blocks
+from .zero import GradientShards
 
 
 class GradientReducer:
@@ -80,7 +81,7 @@ class GradientReducer:
     def __init__(self, model: torch.nn.Module, *, bucket_cap_mb: float = BUCKET_CAP_MB, compression=None,
                  comm: MPI.Comm | None = None, broadcast_from: int | None = 0, node_aware: bool | None = None,
                  poll_sleep_us: float | None = None, trace=NO_TRACE, first_bucket_mb: float | None = None,
-                 broadcast_buffers: bool = True):
+                 broadcast_buffers: bool = True, zero: int = 0):
         if not bucket_cap_mb > 0:
             raise ValueError(f"bucket_cap_mb must be > 0, got {bucket_cap_mb}")
         level = MPI.Query_thread()
@@ -98,6 +99,13 @@ class GradientReducer:
             raise ValueError(f"first_bucket_mb must be > 0 (or None: as bucket_cap_mb), got {first_bucket_mb}")
         self.buckets = assign_buckets(params, int(bucket_cap_mb * 1e6),
                                       None if first_bucket_mb is None else int(first_bucket_mb * 1e6))
+        if zero not in (0, 1, 2) or isinstance(zero, bool):
+            raise ValueError(f"zero={zero!r} is not allowed — 0 (allreduce), 1 (shard the optimizer state) or 2 "
+                             "(and the gradients)")
+        if zero and compression not in (None, "none"):
+            raise ValueError(f"compression {compression!r} with ZeRO: not supported yet — ZeRO reduce-scatters "
+                             "float32 gradients; use compression none, or zero=0")
+        self.zero = zero
         self.compressors = [compression_get(compression) for _ in self.buckets]
         # What a checkpoint records as the run's choice, e.g. after autotuning.
         self.compression_spec, self.bucket_cap_mb = compression or "none", bucket_cap_mb
@@ -125,7 +133,9 @@ class GradientReducer:
         self.last_wire_bytes = 0  # bytes this rank sent averaging the last step's gradients (traffic.py)
         # On one rank the average is the gradient itself: no hooks, no copies,
         # no thread, so a single-rank run costs what a plain torch loop costs.
-        self._alone = self.comm.Get_size() == 1
+        # (Sharded, even one rank goes through the buckets: the shards are where the optimizer looks.)
+        self._alone = self.comm.Get_size() == 1 and not zero
+        self.shards = GradientShards(self.buckets, self.comm, zero) if zero else None
         self.poll_sleep_us = _poll_sleep_us(poll_sleep_us)
         self._thread = None if self._alone else CommThread(len(self.buckets), self._reduce_bucket,
                                                            self.poll_sleep_us * 1e-6)
@@ -178,7 +188,7 @@ class GradientReducer:
 
     def _before_forward(self, module, inputs) -> None:
         """Before a forward that will backpropagate: each gradient set to None becomes its zeroed bucket view."""
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() or self.zero == 2:  # ZeRO-2 keeps no full buffer between steps
             return
         for p in self._params:
             if p.grad is None:
@@ -210,6 +220,7 @@ class GradientReducer:
 
     def _copy_in(self, bucket, i: int) -> None:
         """Put parameter i's gradient into its bucket slice (a no-op when p.grad is that slice) and flag it."""
+        bucket.allocate()
         p, view = bucket.params[i], bucket.view(i)
         # A view attached as zeros that no backward touched is no gradient: it must stay None, as in torch.
         has = id(p) in self._touched or (p.grad is not None and id(p) not in self._zeroed)
@@ -218,7 +229,8 @@ class GradientReducer:
             view.zero_()
         elif p.grad.data_ptr() != view.data_ptr():
             view.copy_(p.grad)
-            p.grad = view  # from now on autograd accumulates into the bucket
+            # From now on autograd accumulates into the bucket; ZeRO-2 frees the gradient instead.
+            p.grad = None if self.zero == 2 else view
 
     def _reduce_bucket(self, index: int) -> None:
         bucket, compressor = self.buckets[index], self.compressors[index]
@@ -234,6 +246,9 @@ class GradientReducer:
 
     def _average(self, bucket, compressor, algorithm: str) -> None:
         # check=False: the layout was verified once at construction.
+        if self.shards is not None:
+            self.shards.reduce_scatter(bucket)
+            return
         if compressor is None:
             allreduce(bucket.buffer, op="mean", algorithm=algorithm, comm=self.comm, check=False)
             return
@@ -308,6 +323,13 @@ class GradientReducer:
             self._sync_buffers()
         self._touched.clear()
         self._zeroed.clear()
+        if self.shards is not None:
+            # Only this rank's chunk of each bucket is averaged (in self.shards): no full gradient is valid.
+            for bucket in self.buckets:
+                bucket.submitted = False
+            for p in self._params:
+                p.grad = None
+            return
         for bucket in self.buckets:
             bucket.submitted = False
             used = bucket.flags.tolist()

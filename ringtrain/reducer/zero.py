@@ -1,0 +1,46 @@
+"""ZeRO's half of the reducer: each bucket is reduce-scattered, and this rank keeps its averaged chunk.
+
+A bucket's flat buffer is cut into one chunk per rank exactly as the ring
+allreduce cuts it (collectives/layout.py), so rank r's chunk after the ring
+reduce-scatter holds the same bits the ring allreduce would have left there:
+ZeRO changes where the average lives, not its value. The chunks cut through
+parameters; ZeroOptimizer steps the pieces of parameters inside this rank's
+chunks (zero_optimizer.py).
+
+The used-flags at the end of each bucket (one per parameter, buckets.py) are
+copied aside before the ring and summed on their own (one small allreduce per
+bucket), since every rank needs all of them and the ring leaves each rank only
+its chunk. Stage 2 frees a bucket's full buffer as soon as its chunk is copied
+out, so between steps a rank holds gradients only for its shard.
+"""
+import torch
+from mpi4py import MPI
+
+from ..collectives import allreduce, reduce_scatter
+from ..collectives.layout import chunk_bounds
+
+
+class GradientShards:
+    """Per bucket: this rank's chunk ``owned[b]`` (in bucket elements), its averaged gradient ``grads[b]`` and
+    the summed used-flags ``flags[b]`` (a parameter is used if its flag is > 0)."""
+
+    def __init__(self, buckets: list, comm: MPI.Comm, stage: int):
+        n, r = comm.Get_size(), comm.Get_rank()
+        self.comm, self.stage = comm, stage
+        self.owned = [chunk_bounds(b.numel, n, r) for b in buckets]
+        self.grads = [torch.zeros(hi - lo, dtype=b.params[0].dtype) for b, (lo, hi) in zip(buckets, self.owned)]
+        self.flags = [torch.zeros(len(b.params), dtype=b.params[0].dtype) for b in buckets]
+
+    def reduce_scatter(self, bucket) -> None:
+        """Average ``bucket`` into this rank's chunk (on the communication thread). Collective."""
+        i = bucket.index
+        self.flags[i].copy_(bucket.flags)  # before the ring turns them into partial sums
+        mine = reduce_scatter(bucket.buffer, op="mean", comm=self.comm, check=False)
+        self.grads[i].copy_(mine)
+        allreduce(self.flags[i], op="sum", comm=self.comm, check=False)
+        if self.stage == 2:
+            bucket.buffer = None
+
+    def nbytes(self) -> int:
+        """Bytes of the sharded gradients this rank keeps."""
+        return sum(g.numel() * g.element_size() for g in self.grads)
