@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     supervise.add_arguments(sub.add_parser(
         "launch", help="run mpiexec and restart it from the latest checkpoint when it fails"))
     sub.add_parser("info", help="MPI library, ranks and hosts, thread level, versions")
+    from .train import consolidate
+    consolidate.add_arguments(sub.add_parser(
+        "consolidate", help="join a sharded (--zero) checkpoint into one ordinary checkpoint"))
     from .plan import planner
     planner.add_arguments(sub.add_parser(
         "plan", help="predicted step time and scaling per node count, with the best algorithm, bucket size "
@@ -67,7 +70,7 @@ def main(argv=None) -> int:
     if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv.insert(0, "train")  # `python -m ringtrain --steps 100` trains, as the bare command does
     args = build_parser().parse_args(argv)
-    if args.command not in ("launch", "plan", "trace"):
+    if args.command not in ("launch", "plan", "trace", "consolidate"):
         check_world_size()  # before any collective: a world of singletons must not train
     if args.command is None:  # the default job
         args = build_parser().parse_args(["train"])
@@ -82,6 +85,9 @@ def main(argv=None) -> int:
     if args.command == "trace":
         from .trace import summary as trace_summary
         return trace_summary.main(args)
+    if args.command == "consolidate":
+        from .train import consolidate
+        return consolidate.main(args)
     if args.command == "info":
         from . import info
         return info.main(args)

@@ -135,6 +135,8 @@ def main(args) -> int:
             powersgd_rank = int(compression.partition("=")[2]) if compression != "none" else 0
             result = train_ddp(cfg, comm, powersgd_rank=powersgd_rank)
         model = result.pop("model")  # keep only numbers: a run per variant and repetition adds up
+        for heavy in ("optimizer", "sync"):
+            result.pop(heavy, None)
         param_bytes = [p.numel() * p.element_size() for p in model.parameters() if p.requires_grad]
         runs[(system, compression, cap, node_aware)].append(result)
     if gloo:

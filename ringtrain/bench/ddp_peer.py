@@ -107,6 +107,6 @@ def train_ddp(cfg: TrainConfig, comm: MPI.Comm, powersgd_rank: int = 0) -> dict:
     error feedback and warm start, compressing from the second step (the
     earliest the hook allows).
     """
-    if "auto" in (cfg.compression, cfg.bucket_cap_mb):
-        raise ValueError("the DDP peer takes a fixed --compression none and --bucket-cap-mb")
+    if "auto" in (cfg.compression, cfg.bucket_cap_mb) or cfg.zero:
+        raise ValueError("the DDP peer takes a fixed --compression none and --bucket-cap-mb, and no --zero")
     return train(cfg, comm, make_sync=lambda task, cfg, comm, tuned, tracer: DDPSync(task.model, cfg, powersgd_rank))

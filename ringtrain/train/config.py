@@ -57,6 +57,8 @@ class TrainConfig:
     auto: chosen by a probe at start-up, and used only where it pays."""
     bucket_cap_mb: float | str = BUCKET_CAP_MB
     """Largest gradient bucket, in MB; auto: chosen by a probe at start-up."""
+    zero: int = 0
+    """ZeRO stage: 0 replicates the optimizer state; 1 shards it across ranks; 2 shards the gradients too."""
     broadcast_buffers: str = "on"
     """on: rank 0's buffers (BatchNorm statistics) overwrite every rank's after each step's averaging; off."""
     node_aware: str = "auto"
@@ -102,6 +104,10 @@ class TrainConfig:
                 compression_get(self.compression)
             except ValueError as e:  # it names the part that is wrong and what is allowed
                 raise UsageError(f"compression (--compression): {e}") from None
+        if self.zero and self.compression != "none":
+            raise UsageError(f"compression (--compression) = {self.compression!r} with --zero {self.zero}: not "
+                             "supported yet — ZeRO reduce-scatters float32 gradients; use --compression none, or "
+                             "--zero 0")
         self.checkpoint_interval()
 
     def checkpoint_interval(self) -> tuple[int, float]:
@@ -135,7 +141,7 @@ CHECKS: dict[str, Rule] = {
     "compression": text("a compression spec such as fp16, int8+lz4, ef+topk:ratio=0.01 or powersgd:rank=4; "
                         "none; or auto", r"\S+"),
     "bucket_cap_mb": either(number(0, above=True), choice("auto")), "node_aware": choice("auto", "on", "off"),
-    "broadcast_buffers": choice("on", "off"),
+    "broadcast_buffers": choice("on", "off"), "zero": whole(0, 2),
     "eval_every": whole(0), "eval_windows": whole(1), "log_every": whole(1), "sample_tokens": whole(0),
     "out_dir": _PATH, "checkpoint_dir": optional(_PATH),
     "checkpoint_every": either(whole(0), text("a number of steps (100; 0: only at the end) or of seconds (600s)",

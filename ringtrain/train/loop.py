@@ -23,7 +23,7 @@ from mpi4py import MPI
 
 from ..fault import EXIT_PREEMPTED, Diverged, Preempted, Watchdog, PreemptionSignals, agree_at_step_end
 from ..model import GPT
-from . import state
+from . import memory, state
 from .config import TrainConfig
 from .data_source import prefetcher
 from .metrics import Metrics, progress_line, say
@@ -91,6 +91,8 @@ class TrainingLoop:
                            "state (any earlier checkpoint is intact); lower --lr, set --grad-clip, or check the data",
                            agreed=True)
         self.record(step, step_loss, lr, (time.perf_counter_ns() - t0) / 1e9, exposed)
+        if step == self.start:  # the optimizer state exists from the first step on
+            self.record_memory(done)
         stopping = signalled or (done == last and done < cfg.steps)
         if cfg.checkpoint_dir and (stopping or timed_due or (self.every_steps and done % self.every_steps == 0)
                                    or done == cfg.steps):
@@ -135,8 +137,13 @@ class TrainingLoop:
         with self.tracer.span("optimizer", "compute", step=step + 1):
             if self.cfg.grad_clip:
                 # On the averaged gradient, which is bitwise identical on every
-                # rank, so every rank clips by the same factor.
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+                # rank, so every rank clips by the same factor. A sharded optimizer
+                # holds only its shard's gradients and computes the global norm itself.
+                sharded = getattr(self.optimizer, "clip_grad_norm_", None)
+                if sharded is not None:
+                    sharded(self.cfg.grad_clip)
+                else:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
 
@@ -166,6 +173,12 @@ class TrainingLoop:
             say(self.rank, progress_line(done, cfg.steps, loss, lr, per_step / step_s,
                                          None if comm is None else comm / step_s, exposed / step_s, step_s,
                                          wire_bytes=self.sync.last_wire_bytes, unit=unit, epoch=epoch.get("epoch")))
+
+    def record_memory(self, step: int) -> None:
+        """Each rank's parameter, gradient and optimizer-state bytes and peak RSS, in metrics.jsonl. Collective."""
+        ranks = memory.gathered(self.model, self.sync, self.optimizer, self.comm)
+        if ranks is not None:
+            self.metrics.write(event="memory", step=step, ranks=ranks)
 
     def checkpoint(self, step: int) -> None:
         # A second SIGINT while it is written waits for it: it must not cost the checkpoint.
@@ -209,6 +222,7 @@ class TrainingLoop:
             columns = _val_columns(self.last_values)
         result.update(val_loss=val, start_loss=result["losses"][0] if result["losses"] else None,
                       end_loss=result["losses"][-1] if result["losses"] else None)
+        self.record_memory(cfg.steps)
         self.metrics.write(step=cfg.steps, event="end", start_loss=result["start_loss"], end_loss=result["end_loss"],
                            start_val_loss=result["start_val_loss"], **columns)
         validation = (f", validation loss {result['start_val_loss']:.4f} -> {val:.4f}" if val is not None else "")

@@ -35,11 +35,17 @@ def build_task(cfg: TrainConfig) -> Task:
         raise UsageError(f"--model {cfg.model}: {e}") from None
 
 
-def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """AdamW (or SGD) with weight decay on matrices only: decaying biases and norm gains only hurts."""
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module, reducer=None):
+    """AdamW (or SGD) with weight decay on matrices only: decaying biases and norm gains only hurts.
+
+    With ``cfg.zero``, the same optimizer over this rank's shard (ZeroOptimizer on ``reducer``).
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+    kind, options = ((torch.optim.SGD, {"lr": cfg.lr, "momentum": cfg.momentum}) if cfg.optimizer == "sgd"
+                     else (torch.optim.AdamW, {"lr": cfg.lr, "betas": (0.9, 0.95)}))
+    if cfg.zero:
+        from ..reducer import ZeroOptimizer
+        return ZeroOptimizer(reducer, kind, groups, **options)
+    return kind(groups, **options)

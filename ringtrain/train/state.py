@@ -1,7 +1,8 @@
 """What a checkpoint holds, and putting it back.
 
 Replicated (rank 0 writes it): model, optimizer, the step, the config. Per
-rank: torch's RNG state (and, with compression, its residuals). The learning
+rank: torch's RNG state (and, with compression, its residuals; with --zero,
+its optimizer shard: zero_checkpoint.py). The learning
 rate and the data position follow from the step, since batches are drawn from
 (seed, step), so restoring these makes a resumed run continue bit for bit.
 """
@@ -12,7 +13,8 @@ import torch
 from mpi4py import MPI
 
 from .. import checkpoint
-from ..fault.errors import UsageError
+from ..fault.errors import UsageError, agree
+from . import zero_checkpoint
 from .config import TrainConfig
 
 # Changing these between a run and its resume would change what is computed.
@@ -23,10 +25,10 @@ _MUST_MATCH = ("model", "layers", "heads", "width", "context", "seed", "optimize
 
 
 def save(cfg: TrainConfig, step: int, model, optimizer, reducer, comm: MPI.Comm, lineage: str) -> str:
-    replicated = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                  "config": dataclasses.asdict(cfg),
+    shared, own = zero_checkpoint.parts(model, optimizer)
+    replicated = {"model": model.state_dict(), **shared, "step": step, "config": dataclasses.asdict(cfg),
                   "tuned": {"compression": reducer.compression_spec, "bucket_cap_mb": float(reducer.bucket_cap_mb)}}
-    per_rank = {"torch_rng": torch.get_rng_state(), "reducer": reducer.state_dict()}
+    per_rank = {"torch_rng": torch.get_rng_state(), "reducer": reducer.state_dict(), **own}
     return checkpoint.save(cfg.checkpoint_dir, step, replicated, per_rank, comm, keep=cfg.keep_checkpoints,
                            lineage=lineage)
 
@@ -80,14 +82,17 @@ def restore(cfg: TrainConfig, model, optimizer, reducer, comm: MPI.Comm) -> tupl
         return 0, comm.bcast(checkpoint.new_lineage(), root=0)
     state = checkpoint.load_part(path, "replicated.pt", manifest)
     _check_config(state["config"], cfg, path)
+    error = None
     try:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as e:  # another model under the same flags (ringtrain.fit, --model)
+        zero_checkpoint.load(path, manifest, state, model, optimizer, reducer, comm)
+    except (RuntimeError, ValueError, KeyError, checkpoint.CheckpointError) as e:
+        # Another model under the same flags (ringtrain.fit, --model), or a shard that does not fit. Sharded,
+        # each rank reads other files, so the verdict is agreed before anyone raises.
         first = str(e).strip().splitlines()[0]
-        raise UsageError(f"{path} holds another model's weights or optimizer state ({first}) — resume with the "
-                         "model that wrote it, or pass resume='none' (--resume none) to start afresh",
-                         agreed=True) from None
+        error = (f"{path} holds another model's weights or optimizer state ({first}) — resume with the model "
+                 "that wrote it, or pass resume='none' (--resume none) to start afresh")
+    agree(comm, error)
     rank, world = comm.Get_rank(), comm.Get_size()
     name = checkpoint.rank_file(rank)
     if manifest["world_size"] == world:

@@ -86,7 +86,7 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None, *, task: Task | None =
             tracer = Tracer(cfg.trace, comm) if cfg.trace else NO_TRACE
             watchdog.trace = tracer
             sync = (make_sync or reducer_sync)(task, cfg, comm, tuned, tracer)
-            optimizer = make_optimizer(cfg, task.model)
+            optimizer = make_optimizer(cfg, task.model, sync)
             start, lineage = state.restore(cfg, task.model, optimizer, sync, comm)
             ranks = comm.gather({"rank": rank, "host": socket.gethostname(), "pid": os.getpid()}, root=0)
         nparams = sum(p.numel() for p in task.model.parameters())
@@ -106,6 +106,7 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None, *, task: Task | None =
                             start=start)
         result = loop.run()
         result["tuned"] = {"compression": tuned["compression"], "bucket_cap_mb": tuned["bucket_cap_mb"]}
+        result.update(optimizer=optimizer, sync=sync)
         with watchdog.guard("writing the trace", cfg.steps, max(cfg.timeout, 60.0)):
             tracer.close()
         if cfg.trace:
@@ -123,7 +124,7 @@ def reducer_sync(task: Task, cfg: TrainConfig, comm: MPI.Comm, tuned: dict, trac
     """The default gradient averaging: ringtrain's GradientReducer with the run's buckets and compression."""
     return GradientReducer(task.model, bucket_cap_mb=tuned["bucket_cap_mb"], compression=tuned["compression"],
                            comm=comm, node_aware={"auto": None, "on": True, "off": False}[cfg.node_aware],
-                           trace=tracer, broadcast_buffers=cfg.broadcast_buffers == "on")
+                           trace=tracer, broadcast_buffers=cfg.broadcast_buffers == "on", zero=cfg.zero)
 
 
 def _tune(cfg, task, source, comm) -> dict:
