@@ -6,6 +6,7 @@ listed here as accepting that kind. The same values through the command line
 must end with exit code 2 and no traceback, in-process (no mpiexec needed).
 """
 import os
+import re
 import signal
 from dataclasses import fields
 
@@ -20,7 +21,7 @@ from ringtrain.train.preflight import check_data, check_model, probe_directory
 KINDS = {"nan": float("nan"), "inf": float("inf"), "negative": -1, "zero": 0, "bool": True, "list": [1]}
 # (field, kind) pairs that are valid values, not bad input: 0 means "off" or "none" for these.
 ACCEPTED = {(name, "zero") for name in ("warmup", "momentum", "weight_decay", "grad_clip", "min_lr_ratio", "seed",
-                                        "eval_every", "sample_tokens", "stop_after", "checkpoint_every", "epochs",
+                                        "eval_every", "sample_tokens", "stop_after", "checkpoint_every", "epochs", "zero",
                                         "loader_workers")}
 CASES = [(f.name, kind) for f in fields(TrainConfig) for kind in KINDS]
 
@@ -121,3 +122,10 @@ def test_a_second_sigint_during_a_checkpoint_waits_for_it():
             os.kill(os.getpid(), signal.SIGINT)
     finally:
         signals.close()
+
+
+@pytest.mark.parametrize("spec", ["fp16", "ef+int8", "powersgd:rank=4", "auto"])
+def test_zero_with_compression_is_refused_naming_both(spec):
+    with pytest.raises(UsageError, match=rf"compression \(--compression\) = '{re.escape(spec)}' with --zero 2: not "
+                                         "supported yet"):
+        TrainConfig(zero=2, compression=spec)

@@ -152,3 +152,37 @@ def test_a_factory_that_returns_something_else_stops_every_rank(tmp_path, factor
 def test_dataset_flags_that_do_not_fit_the_task(tmp_path, flags, words):
     out = run_mpi(2, ["-m", "ringtrain", "train", *flags, "--out-dir", str(tmp_path)], timeout=120, cwd=ROOT)
     assert out.returncode == 2 and out.stderr.startswith(f"ringtrain: {words}"), out.stderr
+
+
+SMALL = ["--layers", "1", "--width", "32", "--heads", "2", "--context", "16", "--sample-tokens", "0",
+         "--eval-every", "0", "--eval-windows", "8"]
+
+
+def test_consolidate_joins_zero_shards_into_an_ordinary_checkpoint(tmp_path):
+    import subprocess
+    import sys
+
+    import torch
+    ck = tmp_path / "sharded"
+    out = run_mpi(3, ["-m", "ringtrain", "train", *SMALL, "--zero", "2", "--steps", "4", "--checkpoint-dir",
+                      str(ck), "--out-dir", str(tmp_path / "m0")], timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    joined = subprocess.run([sys.executable, "-m", "ringtrain", "consolidate", str(ck / "step-00000004"),
+                             str(tmp_path / "one")], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert joined.returncode == 0, joined.stderr
+    assert "consolidated 3 shards of step 4" in joined.stdout
+    state = torch.load(tmp_path / "one/step-00000004/replicated.pt", weights_only=True)
+    nparams = len([k for k in state["model"] if not k.endswith("mask")])
+    assert state["config"]["zero"] == 0 and len(state["optimizer"]["state"]) >= nparams - 1
+    assert all("exp_avg" in s for s in state["optimizer"]["state"].values())
+    # The ordinary checkpoint resumes unsharded training exactly as the sharded one does.
+    losses = []
+    for name, resume in (("a", tmp_path / "one/step-00000004"), ("b", ck / "step-00000004")):
+        run = run_mpi(2, ["-m", "ringtrain", "train", *SMALL, "--steps", "6", "--resume", str(resume),
+                          "--out-dir", str(tmp_path / name)], timeout=300, cwd=ROOT)
+        assert run.returncode == 0, run.stderr
+        losses.append([r["loss"] for r in read_metrics(tmp_path / name) if "loss" in r])
+    assert len(losses[0]) == 2 and losses[0] == losses[1]
+    again = subprocess.run([sys.executable, "-m", "ringtrain", "consolidate", str(tmp_path / "one/step-00000004"),
+                            str(tmp_path / "two")], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert again.returncode == 2 and "it is not sharded" in again.stderr
