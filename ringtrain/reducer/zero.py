@@ -11,7 +11,8 @@ The used-flags at the end of each bucket (one per parameter, buckets.py) are
 copied aside before the ring and summed on their own (one small allreduce per
 bucket), since every rank needs all of them and the ring leaves each rank only
 its chunk. Stage 2 frees a bucket's full buffer as soon as its chunk is copied
-out, so between steps a rank holds gradients only for its shard.
+out, so between steps a rank holds gradients only for its shard; stage 1
+keeps the buckets, and its chunks are views of them.
 """
 import torch
 from mpi4py import MPI
@@ -28,7 +29,10 @@ class GradientShards:
         n, r = comm.Get_size(), comm.Get_rank()
         self.comm, self.stage = comm, stage
         self.owned = [chunk_bounds(b.numel, n, r) for b in buckets]
-        self.grads = [torch.zeros(hi - lo, dtype=b.params[0].dtype) for b, (lo, hi) in zip(buckets, self.owned)]
+        # Stage 1 keeps the full buckets, so its chunk is a view (nothing copied, nothing more held);
+        # stage 2 copies the chunk out, then frees the bucket.
+        self.grads = [b.buffer[lo:hi] if stage == 1 else torch.zeros(hi - lo, dtype=b.params[0].dtype)
+                      for b, (lo, hi) in zip(buckets, self.owned)]
         self.flags = [torch.zeros(len(b.params), dtype=b.params[0].dtype) for b in buckets]
 
     def reduce_scatter(self, bucket) -> None:
@@ -36,11 +40,12 @@ class GradientShards:
         i = bucket.index
         self.flags[i].copy_(bucket.flags)  # before the ring turns them into partial sums
         mine = reduce_scatter(bucket.buffer, op="mean", comm=self.comm, check=False)
-        self.grads[i].copy_(mine)
+        if self.stage == 2:
+            self.grads[i].copy_(mine)
         allreduce(self.flags[i], op="sum", comm=self.comm, check=False)
         if self.stage == 2:
             bucket.buffer = None
 
     def nbytes(self) -> int:
-        """Bytes of the sharded gradients this rank keeps."""
-        return sum(g.numel() * g.element_size() for g in self.grads)
+        """Bytes of the sharded gradients this rank keeps beside the buckets (stage 1's are views of them)."""
+        return 0 if self.stage == 1 else sum(g.numel() * g.element_size() for g in self.grads)
