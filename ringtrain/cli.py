@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_convergence.add_arguments(bench_sub.add_parser(
         "convergence", help="steps/s and loss of real training per bucket size and compressor, against DDP "
                             "with and without PowerSGD"))
+    from .bench import memory as bench_memory
+    bench_memory.add_arguments(bench_sub.add_parser(
+        "memory", help="per-rank memory of ZeRO stages 1 and 2 against unsharded training and torch's "
+                       "ZeroRedundancyOptimizer, per model size"))
     from .bench import merge as bench_merge
     bench_merge.add_arguments(bench_sub.add_parser(
         "merge", help="merge bench allreduce JSON files (e.g. from a Slurm array) into one table, JSON and plot"))
