@@ -37,7 +37,7 @@ class Bucket:
 
     def view(self, i: int) -> torch.Tensor:
         lo, hi = self.bounds[i]
-        return self.buffer[lo:hi].view_as(self.params[i])
+        return self.allocate()[lo:hi].view_as(self.params[i])
 
     @property
     def flags(self) -> torch.Tensor:
@@ -46,7 +46,7 @@ class Bucket:
         They are averaged with the gradients, so afterwards a flag is 0 only if
         no rank had a gradient for that parameter: no extra message needed.
         """
-        return self.buffer[self.bounds[-1][1]:]
+        return self.allocate()[self.bounds[-1][1]:]
 
 
 def assign_buckets(params: list, cap_bytes: int, first_cap_bytes: int | None = None) -> list[Bucket]:
@@ -104,12 +104,13 @@ def _make(index: int, params: list) -> Bucket:
     for p in params:
         bounds.append((lo, lo + p.numel()))
         lo += p.numel()
-    return Bucket(index, params, bounds, torch.zeros(lo + len(params), dtype=params[0].dtype))
+    # The buffer is made when first used: under ZeRO-2 never for longer than a step.
+    return Bucket(index, params, bounds, None)
 
 
 def layout_fingerprint(buckets: list[Bucket]) -> tuple[int, int, str]:
     """(total elements, 62-bit hash, description) of the bucket layout, for a cross-rank check."""
-    text = ";".join(f"{b.buffer.dtype}:" + ",".join(str(tuple(p.shape)) for p in b.params) for b in buckets)
+    text = ";".join(f"{b.params[0].dtype}:" + ",".join(str(tuple(p.shape)) for p in b.params) for b in buckets)
     digest = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 2
     total = sum(b.numel for b in buckets)
     nparams = sum(len(b.params) for b in buckets)

@@ -31,7 +31,7 @@ class GradientShards:
         self.owned = [chunk_bounds(b.numel, n, r) for b in buckets]
         # Stage 1 keeps the full buckets, so its chunk is a view (nothing copied, nothing more held);
         # stage 2 copies the chunk out, then frees the bucket.
-        self.grads = [b.buffer[lo:hi] if stage == 1 else torch.zeros(hi - lo, dtype=b.params[0].dtype)
+        self.grads = [b.allocate()[lo:hi] if stage == 1 else torch.zeros(hi - lo, dtype=b.params[0].dtype)
                       for b, (lo, hi) in zip(buckets, self.owned)]
         self.flags = [torch.zeros(len(b.params), dtype=b.params[0].dtype) for b in buckets]
 

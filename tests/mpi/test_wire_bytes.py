@@ -55,7 +55,7 @@ def test_the_reducer_reports_each_steps_bytes():
     model = torch.nn.Sequential(torch.nn.Linear(30, 40), torch.nn.Linear(40, 5))
     reducer = ringtrain.GradientReducer(model, bucket_cap_mb=0.002, node_aware=False)
     n = WORLD.Get_size()
-    expected = sum(2 * (n - 1) * b.buffer.numel() * 4 // n for b in reducer.buckets) if n > 1 else 0
+    expected = sum(2 * (n - 1) * b.numel * 4 // n for b in reducer.buckets) if n > 1 else 0
     got = []
     for _ in range(2):  # per step, not accumulated across steps
         model(torch.ones(3, 30)).sum().backward()
