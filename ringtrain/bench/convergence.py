@@ -14,6 +14,7 @@ then every compressor in ``--compressors`` at ``--bucket-cap-mb``, each once per
 nodes with compressing every hop).
 """
 import argparse
+import dataclasses
 import os
 
 import numpy as np
@@ -48,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node-aware", default="auto",
                    help="train's --node-aware settings to run each ringtrain variant with, comma-separated "
                         "(auto, on, off; default auto)")
+    p.add_argument("--zero", default="",
+                   help="ZeRO stages (1, 2) to also train the uncompressed ringtrain job at, at --bucket-cap-mb, "
+                        "comma-separated; each is the system zero1 or zero2 (default: none)")
     p.add_argument("--json", metavar="FILE")
     add_link_argument(p)
 
@@ -72,6 +76,10 @@ def _variants(args):
             out += [("ringtrain", "auto", "auto", na) for na in settings]
         elif c and c != "none":
             out += [("ringtrain", c, args.bucket_cap_mb, na) for na in settings]
+    for stage in (z.strip() for z in args.zero.split(",") if z.strip()):
+        if stage not in ("1", "2"):
+            raise ValueError(f"--zero has {stage!r}; allowed: 1, 2")
+        out.append((f"zero{stage}", "none", args.bucket_cap_mb, "auto"))
     for peer in (d.strip() for d in args.ddp.split(",") if d.strip() and d.strip() != "none"):
         if peer == "plain":
             out.append(("ddp", "none", BUCKET_CAP_MB, "auto"))
@@ -112,6 +120,8 @@ def main(args) -> int:
             print(f"# {name}", flush=True)
         if system == "ringtrain":
             result = train(cfg)
+        elif system.startswith("zero"):
+            result = train(dataclasses.replace(cfg, zero=int(system[len("zero"):])))
         elif system == "compute":
             # Alone on COMM_SELF a rank would take every core of the node:
             # hold it to the thread count it gets among the job's ranks.
