@@ -69,7 +69,10 @@ class GradientReducer:
     ``first_bucket_mb`` caps the first bucket (the last layers, ready first)
     lower, so that averaging starts early. ``broadcast_buffers`` (default
     True, as DDP): rank 0's buffers (BatchNorm statistics) overwrite every
-    rank's at the end of each ``synchronize`` (buffer_sync.py).
+    rank's at the end of each ``synchronize`` (buffer_sync.py). ``zero``: 1
+    or 2 reduce-scatters each bucket instead, keeping this rank's averaged
+    chunk for a ZeroOptimizer (zero.py; 2 also frees the full buckets), and
+    ``synchronize`` leaves every ``p.grad`` None.
     Collective: every rank must construct it, with the same model architecture.
 
     >>> model = torch.nn.Linear(4, 2)
