@@ -11,7 +11,7 @@ from .collectives import (ALGORITHMS, CollectiveMismatchError, allgather, allred
 
 def __getattr__(name):
     # The reducer needs torch, which takes seconds to import: load it only when asked for.
-    if name in ("GradientReducer", "ZeroOptimizer"):
+    if name in ("GradientReducer", "OneBitAdam", "ZeroOptimizer"):
         from . import reducer
         return getattr(reducer, name)
     if name in ("Task", "TrainConfig", "fit"):  # (ringtrain.train is the subpackage; its train() stays there)
@@ -22,4 +22,4 @@ def __getattr__(name):
 
 __all__ = ["ALGORITHMS", "CollectiveMismatchError", "GradientReducer", "Task", "TrainConfig", "__version__",
            "allgather", "allreduce", "broadcast", "choose_algorithm", "chunk_bounds", "fit", "owned_bounds",
-           "reduce_scatter", "ZeroOptimizer"]
+           "reduce_scatter", "OneBitAdam", "ZeroOptimizer"]

@@ -132,6 +132,8 @@ class GradientReducer:
                     broadcast(t.data, root=broadcast_from, comm=self.comm)
             BufferSync(model, self.comm, root=broadcast_from)()  # buffers of any dtype, packed
         self._sync = True
+        # False: synchronize leaves each rank's own gradients (OneBitAdam after its warm-up).
+        self.averaging = True
         self.last_comm_seconds = 0.0
         self.last_wire_bytes = 0  # bytes this rank sent averaging the last step's gradients (traffic.py)
         # On one rank the average is the gradient itself: no hooks, no copies,
@@ -201,7 +203,7 @@ class GradientReducer:
 
     def _grad_ready(self, p: torch.Tensor) -> None:
         self._touched.add(id(p))
-        if not self._sync:
+        if not self._sync or not self.averaging:
             return
         bucket, i = self._where[id(p)]
         if bucket.submitted:
@@ -309,6 +311,9 @@ class GradientReducer:
         """
         if self._alone:
             return
+        if not self.averaging:
+            self._keep_local()
+            return
         for bucket in self.buckets:
             if bucket.submitted:
                 continue
@@ -338,6 +343,18 @@ class GradientReducer:
             used = bucket.flags.tolist()
             for i, p in enumerate(bucket.params):
                 p.grad = bucket.view(i) if used[i] else None
+
+    def _keep_local(self) -> None:
+        """``synchronize`` while not averaging: each rank keeps its own gradients (an optimizer such as
+        OneBitAdam averages something else); buffers are still made equal."""
+        self.last_comm_seconds, self.last_wire_bytes = 0.0, 0
+        if self._sync_buffers is not None:
+            self._sync_buffers()
+        for p in self._params:
+            if id(p) in self._zeroed and id(p) not in self._touched:  # attached as zeros, never filled
+                p.grad = None
+        self._touched.clear()
+        self._zeroed.clear()
 
     def close(self) -> None:
         """Remove the hooks and stop the communication thread."""
