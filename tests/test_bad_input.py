@@ -129,3 +129,10 @@ def test_zero_with_compression_is_refused_naming_both(spec):
     with pytest.raises(UsageError, match=rf"compression \(--compression\) = '{re.escape(spec)}' with --zero 2: not "
                                          "supported yet"):
         TrainConfig(zero=2, compression=spec)
+
+
+@pytest.mark.parametrize("extra", [{"zero": 1}, {"compression": "fp16"}])
+def test_onebit_adam_refuses_what_it_cannot_honour(extra):
+    with pytest.raises(UsageError, match=r"optimizer \(--optimizer\) = 'onebit-adam' with .* not supported — 1-bit "
+                                         "Adam compresses its own momentum"):
+        TrainConfig(optimizer="onebit-adam", **extra)

@@ -22,7 +22,10 @@ class TrainConfig:
     warmup: int = 20
     """Linear warm-up steps."""
     optimizer: str = "adamw"
-    """adamw or sgd."""
+    """adamw, sgd, or onebit-adam (AdamW for --onebit-warmup steps, then a frozen variance and the momentum
+    averaged as signs with error feedback: about 1/32 of the bytes)."""
+    onebit_warmup: int = 100
+    """onebit-adam: steps of plain AdamW before the variance is frozen and the momentum compressed."""
     momentum: float = 0.0
     """SGD momentum."""
     weight_decay: float = 0.1
@@ -104,6 +107,10 @@ class TrainConfig:
                 compression_get(self.compression)
             except ValueError as e:  # it names the part that is wrong and what is allowed
                 raise UsageError(f"compression (--compression): {e}") from None
+        if self.optimizer == "onebit-adam" and (self.zero or self.compression != "none"):
+            raise UsageError(f"optimizer (--optimizer) = 'onebit-adam' with --zero {self.zero} and --compression "
+                             f"{self.compression}: not supported — 1-bit Adam compresses its own momentum; use "
+                             "--zero 0 and --compression none with it")
         if self.zero and self.compression != "none":
             raise UsageError(f"compression (--compression) = {self.compression!r} with --zero {self.zero}: not "
                              "supported yet — ZeRO reduce-scatters float32 gradients; use --compression none, or "
@@ -132,7 +139,7 @@ _PATH = text("a non-empty path")
 CHECKS: dict[str, Rule] = {
     "steps": whole(1), "batch_size": whole(1), "accumulate": whole(1),
     "lr": number(0, above=True), "min_lr_ratio": number(0, 1), "warmup": whole(0),
-    "optimizer": choice("adamw", "sgd"), "momentum": number(0, 1, below=True), "weight_decay": number(0),
+    "optimizer": choice("adamw", "sgd", "onebit-adam"), "onebit_warmup": whole(1), "momentum": number(0, 1, below=True), "weight_decay": number(0),
     "grad_clip": number(0), "seed": whole(0, 2**63 - 1), "data": optional(_PATH),
     "model": text("gpt, or module:function (a function that returns a ringtrain.Task or (model, loss_fn))",
                   r"gpt|[A-Za-z_][\w.]*:[A-Za-z_]\w*"),

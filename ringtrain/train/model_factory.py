@@ -36,7 +36,7 @@ def build_task(cfg: TrainConfig) -> Task:
 
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module, reducer=None):
-    """AdamW (or SGD) with weight decay on matrices only: decaying biases and norm gains only hurts.
+    """AdamW (or SGD, or 1-bit Adam) with weight decay on matrices only: decaying biases and norm gains only hurts.
 
     With ``cfg.zero``, the same optimizer over this rank's shard (ZeroOptimizer on ``reducer``).
     """
@@ -45,6 +45,9 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module, reducer=None):
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     kind, options = ((torch.optim.SGD, {"lr": cfg.lr, "momentum": cfg.momentum}) if cfg.optimizer == "sgd"
                      else (torch.optim.AdamW, {"lr": cfg.lr, "betas": (0.9, 0.95)}))
+    if cfg.optimizer == "onebit-adam":
+        from ..reducer import OneBitAdam
+        return OneBitAdam(reducer, groups, lr=cfg.lr, betas=(0.9, 0.95), warmup=cfg.onebit_warmup)
     if cfg.zero:
         from ..reducer import ZeroOptimizer
         return ZeroOptimizer(reducer, kind, groups, **options)

@@ -21,7 +21,7 @@ from .config import TrainConfig
 # (--steps may grow: that only stretches the learning-rate schedule from here on.)
 _MUST_MATCH = ("model", "layers", "heads", "width", "context", "seed", "optimizer", "batch_size", "accumulate",
                "lr", "min_lr_ratio", "warmup", "momentum", "weight_decay", "grad_clip", "data", "compression",
-               "bucket_cap_mb", "last_batch")
+               "bucket_cap_mb", "last_batch", "onebit_warmup")
 
 
 def save(cfg: TrainConfig, step: int, model, optimizer, reducer, comm: MPI.Comm, lineage: str) -> str:

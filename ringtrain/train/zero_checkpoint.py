@@ -1,5 +1,8 @@
 """The optimizer's part of a checkpoint, sharded or not, and loading it at any world size and ZeRO stage.
 
+1-bit Adam's state is per rank (its residuals differ between ranks): each rank
+writes its own and, at the same world size, reads it back.
+
 Unsharded, the optimizer's state_dict is replicated (rank 0 writes it).
 Sharded (--zero 1 or 2), each rank writes its shard into its own file, with
 each piece's place in the flat parameter space (reducer/zero_state.py), and
@@ -16,11 +19,14 @@ from mpi4py import MPI
 
 from .. import checkpoint
 from ..collectives.layout import chunk_bounds
+from ..reducer.onebit_adam import OneBitAdam
 from ..reducer.zero_state import unsharded_state
 
 
 def parts(model, optimizer) -> tuple[dict, dict]:
     """(what goes into the replicated file, what goes into this rank's file) for ``optimizer``."""
+    if isinstance(optimizer, OneBitAdam):  # its residuals differ between ranks
+        return {"optimizer": None}, {"optimizer_rank": optimizer.state_dict()}
     if not hasattr(optimizer, "pieces"):
         return {"optimizer": optimizer.state_dict()}, {}
     names = [name for name, p in model.named_parameters() if p.requires_grad]
@@ -31,6 +37,9 @@ def parts(model, optimizer) -> tuple[dict, dict]:
 def load(path: str, manifest: dict, replicated: dict, model, optimizer, reducer, comm: MPI.Comm) -> None:
     """Put the checkpoint's optimizer state into ``optimizer``, whichever way it was saved. Collective-free."""
     sharded_now = hasattr(optimizer, "pieces")
+    if replicated.get("optimizer") is None and replicated.get("zero") is None:  # per rank: 1-bit Adam
+        _load_per_rank(path, manifest, optimizer, comm)
+        return
     if replicated.get("zero") is None:
         optimizer.load_state_dict(replicated["optimizer"])  # a ZeroOptimizer cuts its pieces from the whole
         return
@@ -42,6 +51,22 @@ def load(path: str, manifest: dict, replicated: dict, model, optimizer, reducer,
         return
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer.load_state_dict(unsharded_state(shards, params, replicated["zero"]["group_order"]))
+
+
+def _load_per_rank(path: str, manifest: dict, optimizer, comm: MPI.Comm) -> None:
+    """1-bit Adam's state: this rank's own at the same world size; at another, rank 0's AdamW state (the same on
+    every rank) with the residuals, which were cut for the old parts, starting from zero."""
+    if not isinstance(optimizer, OneBitAdam):
+        raise ValueError("the checkpoint holds 1-bit Adam's state, and this run uses another optimizer")
+    same = manifest["world_size"] == comm.Get_size()
+    state = checkpoint.load_part(path, checkpoint.rank_file(comm.Get_rank() if same else 0),
+                                 manifest)["optimizer_rank"]
+    if not same:
+        state = {**state, "residuals": None}
+        if comm.Get_rank() == 0:
+            print(f"ringtrain: warning: 1-bit Adam's error-feedback residuals were saved for "
+                  f"{manifest['world_size']} ranks; at {comm.Get_size()} they start from zero", flush=True)
+    optimizer.load_state_dict(state)
 
 
 def overlapping_ranks(reducer, old_world: int, rank: int, world: int) -> list[int]:
