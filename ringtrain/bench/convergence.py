@@ -52,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zero", default="",
                    help="ZeRO stages (1, 2) to also train the uncompressed ringtrain job at, at --bucket-cap-mb, "
                         "comma-separated; each is the system zero1 or zero2 (default: none)")
+    p.add_argument("--onebit-adam", type=int, default=0, metavar="WARMUP",
+                   help="also train with --optimizer onebit-adam and this --onebit-warmup (the system onebit-adam; "
+                        "default 0: not)")
     p.add_argument("--json", metavar="FILE")
     add_link_argument(p)
 
@@ -80,6 +83,8 @@ def _variants(args):
         if stage not in ("1", "2"):
             raise ValueError(f"--zero has {stage!r}; allowed: 1, 2")
         out.append((f"zero{stage}", "none", args.bucket_cap_mb, "auto"))
+    if args.onebit_adam:
+        out.append(("onebit-adam", "none", args.bucket_cap_mb, "auto"))
     for peer in (d.strip() for d in args.ddp.split(",") if d.strip() and d.strip() != "none"):
         if peer == "plain":
             out.append(("ddp", "none", BUCKET_CAP_MB, "auto"))
@@ -120,6 +125,8 @@ def main(args) -> int:
             print(f"# {name}", flush=True)
         if system == "ringtrain":
             result = train(cfg)
+        elif system == "onebit-adam":
+            result = train(dataclasses.replace(cfg, optimizer="onebit-adam", onebit_warmup=args.onebit_adam))
         elif system.startswith("zero"):
             result = train(dataclasses.replace(cfg, zero=int(system[len("zero"):])))
         elif system == "compute":
@@ -184,14 +191,14 @@ def _report(rows, args, meta, param_bytes) -> None:
     ddp = next((r for r in rows if r["system"] == "ddp" and r["compression"] == "none"), None)
     print(f"# ringtrain bench convergence: {meta['world_size']} ranks, GPT width {args.width}, {args.layers} layers, batch "
           f"{args.batch_size}x{args.context} per rank, {args.steps} steps; step time = median after {args.skip}")
-    print(f"{'system':>9} {'compression':>18} {'bucket':>6} {'node':>4} {'step_ms':>8} {'steps/s':>7} {'speedup':>7} "
+    print(f"{'system':>11} {'compression':>18} {'bucket':>6} {'node':>4} {'step_ms':>8} {'steps/s':>7} {'speedup':>7} "
           f"{'final_loss':>10} {'val_loss':>8} {'val_vs_none':>11} {'vs_ddp':>6}")
     for r in rows:
         r["speedup_vs_none"] = r["steps_per_s"] / base["steps_per_s"]
         r["val_loss_vs_none"] = r["val_loss"] / base["val_loss"] - 1.0
         r["speedup_vs_ddp"] = r["steps_per_s"] / ddp["steps_per_s"] if ddp else None
         vs_ddp = f"{r['speedup_vs_ddp']:>6.2f}" if ddp else f"{'-':>6}"
-        print(f"{r['system']:>9} {r['compression']:>18} {r['bucket_cap_mb']:>6g} {r['node_aware']:>4} {r['step_ms']:>8.1f} "
+        print(f"{r['system']:>11} {r['compression']:>18} {r['bucket_cap_mb']:>6g} {r['node_aware']:>4} {r['step_ms']:>8.1f} "
               f"{r['steps_per_s']:>7.2f} {r['speedup_vs_none']:>7.2f} {r['final_loss']:>10.4f} "
               f"{r['val_loss']:>8.4f} {100 * r['val_loss_vs_none']:>+10.1f}% {vs_ddp}")
     if args.json:
