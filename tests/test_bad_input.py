@@ -124,7 +124,7 @@ def test_a_second_sigint_during_a_checkpoint_waits_for_it():
         signals.close()
 
 
-@pytest.mark.parametrize("spec", ["fp16", "ef+int8", "powersgd:rank=4", "auto"])
+@pytest.mark.parametrize("spec", ["ef+int8", "int8+lz4", "powersgd:rank=4", "topk:ratio=0.1", "auto"])
 def test_zero_with_compression_is_refused_naming_both(spec):
     with pytest.raises(UsageError, match=rf"compression \(--compression\) = '{re.escape(spec)}' with --zero 2: not "
                                          "supported yet"):

@@ -57,3 +57,25 @@ def codec_mean(codec: RingCodec, x: np.ndarray, comm: MPI.Comm) -> np.ndarray:
         raise ValueError(f"{codec.name}: the compressed average has NaN or inf values (a non-finite gradient "
                          "on some rank, a value beyond the wire type's range, or a corrupted segment)")
     return out
+
+
+def codec_reduce_scatter_mean(codec: RingCodec, acc: np.ndarray, comm: MPI.Comm) -> tuple[int, int]:
+    """``codec_mean``'s first half, in place on float32 ``acc``: returns this rank's ``(lo, hi)``, whose
+    elements then hold exactly what ``codec_mean`` gives there (the owner's chunk, encoded and decoded once).
+
+    For ZeRO: the rest of ``acc`` holds partial sums. ValueError if the chunk is not finite, as codec_mean.
+    """
+    codec.prepare(acc, comm)
+    wire = np.empty(acc.size, dtype=codec.wire_dtype)
+    n = comm.Get_size()
+    lo, hi = 0, acc.size
+    if n > 1:
+        lo, hi = ring_reduce_scatter(private(comm), acc, codec=codec, wire=wire)
+        acc[lo:hi] /= n
+    codec.encode(acc[lo:hi], lo, hi, 1, wire[lo:hi])
+    codec.decode(wire[lo:hi], lo, hi, 1, acc[lo:hi])
+    if not np.isfinite(acc[lo:hi]).all():
+        raise ValueError(f"{codec.name}: the compressed average has NaN or inf values (a non-finite gradient "
+                         "on some rank, a value beyond the wire type's range, or a corrupted segment)")
+    return lo, hi
+

@@ -48,7 +48,7 @@ from .buckets import assign_buckets, layout_fingerprint
 from .buffer_sync import BufferSync
 from .comm_thread import CommThread
 from .cross_node import block_layout, compressed_cross_sum, node_blocks
-from .zero import GradientShards
+from .zero import GradientShards, zero_compatible
 
 
 class GradientReducer:
@@ -105,11 +105,11 @@ class GradientReducer:
         if zero not in (0, 1, 2) or isinstance(zero, bool):
             raise ValueError(f"zero={zero!r} is not allowed — 0 (allreduce), 1 (shard the optimizer state) or 2 "
                              "(and the gradients)")
-        if zero and compression not in (None, "none"):
-            raise ValueError(f"compression {compression!r} with ZeRO: not supported yet — ZeRO reduce-scatters "
-                             "float32 gradients; use compression none, or zero=0")
         self.zero = zero
         self.compressors = [compression_get(compression) for _ in self.buckets]
+        if zero and not zero_compatible(self.compressors[0]):
+            raise ValueError(f"compression {compression!r} with ZeRO: not supported yet — ZeRO reduce-scatters, "
+                             "so only codecs that sum on the ring work: fp16, bf16, int8 (no ef, no lz4)")
         # What a checkpoint records as the run's choice, e.g. after autotuning.
         self.compression_spec, self.bucket_cap_mb = compression or "none", bucket_cap_mb
         for bucket, compressor in zip(self.buckets, self.compressors):
@@ -140,7 +140,7 @@ class GradientReducer:
         # no thread, so a single-rank run costs what a plain torch loop costs.
         # (Sharded, even one rank goes through the buckets: the shards are where the optimizer looks.)
         self._alone = self.comm.Get_size() == 1 and not zero
-        self.shards = GradientShards(self.buckets, self.comm, zero) if zero else None
+        self.shards = GradientShards(self.buckets, self.comm, zero, self.compressors) if zero else None
         self.poll_sleep_us = _poll_sleep_us(poll_sleep_us)
         self._thread = None if self._alone else CommThread(len(self.buckets), self._reduce_bucket,
                                                            self.poll_sleep_us * 1e-6)

@@ -30,7 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..collectives import allgather, allreduce, traffic
+from ..collectives import allreduce, traffic
+from ..collectives.comm import private
+from ..collectives.ring import ring_allgather
 
 
 @dataclass
@@ -132,9 +134,12 @@ class ZeroOptimizer:
         if self.optimizer is not None:
             self.optimizer.step()
         sent = [0]
-        with traffic.counting(sent):
-            for flat in self.flat:
-                allgather(flat, comm=self.comm, check=False)
+        if self.comm.Get_size() > 1:
+            ring = private(self.comm)
+            with traffic.counting(sent):
+                for flat, chunks in zip(self.flat, self.reducer.shards.bounds):
+                    # Each rank's chunk from its owner: the chunks the reduce-scatter left the averages in.
+                    ring_allgather(ring, flat.numpy(), bounds=chunks)
         # Under ZeRO the parameters' allgather is half of averaging the step: its bytes belong in wire_bytes.
         self.reducer.last_wire_bytes += sent[0]
 

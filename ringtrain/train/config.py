@@ -111,10 +111,10 @@ class TrainConfig:
             raise UsageError(f"optimizer (--optimizer) = 'onebit-adam' with --zero {self.zero} and --compression "
                              f"{self.compression}: not supported — 1-bit Adam compresses its own momentum; use "
                              "--zero 0 and --compression none with it")
-        if self.zero and self.compression != "none":
+        if self.zero and self.compression != "none" and not _zero_compatible(self.compression):
             raise UsageError(f"compression (--compression) = {self.compression!r} with --zero {self.zero}: not "
-                             "supported yet — ZeRO reduce-scatters float32 gradients; use --compression none, or "
-                             "--zero 0")
+                             "supported yet — ZeRO reduce-scatters, so only codecs that sum on the ring work: "
+                             "fp16, bf16, int8 (no ef, no lz4); or use --zero 0")
         self.checkpoint_interval()
 
     def checkpoint_interval(self) -> tuple[int, float]:
@@ -126,6 +126,14 @@ class TrainConfig:
                 return 0, seconds
             raise refused("checkpoint_every", self.checkpoint_every, CHECKS["checkpoint_every"].allowed)
         return int(text), 0.0
+
+
+def _zero_compatible(spec: str) -> bool:
+    if spec == "auto":
+        return False
+    from ..compression import get as compression_get
+    from ..reducer.zero import zero_compatible
+    return zero_compatible(compression_get(spec))
 
 
 def refused(name: str, value, allowed: str) -> UsageError:

@@ -42,6 +42,16 @@ def test_zero_1_and_2_equal_unsharded_training_bit_for_bit(corpus, tmp_path, rin
 
 
 @pytest.mark.mpi
+@pytest.mark.parametrize("spec", ["fp16", "bf16", "int8"])
+def test_codecs_that_sum_on_the_ring_give_zero_the_unsharded_bits(corpus, tmp_path, spec):  # noqa: F811
+    runs = [train(TrainConfig(**COMMON, data=corpus, zero=z, compression=spec, node_aware="off",
+                              out_dir=out_dir(tmp_path / str(z)))) for z in (0, 1, 2)]
+    same = [r["losses"] == runs[0]["losses"] and torch.equal(flat_params(r["model"]), flat_params(runs[0]["model"]))
+            for r in runs[1:]]
+    assert all_ranks_agree(all(same)), same
+
+
+@pytest.mark.mpi
 def test_clipping_uses_the_global_norm(corpus, tmp_path, ring):  # noqa: F811
     clip = dict(COMMON, grad_clip=0.05)  # small enough to clip every step
     runs = [train(TrainConfig(**clip, data=corpus, zero=z, out_dir=out_dir(tmp_path / str(z)))) for z in (0, 2)]
@@ -135,7 +145,8 @@ def test_zero_optimizer_on_a_plain_reducer_is_refused():
     try:
         with pytest.raises(ValueError, match="needs a GradientReducer made with zero=1 or zero=2"):
             ringtrain.ZeroOptimizer(reducer, torch.optim.AdamW, model.parameters())
-        with pytest.raises(ValueError, match="compression 'fp16' with ZeRO: not supported yet"):
-            ringtrain.GradientReducer(model, zero=1, compression="fp16")
+        with pytest.raises(ValueError, match="compression 'ef\\+int8' with ZeRO: not supported yet .* fp16, bf16, "
+                                             "int8"):
+            ringtrain.GradientReducer(model, zero=1, compression="ef+int8")
     finally:
         reducer.close()
