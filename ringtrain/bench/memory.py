@@ -31,7 +31,7 @@ from ..model import GPT, GPTConfig
 from ..reducer import GradientReducer, ZeroOptimizer
 from ..results import metadata, write_result
 from ..timing import slowest
-from ..train.memory import usage
+from ..train.memory import state_bytes, usage
 from ..train.threads import set_torch_threads
 
 VARIANTS = ("unsharded", "zero1", "zero2", "torch-zero")
@@ -112,6 +112,7 @@ def _measure(variant: str, width: int, args, comm) -> dict:
     torch.manual_seed(0)
     model = GPT(GPTConfig(width=width, layers=args.layers, heads=max(1, width // 64), context=args.context))
     sync, ddp, optimizer = _build(variant, model, args.bucket_cap_mb)
+    inner = getattr(optimizer, "optim", optimizer)  # ZeroRedundancyOptimizer keeps its shard's optimizer there
     x = torch.randint(0, 256, (1, args.context), generator=torch.Generator().manual_seed(comm.Get_rank()))
     times, grads = [], 0
     for _ in range(args.steps):
@@ -119,11 +120,11 @@ def _measure(variant: str, width: int, args, comm) -> dict:
         (ddp or model)(x, x)[1].backward()
         if sync is not None:
             sync.synchronize()
-        grads = usage(model, sync, _StateOf(optimizer))["gradients"]  # held once averaged, before the step
+        grads = usage(model, sync, inner)["gradients"]  # held once averaged, before the step
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
-    state = _StateOf(optimizer).state_nbytes()
+    state = state_bytes(inner)
     peak_kib = _status_kib("VmHWM") - start_kib
     figures = np.array([state, grads, peak_kib * 1024], dtype=np.float64)
     comm.Allreduce(MPI.IN_PLACE, figures, op=MPI.MAX)  # the largest rank's
@@ -131,7 +132,7 @@ def _measure(variant: str, width: int, args, comm) -> dict:
     if sync is not None:
         sync.close()
     nparams = sum(p.numel() for p in model.parameters())
-    del model, sync, ddp, optimizer
+    del model, sync, ddp, optimizer, inner
     gc.collect()
     return {"width": width, "layers": args.layers, "parameters": nparams, "world": comm.Get_size(),
             "variant": variant, "parameters_mb": 4 * nparams / 1e6, "state_mb": figures[0] / 1e6,
@@ -150,17 +151,3 @@ def _build(variant: str, model, cap_mb: float):
     if zero:
         return reducer, None, ZeroOptimizer(reducer, torch.optim.AdamW, params, lr=1e-4)
     return reducer, None, torch.optim.AdamW(params, lr=1e-4)
-
-
-class _StateOf:
-    """An optimizer as ``usage`` reads it; ZeroRedundancyOptimizer keeps its shard in ``optim``."""
-
-    def __init__(self, optimizer):
-        self._inner = getattr(optimizer, "optim", None) or optimizer
-
-    def state_nbytes(self) -> int:
-        inner = self._inner
-        if hasattr(inner, "state_nbytes"):
-            return inner.state_nbytes()
-        return sum(t.numel() * t.element_size() for s in inner.state.values() for t in s.values()
-                   if torch.is_tensor(t))

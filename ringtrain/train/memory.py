@@ -9,7 +9,13 @@ import resource
 import torch
 from mpi4py import MPI
 
-from .zero_checkpoint import state_bytes
+
+
+def state_bytes(optimizer) -> int:
+    """Bytes of optimizer state this rank holds (ZeroOptimizer and OneBitAdam count their own)."""
+    if hasattr(optimizer, "state_nbytes"):
+        return optimizer.state_nbytes()
+    return sum(_nbytes(t) for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
 
 
 def _nbytes(t: torch.Tensor | None) -> int:

@@ -14,7 +14,6 @@ the replicated part records the parameters' names and groups. Loading:
   ordinary torch state_dict;
 - unsharded into sharded: each rank cuts its pieces from the whole.
 """
-import torch
 from mpi4py import MPI
 
 from .. import checkpoint
@@ -91,11 +90,3 @@ def consolidated(path: str, manifest: dict, replicated: dict) -> dict:
     out["optimizer"] = unsharded_state(shards, params, zero["group_order"])
     out["config"] = {**replicated["config"], "zero": 0}
     return out
-
-
-def state_bytes(optimizer) -> int:
-    """Bytes of optimizer state this rank holds."""
-    if hasattr(optimizer, "state_nbytes"):
-        return optimizer.state_nbytes()
-    return sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
-               if torch.is_tensor(t))
