@@ -92,7 +92,8 @@ class TrainingLoop:
                            agreed=True)
         self.record(step, step_loss, lr, (time.perf_counter_ns() - t0) / 1e9, exposed)
         if step == self.start:  # the optimizer state exists from the first step on
-            self.record_memory(done)
+            with self.watchdog.guard("the memory report", done, deadline):
+                self.record_memory(done)
         stopping = signalled or (done == last and done < cfg.steps)
         if cfg.checkpoint_dir and (stopping or timed_due or (self.every_steps and done % self.every_steps == 0)
                                    or done == cfg.steps):
@@ -222,7 +223,8 @@ class TrainingLoop:
             columns = _val_columns(self.last_values)
         result.update(val_loss=val, start_loss=result["losses"][0] if result["losses"] else None,
                       end_loss=result["losses"][-1] if result["losses"] else None)
-        self.record_memory(cfg.steps)
+        with self.watchdog.guard("the memory report", cfg.steps):
+            self.record_memory(cfg.steps)
         self.metrics.write(step=cfg.steps, event="end", start_loss=result["start_loss"], end_loss=result["end_loss"],
                            start_val_loss=result["start_val_loss"], **columns)
         validation = (f", validation loss {result['start_val_loss']:.4f} -> {val:.4f}" if val is not None else "")
