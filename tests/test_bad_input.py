@@ -136,3 +136,14 @@ def test_onebit_adam_refuses_what_it_cannot_honour(extra):
     with pytest.raises(UsageError, match=r"optimizer \(--optimizer\) = 'onebit-adam' with .* not supported — 1-bit "
                                          "Adam compresses its own momentum"):
         TrainConfig(optimizer="onebit-adam", **extra)
+
+
+def test_dgc_takes_the_optimizers_momentum_and_stands_alone():
+    with pytest.raises(UsageError, match=r"dgc's momentum correction takes the optimizer's momentum — use --optimizer "
+                                         "sgd --momentum 0"):
+        TrainConfig(compression="dgc:ratio=0.01,momentum=0.9", optimizer="sgd", momentum=0.9)
+    TrainConfig(compression="dgc:ratio=0.01,momentum=0.9", optimizer="sgd", momentum=0.0)
+    TrainConfig(compression="dgc:ratio=0.01,warmup=100,clip=1")  # AdamW: accumulation, clipping, warm-up
+    for spec in ("ef+dgc:ratio=0.01", "dgc:ratio=0.01+lz4"):
+        with pytest.raises(UsageError, match="dgc has its own error feedback and wire format; use it alone"):
+            TrainConfig(compression=spec)

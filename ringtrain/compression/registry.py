@@ -4,6 +4,7 @@ A spec is a chain of parts joined by ``+``, each ``name`` or ``name:key=value,ke
 
     none | fp16 | bf16 | int8[:segment=512,stochastic=1,seed=0] | topk:ratio=0.01 (or k=1000)
     onebit[:chunk=1024] | powersgd[:rank=4,seed=0]        one of these, first or after ef
+    dgc:ratio=0.001,momentum=0.9,warmup=100,clip=1         top-k with DGC's corrections (dgc.py), alone
     lz4                                                     lossless, after the compressor (or alone)
     ef                                                      first: error feedback around the rest
 
@@ -14,6 +15,7 @@ None for ``"none"``.
 """
 from .base import Compressor
 from .casts import Cast16
+from .dgc import DGC
 from .error_feedback import ErrorFeedback
 from .int8 import Int8
 from .lz4_frame import LZ4
@@ -23,7 +25,7 @@ from .powersgd import PowerSGD
 from .topk import TopK
 
 _BASE = {"fp16": lambda: Cast16("float16"), "bf16": lambda: Cast16("bfloat16"), "int8": Int8, "topk": TopK,
-         "onebit": OneBit, "powersgd": PowerSGD}
+         "onebit": OneBit, "powersgd": PowerSGD, "dgc": DGC}
 # The declared parameters of each name (fp16 and bf16 take none).
 _PARAMS = {name: getattr(factory, "params", {}) for name, factory in _BASE.items()}
 NAMES = ("none", *_BASE, "lz4", "ef")
@@ -68,8 +70,9 @@ def get(spec: str | None, **params) -> Compressor | None:
             raise ValueError(f"compression {spec!r}: one compressor per chain ({base.name} and {name})")
         else:
             base = _build(name, kwargs, spec)
-    if isinstance(base, PowerSGD) and (lz4 or feedback):
-        raise ValueError(f"compression {spec!r}: powersgd has its own error feedback and wire format; use it alone")
+    if isinstance(base, (PowerSGD, DGC)) and (lz4 or feedback):
+        raise ValueError(f"compression {spec!r}: {base.name} has its own error feedback and wire format; use it "
+                         "alone")
     compressor = base if base is not None else Compressor()
     if lz4:
         compressor = LZ4(compressor)

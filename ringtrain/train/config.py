@@ -111,11 +111,24 @@ class TrainConfig:
             raise UsageError(f"optimizer (--optimizer) = 'onebit-adam' with --zero {self.zero} and --compression "
                              f"{self.compression}: not supported — 1-bit Adam compresses its own momentum; use "
                              "--zero 0 and --compression none with it")
+        self._check_dgc()
         if self.zero and self.compression != "none" and not _zero_compatible(self.compression):
             raise UsageError(f"compression (--compression) = {self.compression!r} with --zero {self.zero}: not "
                              "supported yet — ZeRO reduce-scatters, so only codecs that sum on the ring work: "
                              "fp16, bf16, int8 (no ef, no lz4); or use --zero 0")
         self.checkpoint_interval()
+
+    def _check_dgc(self) -> None:
+        """DGC's momentum replaces the optimizer's: SGD must then have none, and AdamW cannot give its own."""
+        if not self.compression.startswith("dgc"):
+            return
+        from ..compression import get as compression_get
+        momentum = compression_get(self.compression).momentum
+        if momentum and (self.optimizer != "sgd" or self.momentum):
+            raise UsageError(f"compression (--compression) = {self.compression!r} with --optimizer "
+                             f"{self.optimizer} --momentum {self.momentum:g}: dgc's momentum correction takes the "
+                             "optimizer's momentum — use --optimizer sgd --momentum 0 with it; for AdamW give dgc "
+                             "momentum=0")
 
     def checkpoint_interval(self) -> tuple[int, float]:
         """(every N steps, every S seconds) from checkpoint_every; 0 means never."""
