@@ -52,7 +52,7 @@ def main(args) -> int:
     rank, n = comm.Get_rank(), comm.Get_size()
     meta = metadata(comm, args, link=args.link)
     # ',' separates specs, except between one spec's key=value parameters.
-    specs = _split_specs(args.compressors)
+    specs = split_specs(args.compressors)
     for spec in specs:
         compression.get(spec)  # a bad name stops every rank before any work
     say = print if rank == 0 else (lambda *a, **k: None)
@@ -86,7 +86,7 @@ def main(args) -> int:
     return 0
 
 
-def _split_specs(text: str) -> list[str]:
+def split_specs(text: str) -> list[str]:
     """Split on commas that start a new spec (a name), not those between key=value parameters."""
     out = []
     for piece in text.split(","):

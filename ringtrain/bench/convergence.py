@@ -21,6 +21,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ..constants import BUCKET_CAP_MB
+from .compression import split_specs
 from ..results import add_link_argument, metadata, write_result
 from ..train import TrainConfig, train
 from ..train.threads import set_torch_threads
@@ -74,7 +75,7 @@ def _variants(args):
     settings = _node_aware(args)
     out = [("compute", "none", 0.0, "auto")]
     out += [("ringtrain", "none", cap, na) for cap in caps for na in settings]
-    for c in (c.strip() for c in args.compressors.split(",")):
+    for c in split_specs(args.compressors):  # commas also separate a spec's parameters
         if c == "auto":  # --compression auto --bucket-cap-mb auto
             out += [("ringtrain", "auto", "auto", na) for na in settings]
         elif c and c != "none":
