@@ -41,12 +41,19 @@ class Int8(Compressor):
         return 4 * self._layout(count) + count  # the scales, then one byte per value
 
     def _rows(self, x: torch.Tensor, nseg: int) -> torch.Tensor:
-        """x as (nseg, segment), zero-padded; a copy, since it is scaled in place."""
+        """x as (nseg, segment): a view, or a zero-padded copy when the last segment is short."""
         if x.numel() == nseg * self.segment:
-            return x.view(nseg, self.segment).clone()
+            return x.view(nseg, self.segment)
         rows = torch.zeros(nseg * self.segment)
         rows[:x.numel()] = x
         return rows.view(nseg, self.segment)
+
+    def _scratch(self, size: int) -> torch.Tensor:
+        """A float32 buffer kept between calls: a fresh one of tens of MB costs a page fault per 4 KiB, every
+        call, which took longer than all the arithmetic (a 16 MiB compress went from 14.7 to a few ms)."""
+        if getattr(self, "_spare", None) is None or self._spare.numel() < size:
+            self._spare = torch.empty(size)
+        return self._spare[:size]
 
     def compress(self, x: np.ndarray):
         # torch, in place where it can: every pass over the data costs about
@@ -56,12 +63,13 @@ class Int8(Compressor):
         nseg = self._layout(n)
         payload = np.empty(4 * nseg + n, dtype=np.uint8)
         rows = self._rows(x, nseg)
-        low, high = torch.aminmax(rows, dim=1)  # one pass for max |x|
+        work = self._scratch(nseg * self.segment).view(nseg, self.segment)
         scales = torch.from_numpy(payload[:4 * nseg].view(np.float32))
-        torch.maximum(high, -low, out=scales)
+        # max |x| per segment; NaN propagates (torch.aminmax's reduction over rows is five times slower here).
+        torch.amax(torch.abs(rows, out=work), dim=1, out=scales)
         require_finite(scales, self.name)  # a NaN or inf anywhere reaches its segment's scale
         scales /= 127.0
-        rows *= torch.where(scales > 0, 1.0 / scales, torch.zeros(()))[:, None]
+        rows = torch.mul(rows, torch.where(scales > 0, 1.0 / scales, torch.zeros(()))[:, None], out=work)
         if self.stochastic:
             # floor(v + u), u ~ U[0, 1): rounds up with probability frac(v), so unbiased.
             rows += torch.from_numpy(self._rng.random(rows.shape, dtype=np.float32))
