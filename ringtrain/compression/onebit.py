@@ -4,9 +4,10 @@ The scale is the chunk's mean |x|, so decompress(compress(x)) keeps each
 chunk's L1 norm. Payload: the scales, then the sign bits packed 8 per byte,
 about 1/32 of the float32 bytes. It needs error feedback to converge, which
 ``get("onebit")`` adds. DeepSpeed's 1-bit Adam compresses twice (workers to a
-per-chunk server and back, each with its own residual); here every rank
-gathers every rank's signs instead, which costs more bytes at large world
-sizes and has a single residual.
+per-chunk server and back, each with its own residual); this compressor has
+every rank gather every rank's signs instead, which costs more bytes at large
+world sizes and has a single residual. ``--optimizer onebit-adam`` uses the
+two-stage scheme (onebit_allreduce.py).
 """
 import numpy as np
 import torch

@@ -44,12 +44,18 @@ class TopK(Compressor):
         payload = np.concatenate([gaps.view(np.uint8), x[idx].astype(np.float32).view(np.uint8)])
         return payload, x.size
 
-    def decompress(self, payload, ctx) -> np.ndarray:
+    def positions(self, payload, ctx) -> np.ndarray:
+        """The sent positions, checked: increasing and below ``ctx``."""
         k = self.count(ctx)
         check_size(payload, 8 * k, self.name)
         idx = np.cumsum(payload[:4 * k].view(np.uint32), dtype=np.int64)
         if k and (idx[-1] >= ctx or np.any(np.diff(idx) <= 0)):
             raise ValueError(f"topk: the payload's indices are not increasing positions below {ctx}")
+        return idx
+
+    def decompress(self, payload, ctx) -> np.ndarray:
+        k = self.count(ctx)
+        idx = self.positions(payload, ctx)
         out = np.zeros(ctx, dtype=np.float32)
         out[idx] = check_finite(payload[4 * k:].view(np.float32), self.name, "values")
         return out

@@ -55,11 +55,9 @@ class WorkerPrefetcher:
         self._source, self._next = source, first_step
         # The default start method (fork on Linux): workers inherit the dataset without pickling it and
         # never call MPI. Each is seeded by torch from the main process's RNG; sampling does not use it.
-        loader = torch.utils.data.DataLoader(
+        self._batches = iter(torch.utils.data.DataLoader(
             source.train_data, batch_sampler=_StepIndices(source.sampler, first_step, last_step),
-            collate_fn=source.collate, num_workers=workers, prefetch_factor=prefetch)
-        self._loader = loader
-        self._batches = iter(loader)
+            collate_fn=source.collate, num_workers=workers, prefetch_factor=prefetch))
 
     def get(self, step: int):
         """The batch for ``step``; the loader's order is the steps' order, so any other step is built here."""
