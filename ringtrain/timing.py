@@ -50,14 +50,20 @@ def iterations(nbytes: int, budget: int = 128 << 20, minimum: int = 5) -> int:
     return int(min(2000, max(minimum, budget // max(nbytes, 1))))
 
 
+def median_seconds(work, repeat: int) -> float:
+    """One warm-up call of ``work()``, then the median seconds of ``repeat`` calls, on this rank alone."""
+    work()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
 def memcpy_bandwidth(nbytes: int, repeats: int = 7) -> float:
     """Single-core numpy copy bandwidth in GB/s (bytes copied per second, median of repeats)."""
     src = np.ones(nbytes // 8, dtype=np.float64)
     dst = np.empty_like(src)
-    np.copyto(dst, src)  # fault the pages in before timing
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        np.copyto(dst, src)
-        times.append(time.perf_counter() - t0)
-    return src.nbytes / float(np.median(times)) / 1e9
+    # The warm-up call faults the pages in before timing.
+    return src.nbytes / median_seconds(lambda: np.copyto(dst, src), repeats) / 1e9

@@ -6,10 +6,12 @@ Kinds of corruption that a decoder can always detect must raise.
 """
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ringtrain import compression
+from ringtrain.compression.base import all_finite
 
 SPECS = ["fp16", "bf16", "int8", "int8:stochastic=1", "onebit", "topk:ratio=0.05", "topk:k=7",
          "powersgd:rank=2", "int8+lz4", "ef+topk:ratio=0.05+lz4", "lz4"]
@@ -129,3 +131,17 @@ def test_fp16_refuses_values_beyond_its_range():
     with pytest.raises(ValueError, match="fp16: the input has NaN or inf"):
         compression.get("fp16").compress(np.array([1e5], np.float32))
     assert np.isfinite(compression.get("bf16").compress(np.array([1e5], np.float32))[0]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_the_finite_check_finds_every_non_finite_value(dtype):
+    # all_finite reads 16-bit floats by their exponent bits: check it against torch.isfinite.
+    x = torch.randn(257).to(dtype)
+    x[3] = torch.finfo(dtype).max  # the largest finite value is finite
+    assert all_finite(x) and all_finite(x[::2]) and all_finite(x[:0])
+    for bad in (np.nan, np.inf, -np.inf):
+        for at in (0, 100, 256):
+            y = x.clone()
+            y[at] = bad
+            assert not all_finite(y) and not all_finite(y.numpy() if dtype.itemsize > 2 else y)
+            assert not torch.isfinite(y).all()

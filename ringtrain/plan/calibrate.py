@@ -14,8 +14,6 @@ is not that one. Here, on one thread (a rank's share of a core):
 
 Each is the median of a few repetitions after one warm-up.
 """
-import time
-
 import numpy as np
 import torch
 
@@ -28,6 +26,7 @@ def calibrate(model, nbytes: int = CALIBRATION_BYTES, repeat: int = REPEAT) -> N
     from mpi4py import MPI
 
     from ..compression import get as compression_get
+    from ..timing import median_seconds
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -35,10 +34,10 @@ def calibrate(model, nbytes: int = CALIBRATION_BYTES, repeat: int = REPEAT) -> N
         for spec, c in model.compressors.items():
             codec = compression_get(spec)
             codec.set_layout(_layers(x.size))
-            c.gamma = _median_seconds(lambda: codec.allreduce_mean(x, MPI.COMM_SELF), repeat) / nbytes
+            c.gamma = median_seconds(lambda: codec.allreduce_mean(x, MPI.COMM_SELF), repeat) / nbytes
             model.origin[f"gamma {spec}"] = f"calibrated here: {_rate(c.gamma)} through the codec"
         grad, bucket = torch.from_numpy(x), torch.empty(x.size)
-        model.gamma_none = _median_seconds(lambda: bucket.copy_(grad).div_(4), repeat) / nbytes
+        model.gamma_none = median_seconds(lambda: bucket.copy_(grad).div_(4), repeat) / nbytes
         model.origin["gamma_none"] = f"calibrated here: {_rate(model.gamma_none)} copy into a bucket and divide"
         model.origin.pop("gamma", None)
     finally:
@@ -54,16 +53,6 @@ def _layers(count: int) -> list:
     if at < count:
         out.append((at, count, (count - at,)))
     return out
-
-
-def _median_seconds(work, repeat: int) -> float:
-    work()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def _rate(seconds_per_byte: float) -> str:

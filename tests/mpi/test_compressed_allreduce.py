@@ -115,3 +115,41 @@ def test_error_feedback_state_differs_per_rank_but_results_agree():
         got = c.allreduce_mean(my_input(seed=step), WORLD)
     assert identical_across_ranks(got)
     assert all_ranks_agree(c.residual is not None and np.abs(c.residual).sum() > 0)
+
+
+@pytest.mark.mpi
+def test_powersgd_follows_a_reference_written_here_over_steps():
+    # Full-rank gradients, so the approximation and the residual matter: two
+    # matrices of one shape (one batched QR), one of another, a 4-D weight and a vector.
+    shapes = [(24, 16), (24, 16), (16, 40), (6, 2, 3, 3), (9,)]
+    layout, at = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape))
+        layout.append((at, at + size, shape))
+        at += size
+    c = PowerSGD(rank=3, min_ratio=1)  # every matrix compressed, the vector whole
+    c.set_layout(layout)
+    c.compress(np.zeros(at, np.float32))  # makes the first Q, and leaves it
+    qs = [q.double().numpy() for q in c.state_dict()["q"]]
+    assert len(qs) == 4
+    n = WORLD.Get_size()
+    residuals = np.zeros((n, at))
+    ok = True
+    for step in range(3):
+        x = my_input(at, seed=10 + step)
+        got = c.allreduce_mean(x, WORLD)
+        corrected = everyone(x).astype(np.float64) + residuals
+        expected = np.empty(at)
+        matrices = [(lo, hi, shape) for lo, hi, shape in layout if len(shape) >= 2]
+        for i, (lo, hi, shape) in enumerate(matrices):
+            ms = corrected[:, lo:hi].reshape(n, shape[0], -1)
+            p = np.linalg.qr(np.mean([m @ qs[i] for m in ms], axis=0))[0]
+            qs[i] = np.mean([m.T @ p for m in ms], axis=0)
+            expected[lo:hi] = (p @ qs[i].T).reshape(-1)
+        lo, hi, _ = layout[-1]
+        expected[lo:hi] = corrected[:, lo:hi].mean(axis=0)  # a vector travels whole
+        residuals = corrected - expected
+        residuals[:, lo:hi] = 0
+        ok &= bool(np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max())
+    assert identical_across_ranks(got)
+    assert all_ranks_agree(ok)
