@@ -73,12 +73,16 @@ def synthetic_results(tmp_path):
     rows = [{"compressor": "int8", "size": s, "wire_ratio": 0.25,
              "allreduce_s": 3e-9 * s + 6 * ALPHA + 1.5 * 0.25 * s * BETA},
             {"compressor": "topk:ratio=0.01", "size": s, "wire_ratio": 0.02,
-             "allreduce_s": 1e-9 * s + 3 * (ALPHA + 0.02 * s * BETA)}]
+             "allreduce_s": 1e-9 * s + 3 * (ALPHA + 0.02 * s * BETA)},
+            {"compressor": "onebit", "size": s, "wire_ratio": 0.032,
+             "allreduce_s": 2e-9 * s + 3 * (ALPHA + 0.032 * s * BETA)}]
     path = tmp_path / "compression_n4_1gbit.json"
     write_result(str(path), "compression", meta(4), rows=rows)
     paths.append(str(path))
     rows = [{"system": "ringtrain", "compression": "ef+int8", "val_loss_vs_none": 0.004},
-            {"system": "ringtrain", "compression": "ef+topk:ratio=0.01", "val_loss_vs_none": 0.2}]
+            {"system": "ringtrain", "compression": "ef+topk:ratio=0.01", "val_loss_vs_none": 0.2},
+            {"system": "ringtrain", "compression": "dgc:ratio=0.01,warmup=9", "val_loss_vs_none": 0.15},
+            {"system": "onebit-adam", "compression": "none", "val_loss_vs_none": 0.006}]
     path = tmp_path / "convergence_n4_1gbit.json"
     write_result(str(path), "convergence", meta(4), rows=rows)
     paths.append(str(path))
@@ -92,7 +96,14 @@ def test_the_fit_recovers_alpha_beta_gamma_and_the_loss_penalty(tmp_path):
     assert m.compressors["int8"].gamma == pytest.approx(3e-9, rel=1e-6) and m.compressors["int8"].summable
     assert m.compressors["topk:ratio=0.01"].gamma == pytest.approx(1e-9, rel=1e-6)
     assert not m.compressors["topk:ratio=0.01"].summable
-    assert m.loss_penalty == {"int8": 0.004, "topk:ratio=0.01": 0.2}
+    assert m.loss_penalty == {"int8": 0.004, "topk:ratio=0.01": 0.2, "dgc:ratio=0.01,warmup=9": 0.15,
+                              "onebit-adam": 0.006}
+    # What only training measured borrows its codec's figures: 1-bit Adam's two-stage
+    # allreduce moves the ring's volume of onebit's payload; DGC sends top-k's.
+    onebit_adam, dgc = m.compressors["onebit-adam"], m.compressors["dgc:ratio=0.01,warmup=9"]
+    assert onebit_adam.summable and onebit_adam.ratio == 0.032
+    assert onebit_adam.gamma == pytest.approx(2e-9, rel=1e-6)
+    assert not dgc.summable and dgc.ratio == 0.02 and dgc.gamma == pytest.approx(1e-9, rel=1e-6)
     assert accuracy_key("ef+topk:ratio=0.01+lz4") == "topk:ratio=0.01"
 
 
@@ -106,9 +117,12 @@ def test_plan_compresses_on_a_slow_link_and_not_where_compute_hides_the_network(
     slow = plan("--fit", *paths, "--params", "100M", "--step-compute-s", "0.05", "--link", "100mbit", "--nodes",
                 "2,8", "--json", str(tmp_path / "slow.json"))
     assert slow.returncode == 0, slow.stderr
-    assert "left out, validation loss more than 2% worse in the training sweep: topk:ratio=0.01 (+20.0%)" in slow.stdout
+    assert ("left out, validation loss more than 2% worse in the training sweep: dgc:ratio=0.01,warmup=9 (+15.0%), "
+            "onebit (not trained), topk:ratio=0.01 (+20.0%)") in slow.stdout
     rows = json.loads((tmp_path / "slow.json").read_text())["plan"]
-    assert [r["best"]["compression"] for r in rows] == ["int8", "int8"]
+    # 1-bit Adam keeps the loss here and sends an eighth of int8's bytes.
+    assert [r["best"]["compression"] for r in rows] == ["onebit-adam", "onebit-adam"]
+    assert all(r["best"]["algorithm"] == "ring" for r in rows)
     assert all(r["best"]["step_s"] < r["uncompressed"]["step_s"] for r in rows)
     assert all(0 < r["best"]["efficiency"] <= 1 for r in rows)
     fast = plan("--fit", *paths, "--params", "1M", "--step-compute-s", "10", "--link", "10gbit", "--nodes", "4",
@@ -184,6 +198,18 @@ def test_autotune_takes_compression_only_where_it_pays():
     # A fixed compressor with an automatic bucket cap only varies the cap.
     scores = autotune.score(0.05, slow, params, "fp16", "auto")
     assert {spec for spec, _ in scores} == {"fp16"} and len(scores) == len(autotune.CAPS_MB)
+
+
+def test_auto_considers_what_the_sweep_measured_within_the_loss_bound():
+    from ringtrain.train import TrainConfig
+    measured = {"fp16": 0.01, "int8": 0.005, "powersgd:rank=4": 0.03, "dgc:ratio=0.01,warmup=200,clip=1": 0.19,
+                "onebit-adam": 0.004}
+    assert autotune.candidates(TrainConfig(), measured) == ["fp16", "ef+int8", "onebit-adam"]
+    # 1-bit Adam replaces AdamW only; unmeasured counts as lossy; a DGC that keeps the loss is a candidate.
+    assert autotune.candidates(TrainConfig(optimizer="sgd"), measured) == ["fp16", "ef+int8"]
+    assert autotune.candidates(TrainConfig(), {"fp16": 0.0}) == ["fp16"]
+    assert autotune.candidates(TrainConfig(), {"dgc:ratio=0.01,warmup=200,clip=1": 0.01}) == [
+        "dgc:ratio=0.01,warmup=200,clip=1"]
 
 
 def test_results_of_another_shape_are_refused_by_name(tmp_path):

@@ -171,7 +171,7 @@ def _row(system, compression, cap, node_aware, results, skip) -> dict:
     over its runs' medians."""
     result = results[0]
     if cap == "auto":
-        compression = f"auto={result['tuned']['compression']}"
+        compression = f"auto={result['tuned'].get('optimizer', result['tuned']['compression'])}"
         cap = result["tuned"]["bucket_cap_mb"]
     seconds = np.array(result["step_seconds"])
     losses = np.array(result["losses"])

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 ALGORITHMS = ("ring", "recursive_doubling", "ps", "mpi")
 TWO_LEVEL_ALGORITHMS = ("hierarchical", "ring", "mpi")
 BACKWARD_SHARE = 2 / 3  # backward does about twice forward's work
+ONEBIT_ADAM = "onebit-adam"  # an optimizer, planned as the compressor of its momentum (plan/fit.py)
 
 
 def parse_rate(text: str) -> float:

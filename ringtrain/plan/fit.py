@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 from ..results import link_rate, load_result
-from .costmodel import Compression, CostModel, blend, step_bounds
+from .costmodel import ONEBIT_ADAM, Compression, CostModel, blend, step_bounds
 
 MIN_FIT_BYTES = 64 << 10
 
@@ -77,6 +77,7 @@ def fit_loaded(loaded: list) -> CostModel:
     _fit_compressors(model, [(d, r) for _, d, r in loaded if d.get("benchmark") == "compression"])
     convergence = [(d, r) for _, d, r in loaded if d.get("benchmark") == "convergence"]
     _fit_losses(model, [d for d, _ in convergence])
+    _derive_trained(model)
     model.overlap = fit_overlap(model, convergence)
     _calibrate_gammas(model, convergence)
     fitted = f"fitted to {len(loaded)} sweep results (listed in source)"
@@ -140,13 +141,43 @@ def _fit_compressors(model, results) -> None:
         c.ratio, c.gamma = float(np.median(ratios[spec])), float(np.median(gammas[spec]))
 
 
+def trained_key(row: dict) -> str | None:
+    """What a convergence row trained with, as the cost model names it: a compressor spec, ONEBIT_ADAM, or None."""
+    if row["system"] == ONEBIT_ADAM:
+        return ONEBIT_ADAM
+    spec = row["compression"]
+    if row["system"] == "ringtrain" and spec != "none" and not spec.startswith("auto"):
+        return accuracy_key(spec)
+    return None
+
+
 def _fit_losses(model, results) -> None:
     for data in results:
         for row in data["rows"]:
-            spec = row["compression"]
-            if row["system"] == "ringtrain" and spec != "none" and not spec.startswith("auto"):
-                key = accuracy_key(spec)
+            key = trained_key(row)
+            if key is not None:
                 model.loss_penalty[key] = max(model.loss_penalty.get(key, -1.0), row["val_loss_vs_none"])
+
+
+def _derive_trained(model) -> None:
+    """Figures for what training measured but ``bench compression`` cannot run alone.
+
+    1-bit Adam's allreduce (onebit_allreduce.py) sends onebit's payload through
+    an alltoall and an allgather: the ring's volume, 2 (n-1)/n of it, in 2 (n-1)
+    messages, with about onebit's codec work. DGC sends top-k's payload at its
+    final density. Their gammas are then calibrated on the training rows.
+    """
+    onebit = model.compressors.get("onebit")
+    if onebit is not None and ONEBIT_ADAM in model.loss_penalty:
+        model.compressors[ONEBIT_ADAM] = Compression(ratio=onebit.ratio, gamma=onebit.gamma, messages=1,
+                                                     summable=True)
+    for key in model.loss_penalty:
+        if key.startswith("dgc") and key not in model.compressors:
+            from ..compression import get as compression_get
+            topk = model.compressors.get(f"topk:ratio={compression_get(key).ratio:g}")
+            if topk is not None:
+                model.compressors[key] = Compression(ratio=topk.ratio, gamma=topk.gamma, messages=1,
+                                                     summable=False)
 
 
 def contention(data: dict) -> float:
@@ -173,10 +204,13 @@ def step_cases(model, data: dict, rate: float):
     n, c, share = world_of(data) // k, compute["step_ms"] / 1e3, contention(data)
     cases = []
     for row in data["rows"]:
-        key = known_spec(model, row["compression"].removeprefix("auto="))
-        if row["system"] != "ringtrain" or key is None:
+        if row["system"] == ONEBIT_ADAM:
+            key = ONEBIT_ADAM if ONEBIT_ADAM in model.compressors else None
+        else:
+            key = known_spec(model, row["compression"].removeprefix("auto="))
+        if row["system"] not in ("ringtrain", ONEBIT_ADAM) or key is None:
             continue
-        node_aware = k > 1 and row.get("node_aware", "auto") != "off"
+        node_aware = k > 1 and row.get("node_aware", "auto") != "off" and key != ONEBIT_ADAM  # 1-bit Adam is flat
         algorithm = "hierarchical" if node_aware else "ring"
         buckets = bucket_bytes(data["param_bytes"], int(row["bucket_cap_mb"] * 1e6))
         serial, ideal = step_bounds(c, buckets, lambda b, key=key: model.compressed_time(

@@ -8,6 +8,8 @@ cost model (``costmodel.py``) and prints the fastest uncompressed choice and
 the fastest overall. Compressors whose measured loss penalty (from the
 training sweep) exceeds ``--max-loss-penalty``, or that the sweep never
 trained with, are left out unless named in ``--compressors``, and said so.
+``onebit-adam`` stands for ``--optimizer onebit-adam`` (its momentum's
+two-stage sign allreduce, after the warm-up), where the sweep trained with it.
 Scaling efficiency is compute time / step time: 1.0 means the network costs
 nothing; the speed-up over one node is nodes x efficiency.
 
@@ -31,7 +33,7 @@ import os
 from ..checks import argument, number, whole, whole_list
 from ..fault.errors import UsageError
 
-from .costmodel import ALGORITHMS, CostModel, even_buckets, parse_rate, step_time
+from .costmodel import ALGORITHMS, ONEBIT_ADAM, CostModel, even_buckets, parse_rate, step_time
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "default_costmodel.json")
 BUCKETS_MB = (1, 2, 5, 10, 25, 50, 100)
@@ -105,6 +107,8 @@ def best(model: CostModel, total_bytes: float, compute_s: float, n: int, rate: f
             # Two levels: MPI_Allreduce is left out, as its textbook form here predicted it 19-28% faster
             # than measured at 2 x 2 (benchmarks/README.md); the two rings were predicted within 1-16%.
             choices = [(a, False) for a in (("hierarchical", "ring") if k > 1 else ALGORITHMS)]
+        elif spec == ONEBIT_ADAM:  # its two-stage allreduce runs over all ranks alike
+            choices = [("ring", False)]
         else:  # compressed: across nodes only (the node-aware ring), or on every hop of the flat ring
             choices = [("hierarchical", True), ("ring", False)] if k > 1 else [("ring", False)]
         for algorithm, node_aware in choices:

@@ -9,7 +9,11 @@ The probe measures, on the job's own ranks and links:
 - each candidate compressor's averaging of all the gradients and of the
   last sixteenth of the parameters (the first bucket backward fills), which
   give its fixed cost per call and seconds per byte (when compression is
-  auto, or to size the buckets of a fixed compressor).
+  auto, or to size the buckets of a fixed compressor). The candidates are
+  CHOICES whose validation loss the training sweep measured within 2% of
+  uncompressed training (the cost model's loss penalties); one of them,
+  onebit-adam, is 1-bit Adam in place of AdamW, timed by its momentum's
+  compressed allreduce (its warm-up steps are not compressed).
 
 Every choice (compressor x bucket cap) is then scored by the cost model's
 step pipeline (``plan.costmodel.step_time``) with the real bucket layout and
@@ -30,13 +34,16 @@ from ..collectives import allreduce
 from ..timing import median_call, slowest
 from ..compression import get as compression_get
 from ..constants import BUCKET_CAP_MB
-from ..plan.costmodel import step_time
+from ..plan.costmodel import ONEBIT_ADAM, step_time
 from ..reducer.buckets import bucket_bytes, group_params
 from .task import call
 
-# Compressors that kept the validation loss within 2% of uncompressed training
-# in the training sweep (benchmarks/README.md); the others trade accuracy.
-CANDIDATES = ("fp16", "ef+int8", "powersgd:rank=4")
+# What auto may choose: each only if the training sweep (the cost model's loss
+# penalties) kept the validation loss within MAX_LOSS_PENALTY of uncompressed
+# training; unmeasured counts as too lossy. onebit-adam replaces AdamW by
+# 1-bit Adam (--optimizer onebit-adam), so it is a choice only for AdamW.
+CHOICES = ("fp16", "ef+int8", "powersgd:rank=4", "dgc:ratio=0.01,warmup=200,clip=1", ONEBIT_ADAM)
+MAX_LOSS_PENALTY = 0.02
 CAPS_MB = (1, 2, 5, 10, 25, 50, 100)
 PAYS = 0.95
 
@@ -69,7 +76,9 @@ def tune(cfg, model, loss_fn, batch, comm) -> dict:
     per_byte, latency = _line(4 * small.size, t_small, 4 * count, t_full)
     latency = max(latency, t_tiny)
     comm_models = {"none": lambda nbytes: latency + per_byte * nbytes}
-    specs = list(CANDIDATES) if cfg.compression == "auto" else [] if cfg.compression == "none" else [cfg.compression]
+    cost_model = _cost_model()
+    specs = (candidates(cfg, cost_model.loss_penalty if cost_model else {}) if cfg.compression == "auto"
+             else [] if cfg.compression == "none" else [cfg.compression])
     layout, _ = _layout(params)
     # The first bucket backward fills, about a sixteenth of the gradients, as the reducer groups it.
     first, size = _layout(group_params(params, max(1, 4 * count // 16))[0])
@@ -78,9 +87,7 @@ def tune(cfg, model, loss_fn, batch, comm) -> dict:
     for spec in specs:
         times = []
         for part, n in ((layout, count), (first, size)):
-            compressor = compression_get(spec)
-            compressor.set_layout(part)
-            times.append(median_call(comm, lambda c=compressor, n=n: c.allreduce_mean(data[:n], comm), 2))
+            times.append(median_call(comm, _averaging(spec, part, data[:n], comm), 2))
         measured[spec] = times[0]
         # A line through both sizes: the fixed part holds the compressor's per-call
         # work and messages; each bucket also averages its used-flags (one message).
@@ -89,12 +96,13 @@ def tune(cfg, model, loss_fn, batch, comm) -> dict:
         else:
             slope, fixed = times[0] / (4 * count), 0.0
         comm_models[spec] = lambda nbytes, f=fixed, s=slope: f + t_tiny + s * nbytes
-    overlap = machine_overlap()
+    overlap = cost_model.overlap if cost_model else 1.0
     param_bytes = [p.numel() * p.element_size() for p in params]
     scores = score(compute, comm_models, param_bytes, cfg.compression, cfg.bucket_cap_mb, overlap)
     best = comm.bcast(choose(scores, cfg.compression == "auto"), root=0)
-    return {"compression": best[0], "bucket_cap_mb": best[1],
-            "probe": {"compute_s": compute, "allreduce_s": measured, "latency_s": latency, "per_byte_s": per_byte,
+    chosen = {"compression": best[0]} if best[0] != ONEBIT_ADAM else {"compression": "none", "optimizer": ONEBIT_ADAM}
+    return {**chosen, "bucket_cap_mb": best[1],
+            "probe": {"candidates": specs, "compute_s": compute, "allreduce_s": measured, "latency_s": latency, "per_byte_s": per_byte,
                       "message_s": t_tiny, "overlap": overlap,
                       "predicted_step_s": {f"{s} {c:g}MB": v for (s, c), v in scores.items()}}}
 
@@ -114,17 +122,44 @@ def _line(x0, y0, x1, y1) -> tuple[float, float]:
     return slope, max(0.0, y0 - slope * x0)
 
 
-def machine_overlap() -> float:
-    """How much of the ideal overlap training reaches: from RINGTRAIN_COST_MODEL or the packaged cost model."""
+def candidates(cfg, loss_penalty: dict) -> list[str]:
+    """The CHOICES this run can use whose measured loss penalty is within MAX_LOSS_PENALTY."""
+    from ..plan.fit import accuracy_key
+    out = []
+    for spec in CHOICES:
+        penalty = loss_penalty.get(accuracy_key(spec))
+        if penalty is None or penalty > MAX_LOSS_PENALTY:
+            continue
+        if spec == ONEBIT_ADAM and cfg.optimizer != "adamw":
+            continue
+        if spec.startswith("dgc") and compression_get(spec).momentum and cfg.optimizer != "sgd":
+            continue  # DGC's momentum takes the optimizer's (TrainConfig says so)
+        out.append(spec)
+    return out
+
+
+def _averaging(spec: str, layout: list, x: np.ndarray, comm):
+    """A call that averages ``x`` the way ``spec`` would in training."""
+    if spec == ONEBIT_ADAM:  # the momentum's two-stage sign allreduce, after the warm-up
+        from ..compression.onebit_allreduce import OneBitAllreduce
+        state, buffer = OneBitAllreduce(x.size, comm), x.copy()
+        return lambda: state.mean(buffer)
+    compressor = compression_get(spec)
+    compressor.set_layout(layout)
+    return lambda: compressor.allreduce_mean(x, comm)
+
+
+def _cost_model():
+    """RINGTRAIN_COST_MODEL's cost model, or the packaged one; None if the packaged one is missing."""
     from ..plan.costmodel import CostModel
     from ..plan.planner import DEFAULT_MODEL
     path = os.environ.get("RINGTRAIN_COST_MODEL", DEFAULT_MODEL)
     try:
-        return CostModel.load(path).overlap
+        return CostModel.load(path)
     except (OSError, ValueError, TypeError) as e:
         if "RINGTRAIN_COST_MODEL" in os.environ:
             raise ValueError(f"RINGTRAIN_COST_MODEL={path}: not a cost model ({e})") from None
-        return 1.0
+        return None
 
 
 def score(compute: float, comm_models: dict, param_bytes: list[int], compression: str, bucket_cap_mb,
@@ -153,8 +188,11 @@ def choose(scores: dict, compression_auto: bool) -> tuple:
 
 def describe(tuned: dict) -> str:
     probe = tuned["probe"]
-    key = f"{tuned['compression']} {tuned['bucket_cap_mb']:g}MB"
+    choice = tuned.get("optimizer", tuned["compression"])
+    key = f"{choice} {tuned['bucket_cap_mb']:g}MB"
     timed = ", ".join(f"{spec} {1e3 * t:.1f} ms" for spec, t in probe["allreduce_s"].items())
-    return (f"autotune: compression {tuned['compression']}, bucket cap {tuned['bucket_cap_mb']:g} MB "
+    what = ("optimizer onebit-adam (1-bit Adam: its momentum compressed after the warm-up)" if choice == ONEBIT_ADAM
+            else f"compression {choice}")
+    return (f"autotune: {what}, bucket cap {tuned['bucket_cap_mb']:g} MB "
             f"(compute {1e3 * probe['compute_s']:.1f} ms per step; averaging all gradients: {timed}; predicted step "
             f"{1e3 * probe['predicted_step_s'][key]:.1f} ms)")

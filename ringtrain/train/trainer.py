@@ -86,16 +86,20 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None, *, task: Task | None =
             tracer = Tracer(cfg.trace, comm) if cfg.trace else NO_TRACE
             watchdog.trace = tracer
             sync = (make_sync or reducer_sync)(task, cfg, comm, tuned, tracer)
-            optimizer = make_optimizer(cfg, task.model, sync)
+            # auto may choose 1-bit Adam for an AdamW run; the config stays as given, so a resume matches it.
+            optimizer = make_optimizer(dataclasses.replace(cfg, optimizer=tuned["optimizer"], compression="none")
+                                       if "optimizer" in tuned else cfg, task.model, sync)
             start, lineage = state.restore(cfg, task.model, optimizer, sync, comm)
             ranks = comm.gather({"rank": rank, "host": socket.gethostname(), "pid": os.getpid()}, root=0)
         nparams = sum(p.numel() for p in task.model.parameters())
         say(rank, f"ringtrain: {world} ranks x {threads} torch threads | {name} with {nparams:,} parameters | "
                   f"{source.describe()}" + (f" | {cfg.epochs} epochs = {cfg.steps} steps" if cfg.epochs else "")
-                  + (f" | compression {tuned['compression']}" if tuned["compression"] != "none" else ""))
+                  + (f" | compression {tuned['compression']}" if tuned["compression"] != "none" else "")
+                  + (f" | optimizer {tuned['optimizer']}" if "optimizer" in tuned else ""))
         metrics = Metrics(cfg.out_dir, rank)
         metrics.write(event="start", step=start, world_size=world, ranks=ranks, parameters=nparams,
                       compression=tuned["compression"], bucket_cap_mb=tuned["bucket_cap_mb"],
+                      optimizer=tuned.get("optimizer", cfg.optimizer),
                       autotune=tuned.get("probe"), steps=cfg.steps, steps_per_epoch=source.steps_per_epoch)
         if "text" in tuned:
             say(rank, tuned["text"])
@@ -105,7 +109,7 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None, *, task: Task | None =
                             metrics=metrics, watchdog=watchdog, signals=signals, tracer=tracer, lineage=lineage,
                             start=start)
         result = loop.run()
-        result["tuned"] = {"compression": tuned["compression"], "bucket_cap_mb": tuned["bucket_cap_mb"]}
+        result["tuned"] = {key: tuned[key] for key in ("compression", "bucket_cap_mb", "optimizer") if key in tuned}
         result.update(optimizer=optimizer, sync=sync)
         with watchdog.guard("writing the trace", cfg.steps, max(cfg.timeout, 60.0)):
             tracer.close()
@@ -134,7 +138,9 @@ def _tune(cfg, task, source, comm) -> dict:
     saved = state.saved_tuning(cfg, comm)
     if saved is not None:
         return {**saved, "text": f"autotune: compression {saved['compression']}, bucket cap "
-                                 f"{saved['bucket_cap_mb']:g} MB, as chosen before the checkpoint"}
+                                 f"{saved['bucket_cap_mb']:g} MB" + (f", optimizer {saved['optimizer']}"
+                                                                      if "optimizer" in saved else "")
+                                 + ", as chosen before the checkpoint"}
     if comm.Get_size() == 1:  # nothing to average: nothing to tune
         cap = BUCKET_CAP_MB if cfg.bucket_cap_mb == "auto" else cfg.bucket_cap_mb
         return {"compression": "none", "bucket_cap_mb": cap, "text": "autotune: one rank, no averaging: compression none"}
