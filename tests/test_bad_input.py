@@ -144,6 +144,13 @@ def test_dgc_takes_the_optimizers_momentum_and_stands_alone():
         TrainConfig(compression="dgc:ratio=0.01,momentum=0.9", optimizer="sgd", momentum=0.9)
     TrainConfig(compression="dgc:ratio=0.01,momentum=0.9", optimizer="sgd", momentum=0.0)
     TrainConfig(compression="dgc:ratio=0.01,warmup=100,clip=1")  # AdamW: accumulation, clipping, warm-up
+    # Under AdamW, DGC's momentum is Adam's beta1 (its variance frozen); another momentum is refused.
+    assert TrainConfig(compression="dgc:ratio=0.01,momentum=0.9,masking=0").dgc_adam
+    assert not TrainConfig(compression="dgc:ratio=0.01").dgc_adam
+    with pytest.raises(UsageError, match=r"under AdamW give dgc momentum=0.9 \(Adam's beta1"):
+        TrainConfig(compression="dgc:ratio=0.01,momentum=0.5")
+    with pytest.raises(UsageError, match="masking=2 is not allowed"):
+        TrainConfig(compression="dgc:ratio=0.01,masking=2")
     for spec in ("ef+dgc:ratio=0.01", "dgc:ratio=0.01+lz4"):
         with pytest.raises(UsageError, match="dgc has its own error feedback and wire format; use it alone"):
             TrainConfig(compression=spec)

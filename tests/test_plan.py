@@ -202,14 +202,15 @@ def test_autotune_takes_compression_only_where_it_pays():
 
 def test_auto_considers_what_the_sweep_measured_within_the_loss_bound():
     from ringtrain.train import TrainConfig
-    measured = {"fp16": 0.01, "int8": 0.005, "powersgd:rank=4": 0.03, "dgc:ratio=0.01,warmup=200,clip=1": 0.19,
-                "onebit-adam": 0.004}
+    dgc = "dgc:ratio=0.01,momentum=0.9,warmup=200,masking=0"
+    measured = {"fp16": 0.01, "int8": 0.005, "powersgd:rank=4": 0.03, dgc: 0.19, "onebit-adam": 0.004}
     assert autotune.candidates(TrainConfig(), measured) == ["fp16", "ef+int8", "onebit-adam"]
-    # 1-bit Adam replaces AdamW only; unmeasured counts as lossy; a DGC that keeps the loss is a candidate.
+    # 1-bit Adam replaces AdamW only; unmeasured counts as lossy; a DGC that keeps the loss is a
+    # candidate where the config allows its momentum (under AdamW; not under SGD with momentum).
     assert autotune.candidates(TrainConfig(optimizer="sgd"), measured) == ["fp16", "ef+int8"]
     assert autotune.candidates(TrainConfig(), {"fp16": 0.0}) == ["fp16"]
-    assert autotune.candidates(TrainConfig(), {"dgc:ratio=0.01,warmup=200,clip=1": 0.01}) == [
-        "dgc:ratio=0.01,warmup=200,clip=1"]
+    assert autotune.candidates(TrainConfig(), {dgc: 0.01}) == [dgc]
+    assert autotune.candidates(TrainConfig(optimizer="sgd", momentum=0.9), {dgc: 0.01}) == []
 
 
 def test_results_of_another_shape_are_refused_by_name(tmp_path):

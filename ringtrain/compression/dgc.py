@@ -10,17 +10,24 @@ Per rank and bucket, each step, with local gradient g:
 
 The averaged sparse ``v`` already carries the momentum, so the optimizer
 applies it without momentum of its own: with SGD, give the momentum to dgc
-and ``--momentum 0`` to the optimizer. For AdamW, DGC's corrections do not
-carry over (Adam's update is not linear in the gradient, so momentum cannot
-move into the accumulator): ``momentum=0`` leaves accumulation (error
-feedback), local clipping and the density warm-up, and AdamW's own moments
-act on the averaged sparse gradient, which is how top-k is paired with Adam
-in practice. The density falls exponentially from 25% to ``ratio`` over the
+and ``--momentum 0`` to the optimizer. Adam's update is not linear in the
+gradient, so its momentum cannot move into the accumulator as it is; with
+its variance frozen after a warm-up it is (1-bit Adam's observation), and
+``--compression dgc:momentum=0.9,...`` under AdamW runs DGC on Adam's
+momentum that way (reducer/dgc_adam.py). ``momentum=0`` under AdamW is plain
+top-k of the gradient with accumulation (error feedback), local clipping and
+the density warm-up, AdamW's own moments acting on the averaged sparse gradient. The density falls exponentially from 25% to ``ratio`` over the
 first ``warmup`` steps (DGC: 25%, 6.25%, 1.56%, 0.4%, then 0.1%), so early
 training, where gradients change fastest, is compressed least.
 
 Clipping is per bucket (each bucket is compressed on its own): with one
 bucket it is DGC's exactly.
+
+``masking=0`` keeps the velocity where v was sent: each gradient then reaches
+the parameters with its whole momentum tail, only delayed, so at ratio 1 the
+scheme is momentum SGD exactly. Masking cuts that tail at the send (DGC's
+guard against stale momentum); under AdamW's frozen variance
+(reducer/dgc_adam.py) it cost loss here, and masking=0 is what to use there.
 """
 import numpy as np
 import torch
@@ -37,11 +44,13 @@ START_DENSITY = 0.25
 class DGC(Compressor):
     name = "dgc"
     params = {"ratio": number(0, 1, above=True), "momentum": number(0, 1, below=True), "warmup": whole(0),
-              "clip": number(0)}
+              "clip": number(0), "masking": whole(0, 1)}
 
-    def __init__(self, ratio: float = 0.001, momentum: float = 0.0, warmup: int = 0, clip: float = 0.0):
-        require(self.name, self.params, ratio=ratio, momentum=momentum, warmup=warmup, clip=clip)
+    def __init__(self, ratio: float = 0.001, momentum: float = 0.0, warmup: int = 0, clip: float = 0.0,
+                 masking: int = 1):
+        require(self.name, self.params, ratio=ratio, momentum=momentum, warmup=warmup, clip=clip, masking=masking)
         self.ratio, self.momentum, self.warmup, self.clip = float(ratio), float(momentum), int(warmup), float(clip)
+        self.masking = bool(masking)
         self.velocity = self.accumulated = None
         self.steps = 0
         self._world = 1
@@ -77,7 +86,8 @@ class DGC(Compressor):
         payload, ctx = self._topk.compress(self.accumulated)
         sent = self._topk.positions(payload, ctx)  # k positions, not a dense decompress
         self.accumulated[sent] = 0
-        self.velocity[sent] = 0
+        if self.masking:
+            self.velocity[sent] = 0
         self.steps += 1
         return payload, ctx
 

@@ -4,7 +4,7 @@ A spec is a chain of parts joined by ``+``, each ``name`` or ``name:key=value,ke
 
     none | fp16 | bf16 | int8[:segment=512,stochastic=1,seed=0] | topk:ratio=0.01 (or k=1000)
     onebit[:chunk=1024] | powersgd[:rank=4,seed=0]        one of these, first or after ef
-    dgc:ratio=0.001,momentum=0.9,warmup=100,clip=1         top-k with DGC's corrections (dgc.py), alone
+    dgc:ratio=0.001,momentum=0.9,warmup=100,clip=1,masking=1   top-k with DGC's corrections (dgc.py), alone
     lz4                                                     lossless, after the compressor (or alone)
     ef                                                      first: error feedback around the rest
 

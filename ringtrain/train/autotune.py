@@ -24,6 +24,7 @@ the best uncompressed choice: where the link is not the limit, it does not
 pay. Times are the slowest rank's, so every rank computes the same scores;
 rank 0's decision is broadcast all the same.
 """
+import dataclasses
 import os
 import time
 
@@ -34,6 +35,7 @@ from ..collectives import allreduce
 from ..timing import median_call, slowest
 from ..compression import get as compression_get
 from ..constants import BUCKET_CAP_MB
+from ..fault.errors import UsageError
 from ..plan.costmodel import ONEBIT_ADAM, step_time
 from ..reducer.buckets import bucket_bytes, group_params
 from .task import call
@@ -42,7 +44,7 @@ from .task import call
 # penalties) kept the validation loss within MAX_LOSS_PENALTY of uncompressed
 # training; unmeasured counts as too lossy. onebit-adam replaces AdamW by
 # 1-bit Adam (--optimizer onebit-adam), so it is a choice only for AdamW.
-CHOICES = ("fp16", "ef+int8", "powersgd:rank=4", "dgc:ratio=0.01,warmup=200,clip=1", ONEBIT_ADAM)
+CHOICES = ("fp16", "ef+int8", "powersgd:rank=4", "dgc:ratio=0.01,momentum=0.9,warmup=200,masking=0", ONEBIT_ADAM)
 MAX_LOSS_PENALTY = 0.02
 CAPS_MB = (1, 2, 5, 10, 25, 50, 100)
 PAYS = 0.95
@@ -130,10 +132,14 @@ def candidates(cfg, loss_penalty: dict) -> list[str]:
         penalty = loss_penalty.get(accuracy_key(spec))
         if penalty is None or penalty > MAX_LOSS_PENALTY:
             continue
-        if spec == ONEBIT_ADAM and cfg.optimizer != "adamw":
+        if spec == ONEBIT_ADAM:
+            if cfg.optimizer == "adamw":
+                out.append(spec)
             continue
-        if spec.startswith("dgc") and compression_get(spec).momentum and cfg.optimizer != "sgd":
-            continue  # DGC's momentum takes the optimizer's (TrainConfig says so)
+        try:  # the config's own rules: DGC's momentum, for one, must match the optimizer's
+            dataclasses.replace(cfg, compression=spec)
+        except UsageError:
+            continue
         out.append(spec)
     return out
 

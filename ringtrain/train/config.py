@@ -6,6 +6,9 @@ from ..fault.errors import UsageError
 from ..checks import Rule, choice, either, number, optional, text, whole
 from ..constants import BUCKET_CAP_MB
 
+ADAM_BETAS = (0.9, 0.95)  # AdamW's, for every AdamW-based optimizer here
+ADAM_BETA1 = ADAM_BETAS[0]
+
 
 @dataclass(kw_only=True)
 class TrainConfig:
@@ -25,7 +28,8 @@ class TrainConfig:
     """adamw, sgd, or onebit-adam (AdamW for --onebit-warmup steps, then a frozen variance and the momentum
     averaged as signs with error feedback: about 1/32 of the bytes)."""
     onebit_warmup: int = 100
-    """onebit-adam: steps of plain AdamW before the variance is frozen and the momentum compressed."""
+    """onebit-adam, and dgc at momentum 0.9 under AdamW: steps of plain AdamW before the variance is frozen and
+    the momentum compressed."""
     momentum: float = 0.0
     """SGD momentum."""
     weight_decay: float = 0.1
@@ -119,16 +123,26 @@ class TrainConfig:
         self.checkpoint_interval()
 
     def _check_dgc(self) -> None:
-        """DGC's momentum replaces the optimizer's: SGD must then have none, and AdamW cannot give its own."""
+        """DGC's momentum replaces the optimizer's: SGD must then have none; under AdamW it is Adam's beta1."""
         if not self.compression.startswith("dgc"):
             return
         from ..compression import get as compression_get
         momentum = compression_get(self.compression).momentum
-        if momentum and (self.optimizer != "sgd" or self.momentum):
-            raise UsageError(f"compression (--compression) = {self.compression!r} with --optimizer "
-                             f"{self.optimizer} --momentum {self.momentum:g}: dgc's momentum correction takes the "
-                             "optimizer's momentum — use --optimizer sgd --momentum 0 with it; for AdamW give dgc "
-                             "momentum=0")
+        if not momentum or self.dgc_adam or (self.optimizer == "sgd" and not self.momentum):
+            return
+        raise UsageError(f"compression (--compression) = {self.compression!r} with --optimizer "
+                         f"{self.optimizer} --momentum {self.momentum:g}: dgc's momentum correction takes the "
+                         "optimizer's momentum — use --optimizer sgd --momentum 0 with it; under AdamW give dgc "
+                         f"momentum={ADAM_BETA1:g} (Adam's beta1: the variance freezes after --onebit-warmup steps) "
+                         "or momentum=0")
+
+    @property
+    def dgc_adam(self) -> bool:
+        """AdamW with dgc at momentum beta1: DGC on Adam's momentum over a frozen variance (reducer/dgc_adam.py)."""
+        if self.optimizer != "adamw" or not self.compression.startswith("dgc"):
+            return False
+        from ..compression import get as compression_get
+        return compression_get(self.compression).momentum == ADAM_BETA1
 
     def checkpoint_interval(self) -> tuple[int, float]:
         """(every N steps, every S seconds) from checkpoint_every; 0 means never."""

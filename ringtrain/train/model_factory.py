@@ -5,7 +5,7 @@ import torch
 
 from ..fault.errors import UsageError
 from ..model import GPT, GPTConfig
-from .config import TrainConfig
+from .config import ADAM_BETAS, TrainConfig
 from .task import Task, TaskError, as_task
 
 
@@ -44,10 +44,15 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module, reducer=None):
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     kind, options = ((torch.optim.SGD, {"lr": cfg.lr, "momentum": cfg.momentum}) if cfg.optimizer == "sgd"
-                     else (torch.optim.AdamW, {"lr": cfg.lr, "betas": (0.9, 0.95)}))
+                     else (torch.optim.AdamW, {"lr": cfg.lr, "betas": ADAM_BETAS}))
     if cfg.optimizer == "onebit-adam":
         from ..reducer import OneBitAdam
-        return OneBitAdam(reducer, groups, lr=cfg.lr, betas=(0.9, 0.95), warmup=cfg.onebit_warmup)
+        return OneBitAdam(reducer, groups, lr=cfg.lr, betas=ADAM_BETAS, warmup=cfg.onebit_warmup)
+    if cfg.dgc_adam:
+        from ..compression import get as compression_get
+        from ..reducer import DGCAdam
+        return DGCAdam(reducer, groups, lr=cfg.lr, betas=ADAM_BETAS, warmup=cfg.onebit_warmup,
+                       dgc=compression_get(cfg.compression))
     if cfg.zero:
         from ..reducer import ZeroOptimizer
         return ZeroOptimizer(reducer, kind, groups, **options)

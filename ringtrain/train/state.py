@@ -37,7 +37,7 @@ def save(cfg: TrainConfig, step: int, model, optimizer, reducer, comm: MPI.Comm,
 def _tuned_optimizer(cfg: TrainConfig, optimizer) -> dict:
     """``{"optimizer": "onebit-adam"}`` where auto chose 1-bit Adam for an AdamW run, so a resume keeps it."""
     from ..reducer import OneBitAdam
-    return {"optimizer": "onebit-adam"} if isinstance(optimizer, OneBitAdam) and cfg.optimizer != "onebit-adam" else {}
+    return {"optimizer": "onebit-adam"} if type(optimizer) is OneBitAdam and cfg.optimizer != "onebit-adam" else {}
 
 
 def _locate(cfg: TrainConfig, comm: MPI.Comm):

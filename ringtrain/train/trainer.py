@@ -86,9 +86,9 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None, *, task: Task | None =
             tracer = Tracer(cfg.trace, comm) if cfg.trace else NO_TRACE
             watchdog.trace = tracer
             sync = (make_sync or reducer_sync)(task, cfg, comm, tuned, tracer)
-            # auto may choose 1-bit Adam for an AdamW run; the config stays as given, so a resume matches it.
-            optimizer = make_optimizer(dataclasses.replace(cfg, optimizer=tuned["optimizer"], compression="none")
-                                       if "optimizer" in tuned else cfg, task.model, sync)
+            # What auto chose decides the optimizer too (1-bit Adam, or DGC's under AdamW); the config
+            # itself stays as given, so that a resume matches it.
+            optimizer = make_optimizer(chosen(cfg, tuned), task.model, sync)
             start, lineage = state.restore(cfg, task.model, optimizer, sync, comm)
             ranks = comm.gather({"rank": rank, "host": socket.gethostname(), "pid": os.getpid()}, root=0)
         nparams = sum(p.numel() for p in task.model.parameters())
@@ -126,9 +126,16 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None, *, task: Task | None =
 
 def reducer_sync(task: Task, cfg: TrainConfig, comm: MPI.Comm, tuned: dict, tracer) -> GradientReducer:
     """The default gradient averaging: ringtrain's GradientReducer with the run's buckets and compression."""
-    return GradientReducer(task.model, bucket_cap_mb=tuned["bucket_cap_mb"], compression=tuned["compression"],
+    # DGC under AdamW compresses the optimizer's momentum (reducer/dgc_adam.py): the reducer averages the warm-up.
+    compression = "none" if chosen(cfg, tuned).dgc_adam else tuned["compression"]
+    return GradientReducer(task.model, bucket_cap_mb=tuned["bucket_cap_mb"], compression=compression,
                            comm=comm, node_aware={"auto": None, "on": True, "off": False}[cfg.node_aware],
                            trace=tracer, broadcast_buffers=cfg.broadcast_buffers == "on", zero=cfg.zero)
+
+
+def chosen(cfg: TrainConfig, tuned: dict) -> TrainConfig:
+    """``cfg`` with what was given as auto replaced by what was chosen."""
+    return dataclasses.replace(cfg, compression=tuned["compression"], optimizer=tuned.get("optimizer", cfg.optimizer))
 
 
 def _tune(cfg, task, source, comm) -> dict:

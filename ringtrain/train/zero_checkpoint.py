@@ -60,11 +60,14 @@ def _load_per_rank(path: str, manifest: dict, optimizer, comm: MPI.Comm) -> None
     same = manifest["world_size"] == comm.Get_size()
     state = checkpoint.load_part(path, checkpoint.rank_file(comm.Get_rank() if same else 0),
                                  manifest)["optimizer_rank"]
-    if not same:
+    if not same and "residuals" in state:
         state = {**state, "residuals": None}
         if comm.Get_rank() == 0:
             print(f"ringtrain: warning: 1-bit Adam's error-feedback residuals were saved for "
                   f"{manifest['world_size']} ranks; at {comm.Get_size()} they start from zero", flush=True)
+    elif not same and comm.Get_rank() == 0:  # DGC under AdamW: rank 0's velocity and pending updates go on
+        print(f"ringtrain: warning: DGC's per-rank velocity was saved for {manifest['world_size']} ranks; at "
+              f"{comm.Get_size()} every rank continues from rank 0's", flush=True)
     optimizer.load_state_dict(state)
 
 
