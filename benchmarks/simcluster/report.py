@@ -16,7 +16,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 from ringtrain.bench.sizes import format_bytes  # noqa: E402
-from ringtrain.plan.costmodel import blend  # noqa: E402
+from ringtrain.plan.costmodel import ONEBIT_ADAM, blend  # noqa: E402
 from ringtrain.plan.fit import accuracy_key, fit_intra, fit_loaded, step_cases, world_of  # noqa: E402
 from ringtrain.plan.two_level import two_level_cases  # noqa: E402
 from ringtrain.results import link_rate, load_result  # noqa: E402
@@ -232,11 +232,12 @@ def validation_section(say, loaded, results):
     for path, data, rate, n in results:
         model = fit_loaded([entry for entry in loaded if entry[0] != path])
         overlap = model.overlap
-        for row, _, compute, serial, ideal in step_cases(model, data, rate):
+        for row, key, compute, serial, ideal in step_cases(model, data, rate):
             predicted = blend(serial, ideal, overlap)
             error = 1e3 * predicted / row["step_ms"] - 1
             errors.append(error)
-            rows.append([f"n={n} {rate_name(rate)} {os.path.basename(path)[:-5]}", row["compression"],
+            label = key if key == ONEBIT_ADAM else row["compression"]  # an optimizer: its row says none
+            rows.append([f"n={n} {rate_name(rate)} {os.path.basename(path)[:-5]}", label,
                          f"{row['bucket_cap_mb']:g}", f"{1e3 * compute:.1f}", f"{overlap:.2f}",
                          f"{1e3 * predicted:.1f}", f"{row['step_ms']:.1f}", f"{100 * error:+.0f}%"])
     say.table(["run", "compression", "bucket MB", "compute ms", "overlap", "predicted ms", "measured ms", "error"],

@@ -1,7 +1,7 @@
 """The bandwidth-tuning sweeps on the simulated cluster, then the report (tables, plots, cost model).
 
     python benchmarks/simcluster/sweep.py --quick     # 2-3 minutes
-    python benchmarks/simcluster/sweep.py --full      # about 40 minutes
+    python benchmarks/simcluster/sweep.py --full      # about 80 minutes
 
 Each job builds a fresh cluster (``--hosts`` namespaces, every link shaped to
 ``--rate``), runs one ``python -m ringtrain bench ...`` with one rank per host,
@@ -25,6 +25,7 @@ from cluster import run_counted  # noqa: E402
 
 MIN_LINK_BYTES = 1 << 20
 CONVERGENCE_COMPRESSORS = "fp16,ef+int8,powersgd:rank=4,ef+topk:ratio=0.01,onebit,auto"
+LONG_COMPRESSORS = "powersgd:rank=4,dgc:ratio=0.01,momentum=0.9,warmup=200,masking=0"
 ALGORITHMS = "ring,recursive_doubling,ps,auto"
 
 # Jobs: (kind, hosts, rate, bench arguments[, tag for a second job of the same
@@ -80,6 +81,12 @@ FULL = [
                                  "--repeat", "2", "--compressors", CONVERGENCE_COMPRESSORS], "ctx32"),
     ("convergence", 2, "10gbit", ["--steps", "150", "--batch-size", "1", "--bucket-sizes", "1,5,25", "--repeat", "2",
                                   "--compressors", CONVERGENCE_COMPRESSORS]),
+    # 1000 steps, so that 1-bit Adam's and DGC's warm-ups (100 steps of AdamW, then DGC's
+    # density falling over 200) have room: both against uncompressed AdamW, PowerSGD and
+    # DDP's PowerSGD hook in the same run.
+    *[("convergence", 4, rate, ["--steps", "1000", "--skip", "20", "--batch-size", "2", "--bucket-sizes", "25",
+                                "--compressors", LONG_COMPRESSORS, "--onebit-adam", "100",
+                                "--ddp", "powersgd:rank=4"], "long") for rate in ("100mbit", "1gbit")],
     # Two levels: the node-aware ring against the flat one, and compression across nodes
     # only (auto) against compression on every hop (off).
     ("allreduce", (2, 2), "1gbit", ["--min-bytes", "4K", "--max-bytes", "64M", "--step-factor", "4", "--repeat", "5",
@@ -126,7 +133,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--quick", action="store_true", help="2 and 4 hosts at 1 Gbit/s, few sizes (2-3 min)")
-    size.add_argument("--full", action="store_true", help="100 Mbit/s to 10 Gbit/s, every variant (about 40 min)")
+    size.add_argument("--full", action="store_true", help="100 Mbit/s to 10 Gbit/s, every variant (about 80 min)")
     size.add_argument("--smoke", action="store_true", help="2 hosts, 2 sizes, a tiny model: CI's check (2 min)")
     p.add_argument("--out", help="output directory (default benchmarks/results/simcluster-quick or -full)")
     p.add_argument("--only", help="run only the jobs whose name contains this, e.g. convergence_n4")

@@ -10,7 +10,8 @@ averaged gradients (this phase is AdamW exactly, as in OneBitAdam):
 
     g' = (1 - b1) g / D                 this rank's gradient, in the units of the update
     DGC on g' with momentum b1          u = b1 u + g'  (u = this rank's m / D); v += u;
-                                        top-k of |v| sent, and masked out of u and v
+                                        top-k of |v| sent, and zeroed in v (and in u
+                                        with masking=1; masking=0 is what works here)
     p = p (1 - lr wd) - (lr / bc1) mean_ranks(sparse v)
 
 Because D is the same on every rank and does not change, DGC on g' selects the
