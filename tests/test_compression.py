@@ -26,6 +26,19 @@ def test_topk_keeps_the_largest_magnitudes():
     assert set(kept) == set(np.argsort(-np.abs(X))[:10]) and np.array_equal(y[kept], X[kept])
 
 
+@pytest.mark.parametrize("n, k", [(300_000, 3000), (300_000, 4687), (300_000, 4688), (300_000, 1), (70_000, 700)])
+def test_topk_from_a_sampled_threshold_is_the_exact_top_k(n, k):
+    from ringtrain.compression.topk import largest
+    rng = np.random.default_rng(n + k)
+    for magnitude in (np.abs(rng.standard_t(3, n)).astype(np.float32),  # heavy tails
+                      np.sort(rng.random(n, dtype=np.float32)),         # the largest all at one end
+                      (rng.random(n) < 0.001).astype(np.float32)):      # ties: mostly zeros
+        got = largest(magnitude, k)
+        assert got.size == k and np.unique(got).size == k
+        # The k largest values, whichever of equal ones were taken.
+        assert np.array_equal(np.sort(magnitude[got]), np.sort(magnitude)[n - k:])
+
+
 def test_fp16_is_exact_on_values_fp16_can_represent():
     x = X.astype(np.float16).astype(np.float32)
     assert np.array_equal(round_trip(Cast16("float16"), x)[0], x)

@@ -33,13 +33,13 @@ class TopK(Compressor):
 
     def compress(self, x: np.ndarray):
         x = np.asarray(x, dtype=np.float32)
+        require_finite(x, self.name)
         k = self.count(x.size)
         if k < x.size:
-            idx = np.argpartition(np.abs(x), x.size - k)[x.size - k:]
+            idx = largest(np.abs(x), k)
             idx.sort()
         else:
             idx = np.arange(x.size)
-        require_finite(x[idx], self.name)  # NaN and inf rank as the largest magnitudes
         gaps = np.diff(idx, prepend=0).astype(np.uint32)
         payload = np.concatenate([gaps.view(np.uint8), x[idx].astype(np.float32).view(np.uint8)])
         return payload, x.size
@@ -59,3 +59,25 @@ class TopK(Compressor):
         out = np.zeros(ctx, dtype=np.float32)
         out[idx] = check_finite(payload[4 * k:].view(np.float32), self.name, "values")
         return out
+
+
+SAMPLE = 65536
+
+
+def largest(magnitude: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` largest values of ``magnitude`` (unordered), as argpartition gives them.
+
+    A partition of the whole array costs 32 ms at 4M values on one core. A
+    threshold from an evenly spaced sample that about 2k values pass leaves a
+    few candidates to partition instead (4 ms). Every value at or above the
+    threshold is a candidate, so if there are k of them the k largest are among
+    them; if the sample misled, the whole array is partitioned.
+    """
+    n = magnitude.size
+    if 64 * k <= n:
+        sample = magnitude[::max(1, n // SAMPLE)]
+        at = int(sample.size * (1 - 2 * k / n))
+        candidates = np.flatnonzero(magnitude >= np.partition(sample, at)[at])
+        if candidates.size >= k:
+            return candidates[np.argpartition(magnitude[candidates], candidates.size - k)[candidates.size - k:]]
+    return np.argpartition(magnitude, n - k)[n - k:]

@@ -17,6 +17,8 @@ Each is the median of a few repetitions after one warm-up.
 import numpy as np
 import torch
 
+from .costmodel import ONEBIT_ADAM
+
 CALIBRATION_BYTES = 4 << 20
 REPEAT = 3
 
@@ -25,16 +27,13 @@ def calibrate(model, nbytes: int = CALIBRATION_BYTES, repeat: int = REPEAT) -> N
     """Replace the model's gammas with this machine's, and record where they came from."""
     from mpi4py import MPI
 
-    from ..compression import get as compression_get
     from ..timing import median_seconds
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         x = np.random.default_rng(0).standard_normal(nbytes // 4).astype(np.float32)
         for spec, c in model.compressors.items():
-            codec = compression_get(spec)
-            codec.set_layout(_layers(x.size))
-            c.gamma = median_seconds(lambda: codec.allreduce_mean(x, MPI.COMM_SELF), repeat) / nbytes
+            c.gamma = median_seconds(averaging(spec, _layers(x.size), x, MPI.COMM_SELF), repeat) / nbytes
             model.origin[f"gamma {spec}"] = f"calibrated here: {_rate(c.gamma)} through the codec"
         grad, bucket = torch.from_numpy(x), torch.empty(x.size)
         model.gamma_none = median_seconds(lambda: bucket.copy_(grad).div_(4), repeat) / nbytes
@@ -42,6 +41,18 @@ def calibrate(model, nbytes: int = CALIBRATION_BYTES, repeat: int = REPEAT) -> N
         model.origin.pop("gamma", None)
     finally:
         torch.set_num_threads(threads)
+
+
+def averaging(spec: str, layout: list, x: np.ndarray, comm):
+    """A call that averages ``x`` over ``comm`` the way ``spec`` would in training (``layout``: its parameters)."""
+    if spec == ONEBIT_ADAM:  # the momentum's two-stage sign allreduce, after the warm-up
+        from ..compression.onebit_allreduce import OneBitAllreduce
+        state, buffer = OneBitAllreduce(x.size, comm), x.copy()
+        return lambda: state.mean(buffer)
+    from ..compression import get as compression_get
+    compressor = compression_get(spec)
+    compressor.set_layout(layout)
+    return lambda: compressor.allreduce_mean(x, comm)
 
 
 def _layers(count: int) -> list:

@@ -33,9 +33,9 @@ import torch
 
 from ..collectives import allreduce
 from ..timing import median_call, slowest
-from ..compression import get as compression_get
 from ..constants import BUCKET_CAP_MB
 from ..fault.errors import UsageError
+from ..plan.calibrate import averaging
 from ..plan.costmodel import ONEBIT_ADAM, step_time
 from ..reducer.buckets import bucket_bytes, group_params
 from .task import call
@@ -89,7 +89,7 @@ def tune(cfg, model, loss_fn, batch, comm) -> dict:
     for spec in specs:
         times = []
         for part, n in ((layout, count), (first, size)):
-            times.append(median_call(comm, _averaging(spec, part, data[:n], comm), 2))
+            times.append(median_call(comm, averaging(spec, part, data[:n], comm), 2))
         measured[spec] = times[0]
         # A line through both sizes: the fixed part holds the compressor's per-call
         # work and messages; each bucket also averages its used-flags (one message).
@@ -142,17 +142,6 @@ def candidates(cfg, loss_penalty: dict) -> list[str]:
             continue
         out.append(spec)
     return out
-
-
-def _averaging(spec: str, layout: list, x: np.ndarray, comm):
-    """A call that averages ``x`` the way ``spec`` would in training."""
-    if spec == ONEBIT_ADAM:  # the momentum's two-stage sign allreduce, after the warm-up
-        from ..compression.onebit_allreduce import OneBitAllreduce
-        state, buffer = OneBitAllreduce(x.size, comm), x.copy()
-        return lambda: state.mean(buffer)
-    compressor = compression_get(spec)
-    compressor.set_layout(layout)
-    return lambda: compressor.allreduce_mean(x, comm)
 
 
 def _cost_model():
