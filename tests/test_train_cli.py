@@ -76,14 +76,16 @@ def test_auto_settings_are_chosen_once_and_kept_on_resume(tmp_path):
             "--checkpoint-dir", str(tmp_path / "ckpt"), "--sample-tokens", "0", "--out-dir", str(tmp_path)]
     first = run_mpi(2, [*args, "--stop-after", "3"], timeout=300, cwd=ROOT)
     assert first.returncode == 75, first.stderr
-    assert "autotune: compression " in first.stdout and "averaging all gradients: none" in first.stdout
+    # Whatever it chose on this machine: a compression, or 1-bit Adam in place of AdamW.
+    assert "autotune: compression " in first.stdout or "autotune: optimizer onebit-adam" in first.stdout
+    assert "averaging all gradients: none" in first.stdout
     second = run_mpi(2, args, timeout=300, cwd=ROOT)
     assert second.returncode == 0, second.stderr
     assert "as chosen before the checkpoint" in second.stdout
     starts = [r for r in read_metrics(tmp_path) if r.get("event") == "start"]
     assert len(starts) == 2
-    assert (starts[0]["compression"], starts[0]["bucket_cap_mb"]) == (starts[1]["compression"],
-                                                                     starts[1]["bucket_cap_mb"])
+    chosen = [(r["compression"], r["bucket_cap_mb"], r["optimizer"]) for r in starts]
+    assert chosen[0] == chosen[1]
     assert starts[0]["bucket_cap_mb"] in (1, 2, 5, 10, 25, 50, 100) and starts[0]["autotune"]["compute_s"] > 0
     with pytest.raises(SystemExit) as stop:
         main(["--bucket-cap-mb", "fast"])

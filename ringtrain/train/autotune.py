@@ -104,8 +104,8 @@ def tune(cfg, model, loss_fn, batch, comm) -> dict:
     best = comm.bcast(choose(scores, cfg.compression == "auto"), root=0)
     chosen = {"compression": best[0]} if best[0] != ONEBIT_ADAM else {"compression": "none", "optimizer": ONEBIT_ADAM}
     return {**chosen, "bucket_cap_mb": best[1],
-            "probe": {"candidates": specs, "compute_s": compute, "allreduce_s": measured, "latency_s": latency, "per_byte_s": per_byte,
-                      "message_s": t_tiny, "overlap": overlap,
+            "probe": {"candidates": specs, "compute_s": compute, "allreduce_s": measured, "latency_s": latency,
+                      "per_byte_s": per_byte, "message_s": t_tiny, "overlap": overlap,
                       "predicted_step_s": {f"{s} {c:g}MB": v for (s, c), v in scores.items()}}}
 
 

@@ -27,7 +27,9 @@ _MUST_MATCH = ("model", "layers", "heads", "width", "context", "seed", "optimize
 def save(cfg: TrainConfig, step: int, model, optimizer, reducer, comm: MPI.Comm, lineage: str) -> str:
     shared, own = zero_checkpoint.parts(model, optimizer)
     replicated = {"model": model.state_dict(), **shared, "step": step, "config": dataclasses.asdict(cfg),
-                  "tuned": {"compression": reducer.compression_spec, "bucket_cap_mb": float(reducer.bucket_cap_mb),
+                  # DGC under AdamW compresses in the optimizer, not the reducer: its spec is the optimizer's.
+                  "tuned": {"compression": getattr(optimizer, "compression_spec", reducer.compression_spec),
+                            "bucket_cap_mb": float(reducer.bucket_cap_mb),
                             **_tuned_optimizer(cfg, optimizer)}}
     per_rank = {"torch_rng": torch.get_rng_state(), "reducer": reducer.state_dict(), **own}
     return checkpoint.save(cfg.checkpoint_dir, step, replicated, per_rank, comm, keep=cfg.keep_checkpoints,

@@ -103,31 +103,38 @@ def test_resume_in_the_compressed_phase_is_bit_exact(corpus, tmp_path):  # noqa:
     assert all_ranks_agree(torch.equal(flat_params(whole["model"]), flat_params(resumed["model"])))
 
 
+DGC_ADAM = "dgc:ratio=0.01,momentum=0.9,warmup=200,masking=0"
+
+
 @pytest.mark.mpi
-def test_auto_may_choose_onebit_adam_and_a_resume_keeps_it(corpus, tmp_path, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("choice, given", [("onebit-adam", dict(optimizer="onebit-adam")),
+                                           (DGC_ADAM, dict(compression=DGC_ADAM))])
+def test_auto_may_choose_onebit_adam_or_dgc_and_a_resume_keeps_it(choice, given, corpus, tmp_path,  # noqa: F811
+                                                                  monkeypatch):
     if WORLD.Get_size() == 1:
         pytest.skip("one rank averages nothing: auto chooses no compression there")
-    from ringtrain.plan.costmodel import ONEBIT_ADAM, CostModel
+    from ringtrain.plan.costmodel import CostModel
     from ringtrain.train import autotune
-    # The sweep said 1-bit Adam keeps the loss, and the probe's scores say it pays.
-    monkeypatch.setattr(autotune, "_cost_model", lambda: CostModel(alpha=0.0, loss_penalty={ONEBIT_ADAM: 0.0}))
+    # The sweep said the choice keeps the loss, and the probe's scores say it pays.
+    monkeypatch.setattr(autotune, "_cost_model", lambda: CostModel(alpha=0.0, loss_penalty={choice: 0.0}))
     real_score, calls = autotune.score, []
 
     def score(compute, models, *args, **kwargs):
-        calls.append(set(models))  # {"none", ONEBIT_ADAM}: it was probed, and nothing else was
+        calls.append(set(models))  # {"none", choice}: it was probed, and nothing else was
         scores = real_score(compute, models, *args, **kwargs)
-        return {key: (0.0 if key[0] == ONEBIT_ADAM else 1.0) + (key[1] != 25) for key in scores}
+        return {key: (0.0 if key[0] == choice else 1.0) + (key[1] != 25) for key in scores}
     monkeypatch.setattr(autotune, "score", score)
     where = WORLD.bcast(str(tmp_path) if WORLD.Get_rank() == 0 else None, root=0)
     common = dict(COMMON, steps=10, data=corpus, onebit_warmup=3)
-    explicit = train(TrainConfig(**common, optimizer="onebit-adam", bucket_cap_mb=25, out_dir=out_dir(tmp_path / "e")))
+    explicit = train(TrainConfig(**common, **given, bucket_cap_mb=25, out_dir=out_dir(tmp_path / "e")))
     auto = dict(common, compression="auto", bucket_cap_mb="auto", checkpoint_dir=f"{where}/auto",
                 out_dir=out_dir(tmp_path / "a"))
     with pytest.raises(Preempted):
         train(TrainConfig(**auto, stop_after=6))
     resumed = train(TrainConfig(**auto))
     # Probed once: the resume took the choice from the checkpoint.
-    assert all_ranks_agree(calls == [{"none", ONEBIT_ADAM}])
-    assert all_ranks_agree(resumed["tuned"] == {"compression": "none", "bucket_cap_mb": 25, "optimizer": ONEBIT_ADAM})
+    assert all_ranks_agree(calls == [{"none", choice}])
+    tuned = ({"compression": "none", "optimizer": choice} if choice == "onebit-adam" else {"compression": choice})
+    assert all_ranks_agree(resumed["tuned"] == {**tuned, "bucket_cap_mb": 25})
     assert all_ranks_agree(resumed["losses"] == explicit["losses"][6:])
     assert all_ranks_agree(torch.equal(flat_params(explicit["model"]), flat_params(resumed["model"])))
