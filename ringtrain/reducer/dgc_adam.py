@@ -42,13 +42,12 @@ class DGCAdam(OneBitAdam):
     def _freeze(self) -> None:
         self.reducer.averaging = False
         params = self._params()
+        self._fill_state()
         denominators, momenta = [], []
         for group in self.adamw.param_groups:
             _, b2 = group["betas"]
             for p in group["params"]:
                 state = self.adamw.state[p]
-                if not state:  # never had a gradient: AdamW's initial state
-                    state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
                 steps = float(state["step"])
                 bc2 = 1 - b2 ** steps if steps else 1.0
                 denominators.append((state["exp_avg_sq"].sqrt() / bc2 ** 0.5).add_(group["eps"]).reshape(-1))
@@ -85,8 +84,7 @@ class DGCAdam(OneBitAdam):
                 at += p.numel()
 
     def state_nbytes(self) -> int:
-        total = sum(t.numel() * t.element_size() for s in self.adamw.state.values() for t in s.values()
-                    if torch.is_tensor(t))
+        total = self._adamw_nbytes()
         if self.dgc.velocity is not None:
             total += self.dgc.velocity.nbytes + self.dgc.accumulated.nbytes
         return total

@@ -67,10 +67,7 @@ class OneBitAdam:
         """From now on: local gradients, one flat momentum buffer, the sign allreduce."""
         self.reducer.averaging = False
         params = self._params()
-        for p in params:  # a parameter that never had a gradient gets AdamW's initial state
-            state = self.adamw.state[p]
-            if not state:
-                state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+        self._fill_state()
         flat = torch.cat([self.adamw.state[p]["exp_avg"].reshape(-1) for p in params])
         at = 0
         for p in params:
@@ -79,6 +76,17 @@ class OneBitAdam:
         self.flat_momentum = flat
         if self.compressed is None:
             self.compressed = OneBitAllreduce(flat.numel(), self.comm)
+
+    def _fill_state(self) -> None:
+        """A parameter that never had a gradient gets AdamW's initial state, so every one has a variance."""
+        for p in self._params():
+            state = self.adamw.state[p]
+            if not state:
+                state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+
+    def _adamw_nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for s in self.adamw.state.values() for t in s.values()
+                   if torch.is_tensor(t))
 
     @torch.no_grad()
     def _compressed_step(self) -> None:
@@ -108,8 +116,7 @@ class OneBitAdam:
 
     def state_nbytes(self) -> int:
         """Bytes of optimizer state this rank holds: AdamW's, and both residuals after the freeze."""
-        total = sum(t.numel() * t.element_size() for s in self.adamw.state.values() for t in s.values()
-                    if torch.is_tensor(t))
+        total = self._adamw_nbytes()
         if self.compressed is not None:
             total += self.compressed.worker_error.nbytes + self.compressed.server_error.nbytes
         return total
