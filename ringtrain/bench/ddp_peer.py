@@ -65,12 +65,10 @@ class DDPSync:
     """torch DDP as the training loop's gradient averaging (train/sync.py): forward runs on DDP's wrapper,
     whose backward hooks average the gradients, so there is nothing left to wait for in ``synchronize``."""
 
-    compression_spec = "none"
     last_wire_bytes = last_comm_seconds = None  # DDP reports neither
 
     def __init__(self, model, cfg: TrainConfig, powersgd_rank: int = 0):
         from torch.nn.parallel import DistributedDataParallel
-        self.bucket_cap_mb = cfg.bucket_cap_mb
         buffers = {}
         if cfg.broadcast_buffers == "off":  # torch 2.13 renamed the switch; older torch has only the old name
             import inspect
@@ -82,7 +80,6 @@ class DDPSync:
             state = powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=powersgd_rank,
                                                 start_powerSGD_iter=2, random_seed=cfg.seed)
             self.model.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
-            self.compression_spec = f"ddp-powersgd:rank={powersgd_rank}"
 
     def no_sync(self):
         return self.model.no_sync()

@@ -41,22 +41,11 @@ def codec_mean(codec: RingCodec, x: np.ndarray, comm: MPI.Comm) -> np.ndarray:
     and none may be averaged in silently (one pass, on the result only).
     """
     acc = np.array(x, dtype=np.float32)
-    codec.prepare(acc, comm)
     wire = np.empty(acc.size, dtype=codec.wire_dtype)
-    n = comm.Get_size()
-    if n > 1:
-        priv = private(comm)
-        lo, hi = ring_reduce_scatter(priv, acc, codec=codec, wire=wire)
-        acc[lo:hi] /= n
-        codec.encode(acc[lo:hi], lo, hi, 1, wire[lo:hi])
-        ring_allgather(priv, wire)
-    else:
-        codec.encode(acc, 0, acc.size, 1, wire)
-    out = codec.decode(wire, 0, acc.size, 1, acc)
-    if not np.isfinite(out).all():
-        raise ValueError(f"{codec.name}: the compressed average has NaN or inf values (a non-finite gradient "
-                         "on some rank, a value beyond the wire type's range, or a corrupted segment)")
-    return out
+    _encoded_chunk(codec, acc, wire, comm)
+    if comm.Get_size() > 1:
+        ring_allgather(private(comm), wire)
+    return _finite(codec, codec.decode(wire, 0, acc.size, 1, acc))
 
 
 def codec_reduce_scatter_mean(codec: RingCodec, acc: np.ndarray, comm: MPI.Comm) -> tuple[int, int]:
@@ -65,17 +54,27 @@ def codec_reduce_scatter_mean(codec: RingCodec, acc: np.ndarray, comm: MPI.Comm)
 
     For ZeRO: the rest of ``acc`` holds partial sums. ValueError if the chunk is not finite, as codec_mean.
     """
-    codec.prepare(acc, comm)
     wire = np.empty(acc.size, dtype=codec.wire_dtype)
+    lo, hi = _encoded_chunk(codec, acc, wire, comm)
+    _finite(codec, codec.decode(wire[lo:hi], lo, hi, 1, acc[lo:hi]))
+    return lo, hi
+
+
+def _encoded_chunk(codec: RingCodec, acc: np.ndarray, wire: np.ndarray, comm: MPI.Comm) -> tuple[int, int]:
+    """The ring's reduce-scatter through ``codec`` on ``acc``; this rank's chunk, divided by the world size,
+    encoded into ``wire[lo:hi]``. Returns ``(lo, hi)``: the whole buffer on one rank."""
+    codec.prepare(acc, comm)
     n = comm.Get_size()
     lo, hi = 0, acc.size
     if n > 1:
         lo, hi = ring_reduce_scatter(private(comm), acc, codec=codec, wire=wire)
         acc[lo:hi] /= n
     codec.encode(acc[lo:hi], lo, hi, 1, wire[lo:hi])
-    codec.decode(wire[lo:hi], lo, hi, 1, acc[lo:hi])
-    if not np.isfinite(acc[lo:hi]).all():
-        raise ValueError(f"{codec.name}: the compressed average has NaN or inf values (a non-finite gradient "
-                         "on some rank, a value beyond the wire type's range, or a corrupted segment)")
     return lo, hi
 
+
+def _finite(codec: RingCodec, values: np.ndarray) -> np.ndarray:
+    if not np.isfinite(values).all():
+        raise ValueError(f"{codec.name}: the compressed average has NaN or inf values (a non-finite gradient "
+                         "on some rank, a value beyond the wire type's range, or a corrupted segment)")
+    return values

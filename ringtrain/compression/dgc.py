@@ -16,7 +16,8 @@ its variance frozen after a warm-up it is (1-bit Adam's observation), and
 ``--compression dgc:momentum=0.9,...`` under AdamW runs DGC on Adam's
 momentum that way (reducer/dgc_adam.py). ``momentum=0`` under AdamW is plain
 top-k of the gradient with accumulation (error feedback), local clipping and
-the density warm-up, AdamW's own moments acting on the averaged sparse gradient. The density falls exponentially from 25% to ``ratio`` over the
+the density warm-up, AdamW's own moments acting on the averaged sparse
+gradient. The density falls exponentially from 25% to ``ratio`` over the
 first ``warmup`` steps (DGC: 25%, 6.25%, 1.56%, 0.4%, then 0.1%), so early
 training, where gradients change fastest, is compressed least.
 

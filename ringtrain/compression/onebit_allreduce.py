@@ -47,7 +47,7 @@ class OneBitAllreduce:
     def mean(self, x: np.ndarray) -> np.ndarray:
         """Replace ``x`` (float32, ``count`` elements) by the compressed mean over ranks; returns it. Collective."""
         comm, n, r = self.comm, self.comm.Get_size(), self.comm.Get_rank()
-        c = x + self.worker_error
+        c = np.add(x, self.worker_error, out=x)  # x is overwritten by the result below: no copy needed
         send = np.empty(sum(self.sizes), dtype=np.uint8)
         for (lo, hi), at, size in zip(self.parts, self.offsets, self.sizes):
             if hi > lo:
@@ -68,14 +68,15 @@ class OneBitAllreduce:
                 total += self.codec.decompress(received[i * mine:(i + 1) * mine], hi - lo)
             s = total / n + self.server_error
             server, _ = self.codec.compress(s)
-            self.server_error[:] = s - self.codec.decompress(server, hi - lo)
+            mine_decoded = self.codec.decompress(server, hi - lo)
+            self.server_error[:] = s - mine_decoded
         gathered = np.empty(sum(self.sizes), dtype=np.uint8)
         comm.Allgatherv([server if server is not None else np.empty(0, np.uint8), mine, MPI.BYTE],
                         [gathered, self.sizes, self.offsets, MPI.BYTE])
         sent += (n - 1) * mine
-        for (plo, phi), at, size in zip(self.parts, self.offsets, self.sizes):
-            if phi > plo:
-                x[plo:phi] = self.codec.decompress(gathered[at:at + size], phi - plo)
+        for i, ((plo, phi), at, size) in enumerate(zip(self.parts, self.offsets, self.sizes)):
+            if phi > plo:  # this rank's own part was decoded above, from the same bytes
+                x[plo:phi] = mine_decoded if i == r else self.codec.decompress(gathered[at:at + size], phi - plo)
         self.last_wire_bytes = sent if n > 1 else 0
         traffic.sent(self.last_wire_bytes)
         return x

@@ -30,9 +30,8 @@ from .onebit_adam import OneBitAdam
 class DGCAdam(OneBitAdam):
     """AdamW for ``warmup`` steps, then DGC (``dgc``, momentum = beta1) on the momentum over a frozen variance."""
 
-    def __init__(self, reducer, params, *, dgc: DGC, spec: str = "dgc", **options):
+    def __init__(self, reducer, params, *, dgc: DGC, **options):
         super().__init__(reducer, params, **options)
-        self.compression_spec = spec  # what the checkpoint records as the run's compression
         b1 = self.adamw.param_groups[0]["betas"][0]
         if dgc.momentum != b1:
             raise ValueError(f"dgc momentum={dgc.momentum:g}: under AdamW, DGC's momentum is Adam's beta1 ({b1:g})")

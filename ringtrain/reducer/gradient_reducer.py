@@ -110,7 +110,7 @@ class GradientReducer:
         if zero and not zero_compatible(self.compressors[0]):
             raise ValueError(f"compression {compression!r} with ZeRO: not supported yet — ZeRO reduce-scatters, "
                              "so only codecs that sum on the ring work: fp16, bf16, int8 (no ef, no lz4)")
-        # What a checkpoint records as the run's choice, e.g. after autotuning.
+        # The compression and bucket cap it was built with (an optimizer such as OneBitAdam checks them).
         self.compression_spec, self.bucket_cap_mb = compression or "none", bucket_cap_mb
         for bucket, compressor in zip(self.buckets, self.compressors):
             if compressor is not None:

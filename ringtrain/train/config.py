@@ -174,7 +174,8 @@ _PATH = text("a non-empty path")
 CHECKS: dict[str, Rule] = {
     "steps": whole(1), "batch_size": whole(1), "accumulate": whole(1),
     "lr": number(0, above=True), "min_lr_ratio": number(0, 1), "warmup": whole(0),
-    "optimizer": choice("adamw", "sgd", "onebit-adam"), "onebit_warmup": whole(1), "momentum": number(0, 1, below=True), "weight_decay": number(0),
+    "optimizer": choice("adamw", "sgd", "onebit-adam"), "onebit_warmup": whole(1),
+    "momentum": number(0, 1, below=True), "weight_decay": number(0),
     "grad_clip": number(0), "seed": whole(0, 2**63 - 1), "data": optional(_PATH),
     "model": text("gpt, or module:function (a function that returns a ringtrain.Task or (model, loss_fn))",
                   r"gpt|[A-Za-z_][\w.]*:[A-Za-z_]\w*"),

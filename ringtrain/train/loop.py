@@ -49,6 +49,8 @@ class TrainingLoop:
     lineage: str
     start: int
     """The step the run starts from (0, or a checkpoint's)."""
+    tuned: dict
+    """The compression, bucket cap (and optimizer) the run chose for its auto settings: checkpoints keep them."""
 
     def __post_init__(self):
         self.rank, self.world = self.comm.Get_rank(), self.comm.Get_size()
@@ -187,7 +189,8 @@ class TrainingLoop:
         with self.watchdog.guard("the checkpoint", step, max(self.cfg.timeout, 60.0)), self.signals.deferred(), \
                 self.tracer.span("checkpoint", "checkpoint", step=step):
             t0 = time.perf_counter()
-            path = state.save(self.cfg, step, self.model, self.optimizer, self.sync, self.comm, self.lineage)
+            path = state.save(self.cfg, step, self.model, self.optimizer, self.sync, self.comm, self.lineage,
+                              self.tuned)
             seconds = time.perf_counter() - t0
         self.last_checkpoint = time.monotonic()
         if self.rank == 0:

@@ -10,7 +10,6 @@ import torch
 from mpi4py import MPI
 
 
-
 def state_bytes(optimizer) -> int:
     """Bytes of optimizer state this rank holds (ZeroOptimizer and OneBitAdam count their own)."""
     if hasattr(optimizer, "state_nbytes"):

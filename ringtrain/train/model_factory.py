@@ -52,7 +52,7 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module, reducer=None):
         from ..compression import get as compression_get
         from ..reducer import DGCAdam
         return DGCAdam(reducer, groups, lr=cfg.lr, betas=ADAM_BETAS, warmup=cfg.onebit_warmup,
-                       dgc=compression_get(cfg.compression), spec=cfg.compression)
+                       dgc=compression_get(cfg.compression))
     if cfg.zero:
         from ..reducer import ZeroOptimizer
         return ZeroOptimizer(reducer, kind, groups, **options)

@@ -24,22 +24,15 @@ _MUST_MATCH = ("model", "layers", "heads", "width", "context", "seed", "optimize
                "bucket_cap_mb", "last_batch", "onebit_warmup")
 
 
-def save(cfg: TrainConfig, step: int, model, optimizer, reducer, comm: MPI.Comm, lineage: str) -> str:
+def save(cfg: TrainConfig, step: int, model, optimizer, reducer, comm: MPI.Comm, lineage: str, tuned: dict) -> str:
+    """``tuned``: what the run chose for its auto settings (compression, bucket cap, optimizer), kept for the
+    resume."""
     shared, own = zero_checkpoint.parts(model, optimizer)
     replicated = {"model": model.state_dict(), **shared, "step": step, "config": dataclasses.asdict(cfg),
-                  # DGC under AdamW compresses in the optimizer, not the reducer: its spec is the optimizer's.
-                  "tuned": {"compression": getattr(optimizer, "compression_spec", reducer.compression_spec),
-                            "bucket_cap_mb": float(reducer.bucket_cap_mb),
-                            **_tuned_optimizer(cfg, optimizer)}}
+                  "tuned": {**tuned, "bucket_cap_mb": float(tuned["bucket_cap_mb"])}}
     per_rank = {"torch_rng": torch.get_rng_state(), "reducer": reducer.state_dict(), **own}
     return checkpoint.save(cfg.checkpoint_dir, step, replicated, per_rank, comm, keep=cfg.keep_checkpoints,
                            lineage=lineage)
-
-
-def _tuned_optimizer(cfg: TrainConfig, optimizer) -> dict:
-    """``{"optimizer": "onebit-adam"}`` where auto chose 1-bit Adam for an AdamW run, so a resume keeps it."""
-    from ..reducer import OneBitAdam
-    return {"optimizer": "onebit-adam"} if type(optimizer) is OneBitAdam and cfg.optimizer != "onebit-adam" else {}
 
 
 def _locate(cfg: TrainConfig, comm: MPI.Comm):

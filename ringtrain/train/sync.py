@@ -14,8 +14,6 @@ import torch
 class GradientSync(Protocol):
     model: torch.nn.Module
     """What forward is called on."""
-    compression_spec: str
-    bucket_cap_mb: float
     last_comm_seconds: float
     """Seconds spent averaging the last step's gradients (overlapped or not)."""
     last_wire_bytes: int | None

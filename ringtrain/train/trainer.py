@@ -105,11 +105,12 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None, *, task: Task | None =
             say(rank, tuned["text"])
         if start:
             say(rank, f"resumed from the checkpoint at step {start}")
+        choice = {key: tuned[key] for key in ("compression", "bucket_cap_mb", "optimizer") if key in tuned}
         loop = TrainingLoop(cfg=cfg, comm=comm, task=task, sync=sync, optimizer=optimizer, source=source,
                             metrics=metrics, watchdog=watchdog, signals=signals, tracer=tracer, lineage=lineage,
-                            start=start)
+                            start=start, tuned=choice)
         result = loop.run()
-        result["tuned"] = {key: tuned[key] for key in ("compression", "bucket_cap_mb", "optimizer") if key in tuned}
+        result["tuned"] = choice
         result.update(optimizer=optimizer, sync=sync)
         with watchdog.guard("writing the trace", cfg.steps, max(cfg.timeout, 60.0)):
             tracer.close()
