@@ -40,6 +40,9 @@ class TrainConfig:
     """Seeds the model's initialisation and the batches."""
     data: str | None = None
     """A text file or directory; default: this Python's standard-library sources."""
+    data_changed: str = "refuse"
+    """On resume, data whose fingerprint differs from the checkpoint's: refuse (one line naming the file and
+    what changed), or ok (train on it anyway)."""
     model: str = "gpt"
     """gpt, or module:function returning a ringtrain.Task (model, loss, datasets, metrics), or a
     (model, loss_fn) pair with loss_fn(model, x, y) -> loss trained on --data's byte tokens."""
@@ -97,6 +100,8 @@ class TrainConfig:
     """The same deadline for start-up and the first step, which include loading data and imports."""
     trace: str | None = None
     """Write a timeline of every rank (Chrome Trace Event Format, for ui.perfetto.dev) to this file."""
+    memory_check: str = "on"
+    """on: estimate each rank's peak memory before any work and refuse a run that will not fit the node; off."""
 
     def __post_init__(self):
         for f in fields(self):
@@ -177,6 +182,7 @@ CHECKS: dict[str, Rule] = {
     "optimizer": choice("adamw", "sgd", "onebit-adam"), "onebit_warmup": whole(1),
     "momentum": number(0, 1, below=True), "weight_decay": number(0),
     "grad_clip": number(0), "seed": whole(0, 2**63 - 1), "data": optional(_PATH),
+    "data_changed": choice("refuse", "ok"),
     "model": text("gpt, or module:function (a function that returns a ringtrain.Task or (model, loss_fn))",
                   r"gpt|[A-Za-z_][\w.]*:[A-Za-z_]\w*"),
     "epochs": whole(0), "last_batch": choice("pad", "drop"), "loader_workers": whole(0), "prefetch": whole(1),
@@ -191,7 +197,7 @@ CHECKS: dict[str, Rule] = {
                                               r"\s*(\d+|(\d+\.?\d*|\.\d+)s)\s*")),
     "keep_checkpoints": whole(1), "resume": text("auto, none, or the path of a checkpoint"),
     "stop_after": whole(0), "timeout": number(0, above=True), "first_timeout": number(0, above=True),
-    "trace": optional(_PATH),
+    "trace": optional(_PATH), "memory_check": choice("on", "off"),
 }
 
 
