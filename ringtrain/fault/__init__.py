@@ -9,12 +9,12 @@
 - ``exit_codes``: every code, and what it means.
 """
 from .abort import run_or_abort
-from .errors import Diverged, OneLineError, UsageError, agree, checked
+from .errors import Diverged, OneLineError, ResourceError, UsageError, agree, checked
 from .exit_codes import EXIT_DIVERGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_TIMEOUT, EXIT_USAGE
 from .signals import Preempted, PreemptionSignals, agree_at_step_end
 from .watchdog import Watchdog
 from .world_size import check_world_size
 
 __all__ = ["EXIT_DIVERGED", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_PREEMPTED", "EXIT_TIMEOUT", "EXIT_USAGE",
-           "Diverged", "OneLineError", "Preempted", "PreemptionSignals", "UsageError", "Watchdog", "agree",
+           "Diverged", "OneLineError", "Preempted", "PreemptionSignals", "ResourceError", "UsageError", "Watchdog", "agree",
            "agree_at_step_end", "check_world_size", "checked", "run_or_abort"]

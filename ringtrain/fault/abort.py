@@ -5,6 +5,8 @@
   exits with the error's code (2 for bad input). No traceback, no MPI abort.
   Raised on one rank alone, it prints the same line (with the rank) and aborts
   the job with that code, so the peers do not wait forever.
+- An allocation failure that the memory preflight did not foresee (train/memory_check.py) prints one
+  line naming the rank and what to lower, and aborts with 2.
 - A second SIGINT (``KeyboardInterrupt``) prints one line and aborts with 130.
 - Anything else is a bug: like ``python -m mpi4py``, print the traceback with
   the rank, then call MPI_Abort, which makes the launcher kill every rank and
@@ -16,7 +18,7 @@ import time
 import traceback
 
 from .errors import OneLineError
-from .exit_codes import EXIT_ERROR, EXIT_INTERRUPTED
+from .exit_codes import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE
 
 
 def launcher_rank() -> int:
@@ -64,6 +66,17 @@ def run_or_abort(main, *args) -> int:
         sys.stderr.flush()
         _abort(e.exit_code)
         raise SystemExit(e.exit_code) from None
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            _traceback_and_abort()
+            raise
+        rank = launcher_rank()
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        sys.stderr.write(f"ringtrain: rank {rank}: out of memory ({first}) — lower --batch-size, --eval-windows "
+                         f"or the model's size, or run fewer ranks per node (exit code {EXIT_USAGE})\n")
+        sys.stderr.flush()
+        _abort(EXIT_USAGE)
+        raise SystemExit(EXIT_USAGE) from None
     except KeyboardInterrupt:
         sys.stderr.write(f"ringtrain: rank {launcher_rank()}: interrupted by a second SIGINT; stopping now "
                          f"(exit code {EXIT_INTERRUPTED}); the checkpoints written so far stay valid\n")
@@ -71,10 +84,26 @@ def run_or_abort(main, *args) -> int:
         _abort(EXIT_INTERRUPTED)
         raise SystemExit(EXIT_INTERRUPTED) from None
     except BaseException:
-        mpi = _mpi()
-        rank = mpi.COMM_WORLD.Get_rank() if mpi is not None else "?"
-        sys.stderr.write(f"ringtrain: uncaught exception on rank {rank}, aborting the job:\n")
-        traceback.print_exc()
-        sys.stderr.flush()
-        _abort(EXIT_ERROR)
+        _traceback_and_abort()
         raise
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocation failure: numpy's MemoryError, or torch's allocator refusing.
+
+    >>> out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"))
+    True
+    """
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e)
+    return "can't allocate memory" in text or "not enough memory" in text or "out of memory" in text.lower()
+
+
+def _traceback_and_abort() -> None:
+    mpi = _mpi()
+    rank = mpi.COMM_WORLD.Get_rank() if mpi is not None else "?"
+    sys.stderr.write(f"ringtrain: uncaught exception on rank {rank}, aborting the job:\n")
+    traceback.print_exc()
+    sys.stderr.flush()
+    _abort(EXIT_ERROR)

@@ -34,6 +34,13 @@ class UsageError(OneLineError, ValueError):
     exit_code = EXIT_USAGE
 
 
+class ResourceError(OneLineError):
+    """A resource ran out (memory, disk space) or would: exit code 2, like bad input, since a restart
+    with the same settings fails the same way. The message names what ran out, where, and what fits."""
+
+    exit_code = EXIT_USAGE
+
+
 class Diverged(OneLineError):
     """The loss became NaN or inf; exit code 3. Raised on every rank, since the loss is agreed."""
 

@@ -16,7 +16,7 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from mpi4py import MPI
@@ -27,6 +27,7 @@ from . import memory, state
 from .config import TrainConfig
 from .data_source import prefetcher
 from .metrics import Metrics, progress_line, say
+from .places import RunPlaces
 from .schedule import learning_rate
 from .sync import GradientSync
 from .task import Task, call
@@ -51,6 +52,8 @@ class TrainingLoop:
     """The step the run starts from (0, or a checkpoint's)."""
     tuned: dict
     """The compression, bucket cap (and optimizer) the run chose for its auto settings: checkpoints keep them."""
+    places: RunPlaces = field(default_factory=RunPlaces)
+    """The run's directory locks, kept before each checkpoint (train/places.py)."""
 
     def __post_init__(self):
         self.rank, self.world = self.comm.Get_rank(), self.comm.Get_size()
@@ -99,6 +102,8 @@ class TrainingLoop:
         stopping = signalled or (done == last and done < cfg.steps)
         if cfg.checkpoint_dir and (stopping or timed_due or (self.every_steps and done % self.every_steps == 0)
                                    or done == cfg.steps):
+            with self.watchdog.guard("the directory locks", done, deadline):
+                self.places.keep(self.comm)  # never write beside another run
             self.checkpoint(done)
             if self.signals.hurried and not stopping:
                 raise KeyboardInterrupt

@@ -6,7 +6,7 @@ step, losing the whole run), and a missing --data file killed the job with a
 traceback and an MPI abort. Here each problem becomes one UsageError, raised
 on every rank (exit code 2) before the model is built.
 
-Rank 0 also takes the checkpoint directory's lock here, and keeps it for the run.
+Rank 0 also takes the locks of --out-dir and --checkpoint-dir here (places.py), and keeps them for the run.
 """
 import importlib
 import os
@@ -14,17 +14,17 @@ import uuid
 
 from mpi4py import MPI
 
-from ..checkpoint import DirectoryLock
 from ..fault.errors import UsageError, agree
 from .config import TrainConfig
+from .places import RunPlaces
 
 
-def preflight(cfg: TrainConfig, comm: MPI.Comm) -> DirectoryLock | None:
+def preflight(cfg: TrainConfig, comm: MPI.Comm, run: str = "") -> RunPlaces:
     """Check ``cfg``'s paths and model on rank 0; every rank raises the same UsageError if one is bad. Collective.
 
-    Returns the checkpoint directory's lock on rank 0 (None elsewhere, or without --checkpoint-dir).
+    Returns the run's directory locks (held on rank 0; empty elsewhere). ``run``: this run's id, in the lock files.
     """
-    lock, error = None, None
+    places, error = RunPlaces(), None
     if comm.Get_rank() == 0:
         try:
             check_data(cfg.data)

@@ -10,6 +10,7 @@ rank 0 merges them into FILE at the end.
 import dataclasses
 import os
 import socket
+import uuid
 
 from mpi4py import MPI
 
@@ -18,7 +19,7 @@ from ..constants import BUCKET_CAP_MB
 from ..fault import PreemptionSignals, Watchdog, checked
 from ..reducer import GradientReducer
 from ..trace import NO_TRACE, Tracer
-from . import state
+from . import memory_check, state
 from .config import TrainConfig
 from .data_source import open_source, with_epochs
 from .loop import TrainingLoop
@@ -69,18 +70,23 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None, *, task: Task | None =
     rank, world = comm.Get_rank(), comm.Get_size()
     signals = PreemptionSignals()
     watchdog = Watchdog(comm, cfg.timeout)
-    lock = sync = metrics = None
+    places = sync = metrics = None
     tracer = NO_TRACE
     try:
         with watchdog.guard("start-up", 0, cfg.first_timeout):
+            # This invocation's id, in every metrics row and lock file (a resume gets a new one).
+            run = comm.bcast(uuid.uuid4().hex[:12], root=0)
             # Every input is checked before any work; a bad one stops every rank with one line (exit code 2).
-            lock = preflight(cfg, comm)
-            if lock is not None and lock.taken_over():
-                say(rank, f"ringtrain: {cfg.checkpoint_dir}: {lock.taken_over()}")
+            places = preflight(cfg, comm, run)
+            for sentence in places.taken_over():
+                say(rank, f"ringtrain: {sentence}")
             threads = set_torch_threads(comm)
             name = type(task.model).__name__ if task is not None else cfg.model
+            if task is None:
+                checked(comm, memory_check.check_model_size, cfg, comm)  # before allocating the weights
             task = task if task is not None else checked(comm, build_task, cfg)
             source = checked(comm, open_source, cfg, task, comm)
+            checked(comm, memory_check.check, cfg, task, comm)
             cfg = with_epochs(cfg, source)
             tuned = _tune(cfg, task, source, comm)
             tracer = Tracer(cfg.trace, comm) if cfg.trace else NO_TRACE
@@ -96,7 +102,7 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None, *, task: Task | None =
                   f"{source.describe()}" + (f" | {cfg.epochs} epochs = {cfg.steps} steps" if cfg.epochs else "")
                   + (f" | compression {tuned['compression']}" if tuned["compression"] != "none" else "")
                   + (f" | optimizer {tuned['optimizer']}" if "optimizer" in tuned else ""))
-        metrics = Metrics(cfg.out_dir, rank)
+        metrics = Metrics(cfg.out_dir, rank, run=run, lock=places.out)
         metrics.write(event="start", step=start, world_size=world, ranks=ranks, parameters=nparams,
                       compression=tuned["compression"], bucket_cap_mb=tuned["bucket_cap_mb"],
                       optimizer=tuned.get("optimizer", cfg.optimizer),
@@ -108,7 +114,7 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None, *, task: Task | None =
         choice = {key: tuned[key] for key in ("compression", "bucket_cap_mb", "optimizer") if key in tuned}
         loop = TrainingLoop(cfg=cfg, comm=comm, task=task, sync=sync, optimizer=optimizer, source=source,
                             metrics=metrics, watchdog=watchdog, signals=signals, tracer=tracer, lineage=lineage,
-                            start=start, tuned=choice)
+                            start=start, tuned=choice, places=places)
         result = loop.run()
         result["tuned"] = choice
         result.update(optimizer=optimizer, sync=sync)
@@ -120,7 +126,7 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None, *, task: Task | None =
     finally:
         if not tracer.closed:  # the run failed: keep this rank's part of the timeline (FILE.rank<r>)
             tracer.write_part()
-        for closer in (sync, metrics, watchdog, signals, lock):
+        for closer in (sync, metrics, watchdog, signals, places):
             if closer is not None:
                 closer.close()
 
