@@ -35,11 +35,11 @@ def preflight(cfg: TrainConfig, comm: MPI.Comm, run: str = "") -> RunPlaces:
                                  "path of a step-* directory")
             if cfg.checkpoint_dir:
                 probe_directory(cfg.checkpoint_dir, "--checkpoint-dir")
-                lock = DirectoryLock(cfg.checkpoint_dir)
+            places = RunPlaces(cfg.out_dir, cfg.checkpoint_dir, run=run)
         except UsageError as e:
             error = e
     agree(comm, error)
-    return lock
+    return places
 
 
 def check_data(data: str | None) -> None:
