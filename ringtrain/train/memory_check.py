@@ -149,13 +149,30 @@ def _saved_bytes(task: Task, batch) -> int:
     return total
 
 
-def probe_batch(cfg: TrainConfig, task: Task):
-    """One sample's batch: the corpus's (1, context) tokens, or the dataset's first sample, collated."""
-    if task.train_data is None:
-        x = torch.zeros(1, cfg.context, dtype=torch.long)
-        return x, x.clone()
-    from torch.utils.data import default_collate
-    return (task.collate_fn or default_collate)([task.train_data[0]])
+PROBE_CONTEXT = 128  # longer sequences are extrapolated: a probe at a long context could itself exhaust memory
+
+
+def activation_bytes_per_sample(cfg: TrainConfig, task: Task) -> int:
+    """Saved activation bytes of one sample: the dataset's first, or the corpus's window of --context tokens.
+
+    A context longer than PROBE_CONTEXT is not run: activations grow as a*T + b*T^2 in the sequence length
+    (attention's scores are T x T), so two probes, at PROBE_CONTEXT/2 and PROBE_CONTEXT, give a and b.
+    """
+    if task.train_data is not None:
+        from torch.utils.data import default_collate
+        return saved_activation_bytes(task, (task.collate_fn or default_collate)([task.train_data[0]]))
+
+    def probe(length: int) -> int:
+        x = torch.zeros(1, length, dtype=torch.long)
+        return saved_activation_bytes(task, (x, x.clone()))
+
+    if cfg.context <= PROBE_CONTEXT:
+        return probe(cfg.context)
+    t1, t2 = PROBE_CONTEXT // 2, PROBE_CONTEXT
+    m1, m2 = probe(t1), probe(t2)
+    b = max(0.0, (m2 / t2 - m1 / t1) / (t2 - t1))  # from m = a*t + b*t^2
+    a = max(0.0, m2 / t2 - b * t2)
+    return int(a * cfg.context + b * cfg.context ** 2)
 
 
 def estimate(cfg: TrainConfig, task: Task, world: int) -> dict[str, int]:
@@ -163,7 +180,7 @@ def estimate(cfg: TrainConfig, task: Task, world: int) -> dict[str, int]:
     parameter_bytes = sum(p.numel() * p.element_size() for p in task.model.parameters())
     parts = state_bytes(cfg, parameter_bytes, world)
     try:
-        per_sample = saved_activation_bytes(task, probe_batch(cfg, task))
+        per_sample = activation_bytes_per_sample(cfg, task)
     except Exception:  # a model that cannot run one sample alone (BatchNorm): count its state only
         per_sample = 0
     parts["activations"] = int(BACKWARD_FACTOR * per_sample * cfg.batch_size)
