@@ -4,8 +4,8 @@
 >>> ringtrain.allreduce(np.ones(4), op="mean")          # doctest: +SKIP
 """
 from ._version import __version__
-from .collectives import (ALGORITHMS, CollectiveMismatchError, allgather, allreduce, broadcast,
-                          choose_algorithm, chunk_bounds, owned_bounds, reduce_scatter)
+from .collectives import (ALGORITHMS, CollectiveMismatchError, ConcurrentCollectiveError, allgather, allreduce,
+                          broadcast, choose_algorithm, chunk_bounds, owned_bounds, reduce_scatter)
 
 
 
@@ -20,6 +20,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'ringtrain' has no attribute {name!r}")
 
 
-__all__ = ["ALGORITHMS", "CollectiveMismatchError", "GradientReducer", "Task", "TrainConfig", "__version__",
-           "allgather", "allreduce", "broadcast", "choose_algorithm", "chunk_bounds", "fit", "owned_bounds",
-           "reduce_scatter", "OneBitAdam", "ZeroOptimizer"]
+__all__ = ["ALGORITHMS", "CollectiveMismatchError", "ConcurrentCollectiveError", "GradientReducer", "Task",
+           "TrainConfig", "__version__", "allgather", "allreduce", "broadcast", "choose_algorithm", "chunk_bounds",
+           "fit", "owned_bounds", "reduce_scatter", "OneBitAdam", "ZeroOptimizer"]

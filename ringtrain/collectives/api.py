@@ -2,7 +2,7 @@
 
 Each takes a contiguous numpy array or CPU torch tensor, works in place, and is
 collective over ``comm`` (COMM_WORLD by default): every rank must call it with
-the same element count, dtype and options. By default a 32-byte handshake
+the same element count, dtype and options. By default a 56-byte handshake
 checks that first and raises CollectiveMismatchError on every rank if not
 (``check=False``, or RINGTRAIN_CHECK=0, skips it where the caller has already
 verified the layout, as the gradient reducer does).
@@ -13,19 +13,28 @@ so the result is the exact sum rounded to the 16-bit type, up to the float32
 error of the partial sums: at most ``(size - 1) * 2**-24 * sum(|x|)``, far below
 half a 16-bit ulp for any world size below a few thousand. "mean" divides in
 the accumulation type before that rounding.
-"""
-import os
 
+Threads: each collective holds its communicator's lock from start to end
+(comm.Guard), so calls from several threads on one communicator run one at a
+time, and never mix their messages. MPI pairs them across ranks in call order,
+which between threads is a race; so the handshake also compares the calling
+threads' names, once a communicator has seen two threads, and raises
+ConcurrentCollectiveError on every rank where a call met another thread's.
+Collectives that must run at the same time need a communicator per thread
+(``comm.Dup()``, on every rank in the same order; MPI_THREAD_MULTIPLE). With
+``check=False`` the lock still serializes, but pairing is the caller's promise.
+"""
 import numpy as np
 from mpi4py import MPI
 
+from ..environment import value_or_default
 from . import waiting, workspace
 from .buffers import LOW_PRECISION, SUPPORTED, as_flat, narrow, widen
 from .chain_broadcast import chain_broadcast
 from .hierarchical import hierarchical_allgather, hierarchical_allreduce, hierarchical_bounds, \
     hierarchical_reduce_scatter
 from .topology import cached_node_groups, node_groups
-from .comm import CollectiveMismatchError, handshake, private
+from .comm import CollectiveMismatchError, guard, handshake, private
 from .layout import chunk_bounds
 from .parameter_server import ps_allreduce
 from .recursive_doubling import recursive_doubling_allreduce
@@ -39,26 +48,16 @@ _OP_CODES = {op: i for i, op in enumerate(OPS)}
 _ALGORITHM_CODES = {alg: i for i, alg in enumerate(ALGORITHMS)}
 _DTYPE_CODES = {dtype: i for i, dtype in enumerate(SUPPORTED)}
 _WORLD, _IN_PLACE, _SUM = MPI.COMM_WORLD, MPI.IN_PLACE, MPI.SUM
+_WORLD_GUARD = guard(_WORLD)  # the default communicator's, without a lookup per call
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer number of bytes") from None
-
-
-# Measured with `ringtrain bench allreduce` (2 ranks, shared memory, MPICH 5.0.2
-# wheel): below this size native MPI_Allreduce is as fast or faster.
-RING_MIN_BYTES = _env_int("RINGTRAIN_RING_MIN_BYTES", 16 << 20)
-CHAIN_MIN_BYTES = _env_int("RINGTRAIN_CHAIN_MIN_BYTES", 1 << 20)
-# Measured at 2 hosts x 2 ranks over 1 Gbit/s (benchmarks/README.md): the node-aware
-# ring was 0.78x MPI_Allreduce at 256 KiB and 1.25x at 1 MiB, 1.17-1.34x up to 64 MiB.
-HIERARCHICAL_MIN_BYTES = _env_int("RINGTRAIN_HIERARCHICAL_MIN_BYTES", 1 << 20)
-CHECK = os.environ.get("RINGTRAIN_CHECK", "1") != "0"
+# Read at import, before the command line checks the environment: a bad value
+# falls back to the default here, and start-up refuses it with one line
+# (environment.py, which also holds the defaults and why they were chosen).
+RING_MIN_BYTES = value_or_default("RINGTRAIN_RING_MIN_BYTES")
+CHAIN_MIN_BYTES = value_or_default("RINGTRAIN_CHAIN_MIN_BYTES")
+HIERARCHICAL_MIN_BYTES = value_or_default("RINGTRAIN_HIERARCHICAL_MIN_BYTES")
+CHECK = value_or_default("RINGTRAIN_CHECK")
 
 
 def choose_algorithm(nbytes: int, size: int, ring_min_bytes: int | None = None, two_level: bool = False) -> str:
@@ -95,63 +94,65 @@ def allreduce(x, op: str = "sum", algorithm: str = "auto", comm: MPI.Comm | None
     # Every small allreduce passes here, where the whole MPI call takes a
     # couple of microseconds: the common case must stay short.
     comm = _WORLD if comm is None else comm
-    try:
-        a, dtype = as_flat(x)
-        op_code = _OP_CODES.get(op)
-        if op_code is None:
-            raise ValueError(f"allreduce: op={op!r} is not supported; use one of {OPS}")
-        alg_code = _ALGORITHM_CODES.get(algorithm)
-        if alg_code is None:
-            raise ValueError(f"allreduce: algorithm={algorithm!r} is not supported; use one of {ALGORITHMS}")
-        if op_code and dtype[0] == "i":
-            raise TypeError(f"allreduce: op='mean' needs a floating dtype, got {dtype}; "
-                            "use op='sum' and divide as you need")
-    except (TypeError, ValueError) as e:
-        _refuse(comm, "allreduce", check, e)
-    n = comm.Get_size()
-    if n == 1:
+    held = _WORLD_GUARD if comm is _WORLD else guard(comm)
+    with held.lock:  # for the whole collective (comm.py, "Threads")
+        try:
+            a, dtype = as_flat(x)
+            op_code = _OP_CODES.get(op)
+            if op_code is None:
+                raise ValueError(f"allreduce: op={op!r} is not supported; use one of {OPS}")
+            alg_code = _ALGORITHM_CODES.get(algorithm)
+            if alg_code is None:
+                raise ValueError(f"allreduce: algorithm={algorithm!r} is not supported; use one of {ALGORITHMS}")
+            if op_code and dtype[0] == "i":
+                raise TypeError(f"allreduce: op='mean' needs a floating dtype, got {dtype}; "
+                                "use op='sum' and divide as you need")
+        except (TypeError, ValueError) as e:
+            _refuse(comm, held, "allreduce", check, e)
+        n = comm.Get_size()
+        if n == 1:
+            return x
+        learn_topology = False
+        if not alg_code:  # auto; choose_algorithm, inlined
+            algorithm = "ring" if a.nbytes >= (RING_MIN_BYTES if ring_min_bytes is None else ring_min_bytes) \
+                else "mpi"
+            if a.nbytes >= HIERARCHICAL_MIN_BYTES:
+                groups = cached_node_groups(comm)
+                if groups is None:
+                    learn_topology = True  # made below, once every rank is known to be here
+                elif groups.two_level:
+                    algorithm = "hierarchical"
+        if CHECK if check is None else check:
+            _check(comm, held, "allreduce", x, a, dtype, op_code * 8 + _ALGORITHM_CODES[algorithm],
+                   f"op={op}, algorithm={algorithm}")
+        if learn_topology and node_groups(comm).two_level:
+            # Collective, so only after the handshake (or check=False's promise) that
+            # every rank made this same call: a mismatched call must raise, not hang here.
+            algorithm = "hierarchical"
+        low = dtype in LOW_PRECISION
+        if algorithm == "mpi" and not low:
+            waiting.allreduce(comm, _IN_PLACE, a, _SUM)
+            if op_code:
+                np.divide(a, n, out=a)
+            return x
+        acc = widen(a, dtype, workspace.get("acc", np.float32, a.size)) if low else a
+        if algorithm == "ring":
+            priv = private(comm)
+            lo, hi = ring_reduce_scatter(priv, acc)
+            _finish(a, dtype, acc, op_code, n, lo, hi)
+            # 16-bit types gather their rounded 16-bit values: half the bytes.
+            ring_allgather(priv, a)
+            return x
+        if algorithm == "mpi":
+            waiting.allreduce(comm, _IN_PLACE, acc, _SUM)
+        elif algorithm == "recursive_doubling":
+            recursive_doubling_allreduce(private(comm), acc)
+        elif algorithm == "hierarchical":
+            hierarchical_allreduce(comm, acc)
+        else:
+            ps_allreduce(private(comm), acc)
+        _finish(a, dtype, acc, op_code, n, 0, a.size)
         return x
-    learn_topology = False
-    if not alg_code:  # auto; choose_algorithm, inlined
-        algorithm = "ring" if a.nbytes >= (RING_MIN_BYTES if ring_min_bytes is None else ring_min_bytes) \
-            else "mpi"
-        if a.nbytes >= HIERARCHICAL_MIN_BYTES:
-            groups = cached_node_groups(comm)
-            if groups is None:
-                learn_topology = True  # made below, once every rank is known to be here
-            elif groups.two_level:
-                algorithm = "hierarchical"
-    if CHECK if check is None else check:
-        _check(comm, "allreduce", x, a, dtype, op_code * 8 + _ALGORITHM_CODES[algorithm],
-               f"op={op}, algorithm={algorithm}")
-    if learn_topology and node_groups(comm).two_level:
-        # Collective, so only after the handshake (or check=False's promise) that
-        # every rank made this same call: a mismatched call must raise, not hang here.
-        algorithm = "hierarchical"
-    low = dtype in LOW_PRECISION
-    if algorithm == "mpi" and not low:
-        waiting.allreduce(comm, _IN_PLACE, a, _SUM)
-        if op_code:
-            np.divide(a, n, out=a)
-        return x
-    acc = widen(a, dtype, workspace.get("acc", np.float32, a.size)) if low else a
-    if algorithm == "ring":
-        priv = private(comm)
-        lo, hi = ring_reduce_scatter(priv, acc)
-        _finish(a, dtype, acc, op_code, n, lo, hi)
-        # 16-bit types gather their rounded 16-bit values: half the bytes.
-        ring_allgather(priv, a)
-        return x
-    if algorithm == "mpi":
-        waiting.allreduce(comm, _IN_PLACE, acc, _SUM)
-    elif algorithm == "recursive_doubling":
-        recursive_doubling_allreduce(private(comm), acc)
-    elif algorithm == "hierarchical":
-        hierarchical_allreduce(comm, acc)
-    else:
-        ps_allreduce(private(comm), acc)
-    _finish(a, dtype, acc, op_code, n, 0, a.size)
-    return x
 
 
 def _finish(a, dtype, acc, op_code, n, lo, hi) -> None:
@@ -178,28 +179,30 @@ def reduce_scatter(x, op: str = "sum", comm: MPI.Comm | None = None, *, algorith
     array([0., 1., 2.])
     """
     comm = _WORLD if comm is None else comm
-    try:
-        a, dtype = as_flat(x)
-        op_code = _OP_CODES.get(op)
-        if op_code is None:
-            raise ValueError(f"reduce_scatter: op={op!r} is not supported; use one of {OPS}")
-        if op_code and dtype[0] == "i":
-            raise TypeError(f"reduce_scatter: op='mean' needs a floating dtype, got {dtype}")
-        _scatter_algorithm("reduce_scatter", algorithm)
-    except (TypeError, ValueError) as e:
-        _refuse(comm, "reduce_scatter", check, e)
-    n = comm.Get_size()
-    hierarchical = algorithm == "hierarchical"
-    lo, hi = 0, a.size
-    if n > 1:
-        if CHECK if check is None else check:
-            _check(comm, "reduce_scatter", x, a, dtype, op_code + 2 * hierarchical,
-                   f"op={op}, algorithm={algorithm}")
-        acc = widen(a, dtype, workspace.get("acc", np.float32, a.size)) if dtype in LOW_PRECISION else a
-        lo, hi = (hierarchical_reduce_scatter(comm, acc) if hierarchical
-                  else ring_reduce_scatter(private(comm), acc))
-        _finish(a, dtype, acc, op_code, n, lo, hi)
-    return x.reshape(-1)[lo:hi]
+    held = _WORLD_GUARD if comm is _WORLD else guard(comm)
+    with held.lock:  # for the whole collective (comm.py, "Threads")
+        try:
+            a, dtype = as_flat(x)
+            op_code = _OP_CODES.get(op)
+            if op_code is None:
+                raise ValueError(f"reduce_scatter: op={op!r} is not supported; use one of {OPS}")
+            if op_code and dtype[0] == "i":
+                raise TypeError(f"reduce_scatter: op='mean' needs a floating dtype, got {dtype}")
+            _scatter_algorithm("reduce_scatter", algorithm)
+        except (TypeError, ValueError) as e:
+            _refuse(comm, held, "reduce_scatter", check, e)
+        n = comm.Get_size()
+        hierarchical = algorithm == "hierarchical"
+        lo, hi = 0, a.size
+        if n > 1:
+            if CHECK if check is None else check:
+                _check(comm, held, "reduce_scatter", x, a, dtype, op_code + 2 * hierarchical,
+                       f"op={op}, algorithm={algorithm}")
+            acc = widen(a, dtype, workspace.get("acc", np.float32, a.size)) if dtype in LOW_PRECISION else a
+            lo, hi = (hierarchical_reduce_scatter(comm, acc) if hierarchical
+                      else ring_reduce_scatter(private(comm), acc))
+            _finish(a, dtype, acc, op_code, n, lo, hi)
+        return x.reshape(-1)[lo:hi]
 
 
 def allgather(x, comm: MPI.Comm | None = None, *, algorithm: str = "ring", check: bool | None = None):
@@ -211,20 +214,22 @@ def allgather(x, comm: MPI.Comm | None = None, *, algorithm: str = "ring", check
     array([0., 1., 2.])
     """
     comm = _WORLD if comm is None else comm
-    try:
-        a, dtype = as_flat(x)
-        _scatter_algorithm("allgather", algorithm)
-    except (TypeError, ValueError) as e:
-        _refuse(comm, "allgather", check, e)
-    if comm.Get_size() > 1:
-        hierarchical = algorithm == "hierarchical"
-        if CHECK if check is None else check:
-            _check(comm, "allgather", x, a, dtype, int(hierarchical), f"algorithm={algorithm}")
-        if hierarchical:
-            hierarchical_allgather(comm, a)
-        else:
-            ring_allgather(private(comm), a)
-    return x
+    held = _WORLD_GUARD if comm is _WORLD else guard(comm)
+    with held.lock:  # for the whole collective (comm.py, "Threads")
+        try:
+            a, dtype = as_flat(x)
+            _scatter_algorithm("allgather", algorithm)
+        except (TypeError, ValueError) as e:
+            _refuse(comm, held, "allgather", check, e)
+        if comm.Get_size() > 1:
+            hierarchical = algorithm == "hierarchical"
+            if CHECK if check is None else check:
+                _check(comm, held, "allgather", x, a, dtype, int(hierarchical), f"algorithm={algorithm}")
+            if hierarchical:
+                hierarchical_allgather(comm, a)
+            else:
+                ring_allgather(private(comm), a)
+        return x
 
 
 def owned_bounds(count: int, comm: MPI.Comm | None = None, algorithm: str = "ring") -> tuple[int, int]:
@@ -239,7 +244,8 @@ def owned_bounds(count: int, comm: MPI.Comm | None = None, algorithm: str = "rin
     _scatter_algorithm("owned_bounds", algorithm)
     if algorithm == "ring" or comm.Get_size() == 1:
         return chunk_bounds(count, comm.Get_size(), comm.Get_rank())
-    groups = node_groups(comm)
+    with guard(comm).lock:  # learning the nodes is collective, like a collective call (comm.py, "Threads")
+        groups = node_groups(comm)
     return hierarchical_bounds(groups, groups.local.Get_rank(), groups.cross.Get_rank(), count)
 
 
@@ -260,31 +266,33 @@ def broadcast(x, root: int = 0, comm: MPI.Comm | None = None, *, algorithm: str 
     array([0., 1., 2.])
     """
     comm = _WORLD if comm is None else comm
-    n = comm.Get_size()
-    try:
-        a, dtype = as_flat(x)
-        if isinstance(root, bool) or not isinstance(root, (int, np.integer)) or not 0 <= root < n:
-            raise ValueError(f"broadcast: root={root!r} is not a rank of this communicator (0..{n - 1})")
-        if algorithm not in BROADCAST_ALGORITHMS:
-            raise ValueError(f"broadcast: algorithm={algorithm!r} is not supported; use one of "
-                             f"{BROADCAST_ALGORITHMS}")
-    except (TypeError, ValueError) as e:
-        _refuse(comm, "broadcast", check, e)
-    if n == 1:
+    held = _WORLD_GUARD if comm is _WORLD else guard(comm)
+    with held.lock:  # for the whole collective (comm.py, "Threads")
+        n = comm.Get_size()
+        try:
+            a, dtype = as_flat(x)
+            if isinstance(root, bool) or not isinstance(root, (int, np.integer)) or not 0 <= root < n:
+                raise ValueError(f"broadcast: root={root!r} is not a rank of this communicator (0..{n - 1})")
+            if algorithm not in BROADCAST_ALGORITHMS:
+                raise ValueError(f"broadcast: algorithm={algorithm!r} is not supported; use one of "
+                                 f"{BROADCAST_ALGORITHMS}")
+        except (TypeError, ValueError) as e:
+            _refuse(comm, held, "broadcast", check, e)
+        if n == 1:
+            return x
+        if algorithm == "auto":
+            algorithm = "chain" if a.nbytes >= CHAIN_MIN_BYTES else "mpi"
+        if CHECK if check is None else check:
+            _check(comm, held, "broadcast", x, a, dtype, int(root) * 4 + BROADCAST_ALGORITHMS.index(algorithm),
+                   f"root={root}, algorithm={algorithm}")
+        if algorithm == "mpi":
+            comm.Bcast(a, int(root))
+        else:
+            chain_broadcast(private(comm), a, int(root), GATHER_SEGMENT_BYTES)
         return x
-    if algorithm == "auto":
-        algorithm = "chain" if a.nbytes >= CHAIN_MIN_BYTES else "mpi"
-    if CHECK if check is None else check:
-        _check(comm, "broadcast", x, a, dtype, int(root) * 4 + BROADCAST_ALGORITHMS.index(algorithm),
-               f"root={root}, algorithm={algorithm}")
-    if algorithm == "mpi":
-        comm.Bcast(a, int(root))
-    else:
-        chain_broadcast(private(comm), a, int(root), GATHER_SEGMENT_BYTES)
-    return x
 
 
-def _refuse(comm, what, check, error):
+def _refuse(comm, held, what, check, error):
     """Raise ``error``, after making every other rank raise too. Never returns.
 
     A rank that refuses its arguments would otherwise leave its peers waiting
@@ -295,13 +303,13 @@ def _refuse(comm, what, check, error):
     """
     if comm.Get_size() > 1 and (CHECK if check is None else check):
         try:
-            handshake(comm, what, -1, -1, lambda: f"an argument it refused ({error})")
+            handshake(comm, what, -1, -1, lambda: f"an argument it refused ({error})", held)
         except CollectiveMismatchError:
             pass
     raise error
 
 
-def _check(comm, what, x, a, dtype, options_code, options):
+def _check(comm, held, what, x, a, dtype, options_code, options):
     # Two numbers: the element count, and the dtype and options packed into one.
     handshake(comm, what, a.size, _DTYPE_CODES[dtype] + 8 * options_code,
-              lambda: f"shape {tuple(x.shape)} {dtype}" + (f", {options}" if options else ""))
+              lambda: f"shape {tuple(x.shape)} {dtype}" + (f", {options}" if options else ""), held)

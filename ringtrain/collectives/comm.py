@@ -1,56 +1,137 @@
-"""The private communicator the collectives talk on, and the argument handshake.
+"""The private communicator the collectives talk on, the lock that serializes them, and the argument handshake.
 
 A library that sends point-to-point messages on the user's communicator could
 match the user's own messages. Like other MPI libraries, ringtrain duplicates
 each communicator once, on first use, and caches the duplicate as an MPI
 attribute, so the duplicate is freed with the communicator and never confused
 with a later one that reuses its handle.
+
+Threads. Beside the duplicate the attribute keeps a ``Guard``: a lock that each
+public collective holds from start to end, so that two collectives called on
+one communicator by two threads never interleave their messages (the ring's
+messages reuse the same tags; interleaved, they mix data or truncate). A lock
+cannot make the pairing across ranks right, though: MPI pairs the collectives
+on a communicator in call order, and with two threads per rank that order is
+a race, so rank 0's thread A may meet rank 1's thread B. The handshake therefore
+also carries the calling thread's name, and calls that meet from differently
+named threads raise ConcurrentCollectiveError on every rank. Threads that need
+collectives at the same time should each use their own communicator
+(``comm.Dup()``); one thread per rank must have the same name on every rank.
+
+The names are compared on every call, not only once a rank has seen a second
+thread: the very first calls of two threads (w0 on rank 0, w1 on rank 1) meet
+before either rank knows there will be a second one.
 """
+import threading
+import zlib
+
 import numpy as np
 from mpi4py import MPI
 
 _KEYVAL = MPI.Comm.Create_keyval()
+# Held only while a Guard is attached, never across an MPI call: a lock held
+# across a collective here would be a lock every communicator waits on.
+_ATTACHING = threading.Lock()
+_local = threading.local()  # this thread's name code, read at its first checked collective
+
+
+class Guard:
+    """What ringtrain keeps on one communicator: the lock its collectives hold, and its private duplicate."""
+
+    __slots__ = ("lock", "dup")
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        """Held for the whole of each public collective; reentrant, so one collective may call another."""
+        self.dup: MPI.Comm | None = None
+        """The private duplicate (``private()``), made on first use."""
+
+
+def guard(comm: MPI.Comm) -> Guard:
+    """The Guard of ``comm``, attached on first use. Not collective.
+
+    >>> with guard(MPI.COMM_SELF).lock:
+    ...     pass
+    """
+    g = comm.Get_attr(_KEYVAL)
+    if g is None:
+        with _ATTACHING:  # two threads arriving at once must get the same lock
+            g = comm.Get_attr(_KEYVAL)
+            if g is None:
+                g = Guard()
+                comm.Set_attr(_KEYVAL, g)
+    return g
 
 
 def private(comm: MPI.Comm) -> MPI.Comm:
     """The duplicate of ``comm`` that ringtrain's own messages use.
 
     Collective on first use for a communicator (it calls MPI_Comm_dup).
+
+    >>> private(MPI.COMM_SELF) is private(MPI.COMM_SELF)
+    True
     """
-    dup = comm.Get_attr(_KEYVAL)
-    if dup is None:
-        dup = comm.Dup()
-        comm.Set_attr(_KEYVAL, dup)
-    return dup
+    g = guard(comm)
+    if g.dup is None:
+        with g.lock:
+            if g.dup is None:
+                g.dup = comm.Dup()
+    return g.dup
 
 
 class CollectiveMismatchError(ValueError):
     """Ranks called the same collective with buffers or arguments that disagree."""
 
 
-def handshake(comm: MPI.Comm, what: str, count: int, code: int, describe) -> None:
+class ConcurrentCollectiveError(CollectiveMismatchError):
+    """Several threads share a communicator, and one collective met calls from different threads."""
+
+
+def handshake(comm: MPI.Comm, what: str, count: int, code: int, describe, held: Guard | None = None) -> None:
     """Raise CollectiveMismatchError on every rank unless all ranks pass the same (count, code).
 
-    One allreduce of four int64 with MAX: the maximum of ``s`` and of ``-s``
+    One allreduce of six int64 with MAX: the maximum of ``s`` and of ``-s``
     agree (``max(s) == -max(-s) == min(s)``) only if every rank has the same
-    ``s``. Only on a mismatch are the ranks' ``describe()`` texts gathered, so the
-    message can name each rank and what it passed.
+    ``s``: the count, the code, and the calling thread's name as crc32 (the
+    same on every rank, unlike Python's salted hash()). A differing name raises
+    ConcurrentCollectiveError, which is a CollectiveMismatchError. Only on a
+    mismatch are the ranks' ``describe()`` texts and thread names gathered, so
+    the message can name each rank, its thread and what it passed.
+    ``held``: the caller's Guard of ``comm``, whose lock it holds; otherwise it is taken here.
 
     >>> handshake(MPI.COMM_SELF, "allreduce", 4, 1, lambda: "4 x float32")
     """
-    both = np.array((count, code, -count, -code), dtype=np.int64)
-    comm.Allreduce(MPI.IN_PLACE, both, MPI.MAX)
-    hi_count, hi_code, neg_lo_count, neg_lo_code = both.tolist()
-    if hi_count == -neg_lo_count and hi_code == -neg_lo_code:
+    if held is None:
+        g = guard(comm)
+        with g.lock:
+            return handshake(comm, what, count, code, describe, g)
+    name = getattr(_local, "name", None)  # cached: the hot path must stay short (a thread's name rarely changes)
+    if name is None:
+        name = _local.name = zlib.crc32(threading.current_thread().name.encode())
+    s = np.array((count, code, name, -count, -code, -name), dtype=np.int64)
+    comm.Allreduce(MPI.IN_PLACE, s, MPI.MAX)
+    hi_count, hi_code, hi_name, neg_lo_count, neg_lo_code, neg_lo_name = s.tolist()
+    same_thread = hi_name == -neg_lo_name
+    if same_thread and hi_count == -neg_lo_count and hi_code == -neg_lo_code:
         return
     # Error path only: gathering Python strings pickles, which is fine here.
-    described = comm.allgather(describe())
+    if same_thread:
+        raise CollectiveMismatchError(f"ringtrain.{what}: ranks passed different arguments "
+                                      f"({_per_rank(comm.allgather(describe()))}); "
+                                      "every rank must pass the same element count, dtype and options")
+    described = comm.allgather(f"thread {threading.current_thread().name!r}, {describe()}")
+    raise ConcurrentCollectiveError(
+        f"ringtrain.{what}: this call met calls from different threads ({_per_rank(described)}); collectives on a "
+        "communicator pair up in call order, which is a race between threads — use one communicator per thread: "
+        "comm.Dup(), made on every rank in the same order; where each rank calls from one thread, give it the same "
+        "name on every rank")
+
+
+def _per_rank(described: list[str]) -> str:
     groups: dict[str, list[int]] = {}
     for rank, d in enumerate(described):
         groups.setdefault(d, []).append(rank)
-    parts = "; ".join(f"rank{'s' if len(r) > 1 else ''} {_ranks(r)}: {d}" for d, r in groups.items())
-    raise CollectiveMismatchError(f"ringtrain.{what}: ranks passed different arguments ({parts}); "
-                                  "every rank must pass the same element count, dtype and options")
+    return "; ".join(f"rank{'s' if len(r) > 1 else ''} {_ranks(r)}: {d}" for d, r in groups.items())
 
 
 def _ranks(ranks: list[int]) -> str:

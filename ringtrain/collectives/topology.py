@@ -12,23 +12,19 @@ one may be smaller), so tests on one machine can exercise every shape. Both
 communicators are cached on ``comm`` as an MPI attribute, like ``private()``,
 and freed with it. Creating them is collective.
 """
-import os
 from typing import NamedTuple
 
 import numpy as np
 from mpi4py import MPI
 
+from .. import environment
+
 _KEYVAL = MPI.Comm.Create_keyval()
 
 
 def forced_node_size() -> int | None:
-    """RINGTRAIN_NODE_SIZE as a whole number >= 1, or None when unset."""
-    text = os.environ.get("RINGTRAIN_NODE_SIZE")
-    if not text:
-        return None
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"RINGTRAIN_NODE_SIZE={text!r} is not allowed — a whole number >= 1 (ranks per node)")
-    return int(text)
+    """RINGTRAIN_NODE_SIZE as a whole number >= 1, or None when unset; a UsageError (a ValueError) when bad."""
+    return environment.value("RINGTRAIN_NODE_SIZE")
 
 
 class NodeGroups(NamedTuple):
