@@ -4,6 +4,7 @@ from .corpus import TokenFile, default_corpus_files, open_tokens
 from .dataset_batches import DatasetBatches
 from .loader import Prefetcher, WorkerPrefetcher
 from .sampler import ShardedSampler
+from .token_reader import TokenReader
 
-__all__ = ["Batches", "DatasetBatches", "Prefetcher", "ShardedSampler", "TokenFile", "WorkerPrefetcher",
-           "default_corpus_files", "open_tokens"]
+__all__ = ["Batches", "DatasetBatches", "Prefetcher", "ShardedSampler", "TokenFile", "TokenReader",
+           "WorkerPrefetcher", "default_corpus_files", "open_tokens"]

@@ -6,6 +6,11 @@ drawn from ``seed`` and ``step`` alone, and rank ``r`` takes rows
 ``r*batch .. (r+1)*batch``. So N ranks at batch b see exactly what one rank sees
 at batch N*b with the same seed, which makes a distributed run comparable with
 a serial one, and a resumed run with an uninterrupted one.
+
+``tokens`` is anything that slices like a uint8 array: an array, or the token
+cache's TokenReader (token_reader.py), which reads each window with pread and
+verifies the blocks it touches. ``fingerprint`` says what the tokens are
+(fingerprint.py); checkpoints record it so that a resume can tell changed data.
 """
 import numpy as np
 import torch
@@ -27,12 +32,12 @@ class Batches:
     steps_per_epoch = None  # windows are drawn afresh every step: there are no epochs
 
     def __init__(self, tokens: np.ndarray, *, context: int, batch: int, seed: int, rank: int, world: int,
-                 eval_windows: int = 64, source: str = "the corpus"):
+                 eval_windows: int = 64, source: str = "the corpus", fingerprint: dict | None = None):
         if batch < 1 or context < 1:
             raise ValueError(f"batch and context must be >= 1, got batch={batch}, context={context}")
         self.tokens, self.context, self.batch = tokens, context, batch
         self.seed, self.rank, self.world = seed, rank, world
-        self.eval_windows, self.source = eval_windows, source
+        self.eval_windows, self.source, self.fingerprint = eval_windows, source, fingerprint
         n = len(tokens)
         if n < 2 * (context + 1):
             raise UsageError(f"--data: the corpus has {n} tokens — it needs at least {2 * (context + 1)} "

@@ -4,7 +4,8 @@ Both sources answer the same three questions: ``train(step)`` (this rank's
 micro-batch for a micro-step, a pure function of seed and step),
 ``held_out()`` (this rank's validation batches with their sample counts) and
 ``describe()``; and both have ``steps_per_epoch`` (None for the corpus, whose
-windows are drawn afresh every step).
+windows are drawn afresh every step) and ``fingerprint`` (what the corpus's
+bytes are, which checkpoints record; None for a task's datasets).
 """
 import dataclasses
 
@@ -12,12 +13,17 @@ from mpi4py import MPI
 
 from ..data import Batches, DatasetBatches, Prefetcher, WorkerPrefetcher, open_tokens
 from ..fault.errors import UsageError
+from . import state
 from .config import TrainConfig
 from .task import Task
 
 
 def open_source(cfg: TrainConfig, task: Task, comm: MPI.Comm):
-    """The task's batch source for this rank. Collective (the corpus is read on rank 0)."""
+    """The task's batch source for this rank. Collective (the corpus is read on rank 0).
+
+    A resume on the byte corpus is refused here, on every rank, if the data
+    is not what the checkpoint was trained on (state.check_data).
+    """
     rank, world = comm.Get_rank(), comm.Get_size()
     if task.train_data is None:
         for name in ("epochs", "loader_workers"):
@@ -27,8 +33,11 @@ def open_source(cfg: TrainConfig, task: Task, comm: MPI.Comm):
                                  "step, on a background thread) — leave it at 0, or return a ringtrain.Task "
                                  "with train_data")
         tokens = open_tokens(cfg.data, comm)
-        return Batches(tokens.tokens, context=cfg.context, batch=cfg.batch_size, seed=cfg.seed, rank=rank,
-                       world=world, eval_windows=cfg.eval_windows, source=tokens.source)
+        batches = Batches(tokens.tokens, context=cfg.context, batch=cfg.batch_size, seed=cfg.seed, rank=rank,
+                          world=world, eval_windows=cfg.eval_windows, source=tokens.source,
+                          fingerprint=tokens.fingerprint)
+        state.check_data(cfg, tokens.fingerprint, comm)
+        return batches
     if cfg.data is not None:
         raise UsageError(f"--data {cfg.data}: this task brings its own datasets — leave --data out")
     return DatasetBatches(task.train_data, task.val_data, batch=cfg.batch_size, seed=cfg.seed, rank=rank,

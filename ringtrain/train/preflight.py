@@ -43,12 +43,20 @@ def preflight(cfg: TrainConfig, comm: MPI.Comm, run: str = "") -> RunPlaces:
 
 
 def check_data(data: str | None) -> None:
-    """``data`` is None (the standard library) or an existing file, or a directory with a file in it.
+    """``data`` is None (the standard library), a non-empty regular file, or a directory with a file in it.
 
-    Whether each file reads is found while the token file is built, on rank 0,
-    whose verdict every rank shares (corpus.open_tokens): checking it here
-    too would read every file's metadata twice.
+    The path itself only: a FIFO, socket or device given as --data is refused
+    here by what it is. The files inside a directory are classified (a FIFO
+    there is refused by name) when rank 0 lists them to build the token file,
+    before it reads any, and every rank shares that verdict
+    (corpus.open_tokens): doing it here too would stat every file twice.
+
+    >>> check_data("/dev/null")
+    Traceback (most recent call last):
+    ringtrain.fault.errors.UsageError: --data /dev/null: it is a character device, not a regular file or a directory — give a text file, or a directory of them
     """
+    from ..data.files import file_kind  # here, not at the top: this function is the data layer's part of the file
+
     if data is None:
         return
     if not os.path.exists(data):
@@ -57,6 +65,9 @@ def check_data(data: str | None) -> None:
         if os.path.getsize(data) == 0:
             raise UsageError(f"--data {data}: the file is empty — give text to train on")
         return
+    if not os.path.isdir(data):
+        raise UsageError(f"--data {data}: it is {file_kind(os.stat(data).st_mode)}, not a regular file or a "
+                         "directory — give a text file, or a directory of them")
     if not any(names for _, _, names in os.walk(data)):
         raise UsageError(f"--data {data}: the directory holds no files — give a text file, or a directory of them")
 

@@ -5,31 +5,38 @@ rank: torch's RNG state (and, with compression, its residuals; with --zero,
 its optimizer shard: zero_checkpoint.py). The learning
 rate and the data position follow from the step, since batches are drawn from
 (seed, step), so restoring these makes a resumed run continue bit for bit.
+That holds only on the same data: the replicated state also records the
+corpus's fingerprint (data/fingerprint.py), and ``check_data`` refuses a resume
+on data whose content differs, whatever path names it.
 """
 import dataclasses
+import os
 import sys
 
 import torch
 from mpi4py import MPI
 
 from .. import checkpoint
+from ..data.fingerprint import differences
 from ..fault.errors import UsageError, agree
 from . import zero_checkpoint
 from .config import TrainConfig
 
 # Changing these between a run and its resume would change what is computed.
-# (--steps may grow: that only stretches the learning-rate schedule from here on.)
+# (--steps may grow: that only stretches the learning-rate schedule from here on.) Not --data: the data's
+# fingerprint decides (check_data), so that ./a.txt is a.txt, and a changed a.txt is not.
 _MUST_MATCH = ("model", "layers", "heads", "width", "context", "seed", "optimizer", "batch_size", "accumulate",
-               "lr", "min_lr_ratio", "warmup", "momentum", "weight_decay", "grad_clip", "data", "compression",
+               "lr", "min_lr_ratio", "warmup", "momentum", "weight_decay", "grad_clip", "compression",
                "bucket_cap_mb", "last_batch", "onebit_warmup")
 
 
-def save(cfg: TrainConfig, step: int, model, optimizer, reducer, comm: MPI.Comm, lineage: str, tuned: dict) -> str:
+def save(cfg: TrainConfig, step: int, model, optimizer, reducer, comm: MPI.Comm, lineage: str, tuned: dict,
+         data: dict | None = None) -> str:
     """``tuned``: what the run chose for its auto settings (compression, bucket cap, optimizer), kept for the
-    resume."""
+    resume. ``data``: the corpus's fingerprint (the source's ``fingerprint``; None for a task's datasets)."""
     shared, own = zero_checkpoint.parts(model, optimizer)
     replicated = {"model": model.state_dict(), **shared, "step": step, "config": dataclasses.asdict(cfg),
-                  "tuned": {**tuned, "bucket_cap_mb": float(tuned["bucket_cap_mb"])}}
+                  "tuned": {**tuned, "bucket_cap_mb": float(tuned["bucket_cap_mb"])}, "data": data}
     per_rank = {"torch_rng": torch.get_rng_state(), "reducer": reducer.state_dict(), **own}
     return checkpoint.save(cfg.checkpoint_dir, step, replicated, per_rank, comm, keep=cfg.keep_checkpoints,
                            lineage=lineage)
@@ -56,6 +63,36 @@ def _locate(cfg: TrainConfig, comm: MPI.Comm):
             raise UsageError(f"--resume {path}: this checkpoint cannot be loaded: {error} — give auto, none, or "
                              "the path of an intact step-* directory", agreed=True)
         return path, manifest
+
+
+def check_data(cfg: TrainConfig, fingerprint: dict, comm: MPI.Comm) -> None:
+    """Refuse, on every rank, to resume from a checkpoint trained on other data than ``fingerprint``. Collective.
+
+    With ``--data-changed ok`` a change is a one-line warning instead. A
+    checkpoint from before fingerprints is resumed with a one-line note. Rank
+    0 reads the checkpoint's fingerprint and decides; every rank raises alike.
+    """
+    path, manifest = _locate(cfg, comm)
+    if path is None:
+        return
+    error = None
+    if comm.Get_rank() == 0:
+        # The checkpoint was verified by _locate, in this process; mmap reads only the pickle, not the tensors.
+        saved = torch.load(os.path.join(path, "replicated.pt"), mmap=True, weights_only=True).get("data")
+        shown = cfg.data if cfg.data is not None else fingerprint["root"]
+        changed = differences(saved, fingerprint, shown) if saved is not None else []
+        if saved is None:
+            print(f"ringtrain: note: {path} records no data fingerprint (it predates them): resuming without "
+                  "checking that the data is the same", file=sys.stderr, flush=True)
+        elif changed and cfg.data_changed == "ok":
+            print(f"ringtrain: warning: --data {shown}: changed since {path} was written ({'; '.join(changed)}); "
+                  "training on it as it is now (--data-changed ok)", file=sys.stderr, flush=True)
+        elif changed:
+            more = f"; and {len(changed) - 4} more" if len(changed) > 4 else ""
+            error = (f"--data {shown}: changed since {path} was written: {'; '.join(changed[:4])}{more} — resume "
+                     "on the data it was trained on, pass --data-changed ok to train on the data as it is now, or "
+                     "--resume none to start afresh")
+    agree(comm, error)
 
 
 def saved_tuning(cfg: TrainConfig, comm: MPI.Comm) -> dict | None:
