@@ -3,6 +3,7 @@ import argparse
 import sys
 
 from ._version import __version__
+from .environment import validate_environment
 from .fault.errors import UsageError
 from .fault import check_world_size
 
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    # First of all, before the parser imports torch (whose OpenMP reads OMP_NUM_THREADS) and before any
+    # collective: a bad environment variable is one line and exit code 2, on every rank alike.
+    validate_environment()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv.insert(0, "train")  # `python -m ringtrain --steps 100` trains, as the bare command does

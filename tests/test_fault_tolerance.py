@@ -121,8 +121,11 @@ def test_launch_recovers_from_a_killed_rank_with_the_same_final_parameters(tmp_p
     killed_after = max(r["step"] for r in metrics(out) if "loss" in r)
     output, _ = supervisor.communicate(timeout=300)
     assert supervisor.returncode == 0, output
-    assert "launch: attempt 1 ended with" in output and "restarting from the latest checkpoint" in output
+    assert "launch: attempt 1 ended with" in output
     resumed = int(re.search(r"resumed from the checkpoint at step (\d+)", output).group(1))
+    # launch says where the restart resumes, as the checkpoint directory shows it, and that is where it resumed
+    assert int(re.search(r"restarting in \d+ s \(restart 1 of \d+\) from the checkpoint at step (\d+)",
+                         output).group(1)) == resumed
     # The newest checkpoint before the kill: a multiple of --checkpoint-every at or below the last step seen.
     assert resumed % 5 == 0 and 10 <= resumed <= killed_after + 1, (resumed, killed_after, output)
     reference = subprocess.run([mpiexec_path(), "-n", "3", sys.executable, "-m", "ringtrain", *train_args,

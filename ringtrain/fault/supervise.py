@@ -8,7 +8,13 @@ that a restart cannot cure are passed on without one: 75 (stopped by a signal,
 checkpoint written), 2 (bad input, or the checkpoint directory is locked by
 another run) and 3 (the loss diverged; a bit-exact resume would diverge
 again). So is a signal to the supervisor itself, which it forwards to the
-job. The supervisor's exit code is the last attempt's.
+job. The supervisor's exit code is the last attempt's. Any other code is
+restarted: 1, 76, 255, and a rank killed by a signal, which MPICH's mpiexec
+returns as the signal's number (9 for SIGKILL) and Open MPI's mpirun as 128 +
+it (exit_codes.py has the measured table, and each line names the cause).
+Each restart says where the run will resume, as the checkpoint directory
+shows it then: ``restarting in 1 s (restart 1 of 3) from the checkpoint at
+step 40 in ckpt``, or ``from step 0: no checkpoint in ckpt yet``.
 
 When a rank dies, MPICH's mpiexec ends the other ranks at once and reports the
 dead process's PID (the ``start`` line of metrics.jsonl maps PIDs to ranks);
@@ -16,50 +22,111 @@ when a rank stalls, ringtrain's deadline (``--timeout``) ends the job.
 """
 import argparse
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 
-from .exit_codes import EXIT_DIVERGED, EXIT_ERROR, EXIT_PREEMPTED, EXIT_TIMEOUT, EXIT_USAGE
+from .. import environment
+from .errors import UsageError
+from .exit_codes import EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_USAGE, describe
 
-_MEANING = {EXIT_ERROR: "an error on some rank", EXIT_TIMEOUT: "a collective missed its deadline (a rank died or stalled)",
-            EXIT_PREEMPTED: "stopped by a signal after a checkpoint", EXIT_USAGE: "bad input; see the message above",
-            EXIT_DIVERGED: "a diverged loss"}
 FINAL = (EXIT_PREEMPTED, EXIT_USAGE, EXIT_DIVERGED)  # a restart cannot cure these
+# The checkpoint store's layout (checkpoint/store.py): complete checkpoints are step-NNNNNNNN/ with a
+# MANIFEST.json written last. Read here from the listing, since importing the store imports torch.
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--np", type=int, required=True, dest="np", help="number of ranks")
     p.add_argument("--max-restarts", type=int, default=3, help="restarts after a failure (default 3)")
-    p.add_argument("--mpiexec", default=None, help="the launcher (default: the mpiexec beside this Python)")
+    p.add_argument("--mpiexec", default=None, help="the launcher (default: $MPIEXEC, else the mpiexec beside "
+                                                   "this Python, else the one on PATH)")
     p.add_argument("--mpiexec-args", default="", help="extra launcher arguments, as one string")
     p.add_argument("job", nargs=argparse.REMAINDER, help="-- then ringtrain's arguments, e.g. -- train --steps 100")
 
 
 def mpiexec_path(explicit: str | None = None) -> str:
-    candidates = [explicit, os.environ.get("MPIEXEC"), os.path.join(os.path.dirname(sys.executable), "mpiexec"),
-                  shutil.which("mpiexec")]
-    for c in candidates:
+    """The launcher: ``explicit`` (--mpiexec), else $MPIEXEC, else the mpiexec beside this Python, else PATH's.
+
+    One that is asked for and not found is refused, rather than quietly replaced by another MPI's.
+    """
+    chosen = explicit or environment.value("MPIEXEC")
+    if chosen:
+        found = shutil.which(chosen)
+        if found is None:
+            said = f"--mpiexec {explicit}" if explicit else f"environment variable MPIEXEC={chosen!r}"
+            raise UsageError(f"launch: {said}: no such executable — the path of an mpiexec, or a name on PATH")
+        return found
+    for c in (os.path.join(os.path.dirname(sys.executable), "mpiexec"), shutil.which("mpiexec")):
         if c and os.path.exists(c):
             return c
-    raise SystemExit("launch: no mpiexec found; pass --mpiexec or install ringtrain[mpich]")
+    raise UsageError("launch: no mpiexec found — pass --mpiexec, set MPIEXEC, or install ringtrain[mpich]")
 
 
 def describe_exit(code: int) -> str:
-    if code < 0:
-        return f"killed by signal {signal.Signals(-code).name}"
-    return f"exit code {code}" + (f" ({_MEANING[code]})" if code in _MEANING else "")
+    """What an attempt's exit code means (fault/exit_codes.py holds the measured table).
+
+    >>> describe_exit(9)
+    "exit code 9 (a rank was killed by SIGKILL: out of memory, or kill -9; MPICH's mpiexec gives the signal's number, or a rank exited with it)"
+    """
+    return describe(code)
+
+
+def newest_checkpoint(directory: str) -> int | None:
+    """The step of the newest complete checkpoint (a step-* directory with its manifest), or None.
+
+    ``train`` checks its checksums too, and falls back to an older one if it is damaged.
+    """
+    if not os.path.isdir(directory):
+        return None
+    steps = [int(m.group(1)) for m in map(_STEP_DIR.match, os.listdir(directory))
+             if m and os.path.isfile(os.path.join(directory, m.group(0), "MANIFEST.json"))]
+    return max(steps, default=None)
+
+
+def _train_options(command: list[str]):
+    """--checkpoint-dir and --resume of a train command (None for another command)."""
+    if not command or not (command[0] == "train" or command[0].startswith("-")):
+        return None
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    p.add_argument("--checkpoint-dir")
+    p.add_argument("--resume", default="auto")
+    return p.parse_known_args(command[1:] if command[0] == "train" else command)[0]
+
+
+def restart_point(command: list[str]) -> str | None:
+    """Where a restart of ``command`` starts, as found now; None for a command other than train.
+
+    >>> restart_point(["train", "--steps", "100"])
+    'step 0 (train without --checkpoint-dir keeps no checkpoints)'
+    """
+    options = _train_options(command)
+    if options is None:
+        return None
+    if not options.checkpoint_dir:
+        return "step 0 (train without --checkpoint-dir keeps no checkpoints)"
+    if options.resume == "none":
+        return "step 0 (--resume none)"
+    if options.resume != "auto":
+        return f"the checkpoint {options.resume} (--resume)"
+    step = newest_checkpoint(options.checkpoint_dir)
+    if step is None:
+        return f"step 0: no checkpoint in {options.checkpoint_dir} yet"
+    return f"the checkpoint at step {step} in {options.checkpoint_dir}"
 
 
 def main(args) -> int:
     command = args.job[1:] if args.job[:1] == ["--"] else args.job
     if args.np < 1 or args.max_restarts < 0:
-        raise SystemExit(f"launch: need -n >= 1 and --max-restarts >= 0, got {args.np}, {args.max_restarts}")
+        raise UsageError(f"launch: -n {args.np} --max-restarts {args.max_restarts}: not allowed — -n >= 1 and "
+                         "--max-restarts >= 0")
     if not command:
-        raise SystemExit("launch: say what to run after --, e.g. launch -n 4 -- train --checkpoint-dir ckpt")
-    if command[0] == "train" and "--checkpoint-dir" not in command:
+        raise UsageError("launch: nothing to run — say what after --, e.g. launch -n 4 -- train --checkpoint-dir ckpt")
+    options = _train_options(command)
+    if options is not None and not options.checkpoint_dir:
         print("launch: warning: train without --checkpoint-dir restarts from step 0", file=sys.stderr, flush=True)
     mpiexec = mpiexec_path(args.mpiexec)
     cmd = [mpiexec, "-n", str(args.np), *args.mpiexec_args.split(),
@@ -91,7 +158,7 @@ def main(args) -> int:
                   f"(--max-restarts {args.max_restarts})", flush=True)
             return code if code > 0 else 128 - code
         wait = min(30, 2 ** (attempt - 1))
-        print(f"launch: attempt {attempt} ended with {describe_exit(code)}; restarting from the latest "
-              f"checkpoint in {wait} s (restart {attempt} of {args.max_restarts})", flush=True)
+        where = restart_point(command)
+        print(f"launch: attempt {attempt} ended with {describe_exit(code)}; restarting in {wait} s (restart "
+              f"{attempt} of {args.max_restarts})" + (f" from {where}" if where else ""), flush=True)
         time.sleep(wait)
-

@@ -9,6 +9,14 @@ survivors, whose watchdogs then report what they were doing, and every
 survivor prints one line naming its collective, its step and the silent ranks.
 The lowest surviving rank then aborts the job (exit code 76), which also ends
 a stalled rank.
+
+Once a watchdog has decided to abort, the job ends with 76, never with 0: the
+decision is taken under the same lock with which a guard ends, so a block
+that finished in time is never reported; and from then on the main thread is
+held wherever it next meets the watchdog (entering or leaving a guard,
+``close``) until the abort ends the process, so it cannot finish the run and
+exit 0 after the abort line. A watchdog that was closed first decides
+nothing: a late verdict from a peer is that peer's to act on.
 """
 import contextlib
 import os
@@ -39,6 +47,8 @@ class Watchdog:
         self._probing = MPI.Query_thread() == MPI.THREAD_MULTIPLE and self._size > 1
         self._lock = threading.Lock()
         self._current = None  # (what, step, deadline, limit)
+        self._aborting = False  # set once, under the lock, when this rank decides to abort
+        self._closed = False  # set under the lock by close(): no abort is decided after it
         self._stop = threading.Event()
         if self._probing:
             self._ping = np.zeros(1, np.int32)
@@ -53,15 +63,31 @@ class Watchdog:
         """Abort the job if the block takes longer than ``timeout`` (default: the watchdog's)."""
         limit = self.timeout if timeout is None else timeout
         with self._lock:
-            self._current = (what, step, time.monotonic() + limit, limit)
+            if not self._aborting:
+                self._current = (what, step, time.monotonic() + limit, limit)
+        self._hold_if_aborting()
         try:
             with self.trace.span(f"wait: {what}", "watchdog", step=step):
                 yield
         finally:
             with self._lock:
-                self._current = None
+                if not self._aborting:
+                    self._current = None
+            # Leaving a block the watchdog already called late must not let the run go on to finish.
+            self._hold_if_aborting()
+
+    def _hold_if_aborting(self) -> None:
+        """Block for good if this rank is aborting: the watchdog thread ends the process within seconds."""
+        with self._lock:
+            aborting = self._aborting
+        if aborting:
+            time.sleep(PROBE_SECONDS + 2 * GRACE_SECONDS + 5)
+            os._exit(EXIT_TIMEOUT)  # the abort itself failed: leave with its code all the same
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._hold_if_aborting()  # an abort under way: the process must not exit 0 after its line
         self._stop.set()
         self._thread.join(timeout=2)
         if self._probing:
@@ -72,16 +98,23 @@ class Watchdog:
 
     def _run(self):
         while not self._stop.wait(0.2):
+            verdict = None
             if self._probing:
                 self._answer_pings()
                 status = MPI.Status()
                 if self._verdict_req.Test(status):
-                    silent = self._verdict[1:1 + self._verdict[0]].tolist()
-                    self._finish(silent, f" (reported by rank {status.Get_source()})")
+                    verdict = self._verdict[1:1 + self._verdict[0]].tolist(), status.Get_source()
             with self._lock:
+                # Decided here, under the lock a guard ends with: a block that ended in time is never called late.
+                if self._closed:
+                    return
                 current = self._current
-            if current and time.monotonic() > current[2]:
-                self._finish(self._probe() if self._probing else None, "")
+                late = current is not None and time.monotonic() > current[2]
+                self._aborting = verdict is not None or late
+            if verdict is not None:
+                self._finish(current, verdict[0], f" (reported by rank {verdict[1]})")
+            elif late:
+                self._finish(current, self._probe() if self._probing else None, "")
 
     def _answer_pings(self):
         status = MPI.Status()
@@ -107,9 +140,8 @@ class Watchdog:
             self._comm.Isend(verdict, p, TAG_VERDICT)
         return silent
 
-    def _finish(self, silent: list[int] | None, source: str):
-        with self._lock:
-            current = self._current
+    def _finish(self, current: tuple | None, silent: list[int] | None, source: str):
+        """Print this rank's line and end the job; ``current`` is the guard that was active when it decided."""
         if current:
             what, step, _, limit = current
             doing = f"{what} at step {step} did not finish within {limit:g} s"

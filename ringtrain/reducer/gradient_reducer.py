@@ -29,12 +29,12 @@ backward hook and ``synchronize``, and only the main thread outside that
 window, so MPI_THREAD_SERIALIZED is enough; the constructor checks it.
 """
 import contextlib
-import os
 import sys
 
 import torch
 from mpi4py import MPI
 
+from .. import environment
 from ..checks import number
 from ..collectives import allreduce, broadcast
 from ..collectives.api import choose_algorithm
@@ -42,7 +42,7 @@ from ..collectives.comm import handshake, private
 from ..collectives.hierarchical import hierarchical_allreduce
 from ..collectives.topology import node_groups
 from ..compression import get as compression_get
-from ..constants import BUCKET_CAP_MB, POLL_SLEEP_US
+from ..constants import BUCKET_CAP_MB
 from ..trace import NO_TRACE
 from .buckets import assign_buckets, layout_fingerprint
 from .buffer_sync import BufferSync
@@ -387,10 +387,5 @@ def _poll_sleep_us(value: float | None) -> float:
         if not _POLL_SLEEP.allows(value):
             raise ValueError(f"poll_sleep_us is not allowed — {allowed}; got {value!r}")
         return float(value)
-    text = os.environ.get("RINGTRAIN_POLL_SLEEP_US")
-    if text is None:
-        return POLL_SLEEP_US
-    try:
-        return _POLL_SLEEP.value_of(text)
-    except ValueError:
-        raise ValueError(f"RINGTRAIN_POLL_SLEEP_US={text!r} is not allowed — {allowed}") from None
+    # The same rule, and constants.POLL_SLEEP_US when unset (environment.py); a UsageError (a ValueError) if bad.
+    return environment.value("RINGTRAIN_POLL_SLEEP_US")

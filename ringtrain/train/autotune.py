@@ -25,16 +25,16 @@ pay. Times are the slowest rank's, so every rank computes the same scores;
 rank 0's decision is broadcast all the same.
 """
 import dataclasses
-import os
 import time
 
 import numpy as np
 import torch
 
+from .. import environment
 from ..collectives import allreduce
 from ..timing import median_call, slowest
 from ..constants import BUCKET_CAP_MB
-from ..fault.errors import UsageError
+from ..fault.errors import UsageError, checked
 from ..plan.calibrate import averaging
 from ..plan.costmodel import ONEBIT_ADAM, step_time
 from ..reducer.buckets import bucket_bytes, group_params
@@ -78,7 +78,7 @@ def tune(cfg, model, loss_fn, batch, comm) -> dict:
     per_byte, latency = _line(4 * small.size, t_small, 4 * count, t_full)
     latency = max(latency, t_tiny)
     comm_models = {"none": lambda nbytes: latency + per_byte * nbytes}
-    cost_model = _cost_model()
+    cost_model = checked(comm, _cost_model)  # a bad file: one agreed line, exit code 2
     specs = (candidates(cfg, cost_model.loss_penalty if cost_model else {}) if cfg.compression == "auto"
              else [] if cfg.compression == "none" else [cfg.compression])
     layout, _ = _layout(params)
@@ -148,12 +148,14 @@ def _cost_model():
     """RINGTRAIN_COST_MODEL's cost model, or the packaged one; None if the packaged one is missing."""
     from ..plan.costmodel import CostModel
     from ..plan.planner import DEFAULT_MODEL
-    path = os.environ.get("RINGTRAIN_COST_MODEL", DEFAULT_MODEL)
+    chosen = environment.value("RINGTRAIN_COST_MODEL")  # a non-empty path, or None; checked at start-up
     try:
-        return CostModel.load(path)
+        return CostModel.load(chosen or DEFAULT_MODEL)
     except (OSError, ValueError, TypeError) as e:
-        if "RINGTRAIN_COST_MODEL" in os.environ:
-            raise ValueError(f"RINGTRAIN_COST_MODEL={path}: not a cost model ({e})") from None
+        if chosen:
+            raise UsageError(f"environment variable RINGTRAIN_COST_MODEL={chosen!r}: not a cost model ({e}) — the "
+                             "path of a JSON file that python -m ringtrain plan --fit wrote, or unset it for the "
+                             "packaged one") from None
         return None
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from mpi4py import MPI
 
-from ..fault import EXIT_PREEMPTED, Diverged, Preempted, Watchdog, PreemptionSignals, agree_at_step_end
+from ..fault import EXIT_PREEMPTED, Diverged, Preempted, UsageError, Watchdog, PreemptionSignals, agree_at_step_end
 from ..model import GPT
 from . import memory, state
 from .config import TrainConfig
@@ -195,7 +195,7 @@ class TrainingLoop:
                 self.tracer.span("checkpoint", "checkpoint", step=step):
             t0 = time.perf_counter()
             path = state.save(self.cfg, step, self.model, self.optimizer, self.sync, self.comm, self.lineage,
-                              self.tuned)
+                              self.tuned, data=self.source.fingerprint)
             seconds = time.perf_counter() - t0
         self.last_checkpoint = time.monotonic()
         if self.rank == 0:
@@ -220,8 +220,18 @@ class TrainingLoop:
         return values["loss"]
 
     def finish(self) -> dict:
-        """The final validation, the end row of metrics.jsonl, the summary line and (GPT) a sample."""
+        """The final validation, the end row of metrics.jsonl, the summary line and (GPT) a sample.
+
+        A checkpoint past --steps is refused (exit code 2) rather than passed
+        over with exit code 0, which would tell a job script that the model
+        stands at --steps: it stands further on, under a learning-rate schedule
+        that --steps no longer describes, and the flag is most likely a typo.
+        """
         cfg, result = self.cfg, self.result
+        if self.start > cfg.steps:  # the same checkpoint and flags on every rank: agreed
+            raise UsageError(f"--steps {cfg.steps} is below the checkpoint's step {self.start}, so nothing was "
+                             f"trained — give --steps > {self.start} to continue it, or --resume none to start "
+                             "afresh", agreed=True)
         with self.watchdog.guard("validation", cfg.steps):
             val = self.validate(cfg.steps, record=False)
         columns = {}
@@ -233,6 +243,10 @@ class TrainingLoop:
                       end_loss=result["losses"][-1] if result["losses"] else None)
         with self.watchdog.guard("the memory report", cfg.steps):
             self.record_memory(cfg.steps)
+        # Past here no rank has a short deadline left. A rank whose watchdog decided to abort is held in its
+        # guard and never comes, so the others wait here for its verdict, and no "done" precedes an abort.
+        with self.watchdog.guard("the end of the run", cfg.steps, max(cfg.timeout, 60.0)):
+            self.comm.Barrier()
         self.metrics.write(step=cfg.steps, event="end", start_loss=result["start_loss"], end_loss=result["end_loss"],
                            start_val_loss=result["start_val_loss"], **columns)
         validation = (f", validation loss {result['start_val_loss']:.4f} -> {val:.4f}" if val is not None else "")
@@ -240,7 +254,8 @@ class TrainingLoop:
             say(self.rank, f"done: loss {result['start_loss']:.4f} -> {result['end_loss']:.4f}{validation}"
                            + (f"; metrics in {self.metrics.path}" if self.rank == 0 else ""))
         else:
-            say(self.rank, f"nothing to do: the checkpoint is already at step {cfg.steps}{validation}")
+            say(self.rank, f"nothing to do: the checkpoint is already at step {self.start}, which is --steps; "
+                           f"nothing trained{validation}")
         if self.rank == 0 and isinstance(self.model, GPT) and cfg.sample_tokens:
             say(self.rank, "sample:\n" + _sample(self.model, cfg))
         return result

@@ -4,6 +4,8 @@ import os
 import torch
 from mpi4py import MPI
 
+from .. import environment
+
 
 def set_torch_threads(comm: MPI.Comm) -> int:
     """Split this node's cores among the ranks on it, unless OMP_NUM_THREADS says otherwise.
@@ -14,9 +16,8 @@ def set_torch_threads(comm: MPI.Comm) -> int:
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     ranks_here = node.Get_size()
     node.Free()
-    if "OMP_NUM_THREADS" in os.environ:
-        threads = int(os.environ["OMP_NUM_THREADS"])
-    else:
+    threads = environment.value("OMP_NUM_THREADS")  # checked at start-up: 1 to 1024, or unset (None)
+    if threads is None:
         threads = max(1, len(os.sched_getaffinity(0)) // ranks_here)
     torch.set_num_threads(threads)
     return threads
