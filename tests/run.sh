@@ -33,7 +33,9 @@ run() {  # run NAME COMMAND...
     fi
 }
 
-run serial timeout -k 10 "$MPI_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider tests --ignore=tests/mpi
+run serial timeout -k 10 "$MPI_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider tests --ignore=tests/mpi --ignore=tests/test_failure_matrix.py
+# The failure matrix (generated faults, each a whole run): its own timeout, as it is the longest part.
+run matrix timeout -k 10 "$MPI_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider tests/test_failure_matrix.py
 # The examples in the package's docstrings, checked as written.
 run doctests timeout -k 10 "$MPI_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider --doctest-modules ringtrain
 # Only rank 0 reports on the terminal; rank r writes to np<N>/rank<r>.log,
