@@ -97,7 +97,7 @@ def test_kill_9_of_one_rank_out_of_3_under_mpiexec_ends_the_job(tmp_path):
     # srun, which leaves them running, ringtrain's deadline ends them and each
     # names the dead rank (tests/test_slurm.py).
     out, code, elapsed = _kill_and_watch(tmp_path, signal.SIGKILL, victim=2)
-    assert code != 0
+    assert code == 9  # MPICH's mpiexec returns the signal's number, not 255 (fault/exit_codes.py)
     assert elapsed < 30, f"the survivors took {elapsed:.1f} s to exit"
     assert leftover(out) == []
 
