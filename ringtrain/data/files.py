@@ -79,7 +79,8 @@ def list_corpus(data: str | None) -> tuple[str, list[Entry]]:
         try:
             mode = os.stat(root).st_mode
         except FileNotFoundError:
-            raise UsageError(f"{shown}: no such file or directory — give a text file, or a directory of them") from None
+            raise UsageError(f"{shown}: no such file or directory — give a text file, or a directory of "
+                             "them") from None
         if not stat.S_ISDIR(mode) and not stat.S_ISREG(mode):
             raise UsageError(f"{shown}: it is {file_kind(mode)}, not a regular file or a directory — give a text "
                              "file, or a directory of them")
