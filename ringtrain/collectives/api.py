@@ -2,7 +2,7 @@
 
 Each takes a contiguous numpy array or CPU torch tensor, works in place, and is
 collective over ``comm`` (COMM_WORLD by default): every rank must call it with
-the same element count, dtype and options. By default a 56-byte handshake
+the same element count, dtype and options. By default a 32-byte handshake
 checks that first and raises CollectiveMismatchError on every rank if not
 (``check=False``, or RINGTRAIN_CHECK=0, skips it where the caller has already
 verified the layout, as the gradient reducer does).

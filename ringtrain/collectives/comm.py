@@ -90,13 +90,14 @@ class ConcurrentCollectiveError(CollectiveMismatchError):
 def handshake(comm: MPI.Comm, what: str, count: int, code: int, describe, held: Guard | None = None) -> None:
     """Raise CollectiveMismatchError on every rank unless all ranks pass the same (count, code).
 
-    One allreduce of six int64 with MAX: the maximum of ``s`` and of ``-s``
+    One allreduce of four int64 with MAX: the maximum of ``s`` and of ``-s``
     agree (``max(s) == -max(-s) == min(s)``) only if every rank has the same
-    ``s``: the count, the code, and the calling thread's name as crc32 (the
-    same on every rank, unlike Python's salted hash()). A differing name raises
-    ConcurrentCollectiveError, which is a CollectiveMismatchError. Only on a
-    mismatch are the ranks' ``describe()`` texts and thread names gathered, so
-    the message can name each rank, its thread and what it passed.
+    ``s``: the count, and the code with the calling thread's name folded in
+    (its crc32, the same on every rank unlike Python's salted hash(), XORed
+    into bits 31-62: four numbers cost less to build than six, and no small
+    code can cancel a name). Only on a mismatch are the ranks' ``describe()``
+    texts and thread names gathered; differing names raise
+    ConcurrentCollectiveError (a CollectiveMismatchError), naming each rank's thread.
     ``held``: the caller's Guard of ``comm``, whose lock it holds; otherwise it is taken here.
 
     >>> handshake(MPI.COMM_SELF, "allreduce", 4, 1, lambda: "4 x float32")
@@ -107,24 +108,25 @@ def handshake(comm: MPI.Comm, what: str, count: int, code: int, describe, held: 
             return handshake(comm, what, count, code, describe, g)
     name = getattr(_local, "name", None)  # cached: the hot path must stay short (a thread's name rarely changes)
     if name is None:
-        name = _local.name = zlib.crc32(threading.current_thread().name.encode())
-    s = np.array((count, code, name, -count, -code, -name), dtype=np.int64)
+        name = _local.name = zlib.crc32(threading.current_thread().name.encode()) << 31
+    signed = code ^ name  # stays in int64: name < 2**63, and a negative code keeps its sign
+    s = np.array((count, signed, -count, -signed), dtype=np.int64)
     comm.Allreduce(MPI.IN_PLACE, s, MPI.MAX)
-    hi_count, hi_code, hi_name, neg_lo_count, neg_lo_code, neg_lo_name = s.tolist()
-    same_thread = hi_name == -neg_lo_name
-    if same_thread and hi_count == -neg_lo_count and hi_code == -neg_lo_code:
+    hi_count, hi_signed, neg_lo_count, neg_lo_signed = s.tolist()
+    if hi_count == -neg_lo_count and hi_signed == -neg_lo_signed:
         return
     # Error path only: gathering Python strings pickles, which is fine here.
-    if same_thread:
+    thread = threading.current_thread().name
+    described = comm.allgather((thread, describe()))
+    if len({t for t, _ in described}) == 1:
         raise CollectiveMismatchError(f"ringtrain.{what}: ranks passed different arguments "
-                                      f"({_per_rank(comm.allgather(describe()))}); "
+                                      f"({_per_rank([d for _, d in described])}); "
                                       "every rank must pass the same element count, dtype and options")
-    described = comm.allgather(f"thread {threading.current_thread().name!r}, {describe()}")
     raise ConcurrentCollectiveError(
-        f"ringtrain.{what}: this call met calls from different threads ({_per_rank(described)}); collectives on a "
-        "communicator pair up in call order, which is a race between threads — use one communicator per thread: "
-        "comm.Dup(), made on every rank in the same order; where each rank calls from one thread, give it the same "
-        "name on every rank")
+        f"ringtrain.{what}: this call met calls from different threads "
+        f"({_per_rank([f'thread {t!r}, {d}' for t, d in described])}); collectives on a communicator pair up in "
+        "call order, which is a race between threads — use one communicator per thread: comm.Dup(), made on every "
+        "rank in the same order; where each rank calls from one thread, give it the same name on every rank")
 
 
 def _per_rank(described: list[str]) -> str:

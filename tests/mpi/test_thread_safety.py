@@ -17,6 +17,7 @@ import pytest
 from mpi4py import MPI
 
 import ringtrain
+from ringtrain.collectives.comm import guard
 from tests.helpers import all_ranks_agree
 
 WORLD = MPI.COMM_WORLD
@@ -69,8 +70,9 @@ def start(target, count: int, prefix: str) -> list[threading.Thread]:
 
 def join_or_abort(threads: list[threading.Thread]) -> None:
     """Join every thread; if one is stuck on some rank, say which and abort the job (it would hang at exit)."""
+    deadline = time.monotonic() + JOIN_SECONDS  # for all of them together
     for t in threads:
-        t.join(JOIN_SECONDS)
+        t.join(max(0.0, deadline - time.monotonic()))
     stuck = [t.name for t in threads if t.is_alive()]
     if not all_ranks_agree(not stuck):
         sys.stderr.write(f"\ntest_thread_safety: threads still inside a collective after {JOIN_SECONDS:.0f} s on "
@@ -146,12 +148,20 @@ def test_threads_sharing_a_communicator_get_the_exact_result_or_a_refusal(thread
     assert all_ranks_agree(bool(ok)), f"per thread (right, refused, wrong, other): {outcomes.tolist()}"
 
 
+def held_by_a(comm, seconds: float = 0.5) -> None:
+    """Return once another thread holds ``comm``'s collective lock (or after ``seconds``, whatever holds it)."""
+    lock, deadline = guard(comm).lock, time.monotonic() + seconds
+    while time.monotonic() < deadline and lock.acquire(blocking=False):
+        lock.release()
+        time.sleep(0.01)
+
+
 @pytest.mark.mpi(min_size=2)
 @needs_multiple
 def test_a_second_thread_waits_while_the_first_is_inside_a_collective():
-    # Rank 0's thread "a" enters first and waits inside (the others come a second later); its "b"
-    # calls meanwhile. Unserialized, b's handshake would meet the others' second collective (a's
-    # MPI_Allreduce) and mix or truncate. Serialized, every rank runs a's call, then b's.
+    # Rank 0's thread "a" enters first and waits inside (the others come 2 s later); its "b" calls
+    # once a holds the lock. Unserialized, b's handshake would meet the others' second collective
+    # (a's MPI_Allreduce) and mix or truncate. Serialized, every rank runs a's call, then b's.
     comm = WORLD.Dup()
     r, n = comm.Get_rank(), comm.Get_size()
     results, finished = {}, []
@@ -171,10 +181,10 @@ def test_a_second_thread_waits_while_the_first_is_inside_a_collective():
     b = threading.Thread(target=call(10.0), name="b", daemon=True)
     if r == 0:
         a.start()
-        time.sleep(0.2)  # a is inside, holding the lock, waiting for the others
+        held_by_a(comm)
         b.start()
     else:
-        time.sleep(1.0)
+        time.sleep(2.0)
         a.start()
         a.join(JOIN_SECONDS)
         b.start()
