@@ -1,6 +1,8 @@
 """The training loop, one method per piece of a step.
 
-A step: ``forward_backward`` over ``accumulate`` micro-batches (all but the
+A step: ``step_batches`` (the micro-batches, and for the byte corpus the
+ranks' agreement that they could be read), ``forward_backward`` over
+``accumulate`` micro-batches (all but the
 last inside ``no_sync``), ``synchronize`` (after it the averaged gradient is
 identical on every rank), ``optimizer_step`` (clipping, then the optimizer),
 ``agree`` (one small allreduce carrying the loss, whether any rank was
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from mpi4py import MPI
 
-from ..fault import EXIT_PREEMPTED, Diverged, Preempted, UsageError, Watchdog, PreemptionSignals, agree_at_step_end
+from ..fault import EXIT_PREEMPTED, agree, Diverged, Preempted, UsageError, Watchdog, PreemptionSignals, agree_at_step_end
 from ..model import GPT
 from . import memory, state
 from .config import TrainConfig
@@ -84,7 +86,7 @@ class TrainingLoop:
         lr = learning_rate(step, lr=cfg.lr, warmup=cfg.warmup, steps=cfg.steps, min_lr_ratio=cfg.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        local = self.forward_backward(step)
+        local = self.forward_backward(step, self.step_batches(step, deadline))
         exposed = self.synchronize(step, deadline)
         self.optimizer_step(step)
         step_loss, signalled, timed_due = self.agree(step, local, deadline)
@@ -117,13 +119,11 @@ class TrainingLoop:
             with self.watchdog.guard("validation", done), self.tracer.span("eval", "eval", step=done):
                 self.validate(done)
 
-    def forward_backward(self, step: int) -> float:
+    def forward_backward(self, step: int, batches: list) -> float:
         """Forward and backward over the step's micro-batches; returns this rank's loss (their mean)."""
         cfg, tracer = self.cfg, self.tracer
         local = 0.0
-        for micro in range(cfg.accumulate):
-            with tracer.span("data", "data", step=step + 1):
-                batch = self.prefetch.get(step * cfg.accumulate + micro)
+        for micro, batch in enumerate(batches):
             quiet = self.sync.no_sync() if micro < cfg.accumulate - 1 else contextlib.nullcontext()
             with quiet:
                 with tracer.span("forward", "compute", step=step + 1):
@@ -132,6 +132,30 @@ class TrainingLoop:
                     loss.backward()
             local += loss.item()
         return local
+
+    def step_batches(self, step: int, deadline: float) -> list:
+        """The step's micro-batches, read before its first collective. Collective for the byte corpus.
+
+        The corpus's cache can be cut or damaged under a running job, and a
+        rank finds that out only when it reads the bytes, alone. It says so here
+        (one MIN allreduce of "all is well", a few microseconds against a step's
+        milliseconds), so every rank stops at this step with the same line and
+        exit code 2, instead of the others waiting for it in the gradient
+        allreduce. A task's datasets are the task's own: no agreement.
+        """
+        cfg, error, batches = self.cfg, None, []
+        with self.tracer.span("data", "data", step=step + 1):
+            try:
+                for micro in range(cfg.accumulate):
+                    batches.append(self.prefetch.get(step * cfg.accumulate + micro))
+            except UsageError as e:
+                if self.source.fingerprint is None:
+                    raise
+                error = f"rank {self.rank}, step {step + 1}: {e}"
+        if self.source.fingerprint is not None:
+            with self.watchdog.guard("the data check", step + 1, deadline):
+                agree(self.comm, error)
+        return batches
 
     def synchronize(self, step: int, deadline: float) -> float:
         """Wait for the averaged gradients; returns the seconds waited (communication backward did not hide)."""

@@ -2,12 +2,15 @@
 
 Each rank sums ``count * batch mean`` per batch and the sample counts; one
 allreduce of those sums gives every rank the same mean over all samples, so
-ranks holding a sample more or less weigh in correctly.
+ranks holding a sample more or less weigh in correctly. The byte corpus's
+cache can be cut under a running job: a rank that cannot read its windows
+says so to the others first (fault.agree), as a training step does.
 """
 import numpy as np
 import torch
 from mpi4py import MPI
 
+from ..fault import UsageError, agree
 from .task import Task, call
 
 
@@ -20,13 +23,20 @@ def validate(task: Task, source, comm: MPI.Comm) -> dict[str, float] | None:
     model = task.model
     was_training = model.training
     model.eval()
+    error = None
     try:
         for count, batch in source.held_out():
             for i, fn in enumerate(fns):
                 sums[i] += float(call(fn, model, batch)) * count
             sums[-1] += count
+    except UsageError as e:
+        if getattr(source, "fingerprint", None) is None:
+            raise
+        error = f"rank {comm.Get_rank()}, validation: {e}"
     finally:
         model.train(was_training)
+    if getattr(source, "fingerprint", None) is not None:
+        agree(comm, error)
     comm.Allreduce(MPI.IN_PLACE, sums, op=MPI.SUM)
     if sums[-1] == 0:
         return None

@@ -125,3 +125,45 @@ def test_a_resume_on_changed_data_is_refused_on_every_rank(shared):
                            and "100,000 bytes -> 100,004 bytes" in refused and "agreed=True" in refused), refused
     assert all_ranks_agree(len(set(everyone)) == 1), everyone
     assert all_ranks_agree(allowed == "ok"), allowed
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("when", ["training", "validation"])
+def test_a_cache_cut_that_one_rank_reads_stops_every_rank_at_the_same_point(shared, monkeypatch, when):
+    """Only the last rank's reads see the cut: without the agreement the others would wait in the next collective."""
+    from ringtrain.data import token_reader
+    text, last = write_text(shared / "data.txt", 100_000), WORLD.Get_size() - 1
+    reads = {"train": 0}
+    real = token_reader.TokenReader._pread
+    validating_after_training = []
+
+    def cut(self, offset, count):
+        if WORLD.Get_rank() == last and (reads["train"] >= 3 if when == "training"
+                                          else validating_after_training):
+            return real(self, self.tokens, count)  # past the end: what a reader of a truncated file gets
+        return real(self, offset, count)
+
+    train_batch = Batches.train
+
+    def counted(self, step):
+        reads["train"] += 1
+        return train_batch(self, step)
+
+    held_out = Batches.held_out
+
+    def validating(self):
+        if reads["train"]:  # the validation before step 1 reads intact bytes
+            validating_after_training.append(True)
+        return held_out(self)
+
+    monkeypatch.setattr(token_reader.TokenReader, "_pread", cut)
+    monkeypatch.setattr(Batches, "train", counted)
+    monkeypatch.setattr(Batches, "held_out", validating)
+    cfg = dict(TINY, data=text, steps=6, batch_size=2, out_dir=str(shared / f"o{WORLD.Get_rank()}"),
+               eval_every=2 if when == "validation" else 0)
+    said = outcome(lambda: train(TrainConfig(**cfg)))
+    everyone = WORLD.allgather(said)
+    assert all_ranks_agree(len(set(everyone)) == 1), everyone
+    where = "validation" if when == "validation" else "step "
+    assert all_ranks_agree(said.startswith(f"UsageError: rank {last}, {where}") and "shrank" in said
+                           and "agreed=True" in said), said
