@@ -29,6 +29,7 @@ def test_a_checkpoint_past_steps_is_refused_and_one_at_steps_is_a_true_no_op(tmp
     assert ("ringtrain: --steps 2 is below the checkpoint's step 4, so nothing was trained — give --steps > 4 to "
             "continue it, or --resume none to start afresh") in below.stdout.splitlines()
     assert "Traceback" not in below.stdout and "nothing to do" not in below.stdout
+    assert "validation loss" not in below.stdout  # refused before any work, right after the checkpoint's load
     again = train(tmp_path, "--steps", "4", *ckpt)
     assert again.returncode == 0, again.stdout
     assert "nothing to do: the checkpoint is already at step 4, which is --steps; nothing trained" in again.stdout

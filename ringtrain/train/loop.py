@@ -244,18 +244,8 @@ class TrainingLoop:
         return values["loss"]
 
     def finish(self) -> dict:
-        """The final validation, the end row of metrics.jsonl, the summary line and (GPT) a sample.
-
-        A checkpoint past --steps is refused (exit code 2) rather than passed
-        over with exit code 0, which would tell a job script that the model
-        stands at --steps: it stands further on, under a learning-rate schedule
-        that --steps no longer describes, and the flag is most likely a typo.
-        """
+        """The final validation, the end row of metrics.jsonl, the summary line and (GPT) a sample."""
         cfg, result = self.cfg, self.result
-        if self.start > cfg.steps:  # the same checkpoint and flags on every rank: agreed
-            raise UsageError(f"--steps {cfg.steps} is below the checkpoint's step {self.start}, so nothing was "
-                             f"trained — give --steps > {self.start} to continue it, or --resume none to start "
-                             "afresh", agreed=True)
         with self.watchdog.guard("validation", cfg.steps):
             val = self.validate(cfg.steps, record=False)
         columns = {}

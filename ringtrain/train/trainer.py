@@ -16,7 +16,7 @@ from mpi4py import MPI
 
 from ..collectives.comm import private
 from ..constants import BUCKET_CAP_MB
-from ..fault import PreemptionSignals, Watchdog, checked
+from ..fault import PreemptionSignals, UsageError, Watchdog, checked
 from ..reducer import GradientReducer
 from ..trace import NO_TRACE, Tracer
 from . import memory_check, state
@@ -96,6 +96,7 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None, *, task: Task | None =
             # itself stays as given, so that a resume matches it.
             optimizer = make_optimizer(chosen(cfg, tuned), task.model, sync)
             start, lineage = state.restore(cfg, task.model, optimizer, sync, comm)
+            refuse_past_steps(cfg, start)
             ranks = comm.gather({"rank": rank, "host": socket.gethostname(), "pid": os.getpid()}, root=0)
         nparams = sum(p.numel() for p in task.model.parameters())
         say(rank, f"ringtrain: {world} ranks x {threads} torch threads | {name} with {nparams:,} parameters | "
@@ -129,6 +130,18 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None, *, task: Task | None =
         for closer in (sync, metrics, watchdog, signals, places):
             if closer is not None:
                 closer.close()
+
+
+def refuse_past_steps(cfg: TrainConfig, start: int) -> None:
+    """A checkpoint past --steps is refused (exit code 2), before any validation or step.
+
+    Passing it over with exit code 0 would tell a job script that the model
+    stands at --steps: it stands further on, under a learning-rate schedule
+    that --steps no longer describes, and the flag is most likely a typo.
+    """
+    if start > cfg.steps:  # the same checkpoint and flags on every rank: agreed
+        raise UsageError(f"--steps {cfg.steps} is below the checkpoint's step {start}, so nothing was trained — "
+                         f"give --steps > {start} to continue it, or --resume none to start afresh", agreed=True)
 
 
 def reducer_sync(task: Task, cfg: TrainConfig, comm: MPI.Comm, tuned: dict, tracer) -> GradientReducer:
