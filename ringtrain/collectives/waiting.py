@@ -28,21 +28,24 @@ _local = threading.local()
 
 
 @contextlib.contextmanager
-def polite(seconds: float, urgent=None):
+def polite(seconds: float, urgent=None, spin: float = 0.0):
     """Inside this block, this thread's waits in ringtrain's collectives test and sleep ``seconds``; 0 spins.
 
     ``urgent()``, if given, is asked at each poll: while it is true the thread
     spins instead, because nobody needs the core (the reducer's main thread is
-    itself blocked waiting for this thread).
+    itself blocked waiting for this thread). ``spin``: each wait polls without
+    sleeping for its first ``spin`` seconds, so a short operation is seen done
+    at once and only a long one sleeps.
     """
-    if not seconds >= 0:
-        raise ValueError(f"polite: the sleep between polls must be >= 0 seconds, got {seconds!r}")
-    previous = getattr(_local, "sleep", 0.0), getattr(_local, "urgent", None)
-    _local.sleep, _local.urgent = float(seconds), urgent
+    if not seconds >= 0 or not spin >= 0:
+        raise ValueError(f"polite: the sleep between polls and the spin must be >= 0 seconds, got {seconds!r} "
+                         f"and {spin!r}")
+    previous = getattr(_local, "sleep", 0.0), getattr(_local, "urgent", None), getattr(_local, "spin", 0.0)
+    _local.sleep, _local.urgent, _local.spin = float(seconds), urgent, float(spin)
     try:
         yield
     finally:
-        _local.sleep, _local.urgent = previous
+        _local.sleep, _local.urgent, _local.spin = previous
 
 
 def sleep_between_polls() -> float:
@@ -56,12 +59,14 @@ def wait_all(requests) -> None:
     if not sleep:
         MPI.Request.Waitall(requests)
         return
-    urgent = _local.urgent
+    urgent, spin = _local.urgent, getattr(_local, "spin", 0.0)
+    spin_until = time.perf_counter() + spin if spin else 0.0
     while not MPI.Request.Testall(requests):
         if urgent is not None and urgent():
             MPI.Request.Waitall(requests)
             return
-        time.sleep(sleep)
+        if not spin_until or time.perf_counter() >= spin_until:
+            time.sleep(sleep)
 
 
 def allreduce(comm: MPI.Comm, sendbuf, recvbuf, op) -> None:

@@ -1,0 +1,112 @@
+"""Each process group's communication thread: its collectives run in call order, in the background.
+
+``async_op=True`` returns at once with a work object; the collective runs
+here, so DDP's buckets overlap backward and FSDP2 prefetches, as on NCCL's
+stream. One thread per group keeps the order per group (FIFO, as NCCL and
+gloo do) while groups stay independent of each other. The thread waits for
+MPI politely (collectives/waiting.py): it spins for the first ``SPIN_S`` of
+each collective, so a small one answers at once, then sleeps between polls,
+so a long one leaves the core to the computation it overlaps.
+
+A collective that fails on this rank fails its work (``wait`` raises), and
+every later one on the group fails at once naming it: after a broken
+collective the group's ranks no longer agree on which message is which.
+"""
+import queue
+import threading
+
+import torch
+import torch.distributed as dist
+
+from ..collectives.waiting import polite
+
+SPIN_S = 200e-6  # spin this long before sleeping: a small collective completes without a sleep
+SLEEP_S = 50e-6  # then poll every 50 us: a bucket's completion is seen within that of its end
+
+
+class Work(dist.Work):
+    """A collective's handle: ``wait`` raises the collective's error (torch's future-wrapping work drops it)."""
+
+    def __init__(self, future: torch.futures.Future):
+        super().__init__()
+        self._future = future
+        # Waited on instead of the future: torch's Future.wait holds the GIL while it blocks, so the
+        # communication thread, which needs the GIL to finish the collective, would wait for the
+        # interpreter's switch interval (5 ms) before it could run.
+        self._done = threading.Event()
+
+    def wait(self, timeout=None) -> bool:
+        self._done.wait()
+        self._future.value()  # raises what the collective raised
+        return True
+
+    def is_completed(self) -> bool:
+        return self._done.is_set()
+
+    def finish(self, result=None, error: BaseException | None = None) -> None:
+        """The communication thread's end of it: complete the future, then wake the waiters."""
+        if error is None:
+            self._future.set_result(result)
+        else:
+            self._future.set_exception(error)
+        self._done.set()
+
+    def is_success(self) -> bool:
+        return self.exception() is None
+
+    def exception(self):
+        if not self._future.done():
+            return None
+        try:
+            self._future.value()
+        except Exception as e:
+            return e
+        return None
+
+    def get_future(self) -> torch.futures.Future:
+        return self._future
+
+    def synchronize(self) -> None:
+        self.wait()
+
+
+class CommThread:
+    def __init__(self, name: str):
+        self.name = name
+        self.broken: BaseException | None = None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        # The thread's name is the same on every rank: ringtrain's handshake compares callers' names.
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, collective, result) -> "torch.distributed.Work":
+        """Queue ``collective()``; its work completes with ``result`` (the output tensors)."""
+        work = Work(torch.futures.Future())
+        self._queue.put((collective, result, work))
+        return work
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the thread."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _run(self) -> None:
+        with polite(SLEEP_S, spin=SPIN_S):
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    return
+                collective, result, work = item
+                if self.broken is not None:
+                    work.finish(error=RuntimeError(
+                        f"ringtrain backend: an earlier collective on this group failed ({self.broken}); "
+                        "the group cannot be used any more"))
+                    continue
+                try:
+                    collective()
+                except BaseException as e:  # to the work: wait() raises it in the caller
+                    self.broken = e
+                    work.finish(error=e)
+                    continue
+                work.finish(result=result)
