@@ -20,6 +20,7 @@ from datetime import timedelta
 import torch.distributed as dist
 from mpi4py import MPI
 
+from .comm_hooks import CompressionState, comm_hook
 from .process_group import ProcessGroupRingtrain
 from .rendezvous import install as _install_rendezvous
 from .store import MPIStore
@@ -62,4 +63,4 @@ def init(timeout: timedelta | None = None) -> dist.ProcessGroup:
     return dist.group.WORLD
 
 
-__all__ = ["BACKEND", "MPIStore", "ProcessGroupRingtrain", "init"]
+__all__ = ["BACKEND", "CompressionState", "MPIStore", "ProcessGroupRingtrain", "comm_hook", "init"]
