@@ -41,3 +41,10 @@ def test_the_overheads_once_written_bare_are_results_now(name, benchmark):
     # Their writers use write_result now; the stored files were converted by benchmarks/convert_results.py.
     assert name in FILES and not is_cost_model(name) and not is_trace(name)
     assert load_result(os.path.join(RESULTS, name))["benchmark"] == benchmark
+
+
+def test_result_files_are_named_after_what_they_measure():
+    # "old", "new" or a session number mean something only on the day they were written.
+    history = re.compile(r"(?:^|_)(?:old|new|before|after|session\d*)(?=_|\.json$)")
+    named_after_history = [name for name in FILES if history.search(os.path.basename(name))]
+    assert not named_after_history, f"rename these after what they measure: {named_after_history}"
