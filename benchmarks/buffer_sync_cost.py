@@ -1,13 +1,12 @@
 """What keeping buffers equal costs: a BatchNorm network's step with broadcast_buffers on and off, in one job.
 
-    mpiexec -n 2 python benchmarks/buffer_sync_cost.py --json benchmarks/results/buffer_sync_cost.json
+    mpiexec -n 2 python benchmarks/buffer_sync_cost.py --json benchmarks/results/overlap/buffer_sync_cost.json
 
 The network has 20 convolution + BatchNorm blocks (60 buffers: running mean and
 variance and a counter each). Rounds alternate the two settings; the step time
 is the median over steps, and the broadcast alone is timed too.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -19,6 +18,7 @@ from mpi4py import MPI
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ringtrain import GradientReducer  # noqa: E402
 from ringtrain.reducer.buffer_sync import BufferSync  # noqa: E402
+from ringtrain.results import add_link_argument, metadata, write_result  # noqa: E402
 from ringtrain.train.threads import set_torch_threads  # noqa: E402
 
 
@@ -48,6 +48,7 @@ def main():
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--json")
+    add_link_argument(p)
     args = p.parse_args()
     comm = MPI.COMM_WORLD
     set_torch_threads(comm)
@@ -68,6 +69,7 @@ def main():
         sync()
         calls.append(time.perf_counter() - t0)
     on, off = (float(np.median(runs[m])) for m in ("on", "off"))
+    meta = metadata(comm, args, link=args.link)  # collective: it counts the hosts
     if comm.Get_rank() == 0:
         out = {"ranks": comm.Get_size(), "buffers": sum(1 for _ in model.buffers()),
                "buffer_bytes": sum(b.numel() * b.element_size() for b in model.buffers()),
@@ -76,8 +78,7 @@ def main():
         print(f"# buffers kept equal, {out['ranks']} ranks, {out['buffers']} buffers: step {1e3 * on:.2f} ms on, "
               f"{1e3 * off:.2f} ms off ({100 * out['cost']:+.1f}%); the broadcast alone {out['broadcast_us']:.0f} us")
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(out, f, indent=1)
+            write_result(args.json, "buffer_sync_cost", meta, **out)
 
 
 if __name__ == "__main__":

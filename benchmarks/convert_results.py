@@ -7,7 +7,9 @@ Old files kept some facts at the top level (``world_size``, ``date``,
 afterwards) and others in ``meta``; some had no link but their file name
 (``_1gbit``, ``_shm``). Everything moves into the one ``meta`` block that
 ringtrain.results writes. Files that are not benchmark results (a cost model,
-the fault-tolerance figures) and files already converted are left alone.
+the fault-tolerance figures) and files already converted are left alone. The
+trace, buffer-sync and dataset overheads had neither name nor meta: they get
+both, from the key only each has and the one host they ran on.
 """
 import json
 import os
@@ -17,6 +19,9 @@ import sys
 from ringtrain.results import FORMAT, SHARED_MEMORY
 
 MOVED = ("world_size", "date", "mpi_library", "link", "hosts", "cores")
+# Benchmarks that once wrote a bare body, known by a key only theirs has; all ran on one host.
+UNNAMED = {"span_call_ns": "trace_overhead", "broadcast_us": "buffer_sync_cost",
+           "overhead_vs_corpus": "dataset_overhead"}
 
 
 def convert(path: str) -> bool:
@@ -24,6 +29,10 @@ def convert(path: str) -> bool:
         data = json.load(f)
     if "kill_trials" in data or "death_to_exit" in data:  # fault_tolerance.py's, which had no name
         data = {"benchmark": "fault_tolerance", **data}
+    for key, name in UNNAMED.items():
+        if "benchmark" not in data and key in data:
+            data = {"benchmark": name, **data, "meta": {"world_size": data["ranks"], "hosts": 1,
+                                                        "link": SHARED_MEMORY}}
     if "benchmark" not in data or data.get("meta", {}).get("format") == FORMAT:
         return False
     meta = dict(data.get("meta", {}))

@@ -1,7 +1,7 @@
 """What the Dataset path costs per step: the GPT demo on the byte corpus, against the same model fed the same
 corpus through a map-style dataset (ShardedSampler, __getitem__ per sample, default_collate), in one job.
 
-    mpiexec -n 2 python benchmarks/dataset_overhead.py --json benchmarks/results/dataset_overhead.json
+    mpiexec -n 2 python benchmarks/dataset_overhead.py --json benchmarks/results/dataset/dataset_overhead.json
 
 Each round trains once per variant, in an order that rotates between rounds so
 drift hits every variant alike; a variant's step time is the median over steps
@@ -9,7 +9,6 @@ after the first few, and the overhead is the ratio of the medians over rounds.
 ``dataset+workers`` adds one DataLoader worker process per rank.
 """
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from mpi4py import MPI
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ringtrain.data import open_tokens  # noqa: E402
+from ringtrain.results import add_link_argument, metadata, write_result  # noqa: E402
 from ringtrain.train import Task, TrainConfig, train  # noqa: E402
 from ringtrain.train.model_factory import build_task  # noqa: E402
 
@@ -44,6 +44,7 @@ def main():
     p.add_argument("--skip", type=int, default=5)
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--json")
+    add_link_argument(p)
     args = p.parse_args()
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
@@ -61,6 +62,7 @@ def main():
                                                          train_data=CorpusWindows(tokens, cfg.context))
             result = train(cfg, task=task)
             medians[variant].append(float(np.median(result["step_seconds"][args.skip:])))
+    meta = metadata(comm, args, link=args.link)  # collective: it counts the hosts
     if rank == 0:
         step = {v: float(np.median(m)) for v, m in medians.items()}
         out = {"ranks": comm.Get_size(), "steps": args.steps, "rounds": args.rounds,
@@ -72,8 +74,7 @@ def main():
         for v in variants:
             print(f"{v:>16} {1e3 * step[v]:>8.1f} {step[v] / step['corpus']:>9.3f}")
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(out, f, indent=1)
+            write_result(args.json, "dataset_overhead", meta, **out)
 
 
 if __name__ == "__main__":

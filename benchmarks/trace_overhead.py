@@ -1,6 +1,6 @@
 """What tracing costs: training with and without --trace, alternating in one job, and the per-call cost of a span.
 
-    mpiexec -n 2 python benchmarks/trace_overhead.py --json benchmarks/results/trace_overhead.json
+    mpiexec -n 2 python benchmarks/trace_overhead.py --json benchmarks/results/overlap/trace_overhead.json
 
 Each round trains the same job twice, tracing off then on (the order alternates
 between rounds, so drift hits both alike); the step time is the median over
@@ -8,7 +8,6 @@ steps after the first few, and the overhead is the ratio of the medians over
 rounds. The per-call cost of ``span`` is timed alone, off (the shared no-op) and on.
 """
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -18,6 +17,7 @@ import numpy as np
 from mpi4py import MPI
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ringtrain.results import add_link_argument, metadata, write_result  # noqa: E402
 from ringtrain.trace import NO_TRACE, Tracer  # noqa: E402
 from ringtrain.train import TrainConfig, train  # noqa: E402
 
@@ -37,6 +37,7 @@ def main():
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--bucket-cap-mb", type=float, default=1.0)
     p.add_argument("--json")
+    add_link_argument(p)
     args = p.parse_args()
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
@@ -54,6 +55,7 @@ def main():
     spans["on_ns"] = per_call_ns(tracer)
     tracer.events.clear()
     tracer.close()
+    meta = metadata(comm, args, link=args.link)  # collective: it counts the hosts
     if rank == 0:
         off, on = float(np.median(medians["off"])), float(np.median(medians["on"]))
         out = {"ranks": comm.Get_size(), "steps": args.steps, "rounds": args.rounds, "step_ms_off": 1e3 * off,
@@ -63,8 +65,7 @@ def main():
         print(f"# trace overhead, {comm.Get_size()} ranks: step {1e3 * off:.1f} ms off, {1e3 * on:.1f} ms on "
               f"({100 * out['overhead']:+.1f}%); a span costs {spans['off_ns']:.0f} ns off, {spans['on_ns']:.0f} ns on")
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(out, f, indent=1)
+            write_result(args.json, "trace_overhead", meta, **out)
 
 
 if __name__ == "__main__":

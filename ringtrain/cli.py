@@ -92,7 +92,10 @@ def main(argv=None) -> int:
         return planner.main(args)
     if args.command == "trace":
         from .trace import summary as trace_summary
-        return trace_summary.main(args)
+        try:
+            return trace_summary.main(args)
+        except trace_summary.NotATrace as e:
+            raise UsageError(f"trace summary: {e}") from None
     if args.command == "consolidate":
         from .train import consolidate
         return consolidate.main(args)

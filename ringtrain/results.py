@@ -21,6 +21,7 @@ from mpi4py import MPI
 
 from ._version import __version__
 from .collectives.topology import node_groups
+from .rates import parse_rate
 
 FORMAT = 2
 SHARED_MEMORY = "shared memory"
@@ -69,6 +70,5 @@ def load_result(path: str) -> dict:
 
 def link_rate(result: dict) -> float | None:
     """The link rate in bit/s a result was measured at; None for shared memory or an unknown link."""
-    from .plan.costmodel import parse_rate
     link = result["meta"].get("link")
     return None if link in (None, SHARED_MEMORY) else parse_rate(link)

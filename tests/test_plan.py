@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from ringtrain.plan.costmodel import Compression, CostModel, even_buckets, parse_rate, step_time
-from ringtrain.plan.fit import accuracy_key, fit
+from ringtrain.plan.fit import accuracy_key, fit_cost_model
 from ringtrain.plan.planner import DEFAULT_MODEL, parse_count
 from ringtrain.results import FORMAT, write_result
 from ringtrain.train import autotune
@@ -90,7 +90,7 @@ def synthetic_results(tmp_path):
 
 
 def test_the_fit_recovers_alpha_beta_gamma_and_the_loss_penalty(tmp_path):
-    m = fit(synthetic_results(tmp_path))
+    m = fit_cost_model(synthetic_results(tmp_path))
     assert m.alpha == pytest.approx(ALPHA, rel=1e-6)
     assert m.efficiency == {str(RATE): pytest.approx(EFF, rel=1e-6)}
     assert m.compressors["int8"].gamma == pytest.approx(3e-9, rel=1e-6) and m.compressors["int8"].summable
@@ -217,4 +217,4 @@ def test_results_of_another_shape_are_refused_by_name(tmp_path):
     old = tmp_path / "allreduce_n2_1gbit.json"
     old.write_text(json.dumps({"benchmark": "allreduce", "world_size": 2, "rows": []}))
     with pytest.raises(ValueError, match=f"{old}: not a ringtrain result of format 2 — convert"):
-        fit([str(old)])
+        fit_cost_model([str(old)])

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from ringtrain.plan.costmodel import Compression, CostModel
-from ringtrain.plan.fit import fit, known_spec
+from ringtrain.plan.fit import fit_cost_model, known_spec
 from ringtrain.plan.two_level import two_level_cases
 from ringtrain.results import FORMAT, link_rate, load_result, write_result
 from tests.test_plan import ALPHA, BETA, EFF, RATE, plan
@@ -65,7 +65,7 @@ def test_the_intra_node_terms_are_fitted_from_a_shared_memory_sweep(tmp_path):
     shm = tmp_path / "allreduce_n2_shm.json"
     write_result(str(shm), "allreduce", {"format": FORMAT, "world_size": 2, "hosts": 1, "ranks_per_host": 2},
                  rows=rows)
-    m = fit([*paths, str(shm)])
+    m = fit_cost_model([*paths, str(shm)])
     assert m.intra_alpha == pytest.approx(IA, rel=1e-6) and m.intra_beta == pytest.approx(IB, rel=1e-6)
     assert m.alpha == pytest.approx(ALPHA, rel=1e-6)  # the link fit does not see it
     # The shared-memory result feeds the intra-node terms only: the link terms come from the 4 linked results.
@@ -76,7 +76,7 @@ def test_the_intra_node_terms_are_fitted_from_a_shared_memory_sweep(tmp_path):
 def stored_model() -> CostModel:
     paths = [p for p in glob.glob(os.path.join(ROOT, "benchmarks/results/simcluster-full/*.json"))
              if not p.endswith("costmodel.json")]
-    return fit(paths + [os.path.join(ROOT, "benchmarks/results/allreduce_n2_shm.json")])
+    return fit_cost_model(paths + [os.path.join(ROOT, "benchmarks/results/allreduce_n2_shm.json")])
 
 
 @pytest.mark.parametrize("name", ["allreduce_n2x2_1gbit.json", "convergence_n2x2_1gbit.json"])

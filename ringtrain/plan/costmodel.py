@@ -44,26 +44,12 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
+from ..rates import parse_rate  # noqa: F401  (plan.parse_rate and plan.costmodel.parse_rate, as before)
+
 ALGORITHMS = ("ring", "recursive_doubling", "ps", "mpi")
 TWO_LEVEL_ALGORITHMS = ("hierarchical", "ring", "mpi")
 BACKWARD_SHARE = 2 / 3  # backward does about twice forward's work
 ONEBIT_ADAM = "onebit-adam"  # an optimizer, planned as the compressor of its momentum (plan/fit.py)
-
-
-def parse_rate(text: str) -> float:
-    """Bits per second from tc's notation: ``100mbit``, ``1gbit``, ``2.5gbit``, ``400kbit``."""
-    units = {"kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12, "bit": 1.0}
-    t = str(text).strip().lower()
-    for unit, scale in units.items():
-        if t.endswith(unit):
-            try:
-                value = float(t[:-len(unit)])
-            except ValueError:
-                break
-            if math.isfinite(value) and value > 0:
-                return value * scale
-            break
-    raise ValueError(f"a link rate looks like 100mbit, 1gbit or 10gbit (bits per second), got {text!r}")
 
 
 @dataclass

@@ -46,8 +46,8 @@ def accuracy_key(spec: str) -> str:
     return "+".join(parts) or "none"
 
 
-def fit(paths: list) -> CostModel:
-    """The cost model from these result files.
+def fit_cost_model(paths: list) -> CostModel:
+    """The cost model from these result files (not ``ringtrain.fit``, which trains).
 
     Results over a link with one rank per host fit the link; allreduce results of
     one host without a link fit the intra-node terms; two-level results are what

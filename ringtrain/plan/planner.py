@@ -91,8 +91,8 @@ def _checked_rate(text: str) -> str:
 
 def load_model(args) -> CostModel:
     if args.fit:
-        from .fit import fit
-        return fit(args.fit)
+        from .fit import fit_cost_model
+        return fit_cost_model(args.fit)
     if not os.path.exists(args.cost_model):
         raise UsageError(f"plan: no cost model at {args.cost_model} — fit one with --fit RESULTS.json ...")
     return CostModel.load(args.cost_model)

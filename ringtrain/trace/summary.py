@@ -79,14 +79,18 @@ def summarize(events: list) -> list[dict]:
     return out
 
 
+class NotATrace(ValueError):
+    """The file given is no training trace. Its own type, not fault's UsageError, which sits in a layer
+    above tracing: the command line (cli.py) turns it into one line and exit code 2."""
+
+
 def main(args) -> int:
-    from ..fault.errors import UsageError
     try:
         rows = summarize(load_events(args.file))
     except ValueError as e:
-        raise UsageError(f"trace summary: {e}") from None
+        raise NotATrace(str(e)) from None
     if not rows:
-        raise UsageError(f"trace summary: {args.file} has no training steps — was it written by train --trace?")
+        raise NotATrace(f"{args.file} has no training steps — was it written by train --trace?")
     print(f"{'step':>6} {'step_ms':>9} {'compute_ms':>10} {'comm_ms':>9} {'exposed_ms':>10} {'overlap':>8} "
           f"{'slowest':>7}")
     for r in rows:

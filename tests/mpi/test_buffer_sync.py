@@ -39,19 +39,44 @@ def test_running_statistics_follow_rank_0(broadcast_buffers):
     reducer.synchronize()
     reducer.close()
     equal = identical_across_ranks(stats(net))
+    counted = all_ranks_agree(int(net.body[1].num_batches_tracked) == 2)
     if broadcast_buffers or WORLD.Get_size() == 1:
-        assert equal and all_ranks_agree(int(net.body[1].num_batches_tracked) == 2)
+        assert equal and counted
     else:  # the drift this prevents
         assert not equal
 
 
-@pytest.mark.mpi
+class Recorder:
+    """Stands in for the reducer's buffer broadcast: counts the calls, and passes them on only when told to."""
+
+    def __init__(self, sync):
+        self.sync, self.calls, self.passing = sync, 0, False
+
+    def __call__(self):
+        self.calls += 1
+        if self.passing:  # recording alone never communicates, so a stray call on one rank cannot hang
+            self.sync()
+
+
+@pytest.mark.mpi(min_size=2)  # one rank alone has nothing to broadcast to
 def test_evaluation_forwards_do_not_broadcast():
     """Only forwards that build a graph sync: an eval loop on some ranks alone must not hang the others."""
     net = Net()
     reducer = ringtrain.GradientReducer(net)
+    recorder = reducer._sync_buffers = Recorder(reducer._sync_buffers)
     if WORLD.Get_rank() == 0:
         with torch.no_grad():
             net.eval()(torch.randn(4, 6))
+        net.train()
+    during_evaluation = recorder.calls
+    # A training step on every rank does broadcast once: the recorder stands where the broadcast is made.
+    recorder.passing = True
+    net(torch.randn(4, 6)).sum().backward()
+    reducer.synchronize()
     reducer.close()
-    assert all_ranks_agree(True)
+    in_training = recorder.calls - during_evaluation
+    equal = identical_across_ranks(stats(net))
+    evaluation_silent = all_ranks_agree(during_evaluation == 0)
+    training_broadcast = all_ranks_agree(in_training == 1)
+    assert evaluation_silent, "an evaluation forward on rank 0 alone broadcast the buffers"
+    assert training_broadcast and equal

@@ -57,14 +57,13 @@ def test_dgc_matches_the_reference(momentum, clip, masking):
 
 
 @pytest.mark.mpi
-def test_dgc_trains_and_resumes_bit_for_bit(corpus, tmp_path):  # noqa: F811
-    where = WORLD.bcast(str(tmp_path) if WORLD.Get_rank() == 0 else None, root=0)
+def test_dgc_trains_and_resumes_bit_for_bit(corpus, mpi_tmp_path):  # noqa: F811
     common = dict(TINY, steps=8, batch_size=2, data=corpus, optimizer="sgd", momentum=0.0, lr=0.5,
-                  compression="dgc:ratio=0.05,momentum=0.9,warmup=3,clip=1", out_dir=out_dir(tmp_path))
-    whole = train(TrainConfig(**common, checkpoint_dir=f"{where}/a"))
+                  compression="dgc:ratio=0.05,momentum=0.9,warmup=3,clip=1", out_dir=out_dir(mpi_tmp_path))
+    whole = train(TrainConfig(**common, checkpoint_dir=f"{mpi_tmp_path}/a"))
     with pytest.raises(Preempted):
-        train(TrainConfig(**common, checkpoint_dir=f"{where}/b", stop_after=4))
-    resumed = train(TrainConfig(**common, checkpoint_dir=f"{where}/b"))
+        train(TrainConfig(**common, checkpoint_dir=f"{mpi_tmp_path}/b", stop_after=4))
+    resumed = train(TrainConfig(**common, checkpoint_dir=f"{mpi_tmp_path}/b"))
     assert all_ranks_agree(whole["losses"][-1] < whole["losses"][0])
     assert all_ranks_agree(resumed["losses"] == whole["losses"][4:])
     assert all_ranks_agree(torch.equal(flat_params(whole["model"]), flat_params(resumed["model"])))
@@ -120,14 +119,13 @@ def test_dgc_under_adamw_at_full_density_without_masking_is_frozen_variance_adam
 
 
 @pytest.mark.mpi
-def test_dgc_under_adamw_learns_and_resumes_bit_for_bit(corpus, tmp_path):  # noqa: F811
-    where = WORLD.bcast(str(tmp_path) if WORLD.Get_rank() == 0 else None, root=0)
+def test_dgc_under_adamw_learns_and_resumes_bit_for_bit(corpus, mpi_tmp_path):  # noqa: F811
     common = dict(TINY, steps=10, batch_size=2, data=corpus, onebit_warmup=3,
-                  compression="dgc:ratio=0.05,momentum=0.9,warmup=3,masking=0", out_dir=out_dir(tmp_path))
-    whole = train(TrainConfig(**common, checkpoint_dir=f"{where}/a"))
+                  compression="dgc:ratio=0.05,momentum=0.9,warmup=3,masking=0", out_dir=out_dir(mpi_tmp_path))
+    whole = train(TrainConfig(**common, checkpoint_dir=f"{mpi_tmp_path}/a"))
     with pytest.raises(Preempted):
-        train(TrainConfig(**common, checkpoint_dir=f"{where}/b", stop_after=6))
-    resumed = train(TrainConfig(**common, checkpoint_dir=f"{where}/b"))
+        train(TrainConfig(**common, checkpoint_dir=f"{mpi_tmp_path}/b", stop_after=6))
+    resumed = train(TrainConfig(**common, checkpoint_dir=f"{mpi_tmp_path}/b"))
     params = flat_params(whole["model"]).numpy()
     same = np.array_equal(params, WORLD.bcast(params, root=0))
     assert all_ranks_agree(whole["losses"][-1] < whole["losses"][0] and same)

@@ -102,19 +102,18 @@ def test_batchnorm_with_buffers_synchronised_equals_the_ghost_batch_reference(tm
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("workers", [0, 1])
-def test_resume_mid_epoch_is_bit_exact(tmp_path, workers):
-    shared = WORLD.bcast(str(tmp_path) if WORLD.Get_rank() == 0 else None, root=0)
+def test_resume_mid_epoch_is_bit_exact(mpi_tmp_path, workers):
     # 50 samples, global batch 2N: the stop at step 7 is mid-epoch at every N from 1 to 4, and the run crosses
     # at least one epoch boundary after it.
     common = dict(optimizer="adamw", steps=16, batch_size=2, seed=8, eval_every=5, loader_workers=workers,
-                  out_dir=out_dir(tmp_path), log_every=100)
+                  out_dir=out_dir(mpi_tmp_path), log_every=100)
     whole = ringtrain.fit(BatchNormNet(), mse, regression_data(), val_data=regression_data(9, seed=3),
-                          config=TrainConfig(**common, checkpoint_dir=f"{shared}/a"))
+                          config=TrainConfig(**common, checkpoint_dir=f"{mpi_tmp_path}/a"))
     with pytest.raises(Preempted) as stop:
         ringtrain.fit(BatchNormNet(), mse, regression_data(), val_data=regression_data(9, seed=3),
-                      config=TrainConfig(**common, checkpoint_dir=f"{shared}/b", stop_after=7))
+                      config=TrainConfig(**common, checkpoint_dir=f"{mpi_tmp_path}/b", stop_after=7))
     resumed = ringtrain.fit(BatchNormNet(), mse, regression_data(), val_data=regression_data(9, seed=3),
-                            config=TrainConfig(**common, checkpoint_dir=f"{shared}/b"))
+                            config=TrainConfig(**common, checkpoint_dir=f"{mpi_tmp_path}/b"))
     same = torch.equal(flat(whole["model"]), flat(resumed["model"]))
     assert all_ranks_agree(stop.value.step == 7 and resumed["start_step"] == 7)
     assert all_ranks_agree(resumed["losses"] == whole["losses"][7:]), "loss sequences differ"
@@ -141,9 +140,8 @@ def test_metrics_are_averaged_over_every_validation_sample(tmp_path):
 
 
 @pytest.mark.mpi
-def test_resuming_with_another_model_is_refused_in_one_line(tmp_path):
-    shared = WORLD.bcast(str(tmp_path) if WORLD.Get_rank() == 0 else None, root=0)
-    common = dict(SGD, steps=2, batch_size=2, out_dir=out_dir(tmp_path), checkpoint_dir=f"{shared}/c")
+def test_resuming_with_another_model_is_refused_in_one_line(mpi_tmp_path):
+    common = dict(SGD, steps=2, batch_size=2, out_dir=out_dir(mpi_tmp_path), checkpoint_dir=f"{mpi_tmp_path}/c")
     ringtrain.fit(mlp(), mse, regression_data(), config=TrainConfig(**common))
     with pytest.raises(ringtrain.fault.UsageError, match=r"holds another model's weights .* resume='none'") as e:
         ringtrain.fit(BatchNormNet(), mse, regression_data(), config=TrainConfig(**common))

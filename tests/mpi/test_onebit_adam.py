@@ -92,13 +92,13 @@ def test_the_sign_allreduce_matches_a_reference_with_both_residuals(count):
 
 
 @pytest.mark.mpi
-def test_resume_in_the_compressed_phase_is_bit_exact(corpus, tmp_path):  # noqa: F811
-    where = WORLD.bcast(str(tmp_path) if WORLD.Get_rank() == 0 else None, root=0)
-    common = dict(COMMON, steps=10, data=corpus, optimizer="onebit-adam", onebit_warmup=3, out_dir=out_dir(tmp_path))
-    whole = train(TrainConfig(**common, checkpoint_dir=f"{where}/a"))
+def test_resume_in_the_compressed_phase_is_bit_exact(corpus, mpi_tmp_path):  # noqa: F811
+    common = dict(COMMON, steps=10, data=corpus, optimizer="onebit-adam", onebit_warmup=3,
+                  out_dir=out_dir(mpi_tmp_path))
+    whole = train(TrainConfig(**common, checkpoint_dir=f"{mpi_tmp_path}/a"))
     with pytest.raises(Preempted):
-        train(TrainConfig(**common, checkpoint_dir=f"{where}/b", stop_after=6))
-    resumed = train(TrainConfig(**common, checkpoint_dir=f"{where}/b"))
+        train(TrainConfig(**common, checkpoint_dir=f"{mpi_tmp_path}/b", stop_after=6))
+    resumed = train(TrainConfig(**common, checkpoint_dir=f"{mpi_tmp_path}/b"))
     assert all_ranks_agree(resumed["losses"] == whole["losses"][6:])
     assert all_ranks_agree(torch.equal(flat_params(whole["model"]), flat_params(resumed["model"])))
 
@@ -109,7 +109,7 @@ DGC_ADAM = "dgc:ratio=0.01,momentum=0.9,warmup=200,masking=0"
 @pytest.mark.mpi
 @pytest.mark.parametrize("choice, given", [("onebit-adam", dict(optimizer="onebit-adam")),
                                            (DGC_ADAM, dict(compression=DGC_ADAM))])
-def test_auto_may_choose_onebit_adam_or_dgc_and_a_resume_keeps_it(choice, given, corpus, tmp_path,  # noqa: F811
+def test_auto_may_choose_onebit_adam_or_dgc_and_a_resume_keeps_it(choice, given, corpus, mpi_tmp_path,  # noqa: F811
                                                                   monkeypatch):
     if WORLD.Get_size() == 1:
         pytest.skip("one rank averages nothing: auto chooses no compression there")
@@ -124,11 +124,10 @@ def test_auto_may_choose_onebit_adam_or_dgc_and_a_resume_keeps_it(choice, given,
         scores = real_score(compute, models, *args, **kwargs)
         return {key: (0.0 if key[0] == choice else 1.0) + (key[1] != 25) for key in scores}
     monkeypatch.setattr(autotune, "score", score)
-    where = WORLD.bcast(str(tmp_path) if WORLD.Get_rank() == 0 else None, root=0)
     common = dict(COMMON, steps=10, data=corpus, onebit_warmup=3)
-    explicit = train(TrainConfig(**common, **given, bucket_cap_mb=25, out_dir=out_dir(tmp_path / "e")))
-    auto = dict(common, compression="auto", bucket_cap_mb="auto", checkpoint_dir=f"{where}/auto",
-                out_dir=out_dir(tmp_path / "a"))
+    explicit = train(TrainConfig(**common, **given, bucket_cap_mb=25, out_dir=out_dir(mpi_tmp_path / "e")))
+    auto = dict(common, compression="auto", bucket_cap_mb="auto", checkpoint_dir=f"{mpi_tmp_path}/auto",
+                out_dir=out_dir(mpi_tmp_path / "a"))
     with pytest.raises(Preempted):
         train(TrainConfig(**auto, stop_after=6))
     resumed = train(TrainConfig(**auto))

@@ -11,18 +11,15 @@ from tests.mpi.test_training import TINY, corpus, out_dir  # noqa: F401  (corpus
 WORLD = MPI.COMM_WORLD
 
 
-def shared_dir(tmp_path, name):
-    return WORLD.bcast(str(tmp_path / name) if WORLD.Get_rank() == 0 else None, root=0)
-
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("optimizer, spec", [("adamw", "none"), ("sgd", "none"), ("adamw", "ef+topk:ratio=0.05"),
                                              ("adamw", "powersgd:rank=2"), ("sgd", "int8:stochastic=true+lz4")])
-def test_stop_and_resume_equals_an_uninterrupted_run(corpus, tmp_path, optimizer, spec):  # noqa: F811
+def test_stop_and_resume_equals_an_uninterrupted_run(corpus, mpi_tmp_path, optimizer, spec):  # noqa: F811
     common = dict(TINY, data=corpus, steps=8, batch_size=2, optimizer=optimizer, momentum=0.9 if optimizer == "sgd"
-                  else 0.0, out_dir=out_dir(tmp_path), eval_every=3, compression=spec)
-    whole = train(TrainConfig(**common, checkpoint_dir=shared_dir(tmp_path, "a")))
-    ckpt = shared_dir(tmp_path, "b")
+                  else 0.0, out_dir=out_dir(mpi_tmp_path), eval_every=3, compression=spec)
+    whole = train(TrainConfig(**common, checkpoint_dir=str(mpi_tmp_path / "a")))
+    ckpt = str(mpi_tmp_path / "b")
     with pytest.raises(Preempted) as stop:
         train(TrainConfig(**common, checkpoint_dir=ckpt, stop_after=4))
     resumed = train(TrainConfig(**common, checkpoint_dir=ckpt))
@@ -35,9 +32,9 @@ def test_stop_and_resume_equals_an_uninterrupted_run(corpus, tmp_path, optimizer
 
 
 @pytest.mark.mpi
-def test_resuming_with_a_different_model_is_refused(corpus, tmp_path):  # noqa: F811
-    ckpt = shared_dir(tmp_path, "c")
-    train(TrainConfig(**dict(TINY, width=32), data=corpus, steps=2, checkpoint_dir=ckpt, out_dir=out_dir(tmp_path)))
+def test_resuming_with_a_different_model_is_refused(corpus, mpi_tmp_path):  # noqa: F811
+    ckpt = str(mpi_tmp_path / "c")
+    train(TrainConfig(**dict(TINY, width=32), data=corpus, steps=2, checkpoint_dir=ckpt, out_dir=out_dir(mpi_tmp_path)))
     with pytest.raises(UsageError, match=r"different configuration \(width: 32 -> 64\)"):
         train(TrainConfig(**dict(TINY, width=64), data=corpus, steps=2, checkpoint_dir=ckpt,
-                          out_dir=out_dir(tmp_path)))
+                          out_dir=out_dir(mpi_tmp_path)))

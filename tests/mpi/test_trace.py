@@ -14,10 +14,10 @@ WORLD = MPI.COMM_WORLD
 STEPS = 4
 
 
-@pytest.fixture(scope="module")
-def traced(corpus, tmp_path_factory):  # noqa: F811
+@pytest.fixture
+def traced(corpus, mpi_tmp_path):  # noqa: F811
     """A short traced run with small buckets: (the merged trace, rank 0's metrics rows)."""
-    where = WORLD.bcast(str(tmp_path_factory.mktemp("trace")) if WORLD.Get_rank() == 0 else None, root=0)
+    where = str(mpi_tmp_path)
     path = os.path.join(where, "trace.json")
     cfg = TrainConfig(**{**TINY, "width": 64, "layers": 2}, data=corpus, steps=STEPS, batch_size=4,
                       bucket_cap_mb=0.01, out_dir=os.path.join(where, "out"), trace=path)

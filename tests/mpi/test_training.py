@@ -23,17 +23,17 @@ TINY = dict(layers=1, heads=2, width=32, context=16, eval_windows=8, sample_toke
             eval_every=0, warmup=0)
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """A small text file every rank can read (rank 0's temporary directory)."""
-    path = None
+@pytest.fixture
+def corpus(mpi_tmp_path, monkeypatch):
+    """A small text file every rank can read, in the shared temporary directory, with a token cache beside it."""
+    path = mpi_tmp_path / "text.txt"
     if WORLD.Get_rank() == 0:
-        path = tmp_path_factory.mktemp("corpus") / "text.txt"
         rng = np.random.default_rng(0)
         words = ["ring", "allreduce", "gradient", "bucket", "rank", "segment", "chunk", "mpi"]
         path.write_text(" ".join(rng.choice(words, size=60_000)))
-        path = str(path)
-    return WORLD.bcast(path, root=0)
+    monkeypatch.setenv("RINGTRAIN_CACHE", str(mpi_tmp_path / "cache"))  # not the user's cache, one per test
+    WORLD.Barrier()  # written before any rank reads it
+    return str(path)
 
 
 def out_dir(tmp_path):

@@ -25,9 +25,6 @@ def ring(monkeypatch):
     monkeypatch.setattr(collectives_api, "RING_MIN_BYTES", 0)
 
 
-def shared(tmp_path, name):
-    return WORLD.bcast(str(tmp_path / name) if WORLD.Get_rank() == 0 else None, root=0)
-
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
@@ -77,12 +74,12 @@ def test_state_and_gradients_are_one_nth(corpus, tmp_path):  # noqa: F811
 
 
 @pytest.mark.mpi
-def test_resume_at_the_same_world_size_is_bit_exact(corpus, tmp_path):  # noqa: F811
-    common = dict(COMMON, steps=6, data=corpus, zero=2, out_dir=out_dir(tmp_path), grad_clip=1.0)
-    whole = train(TrainConfig(**common, checkpoint_dir=shared(tmp_path, "a")))
+def test_resume_at_the_same_world_size_is_bit_exact(corpus, mpi_tmp_path):  # noqa: F811
+    common = dict(COMMON, steps=6, data=corpus, zero=2, out_dir=out_dir(mpi_tmp_path), grad_clip=1.0)
+    whole = train(TrainConfig(**common, checkpoint_dir=str(mpi_tmp_path / "a")))
     with pytest.raises(Preempted):
-        train(TrainConfig(**common, checkpoint_dir=shared(tmp_path, "b"), stop_after=3))
-    resumed = train(TrainConfig(**common, checkpoint_dir=shared(tmp_path, "b")))
+        train(TrainConfig(**common, checkpoint_dir=str(mpi_tmp_path / "b"), stop_after=3))
+    resumed = train(TrainConfig(**common, checkpoint_dir=str(mpi_tmp_path / "b")))
     assert all_ranks_agree(resumed["losses"] == whole["losses"][3:])
     assert all_ranks_agree(torch.equal(flat_params(whole["model"]), flat_params(resumed["model"])))
 
@@ -94,13 +91,14 @@ def _ranks(n):
 
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("before, after", [(4, 2), (2, 3), (3, 1), (2, 1), (1, 2)])
-def test_resharding_resume_equals_resuming_the_consolidated_state(corpus, tmp_path, ring, before, after):  # noqa: F811
+def test_resharding_resume_equals_resuming_the_consolidated_state(corpus, mpi_tmp_path, ring, before,  # noqa: F811
+                                                                  after):
     """Sharded at ``before`` ranks, resumed sharded at ``after``: the same bits as unsharded training resumed at
     ``after`` from the same checkpoint, which joins every shard into the whole state."""
     if max(before, after) > WORLD.Get_size():
         pytest.skip(f"needs {max(before, after)} ranks")
-    where = shared(tmp_path, "ckpt")
-    common = dict(COMMON, data=corpus, out_dir=out_dir(tmp_path))
+    where = str(mpi_tmp_path / "ckpt")
+    common = dict(COMMON, data=corpus, out_dir=out_dir(mpi_tmp_path))
     first = _ranks(before)
     if first != MPI.COMM_NULL:
         train(TrainConfig(**dict(common, steps=3), zero=1, checkpoint_dir=where), comm=first)
@@ -123,9 +121,9 @@ def test_resharding_resume_equals_resuming_the_consolidated_state(corpus, tmp_pa
 
 
 @pytest.mark.mpi
-def test_a_damaged_shard_falls_back_to_the_checkpoint_before(corpus, tmp_path):  # noqa: F811
-    where = shared(tmp_path, "d")
-    common = dict(COMMON, steps=4, data=corpus, zero=1, out_dir=out_dir(tmp_path), checkpoint_every="2",
+def test_a_damaged_shard_falls_back_to_the_checkpoint_before(corpus, mpi_tmp_path):  # noqa: F811
+    where = str(mpi_tmp_path / "d")
+    common = dict(COMMON, steps=4, data=corpus, zero=1, out_dir=out_dir(mpi_tmp_path), checkpoint_every="2",
                   checkpoint_dir=where)
     train(TrainConfig(**common))
     if WORLD.Get_rank() == 0:
