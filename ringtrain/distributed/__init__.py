@@ -39,7 +39,7 @@ def _create(common, backend_options=None) -> ProcessGroupRingtrain:
     if comm.Get_rank() != common.group_rank or comm.Get_size() != common.group_size:
         raise RuntimeError(f"ringtrain backend: torch's group rank {common.group_rank} of {common.group_size} is "
                            f"MPI rank {comm.Get_rank()} of {comm.Get_size()}: torch's ranks must be COMM_WORLD's")
-    return ProcessGroupRingtrain(comm, str(common.group_id))
+    return ProcessGroupRingtrain(comm, str(common.group_id), common.timeout.total_seconds())
 
 
 if BACKEND not in dist.Backend.backend_list:

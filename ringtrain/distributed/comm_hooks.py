@@ -119,7 +119,7 @@ def compressed_average(state: CompressionState, bucket: dist.GradBucket) -> torc
             mean /= group.comm.Get_size()
         if mean.ctypes.data != buffer.data_ptr():
             buffer.copy_(torch.from_numpy(np.asarray(mean)))
-    return group.thread.submit(average, buffer).get_future()
+    return group.thread.submit(average, buffer, f"the {state.spec} comm hook").get_future()
 
 
 def comm_hook(spec: str, process_group: dist.ProcessGroup | None = None, *, node_aware: bool | None = None):

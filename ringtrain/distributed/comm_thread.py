@@ -11,6 +11,12 @@ so a long one leaves the core to the computation it overlaps.
 A collective that fails on this rank fails its work (``wait`` raises), and
 every later one on the group fails at once naming it: after a broken
 collective the group's ranks no longer agree on which message is which.
+
+Every collective runs under the group's watchdog (fault/watchdog.py) with
+the group's timeout (``init_process_group(timeout=...)``; torch's default is
+30 minutes): when one outlives it, the rank pings its peers, every survivor
+prints one line naming the collective and the ranks that did not answer, and
+the job is aborted with exit code 76, as in ringtrain's own training.
 """
 import queue
 import threading
@@ -71,25 +77,29 @@ class Work(dist.Work):
 
 
 class CommThread:
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, name: str, watchdog=None, timeout: float | None = None):
+        self.name, self.watchdog, self.timeout = name, watchdog, timeout
+        self.calls = 0  # collectives run on this group: the "step" a watchdog line names
         self.broken: BaseException | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         # The thread's name is the same on every rank: ringtrain's handshake compares callers' names.
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, collective, result) -> "torch.distributed.Work":
+    def submit(self, collective, result, what: str = "a collective") -> "torch.distributed.Work":
         """Queue ``collective()``; its work completes with ``result`` (the output tensors)."""
         work = Work(torch.futures.Future())
-        self._queue.put((collective, result, work))
+        self._queue.put((collective, result, work, what))
         return work
 
     def close(self) -> None:
-        """Finish what is queued, then stop the thread."""
+        """Finish what is queued, then stop the thread (and its watchdog)."""
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
+        if self.watchdog is not None:
+            self.watchdog.close()
+            self.watchdog = None
 
     def _run(self) -> None:
         with polite(SLEEP_S, spin=SPIN_S):
@@ -97,14 +107,19 @@ class CommThread:
                 item = self._queue.get()
                 if item is None:
                     return
-                collective, result, work = item
+                collective, result, work, what = item
                 if self.broken is not None:
                     work.finish(error=RuntimeError(
                         f"ringtrain backend: an earlier collective on this group failed ({self.broken}); "
                         "the group cannot be used any more"))
                     continue
+                self.calls += 1
                 try:
-                    collective()
+                    if self.watchdog is None:
+                        collective()
+                    else:
+                        with self.watchdog.guard(f"{what} on {self.name}", self.calls, self.timeout):
+                            collective()
                 except BaseException as e:  # to the work: wait() raises it in the caller
                     self.broken = e
                     work.finish(error=e)

@@ -25,6 +25,7 @@ from .. import collectives
 from ..collectives import waiting
 from ..collectives.api import choose_algorithm
 from ..collectives.buffers import SUPPORTED
+from ..fault.watchdog import Watchdog
 from .comm_thread import CommThread
 from .reduce_ops import plan
 from .tensors import as_array, as_bytes, check_cpu, contiguous, same_memory
@@ -39,12 +40,14 @@ def _options(opts, cls):
 class ProcessGroupRingtrain(dist.ProcessGroup):
     """One torch process group on one MPI communicator (``comm``, owned by the group)."""
 
-    def __init__(self, comm: MPI.Comm, name: str):
+    def __init__(self, comm: MPI.Comm, name: str, timeout: float | None = None):
         super().__init__(comm.Get_rank(), comm.Get_size())
         self.comm, self._name, self._desc = comm, name, ""
         self.n, self.me = comm.Get_size(), comm.Get_rank()
         self.check = os.environ.get("RINGTRAIN_CHECK", "0").lower() in ("1", "true")
-        self.thread = CommThread(f"ringtrain-pg-{name}")
+        # A deadline on every collective: a dead or stalled peer is named and the job ends (comm_thread.py).
+        watchdog = Watchdog(comm, timeout) if timeout is not None and self.n > 1 else None
+        self.thread = CommThread(f"ringtrain-pg-{name}", watchdog, timeout)
 
     # -- identity ---------------------------------------------------------------------------------
     def getBackendName(self) -> str:
@@ -77,7 +80,7 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
         opts = _options(opts, dist.AllreduceOptions)
         check_cpu(tensors, "allreduce")
         plans = [plan(opts.reduceOp, t.dtype) for t in tensors]
-        return self.thread.submit(lambda: [self._allreduce(t, p) for t, p in zip(tensors, plans)], tensors)
+        return self.thread.submit(lambda: [self._allreduce(t, p) for t, p in zip(tensors, plans)], tensors, "all_reduce")
 
     def allreduce_coalesced(self, tensors, opts=None):
         return self.allreduce(tensors, _options(opts, dist.AllreduceCoalescedOptions))
@@ -102,7 +105,7 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
         check_cpu(tensors, "reduce")
         plans = [plan(opts.reduceOp, t.dtype) for t in tensors]
         root = self._root(opts.rootRank, "reduce")
-        return self.thread.submit(lambda: [self._reduce(t, p, root) for t, p in zip(tensors, plans)], tensors)
+        return self.thread.submit(lambda: [self._reduce(t, p, root) for t, p in zip(tensors, plans)], tensors, "reduce")
 
     def _reduce(self, t, p, root: int) -> None:
         # MPI_Reduce for every op; 16-bit floats in float32, AVG as a sum divided on the root.
@@ -133,7 +136,7 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
         def run():
             for out, inputs, p in zip(outputs, input_lists, plans):
                 self._reduce_scatter(torch.cat([x.reshape(-1) for x in inputs]), out, p)
-        return self.thread.submit(run, outputs)
+        return self.thread.submit(run, outputs, "reduce_scatter")
 
     def reduce_scatter_single(self, output, input, opts=None):
         opts = _options(opts, dist.ReduceScatterOptions)
@@ -141,7 +144,8 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
         self._equal_split(input, output, "reduce_scatter_tensor")
         p = plan(opts.reduceOp, output.dtype)
         # A copy: the input must come back unchanged, and the ring reduces in place.
-        return self.thread.submit(lambda: self._reduce_scatter(input.reshape(-1).clone(), output, p), [output])
+        return self.thread.submit(lambda: self._reduce_scatter(input.reshape(-1).clone(), output, p), [output],
+                                  "reduce_scatter_tensor")
 
     _reduce_scatter_base = reduce_scatter_single
 
@@ -152,7 +156,8 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
             self._equal_split(x, out, "reduce_scatter_tensor_coalesced")
         plans = [plan(opts.reduceOp, out.dtype) for out in outputs]
         return self.thread.submit(lambda: [self._reduce_scatter(x.reshape(-1).clone(), out, p)
-                                           for out, x, p in zip(outputs, inputs, plans)], list(outputs))
+                                           for out, x, p in zip(outputs, inputs, plans)], list(outputs),
+                                  "reduce_scatter_tensor_coalesced")
 
     reduce_scatter_single_coalesced = reduce_scatter_tensor_coalesced
 
@@ -185,7 +190,7 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
                 else:
                     waiting.wait_all([self.comm.Ibcast(as_bytes(buf), root)])
                 back()
-        return self.thread.submit(run, tensors)
+        return self.thread.submit(run, tensors, "broadcast")
 
     def allgather(self, output_lists, inputs, opts=None):
         check_cpu(inputs, "allgather")
@@ -198,12 +203,12 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
                 self._gather_into(flat, x)
                 for out, piece in zip(outs, flat.chunk(self.n) if x.numel() else [flat] * self.n):
                     out.copy_(piece.reshape(out.shape))
-        return self.thread.submit(run, output_lists)
+        return self.thread.submit(run, output_lists, "all_gather")
 
     def all_gather_single(self, output, input, opts=None):
         check_cpu([output, input], "all_gather_into_tensor")
         self._equal_split(output, input, "all_gather_into_tensor")
-        return self.thread.submit(lambda: self._gather_tensor(output, input), [output])
+        return self.thread.submit(lambda: self._gather_tensor(output, input), [output], "all_gather_into_tensor")
 
     _allgather_base = all_gather_single
 
@@ -212,7 +217,7 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
         for out, x in zip(outputs, inputs):
             self._equal_split(out, x, "allgather_into_tensor_coalesced")
         return self.thread.submit(lambda: [self._gather_tensor(out, x) for out, x in zip(outputs, inputs)],
-                                  list(outputs))
+                                  list(outputs), "allgather_into_tensor_coalesced")
 
     all_gather_single_coalesced = allgather_into_tensor_coalesced
 
@@ -251,7 +256,7 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
                     out.copy_(piece.reshape(out.shape))
             else:
                 waiting.wait_all([self.comm.Igather(as_bytes(x), None, root)])
-        return self.thread.submit(run, output_lists)
+        return self.thread.submit(run, output_lists, "gather")
 
     def scatter(self, outputs, input_lists, opts=None):
         opts = _options(opts, dist.ScatterOptions)
@@ -265,7 +270,7 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
                 send = as_bytes(torch.cat([x.reshape(-1) for x in input_lists[0]]))
             waiting.wait_all([self.comm.Iscatter(send, as_bytes(buf), root)])
             back()
-        return self.thread.submit(run, outputs)
+        return self.thread.submit(run, outputs, "scatter")
 
     def alltoall_base(self, output, input, output_splits, input_splits, opts=None):
         check_cpu([output, input], "all_to_all_single")
@@ -276,7 +281,7 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
             out, back = contiguous(output)
             self._alltoallv(input.contiguous(), send_counts, out, recv_counts)
             back()
-        return self.thread.submit(run, [output])
+        return self.thread.submit(run, [output], "all_to_all_single")
 
     all_to_all_single = alltoall_base
 
@@ -292,7 +297,7 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
             for o in outputs:
                 o.copy_(flat_out[offset:offset + o.numel()].reshape(o.shape))
                 offset += o.numel()
-        return self.thread.submit(run, list(outputs))
+        return self.thread.submit(run, list(outputs), "all_to_all")
 
     def _alltoallv(self, send, send_counts, recv, recv_counts) -> None:
         def displacements(counts):
@@ -301,7 +306,7 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
                                                [as_bytes(recv), (recv_counts, displacements(recv_counts)), MPI.BYTE])])
 
     def barrier(self, opts=None):
-        return self.thread.submit(lambda: waiting.wait_all([self.comm.Ibarrier()]), [])
+        return self.thread.submit(lambda: waiting.wait_all([self.comm.Ibarrier()]), [], "barrier")
 
     # -- point to point ---------------------------------------------------------------------------
     def send(self, tensors, dst: int, tag: int = 0):
@@ -309,7 +314,7 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
         self._peer(dst, "send")
         buffers = [t.contiguous() for t in tensors]  # kept alive until the work completes
         requests = [self.comm.Isend(as_bytes(b), dst, self._tag(tag)) for b in buffers]
-        return self.thread.submit(lambda: waiting.wait_all(requests), tensors)
+        return self.thread.submit(lambda: waiting.wait_all(requests), tensors, f"send to rank {dst}")
 
     def recv(self, tensors, src: int, tag: int = 0):
         check_cpu(tensors, "recv")
@@ -328,7 +333,8 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
             waiting.wait_all(requests)
             for _, back in held:
                 back()
-        return self.thread.submit(run, tensors)
+        peer = "any rank" if src == MPI.ANY_SOURCE else f"rank {src}"
+        return self.thread.submit(run, tensors, f"recv from {peer}")
 
     # -- argument checks, in the caller ---------------------------------------------------------
     def _root(self, root: int, what: str) -> int:
