@@ -143,7 +143,8 @@ def test_pipelining_on_ringtrain_equals_one_process(groups, schedule):
     layers = [torch.nn.Linear(8, 8) for _ in range(stages)]
     reference = copy.deepcopy(layers)
     g = torch.Generator().manual_seed(7)
-    x, y = torch.randn(8, 8, generator=g), torch.randn(8, 8, generator=g)
+    micro = 2 * n  # at least one per stage (1F1B) and a multiple of the ranks (interleaved)
+    x, y = torch.randn(2 * micro, 8, generator=g), torch.randn(2 * micro, 8, generator=g)
     mine = [i for i in range(stages) if i % n == me]  # interleaved: rank r holds stages r, r + n, ...
     built = [PipelineStage(layers[i], i, stages, torch.device("cpu")) for i in mine]
 
@@ -151,9 +152,9 @@ def test_pipelining_on_ringtrain_equals_one_process(groups, schedule):
         return torch.nn.functional.mse_loss(out, target, reduction="sum")
     # scale_grads=False: the microbatches' summed losses are the whole batch's, as in the reference.
     if schedule == "interleaved":
-        runner = ScheduleInterleaved1F1B(built, n_microbatches=4, loss_fn=loss_fn, scale_grads=False)
+        runner = ScheduleInterleaved1F1B(built, n_microbatches=micro, loss_fn=loss_fn, scale_grads=False)
     else:
-        runner = (ScheduleGPipe if schedule == "gpipe" else Schedule1F1B)(built[0], n_microbatches=4,
+        runner = (ScheduleGPipe if schedule == "gpipe" else Schedule1F1B)(built[0], n_microbatches=micro,
                                                                           loss_fn=loss_fn, scale_grads=False)
     args = {"target": y} if stages - 1 in mine else {}
     runner.step(x, **args) if me == 0 else runner.step(**args)
