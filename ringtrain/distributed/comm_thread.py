@@ -92,14 +92,17 @@ class CommThread:
         self._queue.put((collective, result, work, what))
         return work
 
-    def close(self) -> None:
-        """Finish what is queued, then stop the thread (and its watchdog)."""
+    def close(self, timeout: float | None = None) -> bool:
+        """Finish what is queued, then stop the thread and its watchdog; False if it is still busy after ``timeout``."""
         if self._thread.is_alive():
             self._queue.put(None)
-            self._thread.join()
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                return False
         if self.watchdog is not None:
             self.watchdog.close()
             self.watchdog = None
+        return True
 
     def _run(self) -> None:
         with polite(SLEEP_S, spin=SPIN_S):

@@ -15,6 +15,7 @@ RINGTRAIN_CHECK=1 turns on ringtrain's argument handshake for the collectives
 it runs itself (mismatched calls raise on every rank); it is off by default
 here, where torch has already fixed every rank's arguments.
 """
+import atexit
 import os
 
 import torch
@@ -48,6 +49,9 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
         # A deadline on every collective: a dead or stalled peer is named and the job ends (comm_thread.py).
         watchdog = Watchdog(comm, timeout) if timeout is not None and self.n > 1 else None
         self.thread = CommThread(f"ringtrain-pg-{name}", watchdog, timeout)
+        # A script that never calls destroy_process_group must still stop the threads that call MPI
+        # before mpi4py's MPI_Finalize, which atexit runs after this (last registered, first run).
+        atexit.register(self._at_exit)
 
     # -- identity ---------------------------------------------------------------------------------
     def getBackendName(self) -> str:
@@ -74,6 +78,11 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
 
     def abort(self) -> None:
         self.shutdown()
+
+    def _at_exit(self) -> None:
+        if self.comm is not None and self.thread.close(timeout=5.0):
+            self.comm.Free()
+            self.comm = None
 
     # -- reductions -------------------------------------------------------------------------------
     def allreduce(self, tensors, opts=None):
