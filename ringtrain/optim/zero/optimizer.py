@@ -24,15 +24,15 @@ per-parameter norms: within 1e-6 relative.
 
 The state is saved per piece with its place in the flat parameter space (the
 trainable parameters in registration order, each flattened), so it can be cut
-again for any number of ranks (zero_state.py).
+again for any number of ranks (state.py).
 """
 from dataclasses import dataclass
 
 import torch
 
-from ..collectives import allreduce, traffic
-from ..collectives.comm import private
-from ..collectives.ring import ring_allgather
+from ...collectives import allreduce, traffic
+from ...collectives.comm import private
+from ...collectives.ring import ring_allgather
 
 
 @dataclass
@@ -156,10 +156,10 @@ class ZeroOptimizer:
 
     def state_dict(self) -> dict:
         """This rank's shard: per piece, its place in the flat parameter space and its state."""
-        from .zero_state import shard_state
+        from .state import shard_state
         return shard_state(self)
 
     def load_state_dict(self, state) -> None:
         """A list of every rank's ``state_dict()`` (at any world size), or an unsharded optimizer's state_dict."""
-        from .zero_state import load_shard
+        from .state import load_shard
         load_shard(self, state)

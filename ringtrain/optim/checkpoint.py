@@ -5,7 +5,7 @@ writes its own and, at the same world size, reads it back.
 
 Unsharded, the optimizer's state_dict is replicated (rank 0 writes it).
 Sharded (--zero 1 or 2), each rank writes its shard into its own file, with
-each piece's place in the flat parameter space (reducer/zero_state.py), and
+each piece's place in the flat parameter space (optim/zero/state.py), and
 the replicated part records the parameters' names and groups. Loading:
 
 - sharded into sharded: each rank reads the files of the ranks whose chunks
@@ -18,8 +18,8 @@ from mpi4py import MPI
 
 from .. import checkpoint
 from ..collectives.layout import chunk_bounds
-from ..reducer.onebit_adam import OneBitAdam
-from ..reducer.zero_state import unsharded_state
+from .onebit_adam import OneBitAdam
+from .zero.state import unsharded_state
 
 
 def parts(model, optimizer) -> tuple[dict, dict]:
