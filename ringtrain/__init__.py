@@ -10,10 +10,13 @@ from .collectives import (ALGORITHMS, CollectiveMismatchError, ConcurrentCollect
 
 
 def __getattr__(name):
-    # The reducer needs torch, which takes seconds to import: load it only when asked for.
-    if name in ("GradientReducer", "OneBitAdam", "ZeroOptimizer"):
-        from . import reducer
-        return getattr(reducer, name)
+    # The reducer and the optimizers need torch, which takes seconds to import: load them only when asked for.
+    if name == "GradientReducer":
+        from .reducer import GradientReducer
+        return GradientReducer
+    if name in ("DGCAdam", "OneBitAdam", "ZeroOptimizer"):
+        from . import optim
+        return getattr(optim, name)
     if name in ("Task", "TrainConfig", "fit"):  # (ringtrain.train is the subpackage; its train() stays there)
         from .train import Task, TrainConfig, fit
         return {"Task": Task, "TrainConfig": TrainConfig, "fit": fit}[name]
@@ -22,4 +25,4 @@ def __getattr__(name):
 
 __all__ = ["ALGORITHMS", "CollectiveMismatchError", "ConcurrentCollectiveError", "GradientReducer", "Task",
            "TrainConfig", "__version__", "allgather", "allreduce", "broadcast", "choose_algorithm", "chunk_bounds",
-           "fit", "owned_bounds", "reduce_scatter", "OneBitAdam", "ZeroOptimizer"]
+           "fit", "owned_bounds", "reduce_scatter", "DGCAdam", "OneBitAdam", "ZeroOptimizer"]

@@ -191,6 +191,20 @@ class GradientReducer:
         finally:
             self._sync = previous
 
+    # What an optimizer stepping beside the reducer may ask of it (optim/interface.py's AveragingReducer).
+    @property
+    def params(self) -> list[torch.Tensor]:
+        """The parameters it averages (those that require grad), in the model's registration order."""
+        return self._params
+
+    def keep_local_gradients(self) -> None:
+        """From the next ``synchronize`` on, leave each rank's own gradients: the optimizer averages."""
+        self.averaging = False
+
+    def add_wire_bytes(self, nbytes: int) -> None:
+        """Count bytes the optimizer sent averaging this step into the step's ``last_wire_bytes``."""
+        self.last_wire_bytes += nbytes
+
     def _before_forward(self, module, inputs) -> None:
         """Before a forward that will backpropagate: each gradient set to None becomes its zeroed bucket view."""
         if not torch.is_grad_enabled() or self.zero == 2:  # ZeRO-2 keeps no full buffer between steps
