@@ -57,13 +57,16 @@ class ReducerOptimizer(torch.optim.Optimizer):
         """Bytes of optimizer state this rank holds."""
         return _tensor_bytes(self.state)
 
-    def clip_grad_norm_(self, max_norm: float, parameters: Iterable[torch.Tensor]) -> float:
+    def clip_grad_norm_(self, max_norm: float, parameters: Iterable[torch.Tensor] | None = None) -> float:
         """Scale the gradients to total norm at most ``max_norm``; returns the norm before.
 
-        ``parameters`` are the model's, in its order (torch sums their norms
-        in that order). By default torch's own clipping of them: every rank
-        holds the same averaged gradients, so every rank clips alike.
+        ``parameters``: the model's, in its order (torch sums their norms in
+        that order); None: those of the groups. By default torch's own
+        clipping: every rank holds the same averaged gradients, so every rank
+        clips alike.
         """
+        if parameters is None:
+            parameters = [p for group in self.param_groups for p in group["params"]]
         return float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
 
     def resume_state(self, state: dict, saved_world: int, world: int) -> tuple[dict, str | None]:
