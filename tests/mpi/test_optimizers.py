@@ -8,7 +8,10 @@ import pytest
 import torch
 from mpi4py import MPI
 
+from ringtrain.fault import Preempted
+from ringtrain.train import TrainConfig, train
 from tests.helpers import all_ranks_agree
+from tests.mpi.test_training import TINY, corpus, out_dir  # noqa: F401  (corpus is a fixture)
 from tests.optim_cases import KINDS, WARMUP, build, flat, model, train_step
 
 WORLD = MPI.COMM_WORLD
@@ -147,3 +150,33 @@ def test_a_state_dict_written_by_ringtrain_0ecf9af_gives_the_step_it_gave(kind):
     train_step(net, reducer, optimizer, WARMUP + 1, 0)
     reducer.close()
     assert all_ranks_agree(torch.equal(flat(net), old["next"]))
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("given, warning", [
+    (dict(optimizer="onebit-adam"), "1-bit Adam's error-feedback residuals were saved for 2 ranks; at 1 they start "
+                                    "from zero"),
+    (dict(compression="dgc:ratio=0.05,momentum=0.9,masking=0"), "DGC's per-rank velocity was saved for 2 ranks; "
+                                                                 "at 1 every rank continues from rank 0's")])
+def test_per_rank_state_resumes_at_another_world_size_with_a_warning(corpus, mpi_tmp_path, capsys,  # noqa: F811
+                                                                     given, warning):
+    """Saved at 2 ranks past the freeze, resumed at 1: rank 0's state, and the optimizer says what it dropped."""
+    common = dict(TINY, steps=6, batch_size=2, onebit_warmup=2, data=corpus, checkpoint_dir=str(mpi_tmp_path / "c"),
+                  out_dir=out_dir(mpi_tmp_path / f"o{RANK}"), **given)
+    two = WORLD.Split(0 if RANK < 2 else MPI.UNDEFINED, RANK)
+    if two != MPI.COMM_NULL:
+        with pytest.raises(Preempted):
+            train(TrainConfig(**common, stop_after=4), comm=two)
+        two.Free()
+    WORLD.Barrier()
+    capsys.readouterr()
+    ok, said = True, ""
+    if RANK == 0:
+        try:
+            resumed = train(TrainConfig(**common), comm=MPI.COMM_SELF)
+        except Exception as e:  # decided with the other ranks below: raised here, it would leave them waiting
+            resumed, said = None, repr(e)
+        said += capsys.readouterr().out
+        ok = (resumed is not None and resumed["start_step"] == 4 and len(resumed["losses"]) == 2
+              and warning in said and resumed["optimizer"].steps == 6)
+    assert all_ranks_agree(ok), said
