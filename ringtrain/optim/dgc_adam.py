@@ -31,7 +31,10 @@ from .frozen_variance_adam import FrozenVarianceAdam
 
 
 class DGCAdam(FrozenVarianceAdam):
-    """AdamW for ``warmup`` steps, then DGC (``dgc``, momentum = beta1) on the momentum over a frozen variance."""
+    """AdamW for ``warmup`` steps, then DGC (``dgc``, momentum = beta1) on the momentum over a frozen variance.
+
+    ``options``: lr, betas, eps, weight_decay and warmup, as FrozenVarianceAdam takes them.
+    """
 
     legacy_key = "dgc"
 

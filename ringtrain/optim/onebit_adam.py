@@ -25,7 +25,10 @@ from .frozen_variance_adam import FrozenVarianceAdam
 
 
 class OneBitAdam(FrozenVarianceAdam):
-    """AdamW for ``warmup`` steps, then 1-bit compressed momentum with a frozen variance, on ``reducer``'s ranks."""
+    """AdamW for ``warmup`` steps, then 1-bit compressed momentum with a frozen variance, on ``reducer``'s ranks.
+
+    ``options``: lr, betas, eps, weight_decay and warmup, as FrozenVarianceAdam takes them.
+    """
 
     legacy_key = "residuals"
 
