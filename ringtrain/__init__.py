@@ -12,7 +12,7 @@ from .fault import Diverged, Preempted, UsageError  # what fit raises; already l
 
 # Loaded when first asked for, from the subpackage named: the reducer and the trainer need torch, which takes
 # seconds to import. (``ringtrain.train`` is the subpackage; its train() stays there.)
-_LAZY = {"DGCAdam": "reducer", "GradientReducer": "reducer", "OneBitAdam": "reducer", "ZeroOptimizer": "reducer",
+_LAZY = {"DGCAdam": "optim", "GradientReducer": "reducer", "OneBitAdam": "optim", "ZeroOptimizer": "optim",
          "Task": "train", "TrainConfig": "train", "fit": "train"}
 
 

@@ -14,7 +14,7 @@ and ``--momentum 0`` to the optimizer. Adam's update is not linear in the
 gradient, so its momentum cannot move into the accumulator as it is; with
 its variance frozen after a warm-up it is (1-bit Adam's observation), and
 ``--compression dgc:momentum=0.9,...`` under AdamW runs DGC on Adam's
-momentum that way (reducer/dgc_adam.py). ``momentum=0`` under AdamW is plain
+momentum that way (optim/dgc_adam.py). ``momentum=0`` under AdamW is plain
 top-k of the gradient with accumulation (error feedback), local clipping and
 the density warm-up, AdamW's own moments acting on the averaged sparse
 gradient. The density falls exponentially from 25% to ``ratio`` over the
@@ -28,7 +28,7 @@ bucket it is DGC's exactly.
 the parameters with its whole momentum tail, only delayed, so at ratio 1 the
 scheme is momentum SGD exactly. Masking cuts that tail at the send (DGC's
 guard against stale momentum); under AdamW's frozen variance
-(reducer/dgc_adam.py) it cost loss here, and masking=0 is what to use there.
+(optim/dgc_adam.py) it cost loss here, and masking=0 is what to use there.
 """
 import numpy as np
 import torch

@@ -1,8 +1,9 @@
-"""Bucketed gradient averaging that overlaps communication with backward, and ZeRO's sharded optimizer."""
+"""Bucketed gradient averaging that overlaps communication with backward.
+
+The optimizers that step beside it live in ringtrain/optim/; they are importable from here too, as before.
+"""
+from ..optim import DGCAdam, OneBitAdam, ZeroOptimizer
 from .buckets import Bucket, assign_buckets
-from .dgc_adam import DGCAdam
 from .gradient_reducer import GradientReducer
-from .onebit_adam import OneBitAdam
-from .zero_optimizer import ZeroOptimizer
 
 __all__ = ["Bucket", "DGCAdam", "GradientReducer", "OneBitAdam", "ZeroOptimizer", "assign_buckets"]

@@ -48,7 +48,7 @@ from .buckets import assign_buckets, layout_fingerprint
 from .buffer_sync import BufferSync
 from .comm_thread import CommThread
 from .cross_node import block_layout, compressed_cross_sum, node_blocks
-from .zero import GradientShards, zero_compatible
+from ..optim.zero.shards import GradientShards, zero_compatible
 
 
 class GradientReducer:
@@ -71,7 +71,7 @@ class GradientReducer:
     True, as DDP): rank 0's buffers (BatchNorm statistics) overwrite every
     rank's at the end of each ``synchronize`` (buffer_sync.py). ``zero``: 1
     or 2 reduce-scatters each bucket instead, keeping this rank's averaged
-    chunk for a ZeroOptimizer (zero.py; 2 also frees the full buckets), and
+    chunk for a ZeroOptimizer (optim/zero/shards.py; 2 also frees the full buckets), and
     ``synchronize`` leaves every ``p.grad`` None.
     Collective: every rank must construct it, with the same model architecture.
 
@@ -190,6 +190,20 @@ class GradientReducer:
             yield
         finally:
             self._sync = previous
+
+    # What an optimizer stepping beside the reducer may ask of it (optim/interface.py's AveragingReducer).
+    @property
+    def params(self) -> list[torch.Tensor]:
+        """The parameters it averages (those that require grad), in the model's registration order."""
+        return self._params
+
+    def keep_local_gradients(self) -> None:
+        """From the next ``synchronize`` on, leave each rank's own gradients: the optimizer averages."""
+        self.averaging = False
+
+    def add_wire_bytes(self, nbytes: int) -> None:
+        """Count bytes the optimizer sent averaging this step into the step's ``last_wire_bytes``."""
+        self.last_wire_bytes += nbytes
 
     def _before_forward(self, module, inputs) -> None:
         """Before a forward that will backpropagate: each gradient set to None becomes its zeroed bucket view."""

@@ -143,7 +143,7 @@ class TrainConfig:
 
     @property
     def dgc_adam(self) -> bool:
-        """AdamW with dgc at momentum beta1: DGC on Adam's momentum over a frozen variance (reducer/dgc_adam.py)."""
+        """AdamW with dgc at momentum beta1: DGC on Adam's momentum over a frozen variance (optim/dgc_adam.py)."""
         if self.optimizer != "adamw" or not self.compression.startswith("dgc"):
             return False
         from ..compression import get as compression_get
@@ -164,7 +164,7 @@ def _zero_compatible(spec: str) -> bool:
     if spec == "auto":
         return False
     from ..compression import get as compression_get
-    from ..reducer.zero import zero_compatible
+    from ..optim.zero.shards import zero_compatible
     return zero_compatible(compression_get(spec))
 
 

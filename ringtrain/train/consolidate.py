@@ -1,7 +1,7 @@
 """``python -m ringtrain consolidate CHECKPOINT OUT``: one ordinary checkpoint from a sharded (--zero) one.
 
 Every rank's optimizer shard is joined into the unsharded optimizer's
-state_dict (zero_checkpoint.py); the model, step and config are kept, with
+state_dict (optim/zero/checkpoint.py); the model, step and config are kept, with
 --zero 0. The result is an ordinary, atomic and checksummed checkpoint
 directory under OUT: load it for inference (its ``replicated.pt`` holds the
 model's state_dict), or resume unsharded training from it with ``--resume``.
@@ -14,7 +14,7 @@ from mpi4py import MPI
 
 from .. import checkpoint
 from ..fault.errors import UsageError
-from . import zero_checkpoint
+from ..optim.zero.checkpoint import consolidated
 
 
 def add_arguments(p) -> None:
@@ -32,7 +32,7 @@ def main(args) -> int:
     if replicated.get("zero") is None:
         raise UsageError(f"consolidate {args.checkpoint}: it is not sharded (written without --zero) — it is "
                          "already an ordinary checkpoint")
-    ordinary = zero_checkpoint.consolidated(args.checkpoint, manifest, replicated)
+    ordinary = consolidated(args.checkpoint, manifest, replicated)
     first = checkpoint.load_part(args.checkpoint, checkpoint.rank_file(0), manifest)
     own = {k: v for k, v in first.items() if k != "optimizer_shard"}
     path = checkpoint.save(os.path.abspath(args.out), int(replicated["step"]), ordinary, own, MPI.COMM_SELF,

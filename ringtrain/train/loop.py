@@ -25,6 +25,7 @@ from mpi4py import MPI
 
 from ..fault import EXIT_PREEMPTED, agree, Diverged, Preempted, UsageError, Watchdog, PreemptionSignals, agree_at_step_end
 from ..model import GPT
+from ..optim.interface import clip_grad_norm
 from . import memory, state
 from .config import TrainConfig
 from .data_source import prefetcher
@@ -171,11 +172,7 @@ class TrainingLoop:
                 # On the averaged gradient, which is bitwise identical on every
                 # rank, so every rank clips by the same factor. A sharded optimizer
                 # holds only its shard's gradients and computes the global norm itself.
-                sharded = getattr(self.optimizer, "clip_grad_norm_", None)
-                if sharded is not None:
-                    sharded(self.cfg.grad_clip)
-                else:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+                clip_grad_norm(self.optimizer, self.model.parameters(), self.cfg.grad_clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
 

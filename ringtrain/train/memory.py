@@ -9,12 +9,12 @@ import resource
 import torch
 from mpi4py import MPI
 
+from ..optim.interface import state_nbytes
+
 
 def state_bytes(optimizer) -> int:
-    """Bytes of optimizer state this rank holds (ZeroOptimizer and OneBitAdam count their own)."""
-    if hasattr(optimizer, "state_nbytes"):
-        return optimizer.state_nbytes()
-    return sum(_nbytes(t) for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
+    """Bytes of optimizer state this rank holds (ringtrain's optimizers count their own: a shard, residuals)."""
+    return state_nbytes(optimizer)
 
 
 def _nbytes(t: torch.Tensor | None) -> int:

@@ -46,14 +46,14 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module, reducer=None):
     kind, options = ((torch.optim.SGD, {"lr": cfg.lr, "momentum": cfg.momentum}) if cfg.optimizer == "sgd"
                      else (torch.optim.AdamW, {"lr": cfg.lr, "betas": ADAM_BETAS}))
     if cfg.optimizer == "onebit-adam":
-        from ..reducer import OneBitAdam
+        from ..optim import OneBitAdam
         return OneBitAdam(reducer, groups, lr=cfg.lr, betas=ADAM_BETAS, warmup=cfg.onebit_warmup)
     if cfg.dgc_adam:
         from ..compression import get as compression_get
-        from ..reducer import DGCAdam
+        from ..optim import DGCAdam
         return DGCAdam(reducer, groups, lr=cfg.lr, betas=ADAM_BETAS, warmup=cfg.onebit_warmup,
                        dgc=compression_get(cfg.compression))
     if cfg.zero:
-        from ..reducer import ZeroOptimizer
+        from ..optim import ZeroOptimizer
         return ZeroOptimizer(reducer, kind, groups, **options)
     return kind(groups, **options)

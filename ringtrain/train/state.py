@@ -2,7 +2,7 @@
 
 Replicated (rank 0 writes it): model, optimizer, the step, the config. Per
 rank: torch's RNG state (and, with compression, its residuals; with --zero,
-its optimizer shard: zero_checkpoint.py). The learning
+its optimizer shard: optim/checkpoint.py). The learning
 rate and the data position follow from the step, since batches are drawn from
 (seed, step), so restoring these makes a resumed run continue bit for bit.
 That holds only on the same data: the replicated state also records the
@@ -19,7 +19,7 @@ from mpi4py import MPI
 from .. import checkpoint
 from ..data.fingerprint import differences
 from ..fault.errors import UsageError, agree
-from . import zero_checkpoint
+from ..optim import checkpoint as optimizer_checkpoint
 from .config import TrainConfig
 
 # Changing these between a run and its resume would change what is computed.
@@ -34,7 +34,7 @@ def save(cfg: TrainConfig, step: int, model, optimizer, reducer, comm: MPI.Comm,
          data: dict | None = None) -> str:
     """``tuned``: what the run chose for its auto settings (compression, bucket cap, optimizer), kept for the
     resume. ``data``: the corpus's fingerprint (the source's ``fingerprint``; None for a task's datasets)."""
-    shared, own = zero_checkpoint.parts(model, optimizer)
+    shared, own = optimizer_checkpoint.parts(model, optimizer)
     replicated = {"model": model.state_dict(), **shared, "step": step, "config": dataclasses.asdict(cfg),
                   "tuned": {**tuned, "bucket_cap_mb": float(tuned["bucket_cap_mb"])}, "data": data}
     per_rank = {"torch_rng": torch.get_rng_state(), "reducer": reducer.state_dict(), **own}
@@ -124,7 +124,7 @@ def restore(cfg: TrainConfig, model, optimizer, reducer, comm: MPI.Comm) -> tupl
     error = None
     try:
         model.load_state_dict(state["model"])
-        zero_checkpoint.load(path, manifest, state, model, optimizer, reducer, comm)
+        optimizer_checkpoint.load(path, manifest, state, model, optimizer, reducer, comm)
     except (RuntimeError, ValueError, KeyError, checkpoint.CheckpointError) as e:
         # Another model under the same flags (ringtrain.fit, --model), or a shard that does not fit. Sharded,
         # each rank reads other files, so the verdict is agreed before anyone raises.

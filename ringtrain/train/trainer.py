@@ -146,7 +146,7 @@ def refuse_past_steps(cfg: TrainConfig, start: int) -> None:
 
 def reducer_sync(task: Task, cfg: TrainConfig, comm: MPI.Comm, tuned: dict, tracer) -> GradientReducer:
     """The default gradient averaging: ringtrain's GradientReducer with the run's buckets and compression."""
-    # DGC under AdamW compresses the optimizer's momentum (reducer/dgc_adam.py): the reducer averages the warm-up.
+    # DGC under AdamW compresses the optimizer's momentum (optim/dgc_adam.py): the reducer averages the warm-up.
     compression = "none" if chosen(cfg, tuned).dgc_adam else tuned["compression"]
     return GradientReducer(task.model, bucket_cap_mb=tuned["bucket_cap_mb"], compression=compression,
                            comm=comm, node_aware={"auto": None, "on": True, "off": False}[cfg.node_aware],

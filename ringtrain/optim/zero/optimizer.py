@@ -24,15 +24,17 @@ per-parameter norms: within 1e-6 relative.
 
 The state is saved per piece with its place in the flat parameter space (the
 trainable parameters in registration order, each flattened), so it can be cut
-again for any number of ranks (zero_state.py).
+again for any number of ranks (state.py).
 """
 from dataclasses import dataclass
 
 import torch
 
-from ..collectives import allreduce, traffic
-from ..collectives.comm import private
-from ..collectives.ring import ring_allgather
+from ...collectives import allreduce, traffic
+from ...collectives.comm import private
+from ...collectives.ring import ring_allgather
+from ..interface import AveragingReducer, ReducerOptimizer
+from .state import load_shard, shard_state
 
 
 @dataclass
@@ -46,50 +48,30 @@ class Piece:
     grad: torch.Tensor  # its slice of the bucket's averaged chunk
 
 
-class ZeroOptimizer:
+class ZeroOptimizer(ReducerOptimizer):
     """``optimizer_class(groups, **defaults)`` over this rank's pieces of ``params`` (tensors or param-group dicts).
 
+    Its ``param_groups`` are the wrapped optimizer's, whose params are this
+    rank's pieces: a learning-rate scheduler that sets ``group["lr"]`` sets the
+    step's. ``add_param_group`` takes whole parameters, as torch's does; every
+    parameter the reducer averages must be in some group by the first step.
     Collective where it communicates: ``step`` (the allgather) and ``clip_grad_norm_``.
     """
 
-    def __init__(self, reducer, optimizer_class, params, **defaults):
-        if not getattr(reducer, "zero", 0):
+    state_layout = "sharded"
+
+    def __init__(self, reducer: AveragingReducer, optimizer_class, params, **defaults):
+        if not reducer.zero:
             raise ValueError("ZeroOptimizer needs a GradientReducer made with zero=1 or zero=2")
         self.reducer, self.comm = reducer, reducer.comm
-        groups = list(params)
-        if groups and not isinstance(groups[0], dict):
-            groups = [{"params": groups}]
-        trainable = reducer._params
-        position = {id(p): k for k, p in enumerate(trainable)}
-        group_of = {}
-        for g, group in enumerate(groups):
-            for p in group["params"]:
-                if id(p) not in position:
-                    raise ValueError("ZeroOptimizer: a parameter in the groups is not one the reducer averages "
-                                     "(is it frozen, or from another model?)")
-                group_of[id(p)] = g
-        missing = [k for k, p in enumerate(trainable) if id(p) not in group_of]
-        if missing:
-            raise ValueError(f"ZeroOptimizer: {len(missing)} trainable parameters are in no group; every "
-                             "parameter the reducer averages must be optimised")
-        self.group_order = [[position[id(p)] for p in group["params"]] for group in groups]
+        self.optimizer_class = optimizer_class
+        self.optimizer = None  # the wrapped optimizer, made with the first group
+        self._position = {id(p): k for k, p in enumerate(reducer.params)}
+        self.sizes = [p.numel() for p in reducer.params]
+        self.group_order = []  # per group, its parameters' positions among the trainable ones
         self.flat = [self._flatten(b) for b in reducer.buckets]
-        self.pieces, inner_groups = [], [{**g, "params": []} for g in groups]
-        for b, bucket in enumerate(reducer.buckets):
-            lo, hi = reducer.shards.owned[b]
-            for i, (plo, phi) in enumerate(bucket.bounds):
-                a, c = max(lo, plo), min(hi, phi)
-                if a >= c:
-                    continue
-                p = bucket.params[i]
-                piece = Piece(b, i, position[id(p)], a - plo, self.flat[b][a:c], reducer.shards.grads[b][a - lo:c - lo])
-                self.pieces.append(piece)
-                inner_groups[group_of[id(p)]]["params"].append(piece.tensor)
-        # A rank whose chunks hold no element of some group still keeps the group, empty, so that every
-        # rank's param_groups line up (the trainer sets the learning rate per group).
-        self.optimizer = optimizer_class(inner_groups, **defaults) if self.pieces else None
-        self._empty_groups = inner_groups
-        self.sizes = [p.numel() for p in trainable]
+        self.pieces = []
+        super().__init__(params, defaults)  # each group through add_param_group
 
     def _flatten(self, bucket) -> torch.Tensor:
         """The bucket's parameters moved into one flat buffer (the gradient bucket's layout); each becomes a view."""
@@ -100,9 +82,40 @@ class ZeroOptimizer:
                 p.data = flat[lo:hi].view_as(p)
         return flat
 
-    @property
-    def param_groups(self) -> list[dict]:
-        return self.optimizer.param_groups if self.optimizer is not None else self._empty_groups
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group of whole parameters: the wrapped optimizer gets their pieces in this rank's chunks.
+
+        A rank whose chunks hold no element of the group still gets the
+        group, empty, so that every rank's param_groups line up.
+        """
+        params = param_group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        grouped = {k for order in self.group_order for k in order}
+        for p in params:
+            if id(p) not in self._position:
+                raise ValueError("ZeroOptimizer: a parameter in the groups is not one the reducer averages "
+                                 "(is it frozen, or from another model?)")
+            if self._position[id(p)] in grouped:
+                raise ValueError("ZeroOptimizer: a parameter is in more than one group")
+        mine = {id(p) for p in params}
+        pieces = []
+        for b, bucket in enumerate(self.reducer.buckets):  # bucket order, as the chunks are laid out
+            lo, hi = self.reducer.shards.owned[b]
+            for i, (plo, phi) in enumerate(bucket.bounds):
+                a, c = max(lo, plo), min(hi, phi)
+                p = bucket.params[i]
+                if a < c and id(p) in mine:
+                    pieces.append(Piece(b, i, self._position[id(p)], a - plo, self.flat[b][a:c],
+                                        self.reducer.shards.grads[b][a - lo:c - lo]))
+        group = {**param_group, "params": [piece.tensor for piece in pieces]}
+        if self.optimizer is None:
+            self.optimizer = self.optimizer_class([group], **self.defaults)
+            # One set of groups and state: the wrapped optimizer's, which its step reads.
+            self.param_groups, self.state = self.optimizer.param_groups, self.optimizer.state
+        else:
+            self.optimizer.add_param_group(group)
+        self.group_order.append([self._position[id(p)] for p in params])
+        self.pieces = sorted(self.pieces + pieces, key=lambda piece: (piece.bucket, piece.index))
 
     def _attach_grads(self) -> list[torch.Tensor]:
         """Each piece's averaged gradient as its ``.grad``, or None where no rank had one (as torch would)."""
@@ -114,8 +127,11 @@ class ZeroOptimizer:
                 grads.append(piece.grad)
         return grads
 
-    def clip_grad_norm_(self, max_norm: float) -> float:
-        """Scale the averaged gradients to global norm at most ``max_norm``; returns the norm before. Collective."""
+    def clip_grad_norm_(self, max_norm: float, parameters=None) -> float:
+        """Scale the averaged gradients to global norm at most ``max_norm``; returns the norm before. Collective.
+
+        ``parameters`` is not used: this rank holds only its shard's gradients, and the norm is every shard's.
+        """
         grads = self._attach_grads()
         total = torch.zeros(1, dtype=torch.float64)
         for g in grads:
@@ -128,11 +144,14 @@ class ZeroOptimizer:
             g.mul_(factor)
         return norm
 
-    def step(self) -> None:
+    def step(self, closure=None):
         """Step this rank's pieces, then allgather every bucket's parameters. Collective."""
+        grouped = sum(len(order) for order in self.group_order)
+        if grouped != len(self.sizes):
+            raise ValueError(f"ZeroOptimizer: {len(self.sizes) - grouped} trainable parameters are in no group; "
+                             "every parameter the reducer averages must be optimised")
         self._attach_grads()
-        if self.optimizer is not None:
-            self.optimizer.step()
+        loss = self.optimizer.step(closure)
         sent = [0]
         if self.comm.Get_size() > 1:
             ring = private(self.comm)
@@ -141,25 +160,13 @@ class ZeroOptimizer:
                     # Each rank's chunk from its owner: the chunks the reduce-scatter left the averages in.
                     ring_allgather(ring, flat.numpy(), bounds=chunks)
         # Under ZeRO the parameters' allgather is half of averaging the step: its bytes belong in wire_bytes.
-        self.reducer.last_wire_bytes += sent[0]
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for piece in self.pieces:
-            piece.tensor.grad = None
-
-    def state_nbytes(self) -> int:
-        """Bytes of optimizer state this rank holds."""
-        if self.optimizer is None:
-            return 0
-        return sum(t.numel() * t.element_size() for s in self.optimizer.state.values() for t in s.values()
-                   if torch.is_tensor(t))
+        self.reducer.add_wire_bytes(sent[0])
+        return loss
 
     def state_dict(self) -> dict:
-        """This rank's shard: per piece, its place in the flat parameter space and its state."""
-        from .zero_state import shard_state
+        """This rank's shard: per piece, its place in the flat parameter space and its state (state.py)."""
         return shard_state(self)
 
     def load_state_dict(self, state) -> None:
-        """A list of every rank's ``state_dict()`` (at any world size), or an unsharded optimizer's state_dict."""
-        from .zero_state import load_shard
+        """This rank's ``state_dict()``, a list of every rank's (at any world size), or an unsharded optimizer's."""
         load_shard(self, state)

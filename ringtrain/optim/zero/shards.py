@@ -5,7 +5,7 @@ allreduce cuts it (collectives/layout.py), so rank r's chunk after the ring
 reduce-scatter holds the same bits the ring allreduce would have left there:
 ZeRO changes where the average lives, not its value. The chunks cut through
 parameters; ZeroOptimizer steps the pieces of parameters inside this rank's
-chunks (zero_optimizer.py).
+chunks (optimizer.py).
 
 The used-flags at the end of each bucket (one per parameter, buckets.py) are
 copied aside before the ring and summed on their own (one small allreduce per
@@ -19,9 +19,9 @@ chunks are views of them.
 import torch
 from mpi4py import MPI
 
-from ..collectives import allreduce, reduce_scatter
-from ..collectives.codec_ring import codec_reduce_scatter_mean
-from ..collectives.layout import chunk_bounds
+from ...collectives import allreduce, reduce_scatter
+from ...collectives.codec_ring import codec_reduce_scatter_mean
+from ...collectives.layout import chunk_bounds
 
 
 class GradientShards:

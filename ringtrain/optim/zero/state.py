@@ -28,7 +28,7 @@ def shard_state(opt) -> dict:
     pieces = []
     for piece in opt.pieces:
         n = piece.tensor.numel()
-        state = opt.optimizer.state.get(piece.tensor, {}) if opt.optimizer is not None else {}
+        state = opt.state.get(piece.tensor, {})
         pieces.append({"param": piece.param, "start": piece.start, "numel": n,
                        "state": {k: (v.reshape(-1) if _per_element(v, n) else v) for k, v in state.items()}})
     groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
@@ -86,7 +86,10 @@ def cut(sources: dict[int, list], param: int, start: int, numel: int) -> dict:
 
 
 def load_shard(opt, state) -> None:
-    """Load ``state`` (every rank's shards, or an unsharded state_dict) into ZeroOptimizer ``opt``'s pieces."""
+    """Load ``state`` (one shard, every rank's shards, or an unsharded state_dict) into ZeroOptimizer ``opt``'s
+    pieces."""
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        state = [state]
     if isinstance(state, dict) and "param_groups" in state and "state" in state:
         order = [k for group in opt.group_order for k in group]
         sources, groups = from_unsharded(state, order, opt.sizes), state["param_groups"]
@@ -99,14 +102,12 @@ def load_shard(opt, state) -> None:
         raise ValueError(f"the saved optimizer has {len(groups)} parameter groups, this one {len(opt.param_groups)}")
     for mine, saved in zip(opt.param_groups, groups):
         mine.update({k: v for k, v in saved.items() if k != "params"})
-    if opt.optimizer is None:
-        return
     for piece in opt.pieces:
         s = cut(sources, piece.param, piece.start, piece.tensor.numel())
         if s:
-            opt.optimizer.state[piece.tensor] = s
+            opt.state[piece.tensor] = s
         else:
-            opt.optimizer.state.pop(piece.tensor, None)
+            opt.state.pop(piece.tensor, None)
 
 
 def unsharded_state(shards: list[dict], params: list[torch.Tensor], group_order: list[list[int]]) -> dict:
