@@ -23,6 +23,7 @@ KINDS = {"nan": float("nan"), "inf": float("inf"), "negative": -1, "zero": 0, "b
 ACCEPTED = {(name, "zero") for name in ("warmup", "momentum", "weight_decay", "grad_clip", "min_lr_ratio", "seed",
                                         "eval_every", "sample_tokens", "stop_after", "checkpoint_every", "epochs", "zero",
                                         "loader_workers")}
+ACCEPTED |= {(f.name, "bool") for f in fields(TrainConfig) if f.type is bool}  # on/off options are bools
 CASES = [(f.name, kind) for f in fields(TrainConfig) for kind in KINDS]
 
 
@@ -60,7 +61,7 @@ def test_relations_and_specs_are_checked_too():
             TrainConfig(**kwargs)
 
 
-CLI_CASES = [(f.name, text) for f in fields(TrainConfig) if f.type in (int, float) or f.name == "bucket_cap_mb"
+CLI_CASES = [(f.name, text) for f in fields(TrainConfig) if f.type in (int, float, bool) or f.name == "bucket_cap_mb"
              for kind, text in (("nan", "nan"), ("inf", "inf"), ("negative", "-1"), ("zero", "0"), ("text", "x"))
              if (f.name, kind) not in ACCEPTED]
 

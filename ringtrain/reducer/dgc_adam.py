@@ -23,6 +23,7 @@ v; a resume at the same world size is exact.
 """
 import torch
 
+from ..compression.compatibility import dgc_adam
 from ..compression.dgc import DGC
 from .onebit_adam import OneBitAdam
 
@@ -33,7 +34,7 @@ class DGCAdam(OneBitAdam):
     def __init__(self, reducer, params, *, dgc: DGC, **options):
         super().__init__(reducer, params, **options)
         b1 = self.adamw.param_groups[0]["betas"][0]
-        if dgc.momentum != b1:
+        if not dgc_adam(dgc, "adamw", b1):
             raise ValueError(f"dgc momentum={dgc.momentum:g}: under AdamW, DGC's momentum is Adam's beta1 ({b1:g})")
         self.dgc = dgc
         self.denominator = None  # D of every parameter, flat, from the freeze on

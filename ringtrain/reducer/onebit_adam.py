@@ -23,6 +23,7 @@ exact.
 import numpy as np
 import torch
 
+from ..compression.compatibility import onebit_adam_conflict
 from ..compression.onebit_allreduce import OneBitAllreduce
 
 
@@ -31,9 +32,9 @@ class OneBitAdam:
 
     def __init__(self, reducer, params, *, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, warmup: int = 100):
-        if getattr(reducer, "zero", 0) or getattr(reducer, "compression_spec", "none") != "none":
-            raise ValueError("OneBitAdam compresses its own momentum: give it a GradientReducer without zero "
-                             "or compression")
+        reason = onebit_adam_conflict(getattr(reducer, "zero", 0), (getattr(reducer, "compressors", None) or [None])[0])
+        if reason:
+            raise ValueError(f"OneBitAdam on a GradientReducer with zero or compression: not supported — {reason}")
         if not (isinstance(warmup, int) and warmup >= 1):
             raise ValueError(f"warmup={warmup!r}: 1-bit Adam needs at least one step of AdamW, a whole number >= 1")
         self.reducer, self.comm, self.warmup = reducer, reducer.comm, warmup
