@@ -109,6 +109,23 @@ def test_error_feedback_sent_plus_residual_is_input_plus_old_residual(inner):
         assert np.allclose(sent + ef.residual, x + old, rtol=0, atol=4e-7 * np.abs(x + old).max())
 
 
+def test_error_feedback_hands_its_own_decoding_back_once_and_decodes_anything_else():
+    inner = TopK(k=10)
+    ef, decoded = ErrorFeedback(inner), []
+    real = inner.decompress
+    inner.decompress = lambda payload, ctx: decoded.append(payload.size) or real(payload, ctx)
+    payload, ctx = ef.compress(RNG.standard_normal(100).astype(np.float32))
+    assert len(decoded) == 1  # compress decodes its payload once, for the residual
+    first = ef.decompress(payload, ctx)
+    assert len(decoded) == 1  # the payload compress returned: its kept decoding, not a second decode
+    assert np.array_equal(ef.decompress(payload, ctx), first) and len(decoded) == 2  # handed out once only
+    assert np.array_equal(ef.decompress(payload.copy(), ctx), first) and len(decoded) == 3  # a copy: decoded
+    bad = payload.copy()
+    bad[-4:] = np.frombuffer(np.float32(np.nan).tobytes(), np.uint8)  # the same size, a NaN value
+    with pytest.raises(ValueError, match="topk: corrupted payload"):
+        ef.decompress(bad, ctx)
+
+
 @pytest.mark.parametrize("spec", ["ef+topk:ratio=0.02", "int8:stochastic=true,seed=3", "onebit", "powersgd:rank=3"])
 def test_state_dict_round_trip_gives_identical_outputs(spec):
     a = compression.get(spec)
