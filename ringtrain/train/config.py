@@ -240,6 +240,8 @@ def add_arguments(parser) -> None:
             kind = _number_or_auto
         if f.type == Switch:
             options["choices"] = typing.get_args(Switch)
+        if f.type is bool:
+            options["metavar"] = "{on,off}"
         shown = {True: "on", False: "off"}.get(f.default, f.default) if f.type is bool else f.default
         parser.add_argument(flag, type=kind, default=f.default, dest=f.name, **options,
                             help=f"{docs.get(f.name, '')} (default: {shown})")

@@ -136,3 +136,30 @@ def test_tracing_wraps_the_compressor_and_changes_no_bit():
     patched = any(name in vars(c) for c in reducer.compressors for name in ("compress", "decompress"))
     spans = {"compress", "decompress"} <= set(trace.names) if WORLD.Get_size() > 1 else True
     assert all_ranks_agree(same and not patched and spans), (same, patched, sorted(set(trace.names)))
+
+
+@pytest.mark.mpi
+def test_fit_takes_an_object_and_its_checkpoint_resumes(mpi_tmp_path):
+    """fit with ErrorFeedback(TopK(0.5)) trains as with its spec; its checkpoint names it and resumes."""
+    import torch.nn.functional as F
+
+    import ringtrain
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 5, generator=g)
+    data = torch.utils.data.TensorDataset(x, x @ torch.randn(5, 2, generator=g))
+
+    def run(compression_, steps, **options):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+        return ringtrain.fit(net, lambda m, a, b: F.mse_loss(m(a), b), data, steps=steps, batch_size=4,
+                             log_every=100, eval_every=0, compression=compression_,
+                             out_dir=str(mpi_tmp_path / "out"), **options)
+
+    spec = run("ef+topk:ratio=0.5", 4)
+    given = ErrorFeedback(TopK(0.5))
+    first = run(given, 2, checkpoint_dir=str(mpi_tmp_path / "ckpt"))
+    resumed = run(given, 4, checkpoint_dir=str(mpi_tmp_path / "ckpt"))
+    ok = spec["losses"] == first["losses"] + resumed["losses"] and resumed["start_step"] == 2
+    ok &= resumed["tuned"]["compression"] == "ef(topk)" and given.residual is None
+    assert all_ranks_agree(ok), (spec["losses"], first["losses"], resumed["losses"])
