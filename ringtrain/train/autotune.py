@@ -188,11 +188,11 @@ def choose(scores: dict, compression_auto: bool) -> tuple:
 def describe(tuned: Tuned) -> str:
     """The line that says what the probe chose, and the timings it chose by."""
     probe = tuned.probe
-    choice = tuned.optimizer or tuned.compression
-    key = f"{choice} {tuned.bucket_cap_mb:g}MB"
+    candidate = tuned.optimizer or tuned.compression  # as the scores name it: a spec, or onebit-adam
+    key = f"{candidate} {tuned.bucket_cap_mb:g}MB"
     timed = ", ".join(f"{spec} {1e3 * t:.1f} ms" for spec, t in probe["allreduce_s"].items())
-    what = ("optimizer onebit-adam (1-bit Adam: its momentum compressed after the warm-up)" if choice == ONEBIT_ADAM
-            else f"compression {choice}")
+    what = ("optimizer onebit-adam (1-bit Adam: its momentum compressed after the warm-up)" if tuned.optimizer
+            else f"compression {candidate}")
     return (f"autotune: {what}, bucket cap {tuned.bucket_cap_mb:g} MB "
             f"(compute {1e3 * probe['compute_s']:.1f} ms per step; averaging all gradients: {timed}; predicted step "
             f"{1e3 * probe['predicted_step_s'][key]:.1f} ms)")
