@@ -90,3 +90,22 @@ def test_tuned_is_a_record_and_reads_the_dicts_checkpoints_kept():
     assert tuned.applied_to(TrainConfig()).optimizer == "onebit-adam"
     with pytest.raises(AttributeError):
         tuned.compression = "fp16"  # frozen
+
+
+def test_each_compatibility_rule_is_one_function_that_config_and_reducer_both_say():
+    from ringtrain.compression import compatibility as rules
+    get = compression.get
+    assert rules.zero_conflict(1, get("int8")) is None and rules.zero_conflict(0, get("ef+topk:ratio=0.1")) is None
+    reason = rules.zero_conflict(2, get("ef+topk:ratio=0.1"))
+    assert reason and rules.zero_conflict(1, rules.AUTO).startswith(reason)
+    assert rules.onebit_adam_conflict(0, None) is None and rules.onebit_adam_conflict(1, None)
+    dgc = get("dgc:ratio=0.1,momentum=0.9")
+    assert rules.dgc_conflict(dgc, "adamw", 0.0, 0.9) is None and rules.dgc_conflict(dgc, "sgd", 0.0, 0.9) is None
+    assert rules.dgc_conflict(dgc, "sgd", 0.9, 0.9) and rules.dgc_conflict(dgc, "adamw", 0.0, 0.95)
+    assert rules.dgc_adam(dgc, "adamw", 0.9) and not rules.dgc_adam(get("dgc:ratio=0.1"), "adamw", 0.9)
+    # The same reason, whichever interface refuses it.
+    with pytest.raises(UsageError) as config:
+        TrainConfig(zero=2, compression="ef+topk:ratio=0.1")
+    with pytest.raises(ValueError) as reducer:
+        make(zero=2, compression="ef+topk:ratio=0.1")
+    assert reason in str(config.value) and reason in str(reducer.value)
