@@ -33,6 +33,7 @@ import torch
 from .. import environment
 from ..collectives import allreduce
 from ..timing import median_call, slowest
+from ..compression import spec_of
 from ..constants import BUCKET_CAP_MB
 from ..fault.errors import UsageError, checked
 from ..plan.calibrate import averaging
@@ -91,7 +92,7 @@ def tune(cfg, model, loss_fn, batch, comm) -> Tuned:
         times = []
         for part, n in ((layout, count), (first, size)):
             times.append(median_call(comm, averaging(spec, part, data[:n], comm), 2))
-        measured[spec] = times[0]
+        measured[spec_of(spec)] = times[0]
         # A line through both sizes: the fixed part holds the compressor's per-call
         # work and messages; each bucket also averages its used-flags (one message).
         if size < count:
@@ -104,9 +105,9 @@ def tune(cfg, model, loss_fn, batch, comm) -> Tuned:
     scores = score(compute, comm_models, param_bytes, cfg.compression, cfg.bucket_cap_mb, overlap)
     best = comm.bcast(choose(scores, cfg.compression == "auto"), root=0)
     compression, optimizer = (best[0], None) if best[0] != ONEBIT_ADAM else ("none", ONEBIT_ADAM)
-    probe = {"candidates": specs, "compute_s": compute, "allreduce_s": measured, "latency_s": latency,
+    probe = {"candidates": [spec_of(s) for s in specs], "compute_s": compute, "allreduce_s": measured, "latency_s": latency,
              "per_byte_s": per_byte, "message_s": t_tiny, "overlap": overlap,
-             "predicted_step_s": {f"{s} {c:g}MB": v for (s, c), v in scores.items()}}
+             "predicted_step_s": {f"{spec_of(s)} {c:g}MB": v for (s, c), v in scores.items()}}
     tuned = Tuned(compression=compression, bucket_cap_mb=best[1], optimizer=optimizer, probe=probe)
     return dataclasses.replace(tuned, text=describe(tuned))
 
@@ -188,7 +189,7 @@ def choose(scores: dict, compression_auto: bool) -> tuple:
 def describe(tuned: Tuned) -> str:
     """The line that says what the probe chose, and the timings it chose by."""
     probe = tuned.probe
-    candidate = tuned.optimizer or tuned.compression  # as the scores name it: a spec, or onebit-adam
+    candidate = tuned.optimizer or tuned.compression_name  # as the probe names it: a spec, or onebit-adam
     key = f"{candidate} {tuned.bucket_cap_mb:g}MB"
     timed = ", ".join(f"{spec} {1e3 * t:.1f} ms" for spec, t in probe["allreduce_s"].items())
     what = ("optimizer onebit-adam (1-bit Adam: its momentum compressed after the warm-up)" if tuned.optimizer
