@@ -34,8 +34,7 @@ import sys
 import torch
 from mpi4py import MPI
 
-from .. import environment
-from ..checks import Switch, boolean, number, switch, whole
+from ..checks import Switch
 from ..collectives import allreduce, broadcast
 from ..collectives.api import choose_algorithm
 from ..collectives.comm import handshake, private
@@ -45,6 +44,7 @@ from ..compression import Compressor, Path, get as compression_get, spec_of
 from ..compression.compatibility import zero_conflict
 from ..constants import BUCKET_CAP_MB
 from ..trace import NO_TRACE
+from .arguments import check_arguments, poll_sleep_us_of
 from .buckets import assign_buckets, layout_fingerprint
 from .buffer_sync import BufferSync
 from .comm_thread import CommThread
@@ -94,9 +94,10 @@ class GradientReducer:
                  zero: int = 0):
         # Every argument is checked before the first collective, thread or hook, so a bad one leaves nothing
         # behind: it raises on every rank that was given it, with nothing pending between the ranks.
-        self._check_arguments(model, bucket_cap_mb, comm, broadcast_from, node_aware, first_bucket_mb,
-                              broadcast_buffers, zero)
-        self.poll_sleep_us = _poll_sleep_us(poll_sleep_us)
+        check_arguments(model, bucket_cap_mb=bucket_cap_mb, comm=comm, broadcast_from=broadcast_from,
+                        node_aware=node_aware, first_bucket_mb=first_bucket_mb, broadcast_buffers=broadcast_buffers,
+                        zero=zero)
+        self.poll_sleep_us = poll_sleep_us_of(poll_sleep_us)
         self.model, self.zero, self.trace, self.bucket_cap_mb = model, zero, trace, bucket_cap_mb
         self._params = [p for p in model.parameters() if p.requires_grad]
         self._lay_out(bucket_cap_mb, first_bucket_mb)
@@ -108,37 +109,6 @@ class GradientReducer:
         if broadcast_from is not None:
             self._broadcast_state(broadcast_from)
         self._start(broadcast_buffers)
-
-    def _check_arguments(self, model, bucket_cap_mb, comm, broadcast_from, node_aware, first_bucket_mb,
-                         broadcast_buffers, zero) -> None:
-        """Raise ValueError (RuntimeError for MPI's thread level) naming the first argument that is not allowed."""
-        level = MPI.Query_thread()
-        if level < MPI.THREAD_SERIALIZED:
-            raise RuntimeError("GradientReducer makes MPI calls from a communication thread and needs "
-                               f"MPI_THREAD_SERIALIZED or higher; MPI was initialised with level {level}. "
-                               "mpi4py asks for MPI_THREAD_MULTIPLE unless mpi4py.rc.thread_level says otherwise")
-        if not isinstance(model, torch.nn.Module):
-            raise ValueError(f"model is not allowed — a torch.nn.Module; got {type(model).__name__}")
-        for p in model.parameters():
-            if p.requires_grad and p.device.type != "cpu":
-                raise ValueError(f"GradientReducer works on CPU tensors; a parameter is on {p.device}")
-        if not _MEGABYTES.allows(bucket_cap_mb):
-            raise ValueError(f"bucket_cap_mb must be > 0, got {bucket_cap_mb!r}")
-        if first_bucket_mb is not None and not _MEGABYTES.allows(first_bucket_mb):
-            raise ValueError(f"first_bucket_mb must be > 0 (or None: as bucket_cap_mb), got {first_bucket_mb!r}")
-        if comm is not None and not isinstance(comm, MPI.Intracomm):
-            raise ValueError(f"comm={comm!r} is not allowed — an mpi4py intracommunicator, or None (COMM_WORLD)")
-        size = (MPI.COMM_WORLD if comm is None else comm).Get_size()
-        if broadcast_from is not None and not whole(0, size - 1).allows(broadcast_from):
-            raise ValueError(f"broadcast_from={broadcast_from!r} is not allowed — a rank from 0 to {size - 1}, or "
-                             "None (no broadcast)")
-        if not SWITCH.allows(node_aware):
-            raise ValueError(f"node_aware={node_aware!r} is not allowed — {SWITCH.allowed}")
-        if not BOOLEAN.allows(broadcast_buffers):
-            raise ValueError(f"broadcast_buffers={broadcast_buffers!r} is not allowed — True or False")
-        if zero not in (0, 1, 2) or isinstance(zero, bool):
-            raise ValueError(f"zero={zero!r} is not allowed — 0 (allreduce), 1 (shard the optimizer state) or 2 "
-                             "(and the gradients)")
 
     def _lay_out(self, bucket_cap_mb: float, first_bucket_mb: float | None) -> None:
         """The buckets (buckets.py) and where each parameter lives in them. Local."""
@@ -405,19 +375,3 @@ class GradientReducer:
         if self._thread is not None:
             self._thread.close()
             self._thread = None
-
-
-_POLL_SLEEP = number(0, 1e6, below=True)
-_MEGABYTES = number(0, above=True)
-SWITCH, BOOLEAN = switch(), boolean()
-
-
-def _poll_sleep_us(value: float | None) -> float:
-    """The sleep between polls in microseconds: ``value``, else RINGTRAIN_POLL_SLEEP_US, else the default."""
-    allowed = f"microseconds between polls, {_POLL_SLEEP.allowed} (0 spins)"
-    if value is not None:
-        if not _POLL_SLEEP.allows(value):
-            raise ValueError(f"poll_sleep_us is not allowed — {allowed}; got {value!r}")
-        return float(value)
-    # The same rule, and constants.POLL_SLEEP_US when unset (environment.py); a UsageError (a ValueError) if bad.
-    return environment.value("RINGTRAIN_POLL_SLEEP_US")

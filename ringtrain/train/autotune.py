@@ -105,8 +105,8 @@ def tune(cfg, model, loss_fn, batch, comm) -> Tuned:
     scores = score(compute, comm_models, param_bytes, cfg.compression, cfg.bucket_cap_mb, overlap)
     best = comm.bcast(choose(scores, cfg.compression == "auto"), root=0)
     compression, optimizer = (best[0], None) if best[0] != ONEBIT_ADAM else ("none", ONEBIT_ADAM)
-    probe = {"candidates": [spec_of(s) for s in specs], "compute_s": compute, "allreduce_s": measured, "latency_s": latency,
-             "per_byte_s": per_byte, "message_s": t_tiny, "overlap": overlap,
+    probe = {"candidates": [spec_of(s) for s in specs], "compute_s": compute, "allreduce_s": measured,
+             "latency_s": latency, "per_byte_s": per_byte, "message_s": t_tiny, "overlap": overlap,
              "predicted_step_s": {f"{spec_of(s)} {c:g}MB": v for (s, c), v in scores.items()}}
     tuned = Tuned(compression=compression, bucket_cap_mb=best[1], optimizer=optimizer, probe=probe)
     return dataclasses.replace(tuned, text=describe(tuned))

@@ -130,8 +130,10 @@ class TrainConfig:
     def compressor(self) -> "Compressor | None":
         """The compression, parsed once (a prototype: nothing runs it); None for none, and for auto until chosen."""
         from ..compression import Compressor, get as compression_get
-        if self.compression == "auto" or isinstance(self.compression, Compressor):
-            return None if self.compression == "auto" else self.compression
+        if isinstance(self.compression, Compressor):
+            return self.compression
+        if self.compression == "auto":
+            return None
         try:
             return compression_get(self.compression)
         except ValueError as e:  # it names the part that is wrong and what is allowed
