@@ -37,7 +37,7 @@ def check_arguments(model, *, bucket_cap_mb, comm, broadcast_from, node_aware, f
     ...                 first_bucket_mb=None, broadcast_buffers=True, zero=0)
     Traceback (most recent call last):
     ...
-    ValueError: node_aware=True is not allowed — one of auto, on, off
+    ValueError: node_aware=True is not allowed — one of auto, on, off (write 'on'; earlier versions took True/False/None)
     """
     level = MPI.Query_thread()
     if level < MPI.THREAD_SERIALIZED:
@@ -60,7 +60,9 @@ def check_arguments(model, *, bucket_cap_mb, comm, broadcast_from, node_aware, f
         raise ValueError(f"broadcast_from={broadcast_from!r} is not allowed — a rank from 0 to {size - 1}, or "
                          "None (no broadcast)")
     if not _SWITCH.allows(node_aware):
-        raise ValueError(f"node_aware={node_aware!r} is not allowed — {_SWITCH.allowed}")
+        was = {None: "auto", True: "on", False: "off"}.get(node_aware) if node_aware in (None, True, False) else None
+        raise ValueError(f"node_aware={node_aware!r} is not allowed — {_SWITCH.allowed}"
+                         + (f" (write {was!r}; earlier versions took True/False/None)" if was else ""))
     if not _BOOLEAN.allows(broadcast_buffers):
         raise ValueError(f"broadcast_buffers={broadcast_buffers!r} is not allowed — True or False")
     if zero not in (0, 1, 2) or isinstance(zero, bool):
