@@ -38,7 +38,8 @@ def fit(model, loss_fn, train_data, *, val_data=None, collate_fn=None, metrics=N
     ``loss_fn(model, *batch)`` returns the batch's mean loss; ``metrics`` maps
     names to functions of the same form, reported at each validation.
     ``config`` (or TrainConfig fields as keywords) sets everything else: steps
-    or epochs, batch size per rank, optimizer, checkpoints. Returns the losses,
+    or epochs, batch size per rank, optimizer, checkpoints; ``compression`` is a
+    spec or a Compressor object (``ErrorFeedback(TopK(0.01))``). Returns the losses,
     step times, validation results and the model, as ``train`` does; raises
     UsageError for bad input, and Preempted (a SystemExit with code 75) after
     checkpointing when signalled.
