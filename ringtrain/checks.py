@@ -12,7 +12,10 @@ NaN fails every comparison, so the number rules test ``math.isfinite`` first
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal, get_args
+
+Switch = Literal["auto", "on", "off"]
+"""An option that is on, off, or left to the code to decide (``GradientReducer(node_aware=...)``)."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,16 @@ def multiple(of: int, lo: int) -> Rule:
 def flag() -> Rule:
     """True or False (as text: 1, 0, true, false)."""
     return Rule("1, 0, true or false", lambda v: isinstance(v, bool), _parse_flag)
+
+
+def boolean() -> Rule:
+    """True or False, nothing else (on or off on the command line, which maps them)."""
+    return Rule("True or False (on or off on the command line)", lambda v: isinstance(v, bool))
+
+
+def switch() -> Rule:
+    """One of ``Switch``'s values: auto, on or off."""
+    return choice(*get_args(Switch))
 
 
 def choice(*options: str) -> Rule:

@@ -25,6 +25,7 @@ KINDS = {"nan": float("nan"), "inf": float("inf"), "negative": -1, "zero": 0, "b
 ACCEPTED = {(name, "zero") for name in ("warmup", "momentum", "weight_decay", "grad_clip", "min_lr_ratio", "seed",
                                         "eval_every", "sample_tokens", "stop_after", "checkpoint_every", "epochs", "zero",
                                         "loader_workers")}
+ACCEPTED |= {(f.name, "bool") for f in fields(TrainConfig) if f.type is bool}  # on/off options are bools
 CASES = [(f.name, kind) for f in fields(TrainConfig) for kind in KINDS]
 
 
@@ -64,7 +65,7 @@ def test_relations_and_specs_are_checked_too():
             TrainConfig(**kwargs)
 
 
-CLI_CASES = [(f.name, text) for f in fields(TrainConfig) if f.type in (int, float) or f.name == "bucket_cap_mb"
+CLI_CASES = [(f.name, text) for f in fields(TrainConfig) if f.type in (int, float, bool) or f.name == "bucket_cap_mb"
              for kind, text in (("nan", "nan"), ("inf", "inf"), ("negative", "-1"), ("zero", "0"), ("text", "x"))
              if (f.name, kind) not in ACCEPTED]
 
@@ -83,7 +84,7 @@ def test_bad_flags_exit_2_naming_the_flag_without_a_traceback(name, text, capsys
 
 
 def numeric_flags() -> set:
-    """The train command's flags whose parser refuses the text 'x': the ones CLI_CASES must try."""
+    """The train command's flags whose parser refuses the text 'x' (numbers, and on/off): CLI_CASES tries them."""
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     train = commands.choices["train"]
     found = set()
@@ -100,7 +101,7 @@ def numeric_flags() -> set:
 def test_the_cli_matrix_covers_every_numeric_flag():
     # CLI_CASES is chosen by the fields' annotations; the parser and the defaults say what is numeric too.
     # All three must agree, or a numeric flag has slipped out of the matrix (say, annotated ``int | None``).
-    by_default = {f.name for f in fields(TrainConfig) if type(f.default) in (int, float)}
+    by_default = {f.name for f in fields(TrainConfig) if type(f.default) in (int, float, bool)}
     assert {name for name, _ in CLI_CASES} == numeric_flags() == by_default
 
 

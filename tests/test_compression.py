@@ -4,7 +4,7 @@ import pytest
 from mpi4py import MPI
 
 from ringtrain import compression
-from ringtrain.compression import LZ4, Cast16, Compressor, ErrorFeedback, Int8, OneBit, PowerSGD, TopK
+from ringtrain.compression import LZ4, Cast16, Compressor, ErrorFeedback, Int8, OneBit, Path, PowerSGD, RingCodec, TopK
 
 RNG = np.random.default_rng(7)
 X = RNG.standard_normal(10_007).astype(np.float32)
@@ -107,6 +107,23 @@ def test_error_feedback_sent_plus_residual_is_input_plus_old_residual(inner):
         sent, _ = round_trip(ef, x)
         # One float32 rounding of x + old is all that separates the two sides.
         assert np.allclose(sent + ef.residual, x + old, rtol=0, atol=4e-7 * np.abs(x + old).max())
+
+
+def test_error_feedback_hands_its_own_decoding_back_once_and_decodes_anything_else():
+    inner = TopK(k=10)
+    ef, decoded = ErrorFeedback(inner), []
+    real = inner.decompress
+    inner.decompress = lambda payload, ctx: decoded.append(payload.size) or real(payload, ctx)
+    payload, ctx = ef.compress(RNG.standard_normal(100).astype(np.float32))
+    assert len(decoded) == 1  # compress decodes its payload once, for the residual
+    first = ef.decompress(payload, ctx)
+    assert len(decoded) == 1  # the payload compress returned: its kept decoding, not a second decode
+    assert np.array_equal(ef.decompress(payload, ctx), first) and len(decoded) == 2  # handed out once only
+    assert np.array_equal(ef.decompress(payload.copy(), ctx), first) and len(decoded) == 3  # a copy: decoded
+    bad = payload.copy()
+    bad[-4:] = np.frombuffer(np.float32(np.nan).tobytes(), np.uint8)  # the same size, a NaN value
+    with pytest.raises(ValueError, match="topk: corrupted payload"):
+        ef.decompress(bad, ctx)
 
 
 @pytest.mark.parametrize("spec", ["ef+topk:ratio=0.02", "int8:stochastic=true,seed=3", "onebit", "powersgd:rank=3"])
@@ -232,18 +249,23 @@ def test_error_feedback_topk_and_onebit_reach_the_uncompressed_loss():
         assert _train(spec) <= plain + 0.05 * (start - plain), spec
 
 
-@pytest.mark.parametrize("spec, summable, messages", [
-    ("fp16", True, 1), ("bf16", True, 1), ("int8", True, 1), ("powersgd:rank=2", True, 2),
-    ("int8+lz4", False, 1), ("lz4", False, 1), ("topk:ratio=0.1", False, 1), ("onebit", False, 1),
-    ("ef+int8", False, 1), ("ef+fp16", False, 1),  # error feedback gathers, whatever its inner codec does
+RING, GATHERED, LOW_RANK = Path.RING_CODEC, Path.GATHERED, Path.LOW_RANK_ALLREDUCE
+
+
+@pytest.mark.parametrize("spec, path, messages", [
+    ("fp16", RING, 1), ("bf16", RING, 1), ("int8", RING, 1), ("powersgd:rank=2", LOW_RANK, 2),
+    ("int8+lz4", GATHERED, 1), ("lz4", GATHERED, 1), ("topk:ratio=0.1", GATHERED, 1), ("onebit", GATHERED, 1),
+    ("ef+int8", GATHERED, 1), ("ef+fp16", GATHERED, 1),  # error feedback gathers, whatever its inner codec does
+    ("dgc:ratio=0.1", GATHERED, 1),
 ])
-def test_each_compressor_states_how_it_travels(spec, summable, messages, monkeypatch):
+def test_each_compressor_states_how_it_travels(spec, path, messages, monkeypatch):
     from ringtrain.compression import powersgd
     from ringtrain.plan.fit import compression_kind
     c = compression.get(spec)
-    assert (c.summable, c.messages) == (summable, messages)
-    # Summable means a ring path of its own: the compressor overrides the gathering default.
-    assert (type(c).allreduce_mean is not Compressor.allreduce_mean) == summable
+    assert (c.path, c.messages) == (path, messages)
+    # Only a gathered compressor keeps the gathering default; the ring codecs are RingCodecs.
+    assert (type(c).allreduce_mean is Compressor.allreduce_mean) == (path is GATHERED)
+    assert isinstance(c, RingCodec) == (path is RING)
     calls = []
     monkeypatch.setattr(powersgd, "allreduce", lambda x, **kw: calls.append(x.numel()) or x)
     c.set_layout([(0, 4096, (64, 64))])
@@ -251,7 +273,7 @@ def test_each_compressor_states_how_it_travels(spec, summable, messages, monkeyp
     assert len(calls) == (messages if spec.startswith("powersgd") else 0)
     # The cost model takes these facts from the compressor, not from the spec's spelling.
     kind = compression_kind(spec)
-    assert (kind.summable, kind.messages) == (summable, messages)
+    assert (kind.summable, kind.messages) == (path is not GATHERED, messages)
 
 
 @pytest.mark.parametrize("spec", ["fp16", "bf16", "int8", "int8:segment=100", "onebit", "onebit:chunk=64",

@@ -188,3 +188,16 @@ def test_consolidate_joins_zero_shards_into_an_ordinary_checkpoint(tmp_path):
     again = subprocess.run([sys.executable, "-m", "ringtrain", "consolidate", str(tmp_path / "one/step-00000004"),
                             str(tmp_path / "two")], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert again.returncode == 2 and "it is not sharded" in again.stderr
+
+
+def test_a_registered_compressor_trains_from_the_command_line(tmp_path):
+    """ringtrain/examples/random_k.py registers randomk and runs the command line: --compression knows it."""
+    flags = ["--compression", "ef+randomk:ratio=0.1", "--steps", "3", "--layers", "1", "--width", "32",
+             "--context", "32", "--eval-every", "0", "--sample-tokens", "0", "--out-dir", str(tmp_path)]
+    out = run_mpi(2, ["-m", "ringtrain.examples.random_k", *flags], timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "compression ef+randomk:ratio=0.1" in out.stdout
+    assert [r["step"] for r in read_metrics(tmp_path) if "loss" in r] == [1, 2, 3]
+    # Without the registration the name is unknown.
+    plain = run_mpi(1, ["-m", "ringtrain", *flags], timeout=300, cwd=ROOT)
+    assert plain.returncode == 2 and "unknown compressor 'randomk'" in plain.stderr

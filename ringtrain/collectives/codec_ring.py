@@ -6,9 +6,10 @@ added, so every hop carries the codec's bytes and rounds once; the
 accumulator stays float32. The owner divides its chunk by the world size and
 encodes it once more, and the ordinary ring allgather then moves those encoded
 values, which every rank decodes the same way: all ranks end with the same bits.
-"""
-from typing import Protocol
 
+``codec`` is a ``ringtrain.compression.ring_codec.RingCodec`` (its contract is
+there, beside ``Compressor``): ``wire_dtype``, ``prepare``, ``encode``, ``decode``.
+"""
 import numpy as np
 from mpi4py import MPI
 
@@ -16,24 +17,7 @@ from .comm import private
 from .ring import ring_allgather, ring_reduce_scatter
 
 
-class RingCodec(Protocol):
-    """What a compressor provides to ride the ring (casts.Cast16 and int8.Int8 do)."""
-
-    name: str
-    wire_dtype: type
-    """The numpy dtype of one encoded element (uint16 for 16-bit floats, int8)."""
-
-    def prepare(self, x: np.ndarray, comm: MPI.Comm) -> None:
-        """Collective set-up before a reduction of ``x``, such as agreeing on scales."""
-
-    def encode(self, values: np.ndarray, lo: int, hi: int, summed: int, out: np.ndarray) -> None:
-        """Encode ``values``, elements ``[lo, hi)`` of a partial sum over ``summed`` ranks, into ``out``."""
-
-    def decode(self, wire: np.ndarray, lo: int, hi: int, summed: int, out: np.ndarray) -> np.ndarray:
-        """Decode ``wire`` (elements ``[lo, hi)``, a sum over ``summed`` ranks) into float32 ``out``; returns it."""
-
-
-def codec_mean(codec: RingCodec, x: np.ndarray, comm: MPI.Comm) -> np.ndarray:
+def codec_mean(codec, x: np.ndarray, comm: MPI.Comm) -> np.ndarray:
     """Mean over ranks of float32 ``x``, every hop compressed by ``codec``; returns a new array.
 
     Raises ValueError if the result is not finite: a NaN or inf came from some
@@ -48,7 +32,7 @@ def codec_mean(codec: RingCodec, x: np.ndarray, comm: MPI.Comm) -> np.ndarray:
     return _finite(codec, codec.decode(wire, 0, acc.size, 1, acc))
 
 
-def codec_reduce_scatter_mean(codec: RingCodec, acc: np.ndarray, comm: MPI.Comm) -> tuple[int, int]:
+def codec_reduce_scatter_mean(codec, acc: np.ndarray, comm: MPI.Comm) -> tuple[int, int]:
     """``codec_mean``'s first half, in place on float32 ``acc``: returns this rank's ``(lo, hi)``, whose
     elements then hold exactly what ``codec_mean`` gives there (the owner's chunk, encoded and decoded once).
 
@@ -60,7 +44,7 @@ def codec_reduce_scatter_mean(codec: RingCodec, acc: np.ndarray, comm: MPI.Comm)
     return lo, hi
 
 
-def _encoded_chunk(codec: RingCodec, acc: np.ndarray, wire: np.ndarray, comm: MPI.Comm) -> tuple[int, int]:
+def _encoded_chunk(codec, acc: np.ndarray, wire: np.ndarray, comm: MPI.Comm) -> tuple[int, int]:
     """The ring's reduce-scatter through ``codec`` on ``acc``; this rank's chunk, divided by the world size,
     encoded into ``wire[lo:hi]``. Returns ``(lo, hi)``: the whole buffer on one rank."""
     codec.prepare(acc, comm)
@@ -73,7 +57,7 @@ def _encoded_chunk(codec: RingCodec, acc: np.ndarray, wire: np.ndarray, comm: MP
     return lo, hi
 
 
-def _finite(codec: RingCodec, values: np.ndarray) -> np.ndarray:
+def _finite(codec, values: np.ndarray) -> np.ndarray:
     if not np.isfinite(values).all():
         raise ValueError(f"{codec.name}: the compressed average has NaN or inf values (a non-finite gradient "
                          "on some rank, a value beyond the wire type's range, or a corrupted segment)")

@@ -7,12 +7,20 @@ payload is the bytes that cross the wire (a uint8 array), ``ctx`` what
 state (error-feedback residuals, PowerSGD's Q, RNG) and expose it through
 ``state_dict`` / ``load_state_dict`` so a checkpoint restores it bit for bit.
 
-``allreduce_mean(x, comm)`` averages ``x`` over ranks through the compressor:
-the default gathers every rank's payload (sizes first, so payloads of varying
-size need no pickling) and averages the decompressed contributions in rank
-order, so every rank computes the same bits. Compressors whose payloads can be
-summed override it.
+``allreduce_mean(x, comm)`` averages ``x`` over ranks through the compressor,
+by the one ``path`` the compressor declares (``Path``): GATHERED, the default,
+gathers every rank's payload (sizes first, so payloads of varying size need no
+pickling) and averages the decompressed contributions in rank order, so every
+rank computes the same bits; RING_CODEC encodes every hop of the ring
+(ring_codec.py); LOW_RANK_ALLREDUCE sums low-rank factors with the ordinary
+allreduce (PowerSGD).
+
+A compressor object given to the reducer is a prototype: each bucket gets
+``fresh()``, a copy with its own state.
 """
+import copy
+import enum
+
 import numpy as np
 import torch
 from mpi4py import MPI
@@ -20,14 +28,30 @@ from mpi4py import MPI
 from ..collectives import waiting
 
 
+class Path(enum.Enum):
+    """How a compressor's ``allreduce_mean`` moves data: what the reducer, ZeRO and the cost model go by."""
+
+    GATHERED = "gathered"
+    """Every rank's payload is allgathered and each decoded (``gather_mean``): any codec, lossless or not."""
+    RING_CODEC = "ring codec"
+    """Encoded values are summed hop by hop on the ring (ring_codec.RingCodec): fp16, bf16, int8."""
+    LOW_RANK_ALLREDUCE = "low-rank allreduce"
+    """Low-rank factors are summed by the ordinary float32 allreduce (PowerSGD)."""
+
+
 class Compressor:
-    """Identity by default: the payload is the float32 bytes."""
+    """Identity by default: the payload is the float32 bytes.
+
+    >>> c = Compressor()
+    >>> c.decompress(*c.compress(np.ones(3, np.float32)))
+    array([1., 1., 1.], dtype=float32)
+    """
 
     name = "none"
     params: dict = {}
     """Each parameter's rule (ringtrain.checks.Rule), by name: the spec parser and the constructor use them."""
-    summable = False
-    """True if ``allreduce_mean`` sums encoded values on the ring; False if it allgathers every payload."""
+    path = Path.GATHERED
+    """How ``allreduce_mean`` moves data (``Path``); only GATHERED compressors may keep the default."""
     messages = 1
     """Collective messages per ``allreduce_mean`` (PowerSGD sends P, then Q): each pays the latency."""
     feedback = False
@@ -50,6 +74,18 @@ class Compressor:
 
     def set_layout(self, segments) -> None:
         """``(lo, hi, shape)`` of each parameter in the flat input; only layer-aware compressors use it."""
+
+    def fresh(self) -> "Compressor":
+        """A compressor configured as this one, with state of its own: the reducer gives one to each bucket.
+
+        A deep copy, so give the reducer an unused compressor (its state, if any, is copied too);
+        override it where a copy is not the right thing.
+        """
+        return copy.deepcopy(self)
+
+    def before_gather(self, comm: MPI.Comm) -> None:
+        """Called by ``gather_mean`` before ``compress``, with the communicator (DGC's clipping scales with its
+        size); nothing by default. Not collective."""
 
     def state_dict(self) -> dict:
         return {}
@@ -115,8 +151,9 @@ def check_scales(scales, name: str):
 
 def gather_mean(compressor, x: np.ndarray, comm: MPI.Comm) -> np.ndarray:
     """Allgather every rank's payload (varying sizes allowed) and average the decompressed results."""
+    compressor.before_gather(comm)
     payload, ctx = compressor.compress(x)
-    n = comm.Get_size()
+    n, me = comm.Get_size(), comm.Get_rank()
     if n == 1:
         return compressor.decompress(payload, ctx)
     # Sizes first, with the buffer interface: no pickling even for varying sizes.
@@ -127,6 +164,9 @@ def gather_mean(compressor, x: np.ndarray, comm: MPI.Comm) -> np.ndarray:
     waiting.allgather(comm, payload, [frames, sizes, displs, MPI.BYTE])
     total = np.zeros(x.size, dtype=np.float32)
     for r in range(n):  # rank order: every rank adds in the same order, so the bits agree
-        total += compressor.decompress(frames[displs[r]:displs[r] + sizes[r]], ctx)
+        # This rank's own frame is its payload, byte for byte: handed back as the object compress returned,
+        # a compressor that kept its decoding (ErrorFeedback) knows it by identity and does not decode it twice.
+        frame = payload if r == me else frames[displs[r]:displs[r] + sizes[r]]
+        total += compressor.decompress(frame, ctx)
     total /= n
     return total

@@ -5,13 +5,12 @@ carries 16-bit segments, accumulating in float32 at each rank (collectives/codec
 """
 import numpy as np
 import torch
-from mpi4py import MPI
 
-from ..collectives.codec_ring import codec_mean
-from .base import Compressor, check_finite, check_size, require_finite
+from .base import check_finite, check_size, require_finite
+from .ring_codec import RingCodec
 
 
-class Cast16(Compressor):
+class Cast16(RingCodec):
     """Round to a 16-bit float type (``"float16"`` or ``"bfloat16"``) for the wire."""
 
     def __init__(self, dtype: str):
@@ -22,10 +21,6 @@ class Cast16(Compressor):
         self._torch_dtype = torch.float16 if dtype == "float16" else torch.bfloat16
 
     wire_dtype = np.uint16
-    summable = True
-
-    def prepare(self, x, comm) -> None:
-        pass
 
     def encode(self, x: np.ndarray, lo: int, hi: int, summed: int, out: np.ndarray) -> None:
         """float32 ``x`` into the uint16 array ``out`` (the 16-bit bit patterns), rounding to nearest even."""
@@ -50,6 +45,3 @@ class Cast16(Compressor):
         bits = check_size(payload, 2 * ctx, self.name).view(np.uint16)
         out = self.decode(bits, 0, ctx, 1, np.empty(ctx, dtype=np.float32))
         return check_finite(out, self.name, "values")
-
-    def allreduce_mean(self, x: np.ndarray, comm: MPI.Comm) -> np.ndarray:
-        return codec_mean(self, np.asarray(x, dtype=np.float32), comm)

@@ -35,7 +35,7 @@ import torch
 from mpi4py import MPI
 
 from ..checks import number, whole
-from .base import Compressor, gather_mean
+from .base import Compressor
 from .params import require
 from .topk import TopK
 
@@ -66,9 +66,8 @@ class DGC(Compressor):
     def wire_bytes(self, count: int) -> int:
         return self._topk.wire_bytes(count)
 
-    def allreduce_mean(self, x: np.ndarray, comm: MPI.Comm) -> np.ndarray:
+    def before_gather(self, comm: MPI.Comm) -> None:
         self._world = comm.Get_size()  # local clipping scales with it
-        return gather_mean(self, x, comm)
 
     def compress(self, x):
         g = np.asarray(x, dtype=np.float32)

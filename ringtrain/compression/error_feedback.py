@@ -12,13 +12,43 @@ import torch
 from .base import Compressor
 
 
+class Sent:
+    """ErrorFeedback's ``ctx``: the inner compressor's, and the decoding of the payload it came with.
+
+    ``compress`` decodes its own payload anyway (for the residual), and every caller
+    decodes that payload next (the allgather's own frame, the codec benchmark):
+    ``decompress`` hands the kept decoding out once, for that payload object only.
+    Any other array, a copy or a corrupted one included, is decoded for real.
+    """
+
+    __slots__ = ("inner", "payload", "decoded")
+
+    def __init__(self, inner, payload: np.ndarray, decoded: np.ndarray):
+        self.inner, self.payload, self.decoded = inner, payload, decoded
+
+    def take(self, payload) -> np.ndarray | None:
+        """The kept decoding if ``payload`` is the very array compress returned, the first time; else None."""
+        if payload is not self.payload or self.decoded is None:
+            return None
+        decoded, self.decoded = self.decoded, None  # handed out once: the caller owns it now
+        return decoded
+
+
 class ErrorFeedback(Compressor):
+    """Error feedback around ``inner``; see the module's docstring.
+
+    >>> from ringtrain.compression import TopK
+    >>> ef = ErrorFeedback(TopK(k=1))
+    >>> ef.decompress(*ef.compress(np.array([3, 1], np.float32))), ef.residual
+    (array([3., 0.], dtype=float32), array([0., 1.], dtype=float32))
+    """
+
     feedback = True
+
     def __init__(self, inner: Compressor):
         self.inner = inner
         self.name = f"ef({inner.name})"
         self.residual: np.ndarray | None = None
-        self._sent = None  # (payload, ctx, its decoding) of the last compress, until decoded once
 
     def _corrected(self, x):
         x = np.asarray(x, dtype=np.float32)
@@ -43,19 +73,11 @@ class ErrorFeedback(Compressor):
         payload, ctx = self.inner.compress(y)
         sent = self.inner.decompress(payload, ctx)
         np.subtract(y, sent, out=self.residual)
-        # Every caller decodes its own payload next (the allgather's own
-        # frame, or the codec benchmark): keep this decoding for it, keyed by
-        # the payload's bytes, so it is not decoded twice.
-        self._sent = (payload.copy(), ctx, sent)
-        return payload, ctx
+        return payload, Sent(ctx, payload, sent)
 
-    def decompress(self, payload, ctx):
-        sent = self._sent
-        if (sent is not None and ctx == sent[1] and isinstance(payload, np.ndarray) and payload.dtype == np.uint8
-                and np.array_equal(payload, sent[0])):
-            self._sent = None  # handed out once: the caller owns it now
-            return sent[2]
-        return self.inner.decompress(payload, ctx)
+    def decompress(self, payload, ctx: Sent):
+        decoded = ctx.take(payload)
+        return decoded if decoded is not None else self.inner.decompress(payload, ctx.inner)
 
     def state_dict(self):
         # torch tensors, not numpy arrays: checkpoints load with weights_only=True.
@@ -64,7 +86,6 @@ class ErrorFeedback(Compressor):
 
     def load_state_dict(self, state):
         residual = state["residual"]
-        self._sent = None
         self.residual = None if residual is None else residual.numpy().astype(np.float32, copy=True)
         if self.residual is not None:
             self._corrected_buffer = np.empty(self.residual.size, dtype=np.float32)

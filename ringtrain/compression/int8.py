@@ -17,15 +17,15 @@ from mpi4py import MPI
 
 from ..checks import flag, whole
 from ..collectives import waiting
-from ..collectives.codec_ring import codec_mean
-from .base import Compressor, check_scales, check_size, require_finite
+from .base import check_scales, check_size, require_finite
 from .params import require
+from .ring_codec import RingCodec
 
 
 _LARGEST_SCALE = float(np.finfo(np.float32).max) / 127  # the encoder's scale is max|x| / 127
 
 
-class Int8(Compressor):
+class Int8(RingCodec):
     name = "int8"
     params = {"segment": whole(1), "stochastic": flag(), "seed": whole(0, 2**63 - 1)}
 
@@ -98,7 +98,6 @@ class Int8(Compressor):
 
     # --- the ring codec: scales shared across ranks ---------------------------
     wire_dtype = np.int8
-    summable = True
 
     def prepare(self, x: np.ndarray, comm) -> None:
         nseg = self._layout(x.size)
@@ -140,9 +139,6 @@ class Int8(Compressor):
         if summed != 1:
             o *= summed
         return out
-
-    def allreduce_mean(self, x: np.ndarray, comm) -> np.ndarray:
-        return codec_mean(self, np.asarray(x, dtype=np.float32), comm)
 
     def state_dict(self) -> dict:
         return {"rng": self._rng.bit_generator.state}

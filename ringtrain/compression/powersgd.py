@@ -27,7 +27,7 @@ from mpi4py import MPI
 
 from ..checks import number, whole
 from ..collectives import allreduce
-from .base import Compressor, check_finite, check_size, require_finite
+from .base import Compressor, Path, check_finite, check_size, require_finite
 from .params import require
 
 
@@ -43,7 +43,7 @@ class Matrix(NamedTuple):
 class PowerSGD(Compressor):
     name = "powersgd"
     params = {"rank": whole(1), "seed": whole(0, 2**63 - 1), "min_ratio": number(1)}
-    summable, messages = True, 2  # P and Q, each through the ordinary allreduce
+    path, messages = Path.LOW_RANK_ALLREDUCE, 2  # P and Q, each through the ordinary allreduce
     feedback = True  # its own residual, kept inside allreduce_mean
     layered = True  # one matrix per parameter
 

@@ -26,6 +26,7 @@ v; a resume at the same world size is exact.
 """
 import torch
 
+from ..compression.compatibility import dgc_adam
 from ..compression.dgc import DGC
 from .frozen_variance_adam import FrozenVarianceAdam
 
@@ -47,7 +48,7 @@ class DGCAdam(FrozenVarianceAdam):
     def _check_momentum(self) -> None:
         for group in self.param_groups:
             b1 = group["betas"][0]
-            if self.dgc.momentum != b1:
+            if not dgc_adam(self.dgc, "adamw", b1):
                 raise ValueError(f"dgc momentum={self.dgc.momentum:g}: under AdamW, DGC's momentum is Adam's beta1 "
                                  f"({b1:g}), in every parameter group")
 

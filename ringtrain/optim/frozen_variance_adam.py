@@ -22,6 +22,7 @@ each rank's own.
 """
 import torch
 
+from ..compression.compatibility import onebit_adam_conflict
 from .interface import AveragingReducer, ReducerOptimizer
 
 
@@ -35,9 +36,12 @@ class FrozenVarianceAdam(ReducerOptimizer, torch.optim.AdamW):
     def __init__(self, reducer: AveragingReducer, params, *, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, warmup: int = 100):
         name = type(self).__name__
-        if reducer.zero or reducer.compression_spec != "none":
-            raise ValueError(f"{name} compresses its own momentum: give it a GradientReducer without zero "
-                             "or compression")
+        # The rule is compression/compatibility.py's, which TrainConfig checks too; it asks only whether
+        # the reducer compresses at all, so the spec stands for the compressor here.
+        reason = onebit_adam_conflict(reducer.zero, None if reducer.compression_spec == "none"
+                                      else reducer.compression_spec)
+        if reason:
+            raise ValueError(f"{name} on a GradientReducer with zero or compression: not supported — {reason}")
         if not (isinstance(warmup, int) and warmup >= 1):
             raise ValueError(f"warmup={warmup!r}: {name} needs at least one step of AdamW, a whole number >= 1")
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)

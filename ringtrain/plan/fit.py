@@ -33,11 +33,11 @@ def world_of(data: dict) -> int:
 
 def compression_kind(spec: str) -> Compression:
     """How a compressor spec travels (summable or allgathered, messages per call); ratio and gamma still 0."""
-    from ..compression import get as compression_get
-    # The compressor says how it travels; note that ef+ chains gather (ErrorFeedback
-    # has no ring path), whatever their inner compressor does alone.
+    from ..compression import Path, get as compression_get
+    # The compressor says how it travels (its path); note that ef+ chains gather
+    # (ErrorFeedback has no ring path), whatever their inner compressor does alone.
     codec = compression_get(spec)
-    return Compression(ratio=0.0, gamma=0.0, messages=codec.messages, summable=codec.summable)
+    return Compression(ratio=0.0, gamma=0.0, messages=codec.messages, summable=codec.path is not Path.GATHERED)
 
 
 def accuracy_key(spec: str) -> str:

@@ -34,21 +34,23 @@ import sys
 import torch
 from mpi4py import MPI
 
-from .. import environment
-from ..checks import number
+from ..checks import Switch
 from ..collectives import allreduce, broadcast
 from ..collectives.api import choose_algorithm
 from ..collectives.comm import handshake, private
 from ..collectives.hierarchical import hierarchical_allreduce
 from ..collectives.topology import node_groups
-from ..compression import get as compression_get
+from ..compression import Compressor, Path, get as compression_get, spec_of
+from ..compression.compatibility import zero_conflict
 from ..constants import BUCKET_CAP_MB
 from ..trace import NO_TRACE
+from .arguments import check_arguments, poll_sleep_us_of
 from .buckets import assign_buckets, layout_fingerprint
 from .buffer_sync import BufferSync
 from .comm_thread import CommThread
 from .cross_node import block_layout, compressed_cross_sum, node_blocks
-from ..optim.zero.shards import GradientShards, zero_compatible
+from ..optim.zero.shards import GradientShards
+from .traced import TracedCompressor
 
 
 class GradientReducer:
@@ -56,11 +58,13 @@ class GradientReducer:
 
     ``bucket_cap_mb`` bounds each flat gradient bucket (25 MB by default, as in
     DDP). ``compression`` is a spec for ``ringtrain.compression.get`` (for
-    example ``"ef+topk:ratio=0.01"``); each bucket gets its own compressor, whose
-    state (error-feedback residuals, PowerSGD's Q) ``state_dict`` returns.
-    ``node_aware``: None (the default) goes node-aware where the ranks span
-    several nodes with several ranks on some node; True forces it (on one node
-    nothing crosses a link, so nothing is compressed); False keeps the flat ring
+    example ``"ef+topk:ratio=0.01"``) or a Compressor object (``ErrorFeedback(TopK(0.01))``);
+    each bucket gets its own compressor (an object's ``fresh()`` copy: the object
+    itself is never run), whose state (error-feedback residuals, PowerSGD's Q)
+    ``state_dict`` returns.
+    ``node_aware``: "auto" (the default) goes node-aware where the ranks span
+    several nodes with several ranks on some node; "on" forces it (on one node
+    nothing crosses a link, so nothing is compressed); "off" keeps the flat ring
     and compresses every hop. ``poll_sleep_us``: how long the communication
     thread sleeps between tests of its MPI requests, so backward keeps the core
     (0 spins inside MPI; default RINGTRAIN_POLL_SLEEP_US or 200). ``trace``: a
@@ -74,6 +78,8 @@ class GradientReducer:
     chunk for a ZeroOptimizer (optim/zero/shards.py; 2 also frees the full buckets), and
     ``synchronize`` leaves every ``p.grad`` None.
     Collective: every rank must construct it, with the same model architecture.
+    Every argument is checked first: a bad one raises ValueError before any
+    collective, thread or hook.
 
     >>> model = torch.nn.Linear(4, 2)
     >>> reducer = GradientReducer(model, comm=MPI.COMM_SELF)
@@ -81,56 +87,67 @@ class GradientReducer:
     >>> reducer.close()
     """
 
-    def __init__(self, model: torch.nn.Module, *, bucket_cap_mb: float = BUCKET_CAP_MB, compression=None,
-                 comm: MPI.Comm | None = None, broadcast_from: int | None = 0, node_aware: bool | None = None,
-                 poll_sleep_us: float | None = None, trace=NO_TRACE, first_bucket_mb: float | None = None,
-                 broadcast_buffers: bool = True, zero: int = 0):
-        if not bucket_cap_mb > 0:
-            raise ValueError(f"bucket_cap_mb must be > 0, got {bucket_cap_mb}")
-        level = MPI.Query_thread()
-        if level < MPI.THREAD_SERIALIZED:
-            raise RuntimeError("GradientReducer makes MPI calls from a communication thread and needs "
-                               f"MPI_THREAD_SERIALIZED or higher; MPI was initialised with level {level}. "
-                               "mpi4py asks for MPI_THREAD_MULTIPLE unless mpi4py.rc.thread_level says otherwise")
+    def __init__(self, model: torch.nn.Module, *, bucket_cap_mb: float = BUCKET_CAP_MB,
+                 compression: "str | Compressor | None" = None, comm: MPI.Comm | None = None,
+                 broadcast_from: int | None = 0, node_aware: Switch = "auto", poll_sleep_us: float | None = None,
+                 trace=NO_TRACE, first_bucket_mb: float | None = None, broadcast_buffers: bool = True,
+                 zero: int = 0):
+        # Every argument is checked before the first collective, thread or hook, so a bad one leaves nothing
+        # behind: it raises on every rank that was given it, with nothing pending between the ranks.
+        check_arguments(model, bucket_cap_mb=bucket_cap_mb, comm=comm, broadcast_from=broadcast_from,
+                        node_aware=node_aware, first_bucket_mb=first_bucket_mb, broadcast_buffers=broadcast_buffers,
+                        zero=zero)
+        self.poll_sleep_us = poll_sleep_us_of(poll_sleep_us)
+        self.model, self.zero, self.trace, self.bucket_cap_mb = model, zero, trace, bucket_cap_mb
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        self._lay_out(bucket_cap_mb, first_bucket_mb)
+        self._make_compressors(compression)
+        # Collective from here on.
         self.comm = private(MPI.COMM_WORLD if comm is None else comm)
-        self.model = model
-        params = [p for p in model.parameters() if p.requires_grad]
-        for p in params:
-            if p.device.type != "cpu":
-                raise ValueError(f"GradientReducer works on CPU tensors; a parameter is on {p.device}")
-        if first_bucket_mb is not None and not first_bucket_mb > 0:
-            raise ValueError(f"first_bucket_mb must be > 0 (or None: as bucket_cap_mb), got {first_bucket_mb}")
-        self.buckets = assign_buckets(params, int(bucket_cap_mb * 1e6),
+        self._agree_on_layout()
+        self._set_node_aware(node_aware)
+        if broadcast_from is not None:
+            self._broadcast_state(broadcast_from)
+        self._start(broadcast_buffers)
+
+    def _lay_out(self, bucket_cap_mb: float, first_bucket_mb: float | None) -> None:
+        """The buckets (buckets.py) and where each parameter lives in them. Local."""
+        self.buckets = assign_buckets(self._params, int(bucket_cap_mb * 1e6),
                                       None if first_bucket_mb is None else int(first_bucket_mb * 1e6))
-        if zero not in (0, 1, 2) or isinstance(zero, bool):
-            raise ValueError(f"zero={zero!r} is not allowed — 0 (allreduce), 1 (shard the optimizer state) or 2 "
-                             "(and the gradients)")
-        self.zero = zero
-        self.compressors = [compression_get(compression) for _ in self.buckets]
-        if zero and not zero_compatible(self.compressors[0]):
-            raise ValueError(f"compression {compression!r} with ZeRO: not supported yet — ZeRO reduce-scatters, "
-                             "so only codecs that sum on the ring work: fp16, bf16, int8 (no ef, no lz4)")
-        # The compression and bucket cap it was built with (an optimizer such as OneBitAdam checks them).
-        self.compression_spec, self.bucket_cap_mb = compression or "none", bucket_cap_mb
+        self._where = {id(p): (b, i) for b in self.buckets for i, p in enumerate(b.params)}
+
+    def _make_compressors(self, compression) -> None:
+        """One compressor per bucket (None: uncompressed): from the spec, or ``fresh()`` copies of an object."""
+        first = compression_get(compression)  # ValueError for a bad spec: before any collective
+        self.compressors = [first] + [compression_get(compression) for _ in self.buckets[1:]]
+        reason = zero_conflict(self.zero, first)
+        # The compression it was built with, as text (an optimizer such as OneBitAdam checks it).
+        self.compression_spec = spec_of(compression)
+        if reason:
+            raise ValueError(f"compression {self.compression_spec!r} with ZeRO: not supported yet — {reason}")
         for bucket, compressor in zip(self.buckets, self.compressors):
             if compressor is not None:
                 compressor.set_layout([(lo, hi, tuple(p.shape)) for p, (lo, hi) in zip(bucket.params, bucket.bounds)])
-        self._where = {id(p): (b, i) for b in self.buckets for i, p in enumerate(b.params)}
-        self.trace = trace
-        if trace.enabled:
-            for compressor in self.compressors:
-                if compressor is not None:
-                    _trace_codec(compressor, trace)
+        # Tracing wraps the gathered ones (their compress and decompress become spans); the others encode inside
+        # the ring or the allreduce, where the bucket's span covers them.
+        self._averagers = [TracedCompressor(c, self.trace) if self.trace.enabled and c is not None
+                           and c.path is Path.GATHERED else c for c in self.compressors]
+
+    def _agree_on_layout(self) -> None:
+        """Every rank must agree on the layout before any per-parameter collective, or ranks with different
+        models would wait on different broadcasts. Collective."""
         total, digest, describe = layout_fingerprint(self.buckets)
-        # Every rank must agree on the layout before any per-parameter collective,
-        # or ranks with different models would wait on different broadcasts.
         handshake(self.comm, "GradientReducer (model layout)", total, digest, lambda: describe)
-        self._set_node_aware(node_aware)
-        if broadcast_from is not None:
-            with torch.no_grad():
-                for t in model.parameters():
-                    broadcast(t.data, root=broadcast_from, comm=self.comm)
-            BufferSync(model, self.comm, root=broadcast_from)()  # buffers of any dtype, packed
+
+    def _broadcast_state(self, root: int) -> None:
+        """Rank ``root``'s weights and buffers (any dtype, packed) to every rank. Collective."""
+        with torch.no_grad():
+            for t in self.model.parameters():
+                broadcast(t.data, root=root, comm=self.comm)
+        BufferSync(self.model, self.comm, root=root)()
+
+    def _start(self, broadcast_buffers: bool) -> None:
+        """The per-step state, then the communication thread and the hooks: the last step, nothing can fail after."""
         self._sync = True
         # False: synchronize leaves each rank's own gradients (OneBitAdam after its warm-up).
         self.averaging = True
@@ -139,36 +156,30 @@ class GradientReducer:
         # On one rank the average is the gradient itself: no hooks, no copies,
         # no thread, so a single-rank run costs what a plain torch loop costs.
         # (Sharded, even one rank goes through the buckets: the shards are where the optimizer looks.)
-        self._alone = self.comm.Get_size() == 1 and not zero
-        self.shards = GradientShards(self.buckets, self.comm, zero, self.compressors) if zero else None
-        self.poll_sleep_us = _poll_sleep_us(poll_sleep_us)
-        self._thread = None if self._alone else CommThread(len(self.buckets), self._reduce_bucket,
-                                                           self.poll_sleep_us * 1e-6)
-        self._params = params
+        self._alone = self.comm.Get_size() == 1 and not self.zero
+        self.shards = GradientShards(self.buckets, self.comm, self.zero, self.compressors) if self.zero else None
         self._touched, self._zeroed = set(), set()  # since the last synchronize: got a gradient; attached as zeros
-        self._hooks = [] if self._alone else [p.register_post_accumulate_grad_hook(self._grad_ready)
-                                               for p in params]
-        if broadcast_buffers not in (True, False):
-            raise ValueError(f"broadcast_buffers={broadcast_buffers!r} is not allowed — True or False")
-        self._sync_buffers = BufferSync(model, self.comm) if broadcast_buffers and not self._alone else None
+        self._sync_buffers = BufferSync(self.model, self.comm) if broadcast_buffers and not self._alone else None
         if self._sync_buffers is not None and not self._sync_buffers.groups:
             self._sync_buffers = None
+        self._thread = None if self._alone else CommThread(len(self.buckets), self._reduce_bucket,
+                                                           self.poll_sleep_us * 1e-6)
+        self._hooks = [] if self._alone else [p.register_post_accumulate_grad_hook(self._grad_ready)
+                                               for p in self._params]
         if not self._alone:
-            self._hooks.append(model.register_forward_pre_hook(self._before_forward))
+            self._hooks.append(self.model.register_forward_pre_hook(self._before_forward))
 
-    def _set_node_aware(self, node_aware: bool | None) -> None:
+    def _set_node_aware(self, node_aware: Switch) -> None:
         """Choose the algorithm of uncompressed buckets, and cut compressed ones into per-node blocks."""
-        if node_aware not in (None, True, False):
-            raise ValueError(f"node_aware={node_aware!r} is not allowed — None (auto), True or False")
         self.node_aware, self._blocks, self._algorithm = False, None, "auto"
         if self.comm.Get_size() == 1:
             return
-        if node_aware is False:  # the flat choice, whatever the topology
+        if node_aware == "off":  # the flat choice, whatever the topology
             self._algorithm = None
             return
         groups = node_groups(self.comm)  # collective; every rank is here, after the handshake
-        self.node_aware = groups.two_level if node_aware is None else True
-        if node_aware:
+        self.node_aware = groups.two_level if node_aware == "auto" else True
+        if node_aware == "on":
             self._algorithm = "hierarchical"
         if not self.node_aware or all(c is None for c in self.compressors):
             return
@@ -252,7 +263,7 @@ class GradientReducer:
             p.grad = None if self.zero == 2 else view
 
     def _reduce_bucket(self, index: int) -> None:
-        bucket, compressor = self.buckets[index], self.compressors[index]
+        bucket, compressor = self.buckets[index], self._averagers[index]
         nbytes = bucket.buffer.numel() * bucket.buffer.element_size()
         algorithm = self._algorithm or choose_algorithm(nbytes, self.comm.Get_size())
         if not self.trace.enabled:
@@ -378,28 +389,3 @@ class GradientReducer:
         if self._thread is not None:
             self._thread.close()
             self._thread = None
-
-
-def _trace_codec(compressor, trace) -> None:
-    """Record a compressor's compress and decompress calls as spans (ring codecs encode inside the ring)."""
-    for name in ("compress", "decompress"):
-        method = getattr(compressor, name)
-
-        def traced(*args, method=method, name=name):
-            with trace.span(name, "codec", codec=compressor.name):
-                return method(*args)
-        setattr(compressor, name, traced)
-
-
-_POLL_SLEEP = number(0, 1e6, below=True)
-
-
-def _poll_sleep_us(value: float | None) -> float:
-    """The sleep between polls in microseconds: ``value``, else RINGTRAIN_POLL_SLEEP_US, else the default."""
-    allowed = f"microseconds between polls, {_POLL_SLEEP.allowed} (0 spins)"
-    if value is not None:
-        if not _POLL_SLEEP.allows(value):
-            raise ValueError(f"poll_sleep_us is not allowed — {allowed}; got {value!r}")
-        return float(value)
-    # The same rule, and constants.POLL_SLEEP_US when unset (environment.py); a UsageError (a ValueError) if bad.
-    return environment.value("RINGTRAIN_POLL_SLEEP_US")

@@ -33,12 +33,14 @@ import torch
 from .. import environment
 from ..collectives import allreduce
 from ..timing import median_call, slowest
+from ..compression import spec_of
 from ..constants import BUCKET_CAP_MB
 from ..fault.errors import UsageError, checked
 from ..plan.calibrate import averaging
 from ..plan.costmodel import ONEBIT_ADAM, step_time
 from ..reducer.buckets import bucket_bytes, group_params
 from .task import call
+from .tuned import Tuned
 
 # What auto may choose: each only if the training sweep (the cost model's loss
 # penalties) kept the validation loss within MAX_LOSS_PENALTY of uncompressed
@@ -62,8 +64,8 @@ def probe_compute(model, loss_fn, batch, comm) -> float:
     return slowest(comm, seconds)
 
 
-def tune(cfg, model, loss_fn, batch, comm) -> dict:
-    """``{"compression": spec, "bucket_cap_mb": cap, "probe": {...}}`` for ``cfg``'s auto fields. Collective."""
+def tune(cfg, model, loss_fn, batch, comm) -> Tuned:
+    """The compression (or 1-bit Adam) and bucket cap for ``cfg``'s auto fields, with the probe. Collective."""
     params = [p for p in model.parameters() if p.requires_grad]
     count = sum(p.numel() for p in params)
     # Accumulation repeats forward and backward; only the last backward overlaps averaging.
@@ -90,7 +92,7 @@ def tune(cfg, model, loss_fn, batch, comm) -> dict:
         times = []
         for part, n in ((layout, count), (first, size)):
             times.append(median_call(comm, averaging(spec, part, data[:n], comm), 2))
-        measured[spec] = times[0]
+        measured[spec_of(spec)] = times[0]
         # A line through both sizes: the fixed part holds the compressor's per-call
         # work and messages; each bucket also averages its used-flags (one message).
         if size < count:
@@ -102,11 +104,12 @@ def tune(cfg, model, loss_fn, batch, comm) -> dict:
     param_bytes = [p.numel() * p.element_size() for p in params]
     scores = score(compute, comm_models, param_bytes, cfg.compression, cfg.bucket_cap_mb, overlap)
     best = comm.bcast(choose(scores, cfg.compression == "auto"), root=0)
-    chosen = {"compression": best[0]} if best[0] != ONEBIT_ADAM else {"compression": "none", "optimizer": ONEBIT_ADAM}
-    return {**chosen, "bucket_cap_mb": best[1],
-            "probe": {"candidates": specs, "compute_s": compute, "allreduce_s": measured, "latency_s": latency,
-                      "per_byte_s": per_byte, "message_s": t_tiny, "overlap": overlap,
-                      "predicted_step_s": {f"{s} {c:g}MB": v for (s, c), v in scores.items()}}}
+    compression, optimizer = (best[0], None) if best[0] != ONEBIT_ADAM else ("none", ONEBIT_ADAM)
+    probe = {"candidates": [spec_of(s) for s in specs], "compute_s": compute, "allreduce_s": measured,
+             "latency_s": latency, "per_byte_s": per_byte, "message_s": t_tiny, "overlap": overlap,
+             "predicted_step_s": {f"{spec_of(s)} {c:g}MB": v for (s, c), v in scores.items()}}
+    tuned = Tuned(compression=compression, bucket_cap_mb=best[1], optimizer=optimizer, probe=probe)
+    return dataclasses.replace(tuned, text=describe(tuned))
 
 
 def _layout(params) -> tuple[list, int]:
@@ -183,13 +186,14 @@ def choose(scores: dict, compression_auto: bool) -> tuple:
     return best
 
 
-def describe(tuned: dict) -> str:
-    probe = tuned["probe"]
-    choice = tuned.get("optimizer", tuned["compression"])
-    key = f"{choice} {tuned['bucket_cap_mb']:g}MB"
+def describe(tuned: Tuned) -> str:
+    """The line that says what the probe chose, and the timings it chose by."""
+    probe = tuned.probe
+    candidate = tuned.optimizer or tuned.compression_name  # as the probe names it: a spec, or onebit-adam
+    key = f"{candidate} {tuned.bucket_cap_mb:g}MB"
     timed = ", ".join(f"{spec} {1e3 * t:.1f} ms" for spec, t in probe["allreduce_s"].items())
-    what = ("optimizer onebit-adam (1-bit Adam: its momentum compressed after the warm-up)" if choice == ONEBIT_ADAM
-            else f"compression {choice}")
-    return (f"autotune: {what}, bucket cap {tuned['bucket_cap_mb']:g} MB "
+    what = ("optimizer onebit-adam (1-bit Adam: its momentum compressed after the warm-up)" if tuned.optimizer
+            else f"compression {candidate}")
+    return (f"autotune: {what}, bucket cap {tuned.bucket_cap_mb:g} MB "
             f"(compute {1e3 * probe['compute_s']:.1f} ms per step; averaging all gradients: {timed}; predicted step "
             f"{1e3 * probe['predicted_step_s'][key]:.1f} ms)")

@@ -1,13 +1,25 @@
-"""TrainConfig: every training option, validated, one field per command-line flag."""
+"""TrainConfig: every training option, validated, one field per command-line flag.
+
+Each field has one type from Python to the run: ``broadcast_buffers`` is a
+bool, ``node_aware`` a ``Switch`` ("auto", "on" or "off"), as GradientReducer
+takes them; only the command line spells a bool as on/off (``add_arguments``).
+The compression spec is parsed once per config (``compressor``), and the
+rules for what goes with what are compression/compatibility.py's.
+"""
+import functools
 import math
+import typing
 from dataclasses import dataclass, fields
 
 from ..fault.errors import UsageError
-from ..checks import Rule, choice, either, number, optional, text, whole
+from ..checks import Rule, Switch, boolean, choice, either, number, optional, switch, text, whole
 from ..constants import BUCKET_CAP_MB
 
 ADAM_BETAS = (0.9, 0.95)  # AdamW's, for every AdamW-based optimizer here
 ADAM_BETA1 = ADAM_BETAS[0]
+
+if typing.TYPE_CHECKING:
+    from ..compression import Compressor
 
 
 @dataclass(kw_only=True)
@@ -62,16 +74,17 @@ class TrainConfig:
     """GPT embedding width."""
     context: int = 128
     """Sequence length in bytes."""
-    compression: str = "none"
+    compression: "str | Compressor" = "none"
     """Gradient compression per bucket, e.g. fp16, int8+lz4, ef+topk:ratio=0.01, onebit, powersgd:rank=4;
-    auto: chosen by a probe at start-up, and used only where it pays."""
+    auto: chosen by a probe at start-up, and used only where it pays. In Python also a Compressor object
+    (each bucket gets its fresh() copy)."""
     bucket_cap_mb: float | str = BUCKET_CAP_MB
     """Largest gradient bucket, in MB; auto: chosen by a probe at start-up."""
     zero: int = 0
     """ZeRO stage: 0 replicates the optimizer state; 1 shards it across ranks; 2 shards the gradients too."""
-    broadcast_buffers: str = "on"
+    broadcast_buffers: bool = True
     """on: rank 0's buffers (BatchNorm statistics) overwrite every rank's after each step's averaging; off."""
-    node_aware: str = "auto"
+    node_aware: Switch = "auto"
     """auto: where the ranks span several nodes with several ranks on some node, average node-aware and
     compress only what crosses nodes; on: always; off: the flat ring, compressing every hop."""
     eval_every: int = 100
@@ -100,7 +113,7 @@ class TrainConfig:
     """The same deadline for start-up and the first step, which include loading data and imports."""
     trace: str | None = None
     """Write a timeline of every rank (Chrome Trace Event Format, for ui.perfetto.dev) to this file."""
-    memory_check: str = "on"
+    memory_check: bool = True
     """on: estimate each rank's peak memory before any work and refuse a run that will not fit the node; off."""
 
     def __post_init__(self):
@@ -110,44 +123,50 @@ class TrainConfig:
                 raise refused(f.name, value, CHECKS[f.name].allowed)
         if self.width % self.heads:
             raise refused("width", self.width, f"a multiple of heads ({self.heads})")
-        if self.compression != "auto":
-            from ..compression import get as compression_get
-            try:
-                compression_get(self.compression)
-            except ValueError as e:  # it names the part that is wrong and what is allowed
-                raise UsageError(f"compression (--compression): {e}") from None
-        if self.optimizer == "onebit-adam" and (self.zero or self.compression != "none"):
-            raise UsageError(f"optimizer (--optimizer) = 'onebit-adam' with --zero {self.zero} and --compression "
-                             f"{self.compression}: not supported — 1-bit Adam compresses its own momentum; use "
-                             "--zero 0 and --compression none with it")
-        self._check_dgc()
-        if self.zero and self.compression != "none" and not _zero_compatible(self.compression):
-            raise UsageError(f"compression (--compression) = {self.compression!r} with --zero {self.zero}: not "
-                             "supported yet — ZeRO reduce-scatters, so only codecs that sum on the ring work: "
-                             "fp16, bf16, int8 (no ef, no lz4); or use --zero 0")
+        self._check_compatible()
         self.checkpoint_interval()
 
-    def _check_dgc(self) -> None:
-        """DGC's momentum replaces the optimizer's: SGD must then have none; under AdamW it is Adam's beta1."""
-        if not self.compression.startswith("dgc"):
-            return
-        from ..compression import get as compression_get
-        momentum = compression_get(self.compression).momentum
-        if not momentum or self.dgc_adam or (self.optimizer == "sgd" and not self.momentum):
-            return
-        raise UsageError(f"compression (--compression) = {self.compression!r} with --optimizer "
-                         f"{self.optimizer} --momentum {self.momentum:g}: dgc's momentum correction takes the "
-                         "optimizer's momentum — use --optimizer sgd --momentum 0 with it; under AdamW give dgc "
-                         f"momentum={ADAM_BETA1:g} (Adam's beta1: the variance freezes after --onebit-warmup steps) "
-                         "or momentum=0")
+    @functools.cached_property
+    def compressor(self) -> "Compressor | None":
+        """The compression, parsed once (a prototype: nothing runs it); None for none, and for auto until chosen."""
+        from ..compression import Compressor, get as compression_get
+        if isinstance(self.compression, Compressor):
+            return self.compression
+        if self.compression == "auto":
+            return None
+        try:
+            return compression_get(self.compression)
+        except ValueError as e:  # it names the part that is wrong and what is allowed
+            raise UsageError(f"compression (--compression): {e}") from None
+
+    @property
+    def compression_name(self) -> str:
+        """The compression as text: the spec, or a Compressor object's name (metrics, checkpoints)."""
+        from ..compression import spec_of
+        return spec_of(self.compression)
+
+    def _check_compatible(self) -> None:
+        """compression/compatibility.py's rules on this config, each refused with the flags it names."""
+        from ..compression import compatibility as rules
+        parsed = rules.AUTO if self.compression == "auto" else self.compressor
+        given = f"compression (--compression) = {self.compression_name!r}"
+        if self.optimizer == "onebit-adam":
+            reason = rules.onebit_adam_conflict(self.zero, parsed)
+            if reason:
+                raise UsageError(f"optimizer (--optimizer) = 'onebit-adam' with --zero {self.zero} and --compression "
+                                 f"{self.compression_name}: not supported — {reason}")
+        reason = rules.dgc_conflict(parsed, self.optimizer, self.momentum, ADAM_BETA1)
+        if reason:
+            raise UsageError(f"{given} with --optimizer {self.optimizer} --momentum {self.momentum:g}: {reason}")
+        reason = rules.zero_conflict(self.zero, parsed)
+        if reason:
+            raise UsageError(f"{given} with --zero {self.zero}: not supported yet — {reason}; or use --zero 0")
 
     @property
     def dgc_adam(self) -> bool:
         """AdamW with dgc at momentum beta1: DGC on Adam's momentum over a frozen variance (optim/dgc_adam.py)."""
-        if self.optimizer != "adamw" or not self.compression.startswith("dgc"):
-            return False
-        from ..compression import get as compression_get
-        return compression_get(self.compression).momentum == ADAM_BETA1
+        from ..compression.compatibility import dgc_adam
+        return dgc_adam(self.compressor, self.optimizer, ADAM_BETA1)
 
     def checkpoint_interval(self) -> tuple[int, float]:
         """(every N steps, every S seconds) from checkpoint_every; 0 means never."""
@@ -160,17 +179,14 @@ class TrainConfig:
         return int(text), 0.0
 
 
-def _zero_compatible(spec: str) -> bool:
-    if spec == "auto":
-        return False
-    from ..compression import get as compression_get
-    from ..optim.zero.shards import zero_compatible
-    return zero_compatible(compression_get(spec))
-
-
 def refused(name: str, value, allowed: str) -> UsageError:
     """The error for a field's bad value, naming the field, its flag, the value and what is allowed."""
     return UsageError(f"{name} (--{name.replace('_', '-')}) = {value!r}: not allowed — {allowed}")
+
+
+def _is_compressor(value) -> bool:
+    from ..compression import Compressor
+    return isinstance(value, Compressor)
 
 
 _PATH = text("a non-empty path")
@@ -187,17 +203,18 @@ CHECKS: dict[str, Rule] = {
                   r"gpt|[A-Za-z_][\w.]*:[A-Za-z_]\w*"),
     "epochs": whole(0), "last_batch": choice("pad", "drop"), "loader_workers": whole(0), "prefetch": whole(1),
     "layers": whole(1), "heads": whole(1), "width": whole(1), "context": whole(1),
-    "compression": text("a compression spec such as fp16, int8+lz4, ef+topk:ratio=0.01 or powersgd:rank=4; "
-                        "none; or auto", r"\S+"),
-    "bucket_cap_mb": either(number(0, above=True), choice("auto")), "node_aware": choice("auto", "on", "off"),
-    "broadcast_buffers": choice("on", "off"), "zero": whole(0, 2),
+    "compression": either(text("a compression spec such as fp16, int8+lz4, ef+topk:ratio=0.01 or powersgd:rank=4; "
+                               "none; auto", r"\S+"),
+                          Rule("a ringtrain.compression.Compressor object", _is_compressor)),
+    "bucket_cap_mb": either(number(0, above=True), choice("auto")), "node_aware": switch(),
+    "broadcast_buffers": boolean(), "zero": whole(0, 2),
     "eval_every": whole(0), "eval_windows": whole(1), "log_every": whole(1), "sample_tokens": whole(0),
     "out_dir": _PATH, "checkpoint_dir": optional(_PATH),
     "checkpoint_every": either(whole(0), text("a number of steps (100; 0: only at the end) or of seconds (600s)",
                                               r"\s*(\d+|(\d+\.?\d*|\.\d+)s)\s*")),
     "keep_checkpoints": whole(1), "resume": text("auto, none, or the path of a checkpoint"),
     "stop_after": whole(0), "timeout": number(0, above=True), "first_timeout": number(0, above=True),
-    "trace": optional(_PATH), "memory_check": choice("on", "off"),
+    "trace": optional(_PATH), "memory_check": boolean(),
 }
 
 
@@ -219,11 +236,25 @@ def add_arguments(parser) -> None:
     docs = field_docs()
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        kind = {int: int, float: float}.get(f.type, str)  # str | None fields take strings
+        kind = {int: int, float: float, bool: on_off}.get(f.type, str)  # str | None fields take strings
+        options = {}
         if f.name == "bucket_cap_mb":
             kind = _number_or_auto
-        parser.add_argument(flag, type=kind, default=f.default, dest=f.name,
-                            help=f"{docs.get(f.name, '')} (default: {f.default})")
+        if f.type == Switch:
+            options["choices"] = typing.get_args(Switch)
+        if f.type is bool:
+            options["metavar"] = "{on,off}"
+        shown = {True: "on", False: "off"}.get(f.default, f.default) if f.type is bool else f.default
+        parser.add_argument(flag, type=kind, default=f.default, dest=f.name, **options,
+                            help=f"{docs.get(f.name, '')} (default: {shown})")
+
+
+def on_off(text: str) -> bool:
+    """The command line's on/off as the bool a TrainConfig field holds."""
+    if text not in ("on", "off"):
+        import argparse
+        raise argparse.ArgumentTypeError(f"on or off; got {text!r}")
+    return text == "on"
 
 
 def _number_or_auto(text: str):

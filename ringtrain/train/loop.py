@@ -34,6 +34,7 @@ from .places import RunPlaces
 from .schedule import learning_rate
 from .sync import GradientSync
 from .task import Task, call
+from .tuned import Tuned
 from .validation import describe, validate
 
 
@@ -53,7 +54,7 @@ class TrainingLoop:
     lineage: str
     start: int
     """The step the run starts from (0, or a checkpoint's)."""
-    tuned: dict
+    tuned: Tuned
     """The compression, bucket cap (and optimizer) the run chose for its auto settings: checkpoints keep them."""
     places: RunPlaces = field(default_factory=RunPlaces)
     """The run's directory locks, kept before each checkpoint (train/places.py)."""

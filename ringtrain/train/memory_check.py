@@ -200,7 +200,7 @@ def peak(parts: dict[str, int]) -> int:
 
 def check(cfg: TrainConfig, task: Task, comm: MPI.Comm) -> None:
     """Raise UsageError if this rank's estimated peak does not fit its share of the node's memory."""
-    if cfg.memory_check == "off":
+    if not cfg.memory_check:
         return
     parts = estimate(cfg, task, comm.Get_size())
     budget, where = _budget(comm)
@@ -216,7 +216,7 @@ def check(cfg: TrainConfig, task: Task, comm: MPI.Comm) -> None:
 
 def check_model_size(cfg: TrainConfig, comm: MPI.Comm) -> None:
     """Before building the demo GPT: its parameters and their state fit (--width 1000000 would not)."""
-    if cfg.memory_check == "off" or cfg.model != "gpt":
+    if not cfg.memory_check or cfg.model != "gpt":
         return
     world = comm.Get_size()
 

@@ -49,10 +49,9 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module, reducer=None):
         from ..optim import OneBitAdam
         return OneBitAdam(reducer, groups, lr=cfg.lr, betas=ADAM_BETAS, warmup=cfg.onebit_warmup)
     if cfg.dgc_adam:
-        from ..compression import get as compression_get
         from ..optim import DGCAdam
         return DGCAdam(reducer, groups, lr=cfg.lr, betas=ADAM_BETAS, warmup=cfg.onebit_warmup,
-                       dgc=compression_get(cfg.compression))
+                       dgc=cfg.compressor.fresh())  # the config's parsed prototype: a copy runs
     if cfg.zero:
         from ..optim import ZeroOptimizer
         return ZeroOptimizer(reducer, kind, groups, **options)

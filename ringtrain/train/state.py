@@ -21,6 +21,7 @@ from ..data.fingerprint import differences
 from ..fault.errors import UsageError, agree
 from ..optim import checkpoint as optimizer_checkpoint
 from .config import TrainConfig
+from .tuned import Tuned
 
 # Changing these between a run and its resume would change what is computed.
 # (--steps may grow: that only stretches the learning-rate schedule from here on.) Not --data: the data's
@@ -30,13 +31,13 @@ _MUST_MATCH = ("model", "layers", "heads", "width", "context", "seed", "optimize
                "bucket_cap_mb", "last_batch", "onebit_warmup")
 
 
-def save(cfg: TrainConfig, step: int, model, optimizer, reducer, comm: MPI.Comm, lineage: str, tuned: dict,
+def save(cfg: TrainConfig, step: int, model, optimizer, reducer, comm: MPI.Comm, lineage: str, tuned: Tuned,
          data: dict | None = None) -> str:
     """``tuned``: what the run chose for its auto settings (compression, bucket cap, optimizer), kept for the
     resume. ``data``: the corpus's fingerprint (the source's ``fingerprint``; None for a task's datasets)."""
     shared, own = optimizer_checkpoint.parts(model, optimizer)
-    replicated = {"model": model.state_dict(), **shared, "step": step, "config": dataclasses.asdict(cfg),
-                  "tuned": {**tuned, "bucket_cap_mb": float(tuned["bucket_cap_mb"])}, "data": data}
+    replicated = {"model": model.state_dict(), **shared, "step": step, "config": _as_saved(cfg),
+                  "tuned": tuned.saved(), "data": data}
     per_rank = {"torch_rng": torch.get_rng_state(), "reducer": reducer.state_dict(), **own}
     return checkpoint.save(cfg.checkpoint_dir, step, replicated, per_rank, comm, keep=cfg.keep_checkpoints,
                            lineage=lineage)
@@ -95,12 +96,13 @@ def check_data(cfg: TrainConfig, fingerprint: dict, comm: MPI.Comm) -> None:
     agree(comm, error)
 
 
-def saved_tuning(cfg: TrainConfig, comm: MPI.Comm) -> dict | None:
+def saved_tuning(cfg: TrainConfig, comm: MPI.Comm) -> Tuned | None:
     """What an autotuned run chose, from the checkpoint it resumes: a resumed run must not choose anew."""
     path, manifest = _locate(cfg, comm)
     if path is None:
         return None
-    return checkpoint.load_part(path, "replicated.pt", manifest).get("tuned")
+    saved = checkpoint.load_part(path, "replicated.pt", manifest).get("tuned")
+    return None if saved is None else Tuned.from_saved(saved)
 
 
 def restore(cfg: TrainConfig, model, optimizer, reducer, comm: MPI.Comm) -> tuple[int, str]:
@@ -146,8 +148,14 @@ def restore(cfg: TrainConfig, model, optimizer, reducer, comm: MPI.Comm) -> tupl
     return int(state["step"]), manifest.get("lineage") or comm.bcast(checkpoint.new_lineage(), root=0)
 
 
+def _as_saved(cfg: TrainConfig) -> dict:
+    """The config as a checkpoint keeps it: plain values (a Compressor object by its name), loadable with
+    weights_only=True."""
+    return {**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}, "compression": cfg.compression_name}
+
+
 def _check_config(saved: dict, cfg: TrainConfig, path: str) -> None:
-    now = dataclasses.asdict(cfg)
+    now = _as_saved(cfg)
     # A field newer than the checkpoint was, in effect, at its default when it was written.
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     was = {k: saved.get(k, defaults[k]) for k in _MUST_MATCH}

@@ -28,6 +28,7 @@ from .model_factory import build_task, make_optimizer
 from .preflight import preflight
 from .task import Task
 from .threads import set_torch_threads
+from .tuned import Tuned
 
 
 def fit(model, loss_fn, train_data, *, val_data=None, collate_fn=None, metrics=None,
@@ -37,7 +38,8 @@ def fit(model, loss_fn, train_data, *, val_data=None, collate_fn=None, metrics=N
     ``loss_fn(model, *batch)`` returns the batch's mean loss; ``metrics`` maps
     names to functions of the same form, reported at each validation.
     ``config`` (or TrainConfig fields as keywords) sets everything else: steps
-    or epochs, batch size per rank, optimizer, checkpoints. Returns the losses,
+    or epochs, batch size per rank, optimizer, checkpoints; ``compression`` is a
+    spec or a Compressor object (``ErrorFeedback(TopK(0.01))``). Returns the losses,
     step times, validation results and the model, as ``train`` does; raises
     UsageError for bad input, and Preempted (a SystemExit with code 75) after
     checkpointing when signalled.
@@ -94,30 +96,29 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None, *, task: Task | None =
             sync = (make_sync or reducer_sync)(task, cfg, comm, tuned, tracer)
             # What auto chose decides the optimizer too (1-bit Adam, or DGC's under AdamW); the config
             # itself stays as given, so that a resume matches it.
-            optimizer = make_optimizer(chosen(cfg, tuned), task.model, sync)
+            optimizer = make_optimizer(tuned.applied_to(cfg), task.model, sync)
             start, lineage = state.restore(cfg, task.model, optimizer, sync, comm)
             refuse_past_steps(cfg, start)
             ranks = comm.gather({"rank": rank, "host": socket.gethostname(), "pid": os.getpid()}, root=0)
         nparams = sum(p.numel() for p in task.model.parameters())
         say(rank, f"ringtrain: {world} ranks x {threads} torch threads | {name} with {nparams:,} parameters | "
                   f"{source.describe()}" + (f" | {cfg.epochs} epochs = {cfg.steps} steps" if cfg.epochs else "")
-                  + (f" | compression {tuned['compression']}" if tuned["compression"] != "none" else "")
-                  + (f" | optimizer {tuned['optimizer']}" if "optimizer" in tuned else ""))
+                  + (f" | compression {tuned.compression_name}" if tuned.compression_name != "none" else "")
+                  + (f" | optimizer {tuned.optimizer}" if tuned.optimizer else ""))
         metrics = Metrics(cfg.out_dir, rank, run=run, lock=places.out)
         metrics.write(event="start", step=start, world_size=world, ranks=ranks, parameters=nparams,
-                      compression=tuned["compression"], bucket_cap_mb=tuned["bucket_cap_mb"],
-                      optimizer=tuned.get("optimizer", cfg.optimizer),
-                      autotune=tuned.get("probe"), steps=cfg.steps, steps_per_epoch=source.steps_per_epoch)
-        if "text" in tuned:
-            say(rank, tuned["text"])
+                      compression=tuned.compression_name, bucket_cap_mb=tuned.bucket_cap_mb,
+                      optimizer=tuned.optimizer or cfg.optimizer,
+                      autotune=tuned.probe, steps=cfg.steps, steps_per_epoch=source.steps_per_epoch)
+        if tuned.text:
+            say(rank, tuned.text)
         if start:
             say(rank, f"resumed from the checkpoint at step {start}")
-        choice = {key: tuned[key] for key in ("compression", "bucket_cap_mb", "optimizer") if key in tuned}
         loop = TrainingLoop(cfg=cfg, comm=comm, task=task, sync=sync, optimizer=optimizer, source=source,
                             metrics=metrics, watchdog=watchdog, signals=signals, tracer=tracer, lineage=lineage,
-                            start=start, tuned=choice, places=places)
+                            start=start, tuned=tuned, places=places)
         result = loop.run()
-        result["tuned"] = choice
+        result["tuned"] = tuned.saved()
         result.update(optimizer=optimizer, sync=sync)
         with watchdog.guard("writing the trace", cfg.steps, max(cfg.timeout, 60.0)):
             tracer.close()
@@ -144,33 +145,27 @@ def refuse_past_steps(cfg: TrainConfig, start: int) -> None:
                          f"give --steps > {start} to continue it, or --resume none to start afresh", agreed=True)
 
 
-def reducer_sync(task: Task, cfg: TrainConfig, comm: MPI.Comm, tuned: dict, tracer) -> GradientReducer:
+def reducer_sync(task: Task, cfg: TrainConfig, comm: MPI.Comm, tuned: Tuned, tracer) -> GradientReducer:
     """The default gradient averaging: ringtrain's GradientReducer with the run's buckets and compression."""
     # DGC under AdamW compresses the optimizer's momentum (optim/dgc_adam.py): the reducer averages the warm-up.
-    compression = "none" if chosen(cfg, tuned).dgc_adam else tuned["compression"]
-    return GradientReducer(task.model, bucket_cap_mb=tuned["bucket_cap_mb"], compression=compression,
-                           comm=comm, node_aware={"auto": None, "on": True, "off": False}[cfg.node_aware],
-                           trace=tracer, broadcast_buffers=cfg.broadcast_buffers == "on", zero=cfg.zero)
+    compression = "none" if tuned.applied_to(cfg).dgc_adam else tuned.compression
+    return GradientReducer(task.model, bucket_cap_mb=tuned.bucket_cap_mb, compression=compression, comm=comm,
+                           node_aware=cfg.node_aware, trace=tracer, broadcast_buffers=cfg.broadcast_buffers,
+                           zero=cfg.zero)
 
 
-def chosen(cfg: TrainConfig, tuned: dict) -> TrainConfig:
-    """``cfg`` with what was given as auto replaced by what was chosen."""
-    return dataclasses.replace(cfg, compression=tuned["compression"], optimizer=tuned.get("optimizer", cfg.optimizer))
-
-
-def _tune(cfg, task, source, comm) -> dict:
+def _tune(cfg, task, source, comm) -> Tuned:
     """The compression and bucket cap to run with: as given, as a resumed run chose them, or probed now."""
     if "auto" not in (cfg.compression, cfg.bucket_cap_mb):
-        return {"compression": cfg.compression, "bucket_cap_mb": cfg.bucket_cap_mb}
+        return Tuned(compression=cfg.compression, bucket_cap_mb=cfg.bucket_cap_mb)
     saved = state.saved_tuning(cfg, comm)
     if saved is not None:
-        return {**saved, "text": f"autotune: compression {saved['compression']}, bucket cap "
-                                 f"{saved['bucket_cap_mb']:g} MB" + (f", optimizer {saved['optimizer']}"
-                                                                      if "optimizer" in saved else "")
-                                 + ", as chosen before the checkpoint"}
+        return dataclasses.replace(saved, text=f"autotune: compression {saved.compression_name}, bucket cap "
+                                               f"{saved.bucket_cap_mb:g} MB" + (f", optimizer {saved.optimizer}"
+                                                                                if saved.optimizer else "")
+                                               + ", as chosen before the checkpoint")
     if comm.Get_size() == 1:  # nothing to average: nothing to tune
         cap = BUCKET_CAP_MB if cfg.bucket_cap_mb == "auto" else cfg.bucket_cap_mb
-        return {"compression": "none", "bucket_cap_mb": cap, "text": "autotune: one rank, no averaging: compression none"}
+        return Tuned(compression="none", bucket_cap_mb=cap, text="autotune: one rank, no averaging: compression none")
     from . import autotune
-    tuned = autotune.tune(cfg, task.model, task.loss_fn, source.train(0), comm)
-    return {**tuned, "text": autotune.describe(tuned)}
+    return autotune.tune(cfg, task.model, task.loss_fn, source.train(0), comm)

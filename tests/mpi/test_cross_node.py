@@ -28,7 +28,7 @@ def batch(step: int, rows: int):
     return torch.randn(rows, 16, generator=g)
 
 
-def averaged(k: int, compression, monkeypatch, steps=1, rows=3, node_aware=None, count=None):
+def averaged(k: int, compression, monkeypatch, steps=1, rows=3, node_aware="auto", count=None):
     """The gradients after ``steps`` reduced steps, and the exact mean of the last step's local gradients."""
     monkeypatch.setenv("RINGTRAIN_NODE_SIZE", str(k))
     m, local = model(), model()
@@ -55,7 +55,7 @@ def averaged(k: int, compression, monkeypatch, steps=1, rows=3, node_aware=None,
 @pytest.mark.mpi
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_a_lossless_compressor_node_aware_gives_the_exact_mean(k, monkeypatch):
-    got, exact, _ = averaged(k, "lz4", monkeypatch, node_aware=True)
+    got, exact, _ = averaged(k, "lz4", monkeypatch, node_aware="on")
     close = np.allclose(got, exact, rtol=1e-5, atol=1e-6 * np.abs(exact).max())
     assert all_ranks_agree(bool(close)), np.abs(got - exact).max()
     assert identical_across_ranks(got)
@@ -66,7 +66,7 @@ def test_a_lossless_compressor_node_aware_gives_the_exact_mean(k, monkeypatch):
 def test_only_what_crosses_nodes_is_compressed(k, monkeypatch):
     """Node-aware, each node compresses every element once (split among its ranks); flat, every rank does."""
     n, count = WORLD.Get_size(), []
-    got, exact, reducer = averaged(k, "lz4", monkeypatch, node_aware=True, count=count)
+    got, exact, reducer = averaged(k, "lz4", monkeypatch, node_aware="on", count=count)
     groups = node_groups(reducer.comm)
     elements = sum(b.bounds[-1][1] for b in reducer.buckets)
     total = np.array([sum(count)], dtype=np.int64)
@@ -74,7 +74,7 @@ def test_only_what_crosses_nodes_is_compressed(k, monkeypatch):
     expected = 0 if groups.nodes == 1 else groups.nodes * elements
     assert all_ranks_agree(int(total[0]) == expected), (int(total[0]), expected, groups.nodes)
     flat = []
-    averaged(k, "lz4", monkeypatch, node_aware=False, count=flat)
+    averaged(k, "lz4", monkeypatch, node_aware="off", count=flat)
     assert all_ranks_agree(sum(flat) == (elements if n > 1 else 0)), (sum(flat), elements)
 
 
@@ -92,7 +92,7 @@ def test_auto_goes_node_aware_only_on_two_levels(k, monkeypatch):
 @pytest.mark.parametrize("spec, rel", [("fp16", 2.0 ** -9), ("bf16", 2.0 ** -6), ("int8", 2.0 / 127)])
 def test_summable_codecs_across_nodes_stay_within_one_rounding_per_node(spec, rel, k, monkeypatch):
     """Each node's block sum is rounded at most once per cross-node hop: error <= nodes x rel x max|node sum| / n."""
-    got, exact, reducer = averaged(k, spec, monkeypatch, node_aware=True)
+    got, exact, reducer = averaged(k, spec, monkeypatch, node_aware="on")
     nodes = node_groups(reducer.comm).nodes if WORLD.Get_size() > 1 else 1
     # A loose envelope from the per-rank magnitudes: max |node sum| <= ranks per node x max |gradient|.
     bound = nodes * rel * np.abs(exact).max() * WORLD.Get_size()
@@ -105,7 +105,7 @@ def test_summable_codecs_across_nodes_stay_within_one_rounding_per_node(spec, re
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_powersgd_gets_whole_parameters_and_is_exact_on_low_rank_gradients(k, monkeypatch):
     """One sample per rank makes each weight's gradient rank one, so any node's sum has rank <= 4: exact at rank 4."""
-    got, exact, _ = averaged(k, "powersgd:rank=4,min_ratio=1", monkeypatch, rows=1, node_aware=True)
+    got, exact, _ = averaged(k, "powersgd:rank=4,min_ratio=1", monkeypatch, rows=1, node_aware="on")
     ok = np.linalg.norm(got - exact) <= 1e-4 * np.linalg.norm(exact)
     assert all_ranks_agree(bool(ok)), np.linalg.norm(got - exact) / np.linalg.norm(exact)
     assert identical_across_ranks(got)
@@ -115,7 +115,7 @@ def test_powersgd_gets_whole_parameters_and_is_exact_on_low_rank_gradients(k, mo
 @pytest.mark.parametrize("k", [2, 3])
 def test_error_feedback_keeps_each_blocks_cross_node_error(k, monkeypatch):
     """Over several steps the node-aware ef+int8 mean tracks the exact mean (what is dropped comes back)."""
-    got, exact, reducer = averaged(k, "ef+int8", monkeypatch, steps=3, node_aware=True)
+    got, exact, reducer = averaged(k, "ef+int8", monkeypatch, steps=3, node_aware="on")
     assert identical_across_ranks(got)
     residuals = [c.residual for c in reducer.compressors]
     groups = node_groups(reducer.comm) if WORLD.Get_size() > 1 else None
@@ -129,9 +129,9 @@ def test_error_feedback_keeps_each_blocks_cross_node_error(k, monkeypatch):
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("node_aware", [True, False])
+@pytest.mark.parametrize("node_aware", ["on", "off"])
 def test_compression_state_loads_only_into_the_same_node_layout(node_aware, monkeypatch, capsys):
-    _, _, trained = averaged(2, "ef+int8", monkeypatch, steps=2, node_aware=True)
+    _, _, trained = averaged(2, "ef+int8", monkeypatch, steps=2, node_aware="on")
     saved = trained.state_dict()
     fresh = GradientReducer(model(), bucket_cap_mb=CAP_MB, compression="ef+int8", comm=nodes_of(2),
                             node_aware=node_aware)
@@ -147,5 +147,5 @@ def test_compression_state_loads_only_into_the_same_node_layout(node_aware, monk
         ok = all(r is None for r in loaded)
         if WORLD.Get_rank() == 0:
             ok &= "error-feedback residuals start from zero" in capsys.readouterr().err
-    # node_aware=True forces the blocks on any layout, even one node; one rank has none either way.
-    assert all_ranks_agree(ok and matches == (node_aware or WORLD.Get_size() == 1)), (matches, saved["blocks"])
+    # node_aware="on" forces the blocks on any layout, even one node; one rank has none either way.
+    assert all_ranks_agree(ok and matches == (node_aware == "on" or WORLD.Get_size() == 1)), (matches, saved["blocks"])

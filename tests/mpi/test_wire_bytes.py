@@ -53,7 +53,7 @@ def test_the_reducer_reports_each_steps_bytes():
     """Small buckets take native MPI_Allreduce, counted at 2 (n-1)/n of each bucket (flags included)."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(30, 40), torch.nn.Linear(40, 5))
-    reducer = ringtrain.GradientReducer(model, bucket_cap_mb=0.002, node_aware=False)
+    reducer = ringtrain.GradientReducer(model, bucket_cap_mb=0.002, node_aware="off")
     n = WORLD.Get_size()
     expected = sum(2 * (n - 1) * b.numel * 4 // n for b in reducer.buckets) if n > 1 else 0
     got = []

@@ -22,6 +22,7 @@ from mpi4py import MPI
 from ...collectives import allreduce, reduce_scatter
 from ...collectives.codec_ring import codec_reduce_scatter_mean
 from ...collectives.layout import chunk_bounds
+from ...compression.compatibility import zero_conflict
 
 
 class GradientShards:
@@ -71,5 +72,5 @@ class GradientShards:
 
 def zero_compatible(compressor) -> bool:
     """Whether ZeRO can reduce-scatter through ``compressor`` (None, or a codec whose values sum on the ring)."""
-    return compressor is None or (compressor.summable and hasattr(compressor, "wire_dtype"))
+    return zero_conflict(1, compressor) is None
 
