@@ -17,6 +17,7 @@ backend_ops.py). Then an OSU-style latency table: the 1-element all_reduce,
 the slowest rank's median over ``--latency-calls`` single calls.
 """
 import argparse
+import os
 import warnings
 
 import numpy as np
@@ -29,6 +30,7 @@ from ..results import add_link_argument, metadata, write_result
 from ..timing import iterations, time_collective
 from .backend_latency import latency_rows, latency_table
 from .backend_ops import CASES, count_wrong
+from .options import add_sweep_arguments, chosen
 from .sizes import format_bytes, parse_bytes, sweep
 
 BACKENDS = ("ringtrain", "gloo", "mpi4py")
@@ -36,17 +38,10 @@ SUMMARY_SIZES = (1 << 20, 64 << 20)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--min-bytes", type=parse_bytes, default=8, help="smallest message (default 8)")
-    p.add_argument("--max-bytes", type=parse_bytes, default=64 << 20, help="largest message (default 64M)")
-    p.add_argument("--step-factor", type=int, default=2, help="size multiplier between rows (default 2)")
+    add_sweep_arguments(p, min_bytes="8", max_bytes="64M", iter_bytes="64M", min_iters=3)
     p.add_argument("--ops", default=",".join(CASES), help=f"comma-separated, from {','.join(CASES)} (default all)")
     p.add_argument("--alltoall-max-bytes", type=parse_bytes, default=1 << 20,
                    help="all_to_all_single only up to this size (default 1M; --alltoall-max-bytes 64M for all)")
-    p.add_argument("--repeat", type=int, default=5, help="repetitions; the median is reported (default 5)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls before each timing (default 2)")
-    p.add_argument("--iter-bytes", type=parse_bytes, default=64 << 20,
-                   help="bytes to move per timing; sets the calls per timing (default 64M; less on slow links)")
-    p.add_argument("--min-iters", type=int, default=3, help="fewest timed calls per timing (default 3)")
     p.add_argument("--max-iters", type=int, default=200, help="most timed calls per timing (default 200)")
     p.add_argument("--latency-calls", type=int, default=1000,
                    help="single 1-element all_reduce calls per latency figure, after 100 warm-up (default 1000; "
@@ -56,10 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
-    unknown = [o for o in ops if o not in CASES]
-    if unknown or not ops:
-        raise SystemExit(f"bench backend: --ops has {unknown or 'nothing'}; choose from {','.join(CASES)}")
+    ops = chosen(args.ops, CASES, "--ops", "bench backend")
     if min(args.repeat, args.min_iters, args.max_iters, args.iter_bytes) < 1 or args.warmup < 0 \
             or args.latency_calls < 0:
         raise SystemExit(f"bench backend: need --repeat, --min-iters, --max-iters, --iter-bytes >= 1 and "
@@ -80,7 +72,8 @@ def main(args) -> int:
 
 
 def _run(comm, n, rank, groups, ops, args) -> int:
-    meta = metadata(comm, args, link=args.link)
+    # Other jobs on the machine stretch small-message times most: record how busy it was when the run began.
+    meta = metadata(comm, args, link=args.link, load_average=os.getloadavg())
     say = print if rank == 0 else (lambda *a, **k: None)
     say(f"# ringtrain {__version__} bench backend: {n} ranks, torch {torch.__version__}, "
         f"{MPI.Get_library_version().splitlines()[0].strip()}")
@@ -106,6 +99,7 @@ def _run(comm, n, rank, groups, ops, args) -> int:
     for line in summary["lines"]:
         say(f"# {line}")
     if args.json and rank == 0:
+        meta["load_average_at_end"] = os.getloadavg()
         write_result(args.json, "backend", meta, rows=rows, latency=latency, summary=summary)
         say(f"# wrote {args.json}")
     return 1 if any(r["wrong"] for r in rows) else 0

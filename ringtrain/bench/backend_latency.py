@@ -7,8 +7,8 @@ median over repetitions, with the best beside it. ``time_vs_gloo`` is a
 ratio of times (below 1 is faster than gloo); ``over_mpi_us`` is what the
 torch.distributed layers add to MPI's own call::
 
-    >>> latency_table([{"backend": "gloo", "median_us": 300.0, "best_us": 250.0, "time_vs_gloo": 1.0,
-    ...                 "over_mpi_us": 297.0}])[-1]
+    >>> latency_table([{"backend": "gloo", "size": 4, "median_us": 300.0, "best_us": 250.0,
+    ...                 "time_vs_gloo": 1.0, "over_mpi_us": 297.0}])[-1]
     '      gloo          4      300.0      250.0      1.00       297.0'
 """
 import numpy as np

@@ -32,7 +32,7 @@ def _wrong(got: torch.Tensor, expected: torch.Tensor) -> int:
 
 
 class Case:
-    """Buffers of ``count`` float32 elements (the larger buffer) on ``comm``'s ranks."""
+    """Buffers of ``count`` float32 elements (the larger buffer) on ``comm``'s ranks; the result lands in ``out``."""
 
     name = ""
     mpi_call = ""
@@ -41,6 +41,8 @@ class Case:
 
     def __init__(self, count: int, comm: MPI.Comm):
         self.comm, self.n, self.rank, self.count = comm, comm.Get_size(), comm.Get_rank(), count
+        self.k = count // self.n if self.splits else count  # one rank's piece
+        self.out = torch.zeros(count)
 
     @classmethod
     def elements(cls, nbytes: int, n: int) -> int:
@@ -54,37 +56,52 @@ class Case:
 
     def run(self, group) -> None:
         """One synchronous call on torch ``group``, or MPI's own collective when ``group`` is None."""
+        self.on_mpi() if group is None else self.on_group(group)
+
+    def on_mpi(self) -> None:
         raise NotImplementedError
 
-    def wrong(self, group) -> int:
-        """Fill checkable inputs, make one call, count this rank's wrong elements, leave timing values."""
+    def on_group(self, group) -> None:
         raise NotImplementedError
+
+    def expected(self) -> torch.Tensor:
+        """What ``out`` must hold after one call on the checkable inputs."""
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Checkable inputs in place; by default only ``out`` is spoiled, so a call that does nothing is caught."""
+        self.out.fill_(-1)
+
+    def wrong(self, group) -> int:
+        """This rank's wrong elements after one call on checkable inputs."""
+        self.prepare()
+        self.run(group)
+        return _wrong(self.out, self.expected())
 
 
 class AllReduce(Case):
     name, mpi_call, redop = "all_reduce", "MPI_Allreduce", "sum"
-
-    def __init__(self, count, comm):
-        super().__init__(count, comm)
-        # Zeros while timing: summing in place over and over must not grow the buffer to inf.
-        self.buf = torch.zeros(count)
+    # In place on ``out``, zeros while timing: summing over and over must not grow the buffer to inf.
 
     @staticmethod
     def busbw_factor(n):
         return 2 * (n - 1) / n
 
-    def run(self, group):
-        if group is None:
-            self.comm.Allreduce(MPI.IN_PLACE, self.buf.numpy(), op=MPI.SUM)
-        else:
-            dist.all_reduce(self.buf, group=group)
+    def on_mpi(self):
+        self.comm.Allreduce(MPI.IN_PLACE, self.out.numpy(), op=MPI.SUM)
+
+    def on_group(self, group):
+        dist.all_reduce(self.out, group=group)
+
+    def prepare(self):
+        self.out.copy_(_pattern(self.count) * (self.rank + 1))
+
+    def expected(self):
+        return _pattern(self.count) * (self.n * (self.n + 1) // 2)  # sum_r (r + 1) p
 
     def wrong(self, group):
-        p = _pattern(self.count)
-        self.buf.copy_(p * (self.rank + 1))
-        self.run(group)
-        bad = _wrong(self.buf, p * (self.n * (self.n + 1) // 2))  # sum_r (r + 1) p
-        self.buf.zero_()
+        bad = super().wrong(group)
+        self.out.zero_()
         return bad
 
 
@@ -93,26 +110,20 @@ class AllGather(Case):
 
     def __init__(self, count, comm):
         super().__init__(count, comm)
-        k = count // self.n
-        self.inp = _pattern(k) + PERIOD * self.rank  # rank r's piece: the pattern lifted by 13 r
-        self.out = torch.zeros(count)
+        self.inp = _pattern(self.k) + PERIOD * self.rank  # rank r's piece: the pattern lifted by 13 r
 
     @staticmethod
     def busbw_factor(n):
         return (n - 1) / n
 
-    def run(self, group):
-        if group is None:
-            self.comm.Allgather(self.inp.numpy(), self.out.numpy())
-        else:
-            dist.all_gather_into_tensor(self.out, self.inp, group=group)
+    def on_mpi(self):
+        self.comm.Allgather(self.inp.numpy(), self.out.numpy())
 
-    def wrong(self, group):
-        self.out.fill_(-1)
-        self.run(group)
-        k = self.count // self.n
-        expected = torch.cat([_pattern(k) + PERIOD * r for r in range(self.n)])
-        return _wrong(self.out, expected)
+    def on_group(self, group):
+        dist.all_gather_into_tensor(self.out, self.inp, group=group)
+
+    def expected(self):
+        return torch.cat([_pattern(self.k) + PERIOD * r for r in range(self.n)])
 
 
 class ReduceScatter(Case):
@@ -121,51 +132,52 @@ class ReduceScatter(Case):
     def __init__(self, count, comm):
         super().__init__(count, comm)
         self.inp = _pattern(count) * (self.rank + 1)  # unchanged by the call, so it can stay patterned
-        self.out = torch.zeros(count // self.n)
+        self.out = torch.zeros(self.k)
 
     @staticmethod
     def busbw_factor(n):
         return (n - 1) / n
 
-    def run(self, group):
-        if group is None:
-            self.comm.Reduce_scatter_block(self.inp.numpy(), self.out.numpy(), op=MPI.SUM)
-        else:
-            dist.reduce_scatter_tensor(self.out, self.inp, group=group)
+    def on_mpi(self):
+        self.comm.Reduce_scatter_block(self.inp.numpy(), self.out.numpy(), op=MPI.SUM)
+
+    def on_group(self, group):
+        dist.reduce_scatter_tensor(self.out, self.inp, group=group)
+
+    def expected(self):
+        mine = _pattern(self.count)[self.rank * self.k:(self.rank + 1) * self.k]
+        return mine * (self.n * (self.n + 1) // 2)
 
     def wrong(self, group):
-        self.out.fill_(-1)
-        self.run(group)
-        k = self.count // self.n
-        mine = _pattern(self.count)[self.rank * k:(self.rank + 1) * k]
-        # The input must come back as it went in, and this rank's piece holds sum_r (r + 1) p.
-        return (_wrong(self.out, mine * (self.n * (self.n + 1) // 2))
-                + _wrong(self.inp, _pattern(self.count) * (self.rank + 1)))
+        # The input must also come back as it went in.
+        return super().wrong(group) + _wrong(self.inp, _pattern(self.count) * (self.rank + 1))
 
 
 class Broadcast(Case):
     name, mpi_call = "broadcast", "MPI_Bcast"
-    ROOT = 0
+    ROOT = 0  # in place on ``out``, which holds the pattern on the root
 
     def __init__(self, count, comm):
         super().__init__(count, comm)
-        self.buf = _pattern(count) if self.rank == self.ROOT else torch.zeros(count)
+        if self.rank == self.ROOT:
+            self.out.copy_(_pattern(count))
 
     @staticmethod
     def busbw_factor(n):
         return 1.0
 
-    def run(self, group):
-        if group is None:
-            self.comm.Bcast(self.buf.numpy(), root=self.ROOT)
-        else:
-            dist.broadcast(self.buf, src=self.ROOT, group=group)
+    def on_mpi(self):
+        self.comm.Bcast(self.out.numpy(), root=self.ROOT)
 
-    def wrong(self, group):
+    def on_group(self, group):
+        dist.broadcast(self.out, src=self.ROOT, group=group)
+
+    def prepare(self):
         if self.rank != self.ROOT:
-            self.buf.fill_(-1)
-        self.run(group)
-        return _wrong(self.buf, _pattern(self.count))
+            self.out.fill_(-1)
+
+    def expected(self):
+        return _pattern(self.count)
 
 
 class AllToAll(Case):
@@ -173,27 +185,24 @@ class AllToAll(Case):
 
     def __init__(self, count, comm):
         super().__init__(count, comm)
-        k = count // self.n
         # The piece rank r sends to rank j is the pattern lifted by 13 (r n + j): every piece is distinct.
-        self.inp = torch.cat([_pattern(k) + PERIOD * (self.rank * self.n + j) for j in range(self.n)])
-        self.out = torch.zeros(count)
+        self.inp = torch.cat([self._piece(self.rank, j) for j in range(self.n)])
+
+    def _piece(self, sender: int, receiver: int) -> torch.Tensor:
+        return _pattern(self.k) + PERIOD * (sender * self.n + receiver)
 
     @staticmethod
     def busbw_factor(n):
         return (n - 1) / n
 
-    def run(self, group):
-        if group is None:
-            self.comm.Alltoall(self.inp.numpy(), self.out.numpy())
-        else:
-            dist.all_to_all_single(self.out, self.inp, group=group)
+    def on_mpi(self):
+        self.comm.Alltoall(self.inp.numpy(), self.out.numpy())
 
-    def wrong(self, group):
-        self.out.fill_(-1)
-        self.run(group)
-        k = self.count // self.n
-        expected = torch.cat([_pattern(k) + PERIOD * (j * self.n + self.rank) for j in range(self.n)])
-        return _wrong(self.out, expected)
+    def on_group(self, group):
+        dist.all_to_all_single(self.out, self.inp, group=group)
+
+    def expected(self):
+        return torch.cat([self._piece(j, self.rank) for j in range(self.n)])
 
 
 CASES = {case.name: case for case in (AllReduce, AllGather, ReduceScatter, Broadcast, AllToAll)}
