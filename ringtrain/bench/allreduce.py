@@ -25,7 +25,7 @@ from ..collectives.api import RING_MIN_BYTES
 from ..results import add_link_argument, metadata, write_result
 from ..timing import iterations, memcpy_bandwidth, time_collective
 from .link_counter import LinkCounter, two_level_bound
-from .options import add_sweep_arguments, chosen
+from .options import add_sweep_arguments, check_sweep, chosen
 from .sizes import format_bytes, sweep
 
 PEER = "MPI_Allreduce"
@@ -48,9 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     algorithms = chosen(args.algorithms, ALGORITHMS, "--algorithms", "bench allreduce")
-    if args.repeat < 1 or args.warmup < 0 or args.min_iters < 1 or args.iter_bytes < 1:
-        raise SystemExit(f"bench allreduce: need --repeat >= 1, --warmup >= 0, --min-iters >= 1 and --iter-bytes >= 1, "
-                         f"got {args.repeat}, {args.warmup}, {args.min_iters}, {args.iter_bytes}")
+    check_sweep(args, "bench allreduce")
     comm = MPI.COMM_WORLD
     n, rank = comm.Get_size(), comm.Get_rank()
     meta = metadata(comm, args, link=args.link)

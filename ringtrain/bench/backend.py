@@ -30,7 +30,7 @@ from ..results import add_link_argument, metadata, write_result
 from ..timing import iterations, time_collective
 from .backend_latency import latency_rows, latency_table
 from .backend_ops import CASES, count_wrong
-from .options import add_sweep_arguments, chosen
+from .options import add_sweep_arguments, check_sweep, chosen
 from .sizes import format_bytes, parse_bytes, sweep
 
 BACKENDS = ("ringtrain", "gloo", "mpi4py")
@@ -52,11 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     ops = chosen(args.ops, CASES, "--ops", "bench backend")
-    if min(args.repeat, args.min_iters, args.max_iters, args.iter_bytes) < 1 or args.warmup < 0 \
-            or args.latency_calls < 0:
-        raise SystemExit(f"bench backend: need --repeat, --min-iters, --max-iters, --iter-bytes >= 1 and "
-                         f"--warmup, --latency-calls >= 0, got {args.repeat}, {args.min_iters}, {args.max_iters}, "
-                         f"{args.iter_bytes}, {args.warmup}, {args.latency_calls}")
+    check_sweep(args, "bench backend")
+    if args.max_iters < 1 or args.latency_calls < 0:
+        raise SystemExit(f"bench backend: need --max-iters >= 1 and --latency-calls >= 0, got {args.max_iters} "
+                         f"and {args.latency_calls}")
     # torch 2.13 renames all_gather_into_tensor and reduce_scatter_tensor (*_single) and warns on every rank;
     # the old names are what users' code calls today, so those are the ones timed, without the warning.
     warnings.filterwarnings("ignore", message=r".*is deprecated. Please use .torch.distributed.\w+_single",

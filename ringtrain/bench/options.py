@@ -32,3 +32,10 @@ def chosen(text: str, allowed, flag: str, bench: str) -> list[str]:
     if unknown or not names:
         raise SystemExit(f"{bench}: {flag} has {unknown or 'nothing'}; choose from {tuple(allowed)}")
     return names
+
+
+def check_sweep(args, bench: str) -> None:
+    """SystemExit naming the flags unless --repeat, --min-iters, --iter-bytes >= 1 and --warmup >= 0."""
+    if args.repeat < 1 or args.warmup < 0 or args.min_iters < 1 or args.iter_bytes < 1:
+        raise SystemExit(f"{bench}: need --repeat >= 1, --warmup >= 0, --min-iters >= 1 and --iter-bytes >= 1, "
+                         f"got {args.repeat}, {args.warmup}, {args.min_iters}, {args.iter_bytes}")
