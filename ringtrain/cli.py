@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_memory.add_arguments(bench_sub.add_parser(
         "memory", help="per-rank memory of ZeRO stages 1 and 2 against unsharded training and torch's "
                        "ZeroRedundancyOptimizer, per model size"))
+    from .bench import backend as bench_backend
+    bench_backend.add_arguments(bench_sub.add_parser(
+        "backend", help="torch.distributed on the ringtrain backend against gloo and MPI's own collective, "
+                        "every op, nccl-tests style, and the 1-element all_reduce's latency"))
     from .bench import merge as bench_merge
     bench_merge.add_arguments(bench_sub.add_parser(
         "merge", help="merge bench allreduce JSON files (e.g. from a Slurm array) into one table, JSON and plot"))

@@ -25,7 +25,8 @@ from ..collectives.api import RING_MIN_BYTES
 from ..results import add_link_argument, metadata, write_result
 from ..timing import iterations, memcpy_bandwidth, time_collective
 from .link_counter import LinkCounter, two_level_bound
-from .sizes import format_bytes, parse_bytes, sweep
+from .options import add_sweep_arguments, check_sweep, chosen
+from .sizes import format_bytes, sweep
 
 PEER = "MPI_Allreduce"
 ALGORITHMS = ("ring", "recursive_doubling", "ps", "mpi", "hierarchical", "auto", "auto+check")
@@ -33,18 +34,11 @@ DTYPES = ("float16", "float32", "float64", "int32", "int64")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--min-bytes", type=parse_bytes, default=4, help="smallest message (default 4)")
-    p.add_argument("--max-bytes", type=parse_bytes, default=256 << 20, help="largest message (default 256M)")
-    p.add_argument("--step-factor", type=int, default=2, help="size multiplier between rows (default 2)")
+    add_sweep_arguments(p, min_bytes="4", max_bytes="256M", iter_bytes="128M", min_iters=5)
     p.add_argument("--dtype", choices=DTYPES, default="float32")
     p.add_argument("--op", choices=("sum", "mean"), default="sum")
     p.add_argument("--algorithms", default="ring,recursive_doubling,ps,auto,auto+check",
                    help=f"comma-separated, from {','.join(ALGORITHMS)}; {PEER} is always run as the peer")
-    p.add_argument("--repeat", type=int, default=5, help="repetitions; the median is reported (default 5)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls before each timing (default 2)")
-    p.add_argument("--iter-bytes", type=parse_bytes, default=128 << 20,
-                   help="bytes to move per timing; sets the calls per timing (default 128M; less on slow links)")
-    p.add_argument("--min-iters", type=int, default=5, help="fewest timed calls per timing (default 5)")
     p.add_argument("--count-iface", metavar="IFACE",
                    help="report the bytes each node sends over IFACE per operation (e.g. eth0 in the simulated "
                         "cluster; only meaningful on an interface that carries nothing else)")
@@ -53,13 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
-    unknown = [a for a in algorithms if a not in ALGORITHMS]
-    if unknown or not algorithms:
-        raise SystemExit(f"bench allreduce: --algorithms has {unknown or 'nothing'}; choose from {ALGORITHMS}")
-    if args.repeat < 1 or args.warmup < 0 or args.min_iters < 1 or args.iter_bytes < 1:
-        raise SystemExit(f"bench allreduce: need --repeat >= 1, --warmup >= 0, --min-iters >= 1 and --iter-bytes >= 1, "
-                         f"got {args.repeat}, {args.warmup}, {args.min_iters}, {args.iter_bytes}")
+    algorithms = chosen(args.algorithms, ALGORITHMS, "--algorithms", "bench allreduce")
+    check_sweep(args, "bench allreduce")
     comm = MPI.COMM_WORLD
     n, rank = comm.Get_size(), comm.Get_rank()
     meta = metadata(comm, args, link=args.link)
