@@ -46,6 +46,7 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
         self.comm, self._name, self._desc = comm, name, ""
         self.n, self.me = comm.Get_size(), comm.Get_rank()
         self.check = os.environ.get("RINGTRAIN_CHECK", "0").lower() in ("1", "true")
+        self._buffers: dict[torch.dtype, torch.Tensor] = {}  # scratch, by dtype (_scratch)
         # A deadline on every collective: a dead or stalled peer is named and the job ends (comm_thread.py).
         watchdog = Watchdog(comm, timeout) if timeout is not None and self.n > 1 else None
         self.thread = CommThread(f"ringtrain-pg-{name}", watchdog, timeout)
@@ -152,8 +153,7 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
         check_cpu([output, input], "reduce_scatter_tensor")
         self._equal_split(input, output, "reduce_scatter_tensor")
         p = plan(opts.reduceOp, output.dtype)
-        # A copy: the input must come back unchanged, and the ring reduces in place.
-        return self.thread.submit(lambda: self._reduce_scatter(input.reshape(-1).clone(), output, p), [output],
+        return self.thread.submit(lambda: self._reduce_scatter(self._scratch_copy(input), output, p), [output],
                                   "reduce_scatter_tensor")
 
     _reduce_scatter_base = reduce_scatter_single
@@ -164,11 +164,26 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
         for out, x in zip(outputs, inputs):
             self._equal_split(x, out, "reduce_scatter_tensor_coalesced")
         plans = [plan(opts.reduceOp, out.dtype) for out in outputs]
-        return self.thread.submit(lambda: [self._reduce_scatter(x.reshape(-1).clone(), out, p)
+        return self.thread.submit(lambda: [self._reduce_scatter(self._scratch_copy(x), out, p)
                                            for out, x, p in zip(outputs, inputs, plans)], list(outputs),
                                   "reduce_scatter_tensor_coalesced")
 
     reduce_scatter_single_coalesced = reduce_scatter_tensor_coalesced
+
+    def _scratch(self, count: int, dtype: torch.dtype) -> torch.Tensor:
+        """A flat buffer kept between calls (on the communication thread only): a fresh 64 MiB tensor costs
+        its page faults, three times the copy into a reused one."""
+        buf = self._buffers.get(dtype)
+        if buf is None or buf.numel() < count:
+            buf = self._buffers[dtype] = torch.empty(count, dtype=dtype)
+        return buf[:count]
+
+    def _scratch_copy(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` copied flat into the scratch buffer: the ring reduces in place, and the input must come back
+        unchanged."""
+        flat = self._scratch(x.numel(), x.dtype)
+        flat.copy_(x.reshape(-1))
+        return flat
 
     def _reduce_scatter(self, flat, out, p) -> None:
         """Reduce ``flat`` (a scratch copy, n equal pieces) and put this rank's piece into ``out``."""
@@ -208,7 +223,7 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
 
         def run():
             for outs, x in zip(output_lists, inputs):
-                flat = torch.empty(self.n * x.numel(), dtype=x.dtype)
+                flat = self._scratch(self.n * x.numel(), x.dtype)
                 self._gather_into(flat, x)
                 for out, piece in zip(outs, flat.chunk(self.n) if x.numel() else [flat] * self.n):
                     out.copy_(piece.reshape(out.shape))
