@@ -20,6 +20,7 @@ from datetime import timedelta
 import torch.distributed as dist
 from mpi4py import MPI
 
+from ..fault import abort_on_uncaught_exception, check_world_size
 from .comm_hooks import CompressionState, comm_hook
 from .process_group import ProcessGroupRingtrain
 from .rendezvous import install as _install_rendezvous
@@ -33,6 +34,7 @@ def _create(common, backend_options=None) -> ProcessGroupRingtrain:
     world = MPI.COMM_WORLD
     ranks = list(common.global_ranks_in_group) or list(range(world.Get_size()))
     if ranks == list(range(world.Get_size())):
+        check_world_size()  # a launcher with the wrong PMI starts N singletons: refuse them, as train does
         comm = world.Dup()
     else:  # MPI_Comm_create_group involves only the members, as torch calls this on members only
         comm = world.Create_group(world.Get_group().Incl(ranks))
@@ -45,6 +47,8 @@ def _create(common, backend_options=None) -> ProcessGroupRingtrain:
 if BACKEND not in dist.Backend.backend_list:
     dist.Backend.register_backend(BACKEND, _create, extended_api=True, devices=["cpu"])
 _install_rendezvous()
+# A rank that fails must end the job: its peers would otherwise wait for it in their next collective.
+abort_on_uncaught_exception()
 
 
 def init(timeout: timedelta | None = None) -> dist.ProcessGroup:

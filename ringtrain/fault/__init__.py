@@ -8,7 +8,7 @@
 - ``supervise``: ``python -m ringtrain launch``, restarts from the last checkpoint.
 - ``exit_codes``: every code, and what it means.
 """
-from .abort import run_or_abort
+from .abort import abort_on_uncaught_exception, run_or_abort
 from .errors import Diverged, OneLineError, ResourceError, UsageError, agree, checked
 from .exit_codes import EXIT_DIVERGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_TIMEOUT, EXIT_USAGE
 from .signals import Preempted, PreemptionSignals, agree_at_step_end
@@ -17,4 +17,4 @@ from .world_size import check_world_size
 
 __all__ = ["EXIT_DIVERGED", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_PREEMPTED", "EXIT_TIMEOUT", "EXIT_USAGE",
            "Diverged", "OneLineError", "Preempted", "PreemptionSignals", "ResourceError", "UsageError", "Watchdog", "agree",
-           "agree_at_step_end", "check_world_size", "checked", "run_or_abort"]
+           "abort_on_uncaught_exception", "agree_at_step_end", "check_world_size", "checked", "run_or_abort"]

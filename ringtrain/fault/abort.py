@@ -88,6 +88,36 @@ def run_or_abort(main, *args) -> int:
         raise
 
 
+def abort_on_uncaught_exception() -> None:
+    """From now on, an exception no one catches ends the whole job, as under ``python -m mpi4py``.
+
+    For scripts run as ``mpiexec python script.py`` (or srun): by default the
+    failing rank would print its traceback and then wait in MPI_Finalize while
+    its peers wait for it in their next collective, until the job's time limit.
+    The hook prints the traceback as before, with the rank, then calls
+    MPI_Abort (exit code 1; 130 for Ctrl-C). Installed once per process.
+    """
+    previous = sys.excepthook
+    if getattr(previous, "ringtrain_aborts", False):
+        return
+
+    def hook(kind, value, tb):
+        mpi = _mpi()
+        if mpi is None or mpi.COMM_WORLD.Get_size() == 1:
+            previous(kind, value, tb)
+            return
+        # Straight to the process's stderr: torch's own hook, which wraps this one after init_process_group,
+        # collects what its inner hook prints and writes it only once that returns, which an abort never does.
+        err = sys.__stderr__
+        err.write(f"ringtrain: uncaught exception on rank {mpi.COMM_WORLD.Get_rank()}, aborting the job:\n")
+        traceback.print_exception(kind, value, tb, file=err)
+        err.flush()
+        _abort(EXIT_INTERRUPTED if issubclass(kind, KeyboardInterrupt) else EXIT_ERROR)
+
+    hook.ringtrain_aborts = True
+    sys.excepthook = hook
+
+
 def out_of_memory(e: BaseException) -> bool:
     """Whether ``e`` is an allocation failure: numpy's MemoryError, or torch's allocator refusing.
 
