@@ -195,6 +195,20 @@ def test_torch_sbatch_runs_fsdp2_against_one_process(slurm, tmp_path):
     assert float(last) < float(first), found.group(0)
 
 
+def test_torch_sbatch_stops_a_world_of_singletons(slurm, tmp_path):
+    # The template with the PMI setting a site's MPI might not understand: each task its own world.
+    wrong = tmp_path / "wrong-pmi.sbatch"
+    wrong.write_text(open(TORCH_SBATCH).read().replace("srun --mpi=pmi2", "srun --mpi=none"))
+    (tmp_path / "ddp_example.py").write_text(readme_example())
+    log = str(tmp_path / "job.log")
+    job = sbatch(user_script_env(slurm), ["--wait", "--nodes=1", "--ntasks=2", "--cpus-per-task=1",
+                                          f"--output={log}", str(wrong), "ddp_example.py"], cwd=tmp_path)
+    state = wait_state(slurm, job, {"COMPLETED", "FAILED", "CANCELLED"}, 60, log)
+    text = open(log).read()
+    assert state["JobState"] == "FAILED" and state["ExitCode"] == "2:0", logs(log)
+    assert "MPI sees a world of 1 rank(s) but the job started 2 tasks" in text and " ranks, step" not in text, logs(log)
+
+
 def test_torch_sbatch_ends_the_job_when_one_rank_raises(slurm, tmp_path):
     (tmp_path / "raise_on_rank_1.py").write_text(
         "import torch, torch.distributed as dist, ringtrain.distributed\n"
@@ -205,11 +219,27 @@ def test_torch_sbatch_ends_the_job_when_one_rank_raises(slurm, tmp_path):
     log = str(tmp_path / "job.log")
     job = sbatch(user_script_env(slurm), ["--nodes=1", "--ntasks=2", "--cpus-per-task=1", "--time=5",
                                           f"--output={log}", TORCH_SBATCH, "raise_on_rank_1.py"], cwd=tmp_path)
-    # Slurm ends the step within its KillWait (30 s) of the abort.
+    # Slurm ends the step within its KillWait (30 s) of the abort, at most.
     state = wait_state(slurm, job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 120, log)
     text = open(log).read()
     assert state["JobState"] == "FAILED", logs(log)
     assert "uncaught exception on rank 1" in text and "deliberate failure on rank 1" in text, logs(log)
+    assert "torch.sbatch: the script failed with exit code" in text and "requeueing job" not in text, logs(log)
+
+
+def test_torch_sbatch_ends_the_job_when_one_rank_is_killed(slurm, tmp_path):
+    (tmp_path / "kill_rank_1.py").write_text(
+        "import os, torch, torch.distributed as dist, ringtrain.distributed\n"
+        "dist.init_process_group('ringtrain')\n"
+        "if dist.get_rank() == 1:\n"
+        "    os.kill(os.getpid(), 9)  # what the out-of-memory killer does\n"
+        "dist.all_reduce(torch.ones(4))  # would wait until the time limit without --kill-on-bad-exit\n")
+    log = str(tmp_path / "job.log")
+    job = sbatch(user_script_env(slurm), ["--nodes=1", "--ntasks=2", "--cpus-per-task=1", "--time=5",
+                                          f"--output={log}", TORCH_SBATCH, "kill_rank_1.py"], cwd=tmp_path)
+    state = wait_state(slurm, job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 120, log)
+    text = open(log).read()
+    assert state["JobState"] == "FAILED" and "task 1: Killed" in text, logs(log)
     assert "torch.sbatch: the script failed with exit code" in text and "requeueing job" not in text, logs(log)
 
 
