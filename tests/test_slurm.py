@@ -209,37 +209,25 @@ def test_torch_sbatch_stops_a_world_of_singletons(slurm, tmp_path):
     assert "MPI sees a world of 1 rank(s) but the job started 2 tasks" in text and " ranks, step" not in text, logs(log)
 
 
-def test_torch_sbatch_ends_the_job_when_one_rank_raises(slurm, tmp_path):
-    (tmp_path / "raise_on_rank_1.py").write_text(
-        "import torch, torch.distributed as dist, ringtrain.distributed\n"
-        "dist.init_process_group('ringtrain')\n"
-        "if dist.get_rank() == 1:\n"
-        "    raise RuntimeError('deliberate failure on rank 1')\n"
-        "dist.all_reduce(torch.ones(4))  # would wait until the time limit without the abort\n")
-    log = str(tmp_path / "job.log")
-    job = sbatch(user_script_env(slurm), ["--nodes=1", "--ntasks=2", "--cpus-per-task=1", "--time=5",
-                                          f"--output={log}", TORCH_SBATCH, "raise_on_rank_1.py"], cwd=tmp_path)
-    # Slurm ends the step within its KillWait (30 s) of the abort, at most.
-    state = wait_state(slurm, job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 120, log)
-    text = open(log).read()
-    assert state["JobState"] == "FAILED", logs(log)
-    assert "uncaught exception on rank 1" in text and "deliberate failure on rank 1" in text, logs(log)
-    assert "torch.sbatch: the script failed with exit code" in text and "requeueing job" not in text, logs(log)
-
-
-def test_torch_sbatch_ends_the_job_when_one_rank_is_killed(slurm, tmp_path):
-    (tmp_path / "kill_rank_1.py").write_text(
+# Either would leave rank 0 in its allreduce until the time limit: a raise without the
+# template's abort, a dead rank without srun's --kill-on-bad-exit.
+@pytest.mark.parametrize("failure, said", [
+    ("raise RuntimeError('deliberate failure on rank 1')", "uncaught exception on rank 1"),
+    ("os.kill(os.getpid(), 9)  # what the out-of-memory killer does", "task 1: Killed")], ids=["raises", "killed"])
+def test_torch_sbatch_ends_the_job_when_one_rank_fails(slurm, tmp_path, failure, said):
+    (tmp_path / "fail_on_rank_1.py").write_text(
         "import os, torch, torch.distributed as dist, ringtrain.distributed\n"
         "dist.init_process_group('ringtrain')\n"
         "if dist.get_rank() == 1:\n"
-        "    os.kill(os.getpid(), 9)  # what the out-of-memory killer does\n"
-        "dist.all_reduce(torch.ones(4))  # would wait until the time limit without --kill-on-bad-exit\n")
+        f"    {failure}\n"
+        "dist.all_reduce(torch.ones(4))\n")
     log = str(tmp_path / "job.log")
     job = sbatch(user_script_env(slurm), ["--nodes=1", "--ntasks=2", "--cpus-per-task=1", "--time=5",
-                                          f"--output={log}", TORCH_SBATCH, "kill_rank_1.py"], cwd=tmp_path)
+                                          f"--output={log}", TORCH_SBATCH, "fail_on_rank_1.py"], cwd=tmp_path)
+    # Slurm ends the step within its KillWait (30 s) of an abort, at most.
     state = wait_state(slurm, job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 120, log)
     text = open(log).read()
-    assert state["JobState"] == "FAILED" and "task 1: Killed" in text, logs(log)
+    assert state["JobState"] == "FAILED" and said in text, logs(log)
     assert "torch.sbatch: the script failed with exit code" in text and "requeueing job" not in text, logs(log)
 
 
