@@ -92,13 +92,15 @@ stop() {
         for _ in $(seq 1 50); do [ -z "$(squeue -h 2>/dev/null)" ] && break; sleep 0.2; done
     fi
     for daemon in slurmd slurmctld munged; do
-        local pidfile="$DIR/run/$daemon.pid"
+        local pidfile="$DIR/run/$daemon.pid" pid
         if running "$pidfile"; then
-            kill "$(cat "$pidfile")"
+            # Read once: a daemon removes its own pid file as it exits.
+            pid=$(cat "$pidfile")
+            kill "$pid"
             # An exited daemon may linger as a zombie for a while; that counts as stopped.
             for _ in $(seq 1 50); do
-                running "$pidfile" || break
-                [ "$(ps -o stat= -p "$(cat "$pidfile")" 2>/dev/null | cut -c1)" = Z ] && break
+                kill -0 "$pid" 2>/dev/null || break
+                [ "$(ps -o stat= -p "$pid" 2>/dev/null | cut -c1)" = Z ] && break
                 sleep 0.1
             done
         fi

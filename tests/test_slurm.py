@@ -7,6 +7,7 @@ log and the daemons' logs.
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,9 +15,12 @@ import time
 
 import pytest
 
+from tests.test_readme_ddp_example import readme_example
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTER = os.path.join(ROOT, "slurm", "local-cluster.sh")
 SLURM_DIR = os.environ.get("RINGTRAIN_SLURM_DIR", "/tmp/ringtrain-slurm")
+TORCH_SBATCH = os.path.join(ROOT, "slurm", "torch.sbatch")
 TINY = ["--layers", "1", "--width", "32", "--heads", "2", "--context", "16", "--sample-tokens", "0",
         "--eval-windows", "8", "--log-every", "1"]
 
@@ -155,3 +159,94 @@ def test_a_dead_rank_under_srun_is_named_by_every_survivor(slurm, tmp_path):
         assert (f"ringtrain: rank {survivor}: the " in output and "did not finish within 5 s; rank 2 did not answer"
                 in output), output
     assert output.count("rank 2 did not answer (dead or stalled)") == 2, output
+
+
+def user_script_env(slurm) -> dict:
+    """What a user's torch script sees: ringtrain importable, and no MASTER_ADDR (ranks come from MPI)."""
+    env = {k: v for k, v in slurm.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
+    return dict(env, PYTHONPATH=ROOT)
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_torch_sbatch_runs_the_readme_ddp_example(slurm, tmp_path, ranks):
+    (tmp_path / "ddp_example.py").write_text(readme_example())
+    log = str(tmp_path / "job.log")
+    job = sbatch(user_script_env(slurm), ["--wait", "--nodes=1", f"--ntasks={ranks}", "--cpus-per-task=1",
+                                          f"--output={log}", TORCH_SBATCH, "ddp_example.py"], cwd=tmp_path)
+    state = wait_state(slurm, job, {"COMPLETED", "FAILED", "CANCELLED"}, 60, log)
+    text = open(log).read()
+    assert state["JobState"] == "COMPLETED" and "torch.sbatch: the script finished" in text, logs(log)
+    found = re.search(rf"^{ranks} ranks, step 100: loss ([0-9.]+)$", text, re.M)
+    assert found and float(found.group(1)) < 1e-3, logs(log)
+
+
+def test_torch_sbatch_runs_fsdp2_against_one_process(slurm, tmp_path):
+    log = str(tmp_path / "job.log")
+    job = sbatch(user_script_env(slurm), ["--wait", "--nodes=1", "--ntasks=3", "--cpus-per-task=1",
+                                          f"--output={log}", TORCH_SBATCH,
+                                          os.path.join(ROOT, "tests", "scripts", "fsdp_mlp.py")], cwd=tmp_path)
+    state = wait_state(slurm, job, {"COMPLETED", "FAILED", "CANCELLED"}, 60, log)
+    assert state["JobState"] == "COMPLETED", logs(log)
+    found = re.search(r"^3 ranks, FSDP2 step 5: loss ([0-9.]+) \(step 1: ([0-9.]+)\), parameters (\w+) on every "
+                      r"rank, max difference from one process (\S+) \(loss (\S+)\)$", open(log).read(), re.M)
+    assert found, logs(log)
+    last, first, identical, difference, loss_difference = found.groups()
+    assert identical == "identical" and float(difference) < 1e-5 and float(loss_difference) < 1e-5, found.group(0)
+    assert float(last) < float(first), found.group(0)
+
+
+def test_torch_sbatch_stops_a_world_of_singletons(slurm, tmp_path):
+    # The template with the PMI setting a site's MPI might not understand: each task its own world.
+    wrong = tmp_path / "wrong-pmi.sbatch"
+    wrong.write_text(open(TORCH_SBATCH).read().replace("srun --mpi=pmi2", "srun --mpi=none"))
+    (tmp_path / "ddp_example.py").write_text(readme_example())
+    log = str(tmp_path / "job.log")
+    job = sbatch(user_script_env(slurm), ["--wait", "--nodes=1", "--ntasks=2", "--cpus-per-task=1",
+                                          f"--output={log}", str(wrong), "ddp_example.py"], cwd=tmp_path)
+    state = wait_state(slurm, job, {"COMPLETED", "FAILED", "CANCELLED"}, 60, log)
+    text = open(log).read()
+    assert state["JobState"] == "FAILED" and state["ExitCode"] == "2:0", logs(log)
+    assert "MPI sees a world of 1 rank(s) but the job started 2 tasks" in text and " ranks, step" not in text, logs(log)
+
+
+# Either would leave rank 0 in its allreduce until the time limit: a raise without the
+# template's abort, a dead rank without srun's --kill-on-bad-exit.
+@pytest.mark.parametrize("failure, said", [
+    ("raise RuntimeError('deliberate failure on rank 1')", "uncaught exception on rank 1"),
+    ("os.kill(os.getpid(), 9)  # what the out-of-memory killer does", "task 1: Killed")], ids=["raises", "killed"])
+def test_torch_sbatch_ends_the_job_when_one_rank_fails(slurm, tmp_path, failure, said):
+    (tmp_path / "fail_on_rank_1.py").write_text(
+        "import os, torch, torch.distributed as dist, ringtrain.distributed\n"
+        "dist.init_process_group('ringtrain')\n"
+        "if dist.get_rank() == 1:\n"
+        f"    {failure}\n"
+        "dist.all_reduce(torch.ones(4))\n")
+    log = str(tmp_path / "job.log")
+    job = sbatch(user_script_env(slurm), ["--nodes=1", "--ntasks=2", "--cpus-per-task=1", "--time=5",
+                                          f"--output={log}", TORCH_SBATCH, "fail_on_rank_1.py"], cwd=tmp_path)
+    # Slurm ends the step within its KillWait (30 s) of an abort, at most.
+    state = wait_state(slurm, job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 120, log)
+    text = open(log).read()
+    assert state["JobState"] == "FAILED" and said in text, logs(log)
+    assert "torch.sbatch: the script failed with exit code" in text and "requeueing job" not in text, logs(log)
+
+
+def test_torch_sbatch_requeues_a_script_that_checkpoints_on_usr1(slurm, tmp_path):
+    log, checkpoint = str(tmp_path / "job.log"), tmp_path / "ddp.pt"
+    job = sbatch(user_script_env(slurm), ["--nodes=1", "--ntasks=3", "--cpus-per-task=1", f"--output={log}",
+                                          TORCH_SBATCH, os.path.join(ROOT, "tests", "scripts", "ddp_preemptible.py"),
+                                          "--steps", "150", "--checkpoint", str(checkpoint), "--step-seconds",
+                                          "0.05"], cwd=tmp_path)
+    t0 = time.monotonic()
+    while not os.path.exists(log) or "step 10/150" not in open(log).read():
+        assert time.monotonic() - t0 < 90, f"training did not start\n{logs(log)}"
+        time.sleep(0.3)
+    # What the time limit does: USR1 to the batch shell (--signal=B:USR1@...).
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm, check=True)
+    state = wait_state(slurm, job, {"COMPLETED", "FAILED", "CANCELLED"}, 150, log)
+    text = open(log).read()
+    assert state["JobState"] == "COMPLETED" and state.get("Restarts") == "1", logs(log)
+    stopped = re.search(r"USR1: checkpointed at step (\d+), exiting with 75", text)
+    assert stopped and "requeueing job " + job in text and "job " + job + " run 2" in text, logs(log)
+    assert f"resumed from the checkpoint at step {stopped.group(1)}" in text, logs(log)
+    assert re.search(r"^3 ranks, step 150: loss 0\.00", text, re.M), logs(log)
