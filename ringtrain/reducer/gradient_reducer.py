@@ -37,7 +37,8 @@ from mpi4py import MPI
 from .. import environment
 from ..checks import number
 from ..collectives import allreduce, broadcast
-from ..collectives.api import choose_algorithm
+from ..collectives.algorithms import FLAT_AUTO, NODE_AWARE_AUTO
+from ..collectives.thresholds import choose_algorithm
 from ..collectives.comm import handshake, private
 from ..collectives.hierarchical import hierarchical_allreduce
 from ..collectives.topology import node_groups
@@ -160,11 +161,12 @@ class GradientReducer:
         """Choose the algorithm of uncompressed buckets, and cut compressed ones into per-node blocks."""
         if node_aware not in (None, True, False):
             raise ValueError(f"node_aware={node_aware!r} is not allowed — None (auto), True or False")
-        self.node_aware, self._blocks, self._algorithm = False, None, "auto"
+        # What uncompressed buckets run: allreduce's own (node-aware) choice, unless told otherwise.
+        self.node_aware, self._blocks, self._algorithm = False, None, NODE_AWARE_AUTO
         if self.comm.Get_size() == 1:
             return
-        if node_aware is False:  # the flat choice, whatever the topology
-            self._algorithm = None
+        if node_aware is False:  # the choice by size alone, whatever the topology
+            self._algorithm = FLAT_AUTO
             return
         groups = node_groups(self.comm)  # collective; every rank is here, after the handshake
         self.node_aware = groups.two_level if node_aware is None else True
@@ -240,7 +242,9 @@ class GradientReducer:
     def _reduce_bucket(self, index: int) -> None:
         bucket, compressor = self.buckets[index], self.compressors[index]
         nbytes = bucket.buffer.numel() * bucket.buffer.element_size()
-        algorithm = self._algorithm or choose_algorithm(nbytes, self.comm.Get_size())
+        algorithm = self._algorithm
+        if algorithm == FLAT_AUTO:  # allreduce has no flat auto: the reducer asks the table itself
+            algorithm = choose_algorithm(nbytes, self.comm.Get_size())
         if not self.trace.enabled:
             self._average(bucket, compressor, algorithm)
             return
