@@ -30,7 +30,7 @@ from mpi4py import MPI
 from ..environment import value_or_default
 from . import waiting, workspace
 from .algorithms import ALGORITHMS, BROADCAST_ALGORITHMS, BROADCAST_AUTO, NODE_AWARE_AUTO, OPS, SCATTER_ALGORITHMS
-from .buffers import LOW_PRECISION, SUPPORTED, as_flat, narrow, widen
+from .buffers import LOW_PRECISION, as_flat, narrow, widen
 from .chain_broadcast import chain_broadcast
 from .hierarchical import hierarchical_allgather, hierarchical_allreduce, hierarchical_bounds, \
     hierarchical_reduce_scatter
@@ -40,12 +40,11 @@ from .layout import chunk_bounds
 from .parameter_server import ps_allreduce
 from .recursive_doubling import recursive_doubling_allreduce
 from .ring import GATHER_SEGMENT_BYTES, ring_allgather, ring_reduce_scatter
+from .signature import SIGNATURE
 from .thresholds import choose_algorithm, choose_broadcast
 
-_OP_CODES = {op: i for i, op in enumerate(OPS)}
+_OP_CODES = {op: i for i, op in enumerate(OPS)}  # validation on the hot path; 0 is "sum"
 _ALGORITHMS = frozenset(ALGORITHMS)
-_ALGORITHM_CODES = {alg: i for i, alg in enumerate(ALGORITHMS)}
-_DTYPE_CODES = {dtype: i for i, dtype in enumerate(SUPPORTED)}
 _WORLD, _IN_PLACE, _SUM = MPI.COMM_WORLD, MPI.IN_PLACE, MPI.SUM
 _WORLD_GUARD = guard(_WORLD)  # the default communicator's, without a lookup per call
 # Read at import, like the thresholds (thresholds.py says why).
@@ -101,8 +100,7 @@ def allreduce(x, op: str = "sum", algorithm: str = NODE_AWARE_AUTO, comm: MPI.Co
                 learn_topology = groups is None  # made below, once every rank is known to be here
                 algorithm = choose_algorithm(a.nbytes, n, ring_min_bytes, two_level=bool(groups and groups.two_level))
         if CHECK if check is None else check:
-            _check(comm, held, "allreduce", x, a, dtype, op_code * 8 + _ALGORITHM_CODES[algorithm],
-                   f"op={op}, algorithm={algorithm}")
+            _check(comm, held, "allreduce", x, a, _CODES["allreduce", dtype, op, algorithm, 0])
         if learn_topology:
             # Collective, so only after the handshake (or check=False's promise) that
             # every rank made this same call: a mismatched call must raise, not hang here.
@@ -174,8 +172,7 @@ def reduce_scatter(x, op: str = "sum", comm: MPI.Comm | None = None, *, algorith
         lo, hi = 0, a.size
         if n > 1:
             if CHECK if check is None else check:
-                _check(comm, held, "reduce_scatter", x, a, dtype, op_code + 2 * hierarchical,
-                       f"op={op}, algorithm={algorithm}")
+                _check(comm, held, "reduce_scatter", x, a, _CODES["reduce_scatter", dtype, op, algorithm, 0])
             acc = widen(a, dtype, workspace.get("acc", np.float32, a.size)) if dtype in LOW_PRECISION else a
             lo, hi = (hierarchical_reduce_scatter(comm, acc) if hierarchical
                       else ring_reduce_scatter(private(comm), acc))
@@ -202,7 +199,7 @@ def allgather(x, comm: MPI.Comm | None = None, *, algorithm: str = "ring", check
         if comm.Get_size() > 1:
             hierarchical = algorithm == "hierarchical"
             if CHECK if check is None else check:
-                _check(comm, held, "allgather", x, a, dtype, int(hierarchical), f"algorithm={algorithm}")
+                _check(comm, held, "allgather", x, a, _CODES["allgather", dtype, "sum", algorithm, 0])
             if hierarchical:
                 hierarchical_allgather(comm, a)
             else:
@@ -258,13 +255,13 @@ def broadcast(x, root: int = 0, comm: MPI.Comm | None = None, *, algorithm: str 
             if algorithm == BROADCAST_AUTO:
                 algorithm = choose_broadcast(a.nbytes)
             root = int(root)
+            code = _CODES["broadcast", dtype, "sum", algorithm, root]  # refuses a root too large for its slot
         except (TypeError, ValueError) as e:
             _refuse(comm, held, "broadcast", check, e)
         if n == 1:
             return x
         if CHECK if check is None else check:
-            _check(comm, held, "broadcast", x, a, dtype, root * 4 + BROADCAST_ALGORITHMS.index(algorithm),
-                   f"root={root}, algorithm={algorithm}")
+            _check(comm, held, "broadcast", x, a, code)
         if algorithm == "mpi":
             comm.Bcast(a, root)
         else:
@@ -289,7 +286,32 @@ def _refuse(comm, held, what, check, error):
     raise error
 
 
-def _check(comm, held, what, x, a, dtype, options_code, options):
-    # Two numbers: the element count, and the dtype and options packed into one.
-    handshake(comm, what, a.size, _DTYPE_CODES[dtype] + 8 * options_code,
-              lambda: f"shape {tuple(x.shape)} {dtype}" + (f", {options}" if options else ""), held)
+class _Codes(dict):
+    """SIGNATURE.pack, memoized: ``_CODES[collective, dtype, op, algorithm, root]``.
+
+    Every small allreduce packs its options, and a lookup costs half what a call
+    would; there are a few dozen keys, and a broadcast's root or so more.
+    """
+
+    def __missing__(self, key):
+        collective, dtype, op, algorithm, root = key
+        code = self[key] = SIGNATURE.pack(collective=collective, dtype=dtype, op=op, algorithm=algorithm, root=root)
+        return code
+
+
+_CODES = _Codes()
+
+
+def _check(comm, held, what, x, a, code):
+    # Two numbers: the element count, and the code (signature.py).
+    handshake(comm, what, a.size, code, lambda: _describe(what, x, code), held)
+
+
+# The options each collective's error message names, read back from its code.
+_OPTIONS = {"allreduce": ("op", "algorithm"), "reduce_scatter": ("op", "algorithm"), "allgather": ("algorithm",),
+            "broadcast": ("root", "algorithm")}
+
+
+def _describe(what, x, code) -> str:
+    fields = SIGNATURE.unpack(code)
+    return f"shape {tuple(x.shape)} {fields['dtype']}, " + ", ".join(f"{k}={fields[k]}" for k in _OPTIONS[what])
