@@ -10,7 +10,7 @@ the job ends without an MPI abort. An empty value is refused like any other
 bad one (unset the variable for its default).
 
 The code that uses a variable reads it through ``value(name)``, which parses it
-by the same rule. Module constants read at import time (collectives/api.py),
+by the same rule. Module constants read at import time (collectives/thresholds.py),
 before the command line could check anything, use ``value_or_default`` so
 that importing ringtrain never raises; the check at start-up then reports
 the bad value.
@@ -61,15 +61,16 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
     # Measured with `ringtrain bench allreduce` (2 ranks, shared memory, MPICH 5.0.2
     # wheel): below this size native MPI_Allreduce is as fast or faster.
     Variable("RINGTRAIN_RING_MIN_BYTES", _BYTES, 16 << 20, "16 MiB",
-             "Message size from which allreduce's auto picks the ring over native MPI (collectives/api.py)."),
+             "Message size from which allreduce's auto picks the ring over native MPI "
+             "(collectives/thresholds.py)."),
     Variable("RINGTRAIN_CHAIN_MIN_BYTES", _BYTES, 1 << 20, "1 MiB",
              "Message size from which broadcast's auto picks the pipelined chain over native MPI "
-             "(collectives/api.py)."),
+             "(collectives/thresholds.py)."),
     # Measured at 2 hosts x 2 ranks over 1 Gbit/s (benchmarks/README.md): the node-aware
     # ring was 0.78x MPI_Allreduce at 256 KiB and 1.25x at 1 MiB, 1.17-1.34x up to 64 MiB.
     Variable("RINGTRAIN_HIERARCHICAL_MIN_BYTES", _BYTES, 1 << 20, "1 MiB",
              "Message size from which auto picks the node-aware ring when the ranks span several nodes "
-             "(collectives/api.py)."),
+             "(collectives/thresholds.py)."),
     Variable("RINGTRAIN_CHECK", flag(), True, "1 (check)",
              "0 skips the handshake that checks every rank called a collective with the same count, "
              "dtype and options (collectives/api.py)."),

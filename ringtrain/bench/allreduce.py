@@ -21,7 +21,7 @@ from mpi4py import MPI
 
 from .._version import __version__
 from ..collectives import allreduce
-from ..collectives.api import RING_MIN_BYTES
+from ..collectives.thresholds import THRESHOLDS
 from ..results import add_link_argument, metadata, write_result
 from ..timing import iterations, memcpy_bandwidth, time_collective
 from .link_counter import LinkCounter, two_level_bound
@@ -59,7 +59,7 @@ def main(args) -> int:
 
     say(f"# ringtrain {__version__} bench allreduce: {n} ranks, {MPI.Get_library_version().splitlines()[0].strip()}")
     say(f"# in place, {args.dtype}, op={args.op}, median of {args.repeat}; peer: {PEER}(MPI_IN_PLACE) "
-        f"in the same run; auto switches to ring at {format_bytes(RING_MIN_BYTES)}")
+        f"in the same run; auto switches to ring at {format_bytes(THRESHOLDS.ring_min_bytes)}")
     header = (f"{'size':>10} {'count':>10} {'type':>8} {'redop':>5} {'algorithm':>18} "
               f"{'time_us':>10} {'algbw':>7} {'busbw':>7} {'#wrong':>6} {'vs_mpi':>6}"
               + (f" {'link_bytes':>11} {'vs_bound':>8}" if counter else ""))

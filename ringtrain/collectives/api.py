@@ -29,7 +29,8 @@ from mpi4py import MPI
 
 from ..environment import value_or_default
 from . import waiting, workspace
-from .buffers import LOW_PRECISION, SUPPORTED, as_flat, narrow, widen
+from .algorithms import ALGORITHMS, BROADCAST_ALGORITHMS, BROADCAST_AUTO, NODE_AWARE_AUTO, OPS, SCATTER_ALGORITHMS
+from .buffers import LOW_PRECISION, as_flat, narrow, widen
 from .chain_broadcast import chain_broadcast
 from .hierarchical import hierarchical_allgather, hierarchical_allreduce, hierarchical_bounds, \
     hierarchical_reduce_scatter
@@ -39,53 +40,32 @@ from .layout import chunk_bounds
 from .parameter_server import ps_allreduce
 from .recursive_doubling import recursive_doubling_allreduce
 from .ring import GATHER_SEGMENT_BYTES, ring_allgather, ring_reduce_scatter
+from .signature import SIGNATURE
+from .thresholds import choose_algorithm, choose_broadcast
 
-ALGORITHMS = ("auto", "ring", "recursive_doubling", "ps", "mpi", "hierarchical")
-OPS = ("sum", "mean")
-BROADCAST_ALGORITHMS = ("auto", "chain", "mpi")
-SCATTER_ALGORITHMS = ("ring", "hierarchical")
-_OP_CODES = {op: i for i, op in enumerate(OPS)}
-_ALGORITHM_CODES = {alg: i for i, alg in enumerate(ALGORITHMS)}
-_DTYPE_CODES = {dtype: i for i, dtype in enumerate(SUPPORTED)}
+_OP_CODES = {op: i for i, op in enumerate(OPS)}  # validation on the hot path; 0 is "sum"
+_ALGORITHMS = frozenset(ALGORITHMS)
 _WORLD, _IN_PLACE, _SUM = MPI.COMM_WORLD, MPI.IN_PLACE, MPI.SUM
 _WORLD_GUARD = guard(_WORLD)  # the default communicator's, without a lookup per call
-
-
-# Read at import, before the command line checks the environment: a bad value
-# falls back to the default here, and start-up refuses it with one line
-# (environment.py, which also holds the defaults and why they were chosen).
-RING_MIN_BYTES = value_or_default("RINGTRAIN_RING_MIN_BYTES")
-CHAIN_MIN_BYTES = value_or_default("RINGTRAIN_CHAIN_MIN_BYTES")
-HIERARCHICAL_MIN_BYTES = value_or_default("RINGTRAIN_HIERARCHICAL_MIN_BYTES")
+# Read at import, like the thresholds (thresholds.py says why).
 CHECK = value_or_default("RINGTRAIN_CHECK")
 
 
-def choose_algorithm(nbytes: int, size: int, ring_min_bytes: int | None = None, two_level: bool = False) -> str:
-    """The algorithm ``auto`` runs for a message of ``nbytes`` on ``size`` ranks.
-
-    ``two_level``: the ranks span several nodes, with several ranks on some
-    node (topology.NodeGroups.two_level); then the node-aware ring runs from
-    RINGTRAIN_HIERARCHICAL_MIN_BYTES (1 MiB).
-
-    >>> choose_algorithm(4, 2), choose_algorithm(64 << 20, 2), choose_algorithm(4 << 20, 4, two_level=True)
-    ('mpi', 'ring', 'hierarchical')
-    """
-    if size > 1 and two_level and nbytes >= HIERARCHICAL_MIN_BYTES:
-        return "hierarchical"
-    threshold = RING_MIN_BYTES if ring_min_bytes is None else ring_min_bytes
-    return "ring" if size > 1 and nbytes >= threshold else "mpi"
-
-
-def allreduce(x, op: str = "sum", algorithm: str = "auto", comm: MPI.Comm | None = None, *,
+def allreduce(x, op: str = "sum", algorithm: str = NODE_AWARE_AUTO, comm: MPI.Comm | None = None, *,
               check: bool | None = None, ring_min_bytes: int | None = None):
     """Reduce ``x`` in place across ranks and return it.
 
     ``op`` is "sum" or "mean" (mean needs a float dtype). ``algorithm`` is
-    "auto" (by size: native MPI for small messages, the ring from
-    ``ring_min_bytes``, default RINGTRAIN_RING_MIN_BYTES or 16 MiB), "ring",
-    "recursive_doubling", "ps" (the parameter-server baseline), "mpi"
-    (native MPI_Allreduce) or "hierarchical" (node-aware: rings inside nodes
-    and across them; hierarchical.py). All ranks end with bitwise-identical results.
+    "auto" (``NODE_AWARE_AUTO``: by size, as ``choose_algorithm`` with the
+    ranks' topology: native MPI for small messages, the ring from
+    ``ring_min_bytes``, default RINGTRAIN_RING_MIN_BYTES or 16 MiB, and the
+    node-aware ring from RINGTRAIN_HIERARCHICAL_MIN_BYTES where the ranks span
+    several nodes), "ring", "recursive_doubling", "ps" (the parameter-server
+    baseline), "mpi" (native MPI_Allreduce) or "hierarchical" (node-aware:
+    rings inside nodes and across them; hierarchical.py). For the choice by
+    size alone, whatever the topology (``FLAT_AUTO``), pass
+    ``choose_algorithm(x.nbytes, comm.size)``. All ranks end with
+    bitwise-identical results.
 
     >>> import ringtrain, numpy as np
     >>> ringtrain.allreduce(np.arange(4.0), op="mean", comm=MPI.COMM_SELF)
@@ -101,8 +81,7 @@ def allreduce(x, op: str = "sum", algorithm: str = "auto", comm: MPI.Comm | None
             op_code = _OP_CODES.get(op)
             if op_code is None:
                 raise ValueError(f"allreduce: op={op!r} is not supported; use one of {OPS}")
-            alg_code = _ALGORITHM_CODES.get(algorithm)
-            if alg_code is None:
+            if algorithm not in _ALGORITHMS:
                 raise ValueError(f"allreduce: algorithm={algorithm!r} is not supported; use one of {ALGORITHMS}")
             if op_code and dtype[0] == "i":
                 raise TypeError(f"allreduce: op='mean' needs a floating dtype, got {dtype}; "
@@ -113,22 +92,19 @@ def allreduce(x, op: str = "sum", algorithm: str = "auto", comm: MPI.Comm | None
         if n == 1:
             return x
         learn_topology = False
-        if not alg_code:  # auto; choose_algorithm, inlined
-            algorithm = "ring" if a.nbytes >= (RING_MIN_BYTES if ring_min_bytes is None else ring_min_bytes) \
-                else "mpi"
-            if a.nbytes >= HIERARCHICAL_MIN_BYTES:
+        if algorithm == NODE_AWARE_AUTO:
+            # Topology unknown: one call answers every size the topology cannot change.
+            algorithm = choose_algorithm(a.nbytes, n, ring_min_bytes, None)  # two_level: not known
+            if algorithm == "hierarchical":  # where it depends on the nodes
                 groups = cached_node_groups(comm)
-                if groups is None:
-                    learn_topology = True  # made below, once every rank is known to be here
-                elif groups.two_level:
-                    algorithm = "hierarchical"
+                learn_topology = groups is None  # made below, once every rank is known to be here
+                algorithm = choose_algorithm(a.nbytes, n, ring_min_bytes, two_level=bool(groups and groups.two_level))
         if CHECK if check is None else check:
-            _check(comm, held, "allreduce", x, a, dtype, op_code * 8 + _ALGORITHM_CODES[algorithm],
-                   f"op={op}, algorithm={algorithm}")
-        if learn_topology and node_groups(comm).two_level:
+            _check(comm, held, "allreduce", x, a, _CODES["allreduce", dtype, op, algorithm, 0])
+        if learn_topology:
             # Collective, so only after the handshake (or check=False's promise) that
             # every rank made this same call: a mismatched call must raise, not hang here.
-            algorithm = "hierarchical"
+            algorithm = choose_algorithm(a.nbytes, n, ring_min_bytes, two_level=node_groups(comm).two_level)
         low = dtype in LOW_PRECISION
         if algorithm == "mpi" and not low:
             waiting.allreduce(comm, _IN_PLACE, a, _SUM)
@@ -196,8 +172,7 @@ def reduce_scatter(x, op: str = "sum", comm: MPI.Comm | None = None, *, algorith
         lo, hi = 0, a.size
         if n > 1:
             if CHECK if check is None else check:
-                _check(comm, held, "reduce_scatter", x, a, dtype, op_code + 2 * hierarchical,
-                       f"op={op}, algorithm={algorithm}")
+                _check(comm, held, "reduce_scatter", x, a, _CODES["reduce_scatter", dtype, op, algorithm, 0])
             acc = widen(a, dtype, workspace.get("acc", np.float32, a.size)) if dtype in LOW_PRECISION else a
             lo, hi = (hierarchical_reduce_scatter(comm, acc) if hierarchical
                       else ring_reduce_scatter(private(comm), acc))
@@ -224,7 +199,7 @@ def allgather(x, comm: MPI.Comm | None = None, *, algorithm: str = "ring", check
         if comm.Get_size() > 1:
             hierarchical = algorithm == "hierarchical"
             if CHECK if check is None else check:
-                _check(comm, held, "allgather", x, a, dtype, int(hierarchical), f"algorithm={algorithm}")
+                _check(comm, held, "allgather", x, a, _CODES["allgather", dtype, "sum", algorithm, 0])
             if hierarchical:
                 hierarchical_allgather(comm, a)
             else:
@@ -254,12 +229,13 @@ def _scatter_algorithm(what: str, algorithm: str) -> None:
         raise ValueError(f"{what}: algorithm={algorithm!r} is not supported; use one of {SCATTER_ALGORITHMS}")
 
 
-def broadcast(x, root: int = 0, comm: MPI.Comm | None = None, *, algorithm: str = "auto",
+def broadcast(x, root: int = 0, comm: MPI.Comm | None = None, *, algorithm: str = BROADCAST_AUTO,
               check: bool | None = None):
     """Copy ``x`` from ``root`` to every rank in place; returns ``x``.
 
     ``algorithm`` is "chain" (pipelined along the ring), "mpi" (native
-    MPI_Bcast) or "auto" (chain from RINGTRAIN_CHAIN_MIN_BYTES, default 1 MiB).
+    MPI_Bcast) or "auto" (``BROADCAST_AUTO``, as ``choose_broadcast``: chain
+    from RINGTRAIN_CHAIN_MIN_BYTES, default 1 MiB).
 
     >>> import ringtrain, numpy as np
     >>> ringtrain.broadcast(np.arange(3.0), comm=MPI.COMM_SELF)
@@ -276,19 +252,20 @@ def broadcast(x, root: int = 0, comm: MPI.Comm | None = None, *, algorithm: str 
             if algorithm not in BROADCAST_ALGORITHMS:
                 raise ValueError(f"broadcast: algorithm={algorithm!r} is not supported; use one of "
                                  f"{BROADCAST_ALGORITHMS}")
+            if algorithm == BROADCAST_AUTO:
+                algorithm = choose_broadcast(a.nbytes)
+            root = int(root)
+            code = _CODES["broadcast", dtype, "sum", algorithm, root]  # refuses a root too large for its slot
         except (TypeError, ValueError) as e:
             _refuse(comm, held, "broadcast", check, e)
         if n == 1:
             return x
-        if algorithm == "auto":
-            algorithm = "chain" if a.nbytes >= CHAIN_MIN_BYTES else "mpi"
         if CHECK if check is None else check:
-            _check(comm, held, "broadcast", x, a, dtype, int(root) * 4 + BROADCAST_ALGORITHMS.index(algorithm),
-                   f"root={root}, algorithm={algorithm}")
+            _check(comm, held, "broadcast", x, a, code)
         if algorithm == "mpi":
-            comm.Bcast(a, int(root))
+            comm.Bcast(a, root)
         else:
-            chain_broadcast(private(comm), a, int(root), GATHER_SEGMENT_BYTES)
+            chain_broadcast(private(comm), a, root, GATHER_SEGMENT_BYTES)
         return x
 
 
@@ -309,7 +286,32 @@ def _refuse(comm, held, what, check, error):
     raise error
 
 
-def _check(comm, held, what, x, a, dtype, options_code, options):
-    # Two numbers: the element count, and the dtype and options packed into one.
-    handshake(comm, what, a.size, _DTYPE_CODES[dtype] + 8 * options_code,
-              lambda: f"shape {tuple(x.shape)} {dtype}" + (f", {options}" if options else ""), held)
+class _Codes(dict):
+    """SIGNATURE.pack, memoized: ``_CODES[collective, dtype, op, algorithm, root]``.
+
+    Every small allreduce packs its options, and a lookup costs half what a call
+    would; there are a few dozen keys, and a broadcast's root or so more.
+    """
+
+    def __missing__(self, key):
+        collective, dtype, op, algorithm, root = key
+        code = self[key] = SIGNATURE.pack(collective=collective, dtype=dtype, op=op, algorithm=algorithm, root=root)
+        return code
+
+
+_CODES = _Codes()
+
+
+def _check(comm, held, what, x, a, code):
+    # Two numbers: the element count, and the code (signature.py).
+    handshake(comm, what, a.size, code, lambda: _describe(what, x, code), held)
+
+
+# The options each collective's error message names, read back from its code.
+_OPTIONS = {"allreduce": ("op", "algorithm"), "reduce_scatter": ("op", "algorithm"), "allgather": ("algorithm",),
+            "broadcast": ("root", "algorithm")}
+
+
+def _describe(what, x, code) -> str:
+    fields = SIGNATURE.unpack(code)
+    return f"shape {tuple(x.shape)} {fields['dtype']}, " + ", ".join(f"{k}={fields[k]}" for k in _OPTIONS[what])

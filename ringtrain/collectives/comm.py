@@ -28,6 +28,8 @@ import zlib
 import numpy as np
 from mpi4py import MPI
 
+from .signature import SIGNATURE
+
 _KEYVAL = MPI.Comm.Create_keyval()
 # Held only while a Guard is attached, never across an MPI call: a lock held
 # across a collective here would be a lock every communicator waits on.
@@ -93,10 +95,12 @@ def handshake(comm: MPI.Comm, what: str, count: int, code: int, describe, held: 
     One allreduce of four int64 with MAX: the maximum of ``s`` and of ``-s``
     agree (``max(s) == -max(-s) == min(s)``) only if every rank has the same
     ``s``: the count, and the code with the calling thread's name folded in
-    (its crc32, the same on every rank unlike Python's salted hash(), XORed
-    into bits 31-62: four numbers cost less to build than six, and no small
-    code can cancel a name). Only on a mismatch are the ranks' ``describe()``
-    texts and thread names gathered; differing names raise
+    (its crc32, the same on every rank unlike Python's salted hash(), in the
+    signature's ``thread`` slot: four numbers cost less to build than six).
+    A collective's code (signature.SIGNATURE.pack) leaves that slot empty, so
+    the name fills it exactly; another caller's code, such as the reducer's
+    layout hash, is XORed with it. Only on a mismatch are the ranks'
+    ``describe()`` texts and thread names gathered; differing names raise
     ConcurrentCollectiveError (a CollectiveMismatchError), naming each rank's thread.
     ``held``: the caller's Guard of ``comm``, whose lock it holds; otherwise it is taken here.
 
@@ -108,7 +112,7 @@ def handshake(comm: MPI.Comm, what: str, count: int, code: int, describe, held: 
             return handshake(comm, what, count, code, describe, g)
     name = getattr(_local, "name", None)  # cached: the hot path must stay short (a thread's name rarely changes)
     if name is None:
-        name = _local.name = zlib.crc32(threading.current_thread().name.encode()) << 31
+        name = _local.name = SIGNATURE.pack(thread=zlib.crc32(threading.current_thread().name.encode()))
     signed = code ^ name  # stays in int64: name < 2**63, and a negative code keeps its sign
     s = np.array((count, signed, -count, -signed), dtype=np.int64)
     comm.Allreduce(MPI.IN_PLACE, s, MPI.MAX)
@@ -117,7 +121,9 @@ def handshake(comm: MPI.Comm, what: str, count: int, code: int, describe, held: 
         return
     # Error path only: gathering Python strings pickles, which is fine here.
     thread = threading.current_thread().name
-    described = comm.allgather((thread, describe()))
+    described = comm.allgather((thread, what, describe()))
+    calls = {w for _, w, _ in described}  # more than one where different collectives met: name each
+    described = [(t, d if len(calls) == 1 else f"{w}, {d}") for t, w, d in described]
     if len({t for t, _ in described}) == 1:
         raise CollectiveMismatchError(f"ringtrain.{what}: ranks passed different arguments "
                                       f"({_per_rank([d for _, d in described])}); "

@@ -3,6 +3,12 @@
 Each thread has its own (the trainer's communication thread and the main
 thread never share scratch space). A buffer grows to the largest request seen
 and is then reused; ``get`` returns a view of the requested length.
+
+A thread's buffers are freed when the thread ends (they live in its
+``threading.local``): the reducer's communication thread, which makes nearly
+all of ringtrain's calls, ends when the reducer closes. So there is no call to
+free them by hand; the main thread's, from collectives called directly, last
+as long as the process.
 """
 import threading
 
@@ -25,7 +31,3 @@ def get(slot: str, dtype, count: int) -> np.ndarray:
         buf = pool[key] = np.empty(max(count, 1), dtype=dtype)
     return buf[:count]
 
-
-def release() -> None:
-    """Free this thread's scratch buffers (for example after a very large one-off call)."""
-    _local.pool = {}

@@ -36,7 +36,8 @@ from mpi4py import MPI
 
 from ..checks import Switch
 from ..collectives import allreduce, broadcast
-from ..collectives.api import choose_algorithm
+from ..collectives.algorithms import FLAT_AUTO, NODE_AWARE_AUTO
+from ..collectives.thresholds import choose_algorithm
 from ..collectives.comm import handshake, private
 from ..collectives.hierarchical import hierarchical_allreduce
 from ..collectives.topology import node_groups
@@ -171,11 +172,12 @@ class GradientReducer:
 
     def _set_node_aware(self, node_aware: Switch) -> None:
         """Choose the algorithm of uncompressed buckets, and cut compressed ones into per-node blocks."""
-        self.node_aware, self._blocks, self._algorithm = False, None, "auto"
+        # What uncompressed buckets run: allreduce's own (node-aware) choice, unless told otherwise.
+        self.node_aware, self._blocks, self._algorithm = False, None, NODE_AWARE_AUTO
         if self.comm.Get_size() == 1:
             return
-        if node_aware == "off":  # the flat choice, whatever the topology
-            self._algorithm = None
+        if node_aware == "off":  # the choice by size alone, whatever the topology
+            self._algorithm = FLAT_AUTO
             return
         groups = node_groups(self.comm)  # collective; every rank is here, after the handshake
         self.node_aware = groups.two_level if node_aware == "auto" else True
@@ -265,7 +267,9 @@ class GradientReducer:
     def _reduce_bucket(self, index: int) -> None:
         bucket, compressor = self.buckets[index], self._averagers[index]
         nbytes = bucket.buffer.numel() * bucket.buffer.element_size()
-        algorithm = self._algorithm or choose_algorithm(nbytes, self.comm.Get_size())
+        algorithm = self._algorithm
+        if algorithm == FLAT_AUTO:  # allreduce has no flat auto: the reducer asks the table itself
+            algorithm = choose_algorithm(nbytes, self.comm.Get_size())
         if not self.trace.enabled:
             self._average(bucket, compressor, algorithm)
             return

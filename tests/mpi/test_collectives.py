@@ -1,10 +1,14 @@
 """reduce_scatter, allgather and broadcast in closed form, and the mismatch handshake."""
+import threading
+
 import numpy as np
 import pytest
 import torch
 from mpi4py import MPI
 
 import ringtrain
+from ringtrain.collectives.comm import handshake
+from ringtrain.collectives.signature import SIGNATURE
 from tests.helpers import all_ranks_agree
 
 WORLD = MPI.COMM_WORLD
@@ -119,3 +123,68 @@ def test_a_buffer_refused_on_rank_0_makes_every_rank_raise(operation):
               and "rank 0: an argument it refused (x: the array is read-only" in str(raised))
     # The handshake above was the last collective, and every rank took part: safe to agree now.
     assert all_ranks_agree(ok)
+
+
+def _from_thread(name: str, call):
+    """Run ``call`` on a thread called ``name``, and raise what it raised."""
+    raised = []
+    worker = threading.Thread(target=lambda: _catch(call, raised), name=name)
+    worker.start()
+    worker.join()
+    if raised:
+        raise raised[0]
+
+
+def _catch(call, raised: list) -> None:
+    try:
+        call()
+    except Exception as e:  # re-raised on the calling thread
+        raised.append(e)
+
+
+# Each field of the handshake, and a call that differs in it on the last rank (``d``) and nowhere else.
+MISMATCHES = {
+    "count": lambda d: ringtrain.allreduce(np.zeros(10 + d)),
+    # Their codes were equal before the fields had slots: ring reduce-scatter met ring allgather.
+    "collective": lambda d: (ringtrain.allgather if d else ringtrain.reduce_scatter)(np.zeros(10)),
+    "dtype": lambda d: ringtrain.allreduce(np.zeros(10, np.float64 if d else np.float32)),
+    "op": lambda d: ringtrain.allreduce(np.zeros(10), op="mean" if d else "sum"),
+    "algorithm": lambda d: ringtrain.allreduce(np.zeros(10), algorithm="recursive_doubling" if d else "ring"),
+    "root": lambda d: ringtrain.broadcast(np.zeros(10), root=d % WORLD.Get_size()),
+    "thread": lambda d: _from_thread("other" if d else threading.current_thread().name,
+                                     lambda: ringtrain.allreduce(np.zeros(10))),
+}
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("field", list(MISMATCHES))
+def test_a_mismatch_in_each_field_raises_on_every_rank(field):
+    n, r = WORLD.Get_size(), WORLD.Get_rank()
+    try:
+        MISMATCHES[field](int(r == n - 1))
+        raised = None
+    except ringtrain.CollectiveMismatchError as e:
+        raised = e
+    # One rank alone has nobody to disagree with.
+    expected = ringtrain.ConcurrentCollectiveError if field == "thread" else ringtrain.CollectiveMismatchError
+    ok = isinstance(raised, expected) if n > 1 else raised is None
+    if field == "collective" and n > 1:  # each rank's part of the message names its call
+        ok &= "reduce_scatter, shape (10,) float64, op=sum" in str(raised) and "allgather, shape (10,)" in str(raised)
+    assert all_ranks_agree(ok), repr(raised)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("slot", SIGNATURE.slots, ids=lambda slot: slot.name)
+def test_every_value_of_every_slot_is_told_apart_from_the_first(slot):
+    # The enumerated slots exhaustively; the wide ones (root, thread) at their edges.
+    n, r = WORLD.Get_size(), WORLD.Get_rank()
+    values = slot.values or (0, 1, (1 << slot.width) - 1)
+    caught = []
+    for value in values[1:]:
+        mine = value if r == n - 1 else values[0]
+        try:
+            handshake(WORLD, "test", 10, SIGNATURE.pack(**{slot.name: mine}), lambda: f"{slot.name}={mine}")
+            caught.append(False)
+        except ringtrain.CollectiveMismatchError:
+            caught.append(True)
+    assert all_ranks_agree(caught == [n > 1] * (len(values) - 1)), caught

@@ -4,13 +4,16 @@ RINGTRAIN_NODE_SIZE=K makes nodes of K consecutive ranks, so one machine can
 play a cluster of any shape. One communicator per node size is kept for the
 module: groups are cached per communicator, and MPI has only so many.
 """
+import dataclasses
 import os
 
 import numpy as np
 import pytest
+import torch
 from mpi4py import MPI
 
 import ringtrain
+from ringtrain.collectives import thresholds
 from ringtrain.collectives.topology import node_groups
 from tests.helpers import all_ranks_agree, identical_across_ranks
 from tests.mpi.test_allreduce import as_float64, element_count, random_buffer, reference, within_bound
@@ -141,3 +144,48 @@ def test_an_unknown_scatter_algorithm_is_refused_on_every_rank():
         ringtrain.reduce_scatter(np.ones(8), algorithm="tree")
     with pytest.raises(ValueError, match=r"algorithm='tree' is not supported; use one of \('ring', 'hierarchical'\)"):
         ringtrain.owned_bounds(8, algorithm="tree")
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("ring_min, hierarchical_min", [(16 << 20, 1 << 20), (0, 1 << 20), (1 << 10, 1 << 14),
+                                                        (1 << 14, 1 << 10), (1 << 20, 0)])
+def test_auto_runs_what_the_one_table_chooses(ring_min, hierarchical_min, k, monkeypatch):
+    from ringtrain.collectives import api
+    table = dataclasses.replace(thresholds.THRESHOLDS, ring_min_bytes=ring_min, hierarchical_min_bytes=hierarchical_min)
+    monkeypatch.setattr(thresholds, "THRESHOLDS", table)
+    ran = []
+    for name in ("ring_reduce_scatter", "hierarchical_allreduce"):
+        real = getattr(api, name)
+        monkeypatch.setattr(api, name, lambda *a, real=real, name=name: (ran.append(name), real(*a))[1])
+    comm, n = nodes_of(k), WORLD.Get_size()
+    two_level = node_groups(comm).two_level
+    runs, choices, sums = [], [], True
+    for nbytes in (4, 1 << 12, 1 << 16):
+        ran.clear()
+        x = np.ones(nbytes // 4, np.float32)
+        ringtrain.allreduce(x, comm=comm)
+        runs.append({"ring_reduce_scatter": "ring", "hierarchical_allreduce": "hierarchical"}.get(
+            ran[0] if ran else None, "mpi"))
+        choices.append(ringtrain.choose_algorithm(nbytes, n, two_level=two_level))
+        sums &= bool(np.all(x == n))
+    assert all_ranks_agree(runs == choices and sums), (runs, choices)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("node_aware", [None, False, True])
+def test_the_reducers_auto_is_node_aware_unless_told_flat(node_aware, k, monkeypatch):
+    # None: allreduce's auto (NODE_AWARE_AUTO); False: FLAT_AUTO, the choice by size alone; True: always.
+    monkeypatch.setenv("RINGTRAIN_NODE_SIZE", str(k))  # the reducer learns the nodes of its own duplicate
+    calls, comm, n = _spy(monkeypatch), nodes_of(k), WORLD.Get_size()
+    model = torch.nn.Linear(512, 512)  # one bucket of 1 MiB and more: where the topology decides
+    reducer = ringtrain.GradientReducer(model, comm=comm, node_aware=node_aware)
+    try:
+        model(torch.ones(2, 512)).sum().backward()
+        reducer.synchronize()
+    finally:
+        reducer.close()
+    two_level = node_groups(comm).two_level
+    hierarchical = n > 1 and (node_aware is True or (node_aware is None and two_level))
+    assert all_ranks_agree(bool(calls) == hierarchical), (calls, two_level)

@@ -1,5 +1,6 @@
 """ZeRO stages 1 and 2: bitwise equal to unsharded training on the ring, 1/N of the optimizer state (and of the
 gradients), and checkpoints that resume exactly at the same or any other world size."""
+import dataclasses
 import os
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 from mpi4py import MPI
 
 import ringtrain
-import ringtrain.collectives.api as collectives_api
+from ringtrain.collectives import thresholds
 from ringtrain.fault import Preempted
 from ringtrain.train import TrainConfig, train
 from ringtrain.train.memory import usage
@@ -22,7 +23,7 @@ COMMON = dict(TINY, steps=5, batch_size=2, accumulate=2, warmup=2, bucket_cap_mb
 @pytest.fixture
 def ring(monkeypatch):
     """Unsharded buckets through the ring allreduce, as ZeRO's reduce-scatter is (MPI's own sums differently)."""
-    monkeypatch.setattr(collectives_api, "RING_MIN_BYTES", 0)
+    monkeypatch.setattr(thresholds, "THRESHOLDS", dataclasses.replace(thresholds.THRESHOLDS, ring_min_bytes=0))
 
 
 
