@@ -42,7 +42,12 @@ class Work(dist.Work):
         self._done = threading.Event()
 
     def wait(self, timeout=None) -> bool:
-        self._done.wait()
+        """Block until the collective is done; raise its error. ``timeout`` (a timedelta; 0 or None: none)
+        bounds the wait, as torch's works do, and raises RuntimeError when it passes."""
+        seconds = timeout.total_seconds() if timeout is not None else 0.0
+        if not self._done.wait(seconds if seconds > 0 else None):
+            raise RuntimeError(f"ringtrain backend: the collective did not finish within {seconds:g} s "
+                               "(work.wait's timeout); it is still queued or running")
         self._future.value()  # raises what the collective raised
         return True
 
@@ -77,6 +82,8 @@ class Work(dist.Work):
 
 
 class CommThread:
+    """The group's FIFO of collectives and the thread that runs them (see the module's docstring)."""
+
     def __init__(self, name: str, watchdog=None, timeout: float | None = None):
         self.name, self.watchdog, self.timeout = name, watchdog, timeout
         self.calls = 0  # collectives run on this group: the "step" a watchdog line names
