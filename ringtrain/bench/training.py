@@ -8,7 +8,8 @@ in turn within each repetition, and the median step time is reported:
 - ``no-bucket``: one bucket holding every gradient, so its allreduce starts after backward;
 - with ``--poll-sleep-us A,B``, each reducer variant once per sleep between the
   communication thread's polls (``sleep=0us`` spins inside MPI);
-- ``ddp``: torch DistributedDataParallel on gloo (TCP on loopback), default 25 MB buckets;
+- ``ddp``: torch DistributedDataParallel on gloo (TCP on loopback), 25 MB buckets
+  unless ``--ddp-bucket-cap-mb`` says otherwise;
 - ``ddp-ringtrain``: the same DDP on the ringtrain backend (ringtrain.distributed),
   its buckets averaged on the group's communication thread; ``vs_ddp`` is its
   step time over gloo's, from the same run.
@@ -47,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ddp-backends", default="gloo,ringtrain",
                    help="torch.distributed backends to time DDP on, comma-separated: gloo (the row ddp), "
                         "ringtrain (ddp-ringtrain); default gloo,ringtrain")
+    p.add_argument("--ddp-bucket-cap-mb", type=float, default=25.0,
+                   help="DDP's bucket_cap_mb on every backend (default 25, torch's)")
     p.add_argument("--first-bucket-mb", type=float,
                    help="also run each bucket cap above it with its first bucket capped at this many MB")
     p.add_argument("--poll-sleep-us", default="",
@@ -85,7 +88,7 @@ def main(args) -> int:
     if ddp:
         groups = init_groups(comm, ringtrain="ringtrain" in backends)
         for backend in backends:
-            variants[DDP_ROWS[backend]] = _DDP(cfg, groups[backend])
+            variants[DDP_ROWS[backend]] = _DDP(cfg, groups[backend], args.ddp_bucket_cap_mb)
     grad_bytes = sum(p.numel() for p in variants["compute"].model.parameters()) * 4
     comm_alone = _time_allreduce(grad_bytes // 4, comm, args.repeat)
 
@@ -167,11 +170,11 @@ class _Reduced(_Plain):
 
 
 class _DDP(_Plain):
-    """torch DDP with its default 25 MB buckets on ``group``'s backend."""
+    """torch DDP on ``group``'s backend, its buckets capped at ``cap_mb`` (torch's first bucket stays 1 MB)."""
 
-    def __init__(self, cfg, group):
+    def __init__(self, cfg, group, cap_mb):
         super().__init__(cfg)
-        self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, process_group=group)
+        self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, process_group=group, bucket_cap_mb=cap_mb)
 
     def step(self, x, y):
         _, loss = self.ddp(x, y)
