@@ -61,12 +61,46 @@ def test_bench_training_times_every_variant_against_ddp(tmp_path):
                       "--steps", "2", "--repeat", "1", "--json", str(path)], timeout=300)
     assert out.returncode == 0, out.stderr
     rows = {row["variant"]: row for row in json.loads(path.read_text())["rows"]}
-    assert set(rows) == {"compute", "bucket=1MB", "bucket=5MB", "bucket=25MB", "bucket=100MB", "no-bucket", "ddp"}
+    assert set(rows) == {"compute", "bucket=1MB", "bucket=5MB", "bucket=25MB", "bucket=100MB", "no-bucket", "ddp",
+                         "ddp-ringtrain"}
     assert all(row["step_ms"] > 0 for row in rows.values())
     # Each ratio is the row's step time over its peer's, from the same run.
     for row in rows.values():
         assert row["vs_ddp"] == pytest.approx(row["step_ms"] / rows["ddp"]["step_ms"], rel=1e-6)
         assert row["vs_no_bucket"] == pytest.approx(row["step_ms"] / rows["no-bucket"]["step_ms"], rel=1e-6)
+
+
+def test_bench_convergence_sets_ddp_on_ringtrain_beside_ddp_on_gloo(tmp_path):
+    path = tmp_path / "convergence.json"
+    out = run_mpi(2, ["-m", "ringtrain", "bench", "convergence", "--width", "32", "--layers", "1", "--context", "16",
+                      "--batch-size", "2", "--steps", "4", "--skip", "1", "--bucket-sizes", "25",
+                      "--compressors", "none", "--out-dir", str(tmp_path / "runs"), "--ddp",
+                      "plain,powersgd:rank=2,ringtrain,ringtrain-hook:powersgd:rank=2,ringtrain-hook:ef+int8",
+                      "--json", str(path)], timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = {(r["system"], r["compression"]): r for r in json.loads(path.read_text())["rows"]}
+    ddp = [key for key in rows if key[0].startswith("ddp")]
+    assert ddp == [("ddp", "none"), ("ddp", "powersgd:rank=2"), ("ddp-ringtrain", "none"),
+                   ("ddp-ringtrain", "powersgd:rank=2"), ("ddp-ringtrain", "ef+int8")], ddp
+    assert [(rows[k]["backend"], rows[k]["hook"]) for k in ddp] == [
+        ("gloo", "none"), ("gloo", "torch powerSGD_hook rank=2"), ("ringtrain", "none"),
+        ("ringtrain", "ringtrain comm_hook(powersgd:rank=2)"), ("ringtrain", "ringtrain comm_hook(ef+int8)")]
+    # Same seeds, same data, no hook: the backends average to the same losses.
+    gloo, ours = rows[("ddp", "none")], rows[("ddp-ringtrain", "none")]
+    assert ours["val_loss"] == pytest.approx(gloo["val_loss"], rel=1e-5)
+    assert ours["final_loss"] == pytest.approx(gloo["final_loss"], rel=1e-5)
+    # Each ringtrain row is set beside its gloo peer of the same run: torch's PowerSGD for ringtrain's.
+    powersgd, peer = rows[("ddp-ringtrain", "powersgd:rank=2")], rows[("ddp", "powersgd:rank=2")]
+    assert powersgd["peer"] == "ddp gloo, hook torch powerSGD_hook rank=2"
+    assert powersgd["steps_per_s_vs_peer"] == pytest.approx(powersgd["steps_per_s"] / peer["steps_per_s"])
+    assert rows[("ddp-ringtrain", "ef+int8")]["val_loss_vs_peer"] == pytest.approx(
+        rows[("ddp-ringtrain", "ef+int8")]["val_loss"] / gloo["val_loss"] - 1)
+
+
+def test_bench_convergence_refuses_a_bad_ringtrain_hook_before_training(tmp_path):
+    out = run_mpi(1, ["-m", "ringtrain", "bench", "convergence", "--ddp", "ringtrain-hook:int9",
+                      "--out-dir", str(tmp_path)])
+    assert out.returncode != 0 and "int9" in out.stderr and "step" not in out.stdout, out.stdout + out.stderr
 
 
 def test_a_bad_argument_on_one_rank_makes_every_rank_raise_under_plain_mpiexec():

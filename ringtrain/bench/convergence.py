@@ -8,6 +8,14 @@ loss averaged over the last 10 steps, and the validation loss at the end, so
 that speed bought with accuracy shows. The peers, in the same run: torch DDP
 on gloo, and DDP with torch's PowerSGD communication hook.
 
+``--ddp`` also runs the same DDP on the ringtrain backend (system
+``ddp-ringtrain``): ``ringtrain`` bare, ``ringtrain-hook:SPEC`` with
+ringtrain's compressor SPEC as its comm hook (``ringtrain.distributed.comm_hook``).
+Every DDP row names its ``backend`` and ``hook``; a ringtrain row is also set
+beside its gloo peer from the same run (``peer``, ``steps_per_s_vs_peer``,
+``val_loss_vs_peer``): the same hook's torch counterpart where there is one
+(``powersgd:rank=R``), else uncompressed DDP on gloo.
+
 The variants are ringtrain with no compression at every ``--bucket-sizes``,
 then every compressor in ``--compressors`` at ``--bucket-cap-mb``, each once per
 ``--node-aware`` setting ("auto,off" compares compressing only what crosses
@@ -22,6 +30,7 @@ from mpi4py import MPI
 
 from ..constants import BUCKET_CAP_MB
 from .compression import split_specs
+from ..compression import get as compression_get
 from ..results import add_link_argument, metadata, write_result
 from ..train import TrainConfig, train
 from ..train.threads import set_torch_threads
@@ -45,7 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--context", type=int, default=128)
     p.add_argument("--ddp", default="plain,powersgd:rank=4",
-                   help="DDP peers: plain and/or powersgd:rank=R, comma-separated; 'none' for none")
+                   help="DDP peers, comma-separated: on gloo plain and powersgd:rank=R (torch's hook); on the "
+                        "ringtrain backend ringtrain and ringtrain-hook:SPEC (ringtrain's compressor SPEC as the "
+                        "comm hook, e.g. ringtrain-hook:ef+int8); 'none' for none")
     p.add_argument("--out-dir", default="runs/bench-convergence", help="each variant's metrics.jsonl goes below")
     p.add_argument("--node-aware", default="auto",
                    help="train's --node-aware settings to run each ringtrain variant with, comma-separated "
@@ -86,32 +97,49 @@ def _variants(args):
         out.append((f"zero{stage}", "none", args.bucket_cap_mb, "auto"))
     if args.onebit_adam:
         out.append(("onebit-adam", "none", args.bucket_cap_mb, "auto"))
-    for peer in (d.strip() for d in args.ddp.split(",") if d.strip() and d.strip() != "none"):
+    for peer in (d for d in split_specs(args.ddp) if d != "none"):
         if peer == "plain":
             out.append(("ddp", "none", BUCKET_CAP_MB, "auto"))
         elif peer.startswith("powersgd"):
             _, _, opt = peer.partition(":rank=")
             out.append(("ddp", f"powersgd:rank={int(opt or 4)}", BUCKET_CAP_MB, "auto"))
+        elif peer == "ringtrain":
+            out.append(("ddp-ringtrain", "none", BUCKET_CAP_MB, "auto"))
+        elif peer.startswith("ringtrain-hook:") and peer.partition(":")[2] not in ("", "none"):
+            spec = peer.partition(":")[2]
+            compression_get(spec)  # a bad spec raises here, naming itself, before any training
+            out.append(("ddp-ringtrain", spec, BUCKET_CAP_MB, "auto"))
         else:
-            raise ValueError(f"--ddp has {peer!r}; allowed: plain, powersgd:rank=R, none")
+            raise ValueError(f"--ddp has {peer!r}; allowed: plain, powersgd:rank=R, ringtrain, "
+                             "ringtrain-hook:SPEC, none")
     return out
 
 
+def _hook(system, compression) -> tuple[str | None, str]:
+    """(backend, hook) of a variant, as its row names them: None for ringtrain's own trainer."""
+    if system == "ddp":
+        return "gloo", "none" if compression == "none" else f"torch powerSGD_hook rank={compression.partition('=')[2]}"
+    if system == "ddp-ringtrain":
+        return "ringtrain", "none" if compression == "none" else f"ringtrain comm_hook({compression})"
+    return None, "none"
+
+
 def main(args) -> int:
-    from .ddp_peer import init_gloo, train_ddp
+    from .ddp_peer import init_groups, train_ddp
     comm = MPI.COMM_WORLD
     rank, world = comm.Get_rank(), comm.Get_size()
     meta = metadata(comm, args, link=args.link)
     if args.skip >= args.steps:
         raise SystemExit(f"--skip ({args.skip}) must be less than --steps ({args.steps})")
     try:
-        variants = [v for v in _variants(args) if v[0] != "ddp" or world > 1]  # DDP needs 2 ranks to mean anything
+        variants = [v for v in _variants(args) if not v[0].startswith("ddp") or world > 1]  # DDP needs 2 ranks to mean anything
     except ValueError as e:
         raise SystemExit(f"bench convergence: {e}") from None
     if args.repeat < 1:
         raise SystemExit(f"--repeat must be >= 1, got {args.repeat}")
     runs = {v: [] for v in variants}
-    gloo = False
+    # Started at the first DDP variant; with ringtrain's among them, its group is the default and gloo's beside it.
+    groups = None
     # Round robin: drift of a shared machine spreads over every variant alike.
     for (system, compression, cap, node_aware) in [v for _ in range(args.repeat) for v in variants]:
         name = f"{system} {compression} {cap}MB" if cap == "auto" else f"{system} {compression} {cap:g}MB"
@@ -147,17 +175,20 @@ def main(args) -> int:
             comm.Allreduce(MPI.IN_PLACE, slowest, op=MPI.MAX)
             result["step_seconds"] = list(slowest)
         else:
-            if not gloo:
-                init_gloo(comm)
-                gloo = True
-            powersgd_rank = int(compression.partition("=")[2]) if compression != "none" else 0
-            result = train_ddp(cfg, comm, powersgd_rank=powersgd_rank)
+            if groups is None:
+                groups = init_groups(comm, ringtrain=any(v[0] == "ddp-ringtrain" for v in variants))
+            if system == "ddp":
+                powersgd_rank = int(compression.partition("=")[2]) if compression != "none" else 0
+                result = train_ddp(cfg, comm, powersgd_rank=powersgd_rank, group=groups["gloo"])
+            else:
+                result = train_ddp(cfg, comm, group=groups["ringtrain"],
+                                   comm_hook=None if compression == "none" else compression)
         model = result.pop("model")  # keep only numbers: a run per variant and repetition adds up
         for heavy in ("optimizer", "sync"):
             result.pop(heavy, None)
         param_bytes = [p.numel() * p.element_size() for p in model.parameters() if p.requires_grad]
         runs[(system, compression, cap, node_aware)].append(result)
-    if gloo:
+    if groups is not None:
         import torch.distributed as dist
         dist.destroy_process_group()
     rows = [_row(*variant, results, args.skip) for variant, results in runs.items()]
@@ -179,8 +210,9 @@ def _row(system, compression, cap, node_aware, results, skip) -> dict:
     keep = np.unique(np.linspace(0, len(losses) - 1, min(CURVE_POINTS, len(losses))).astype(int))
     per_run = [float(np.median(np.array(r["step_seconds"])[skip:])) for r in results]
     step_s = float(np.median(per_run))
+    backend, hook = _hook(system, compression)
     return {"system": system, "compression": compression, "bucket_cap_mb": cap, "node_aware": node_aware,
-            "step_ms": 1e3 * step_s,
+            "backend": backend, "hook": hook, "step_ms": 1e3 * step_s,
             "steps_per_s": 1.0 / step_s, "step_ms_runs": [1e3 * s for s in per_run],
             "final_loss": float(losses[-10:].mean()), "val_loss": result["val_loss"],
             "wall_s": float(wall[-1]), "curve": [[float(wall[i]), float(losses[i])] for i in keep]}
@@ -192,16 +224,39 @@ def _report(rows, args, meta, param_bytes) -> None:
     ddp = next((r for r in rows if r["system"] == "ddp" and r["compression"] == "none"), None)
     print(f"# ringtrain bench convergence: {meta['world_size']} ranks, GPT width {args.width}, {args.layers} layers, batch "
           f"{args.batch_size}x{args.context} per rank, {args.steps} steps; step time = median after {args.skip}")
-    print(f"{'system':>11} {'compression':>18} {'bucket':>6} {'node':>4} {'step_ms':>8} {'steps/s':>7} {'speedup':>7} "
+    print(f"{'system':>13} {'compression':>18} {'bucket':>6} {'node':>4} {'step_ms':>8} {'steps/s':>7} {'speedup':>7} "
           f"{'final_loss':>10} {'val_loss':>8} {'val_vs_none':>11} {'vs_ddp':>6}")
     for r in rows:
         r["speedup_vs_none"] = r["steps_per_s"] / base["steps_per_s"]
         r["val_loss_vs_none"] = r["val_loss"] / base["val_loss"] - 1.0
         r["speedup_vs_ddp"] = r["steps_per_s"] / ddp["steps_per_s"] if ddp else None
         vs_ddp = f"{r['speedup_vs_ddp']:>6.2f}" if ddp else f"{'-':>6}"
-        print(f"{r['system']:>11} {r['compression']:>18} {r['bucket_cap_mb']:>6g} {r['node_aware']:>4} {r['step_ms']:>8.1f} "
+        print(f"{r['system']:>13} {r['compression']:>18} {r['bucket_cap_mb']:>6g} {r['node_aware']:>4} {r['step_ms']:>8.1f} "
               f"{r['steps_per_s']:>7.2f} {r['speedup_vs_none']:>7.2f} {r['final_loss']:>10.4f} "
               f"{r['val_loss']:>8.4f} {100 * r['val_loss_vs_none']:>+10.1f}% {vs_ddp}")
+    _beside_peers(rows)
     if args.json:
         write_result(args.json, "convergence", meta, param_bytes=param_bytes, rows=rows)
         print(f"# wrote {args.json}")
+
+
+def _beside_peers(rows) -> None:
+    """Each DDP-on-ringtrain row against its gloo peer from this run: torch's own hook of the same kind where
+    there is one (PowerSGD at the same rank), else uncompressed DDP on gloo. Adds ``peer``,
+    ``steps_per_s_vs_peer`` and ``val_loss_vs_peer`` (relative difference) to the row, and prints them."""
+    gloo = {r["compression"]: r for r in rows if r["system"] == "ddp"}
+    ours = [r for r in rows if r["system"] == "ddp-ringtrain"]
+    if not ours or not gloo:
+        return
+    print(f"{'ddp-ringtrain hook':>40} {'gloo peer':>32} {'steps/s':>7} {'peer':>7} {'ratio':>5} "
+          f"{'val_loss':>8} {'peer':>8} {'diff':>6}")
+    for r in ours:
+        peer = gloo.get(r["compression"]) or gloo.get("none")
+        if peer is None:
+            continue
+        r["peer"] = f"ddp gloo, hook {peer['hook']}"
+        r["steps_per_s_vs_peer"] = r["steps_per_s"] / peer["steps_per_s"]
+        r["val_loss_vs_peer"] = r["val_loss"] / peer["val_loss"] - 1.0
+        print(f"{r['hook']:>40} {peer['hook']:>32} {r['steps_per_s']:>7.2f} {peer['steps_per_s']:>7.2f} "
+              f"{r['steps_per_s_vs_peer']:>5.2f} {r['val_loss']:>8.4f} {peer['val_loss']:>8.4f} "
+              f"{100 * r['val_loss_vs_peer']:>+5.1f}%")

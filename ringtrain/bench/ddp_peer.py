@@ -6,6 +6,16 @@ itself with DDPSync plugged in as the gradient averaging: the same loop, data,
 optimizer, schedule, clipping, accumulation and validation, with
 DistributedDataParallel averaging the gradients, optionally through torch's
 PowerSGD communication hook.
+
+The same DDP runs on the ringtrain backend too, so that the two backends meet
+in one job: ``init_groups(comm, ringtrain=True)`` makes ringtrain's group the
+default (no MASTER_ADDR) and a gloo group of the same ranks beside it, and
+``train_ddp(..., group=groups["ringtrain"], comm_hook="ef+int8")`` averages
+through one of ringtrain's compressors as a DDP comm hook::
+
+    groups = init_groups(MPI.COMM_WORLD, ringtrain=True)
+    theirs = train_ddp(cfg, MPI.COMM_WORLD, group=groups["gloo"], powersgd_rank=4)
+    ours = train_ddp(cfg, MPI.COMM_WORLD, group=groups["ringtrain"], comm_hook="powersgd:rank=4")
 """
 import datetime
 import fcntl
@@ -61,25 +71,52 @@ def init_gloo(comm: MPI.Comm) -> None:
                             world_size=comm.Get_size(), timeout=datetime.timedelta(seconds=120))
 
 
+def init_groups(comm: MPI.Comm, ringtrain: bool) -> dict[str, dist.ProcessGroup]:
+    """torch.distributed over ``comm``'s ranks: ``{"gloo": group}``, plus ``"ringtrain"`` if asked. Collective.
+
+    Without ringtrain, gloo's group is ``init_gloo``'s default group, as the
+    peer always was. With it, ringtrain's group is the default (it needs
+    COMM_WORLD's ranks) and gloo's is ``dist.new_group(backend="gloo")``,
+    meeting through ringtrain's MPI-served store: the same gloo process group,
+    only found another way.
+    """
+    if not ringtrain:
+        init_gloo(comm)
+        return {"gloo": dist.group.WORLD}
+    if comm.Get_size() != MPI.COMM_WORLD.Get_size():
+        raise ValueError(f"init_groups: the ringtrain backend spans COMM_WORLD ({MPI.COMM_WORLD.Get_size()} ranks), "
+                         f"not a communicator of {comm.Get_size()}")
+    from .. import distributed  # registers the backend
+    default = distributed.init(timeout=datetime.timedelta(seconds=120))
+    return {"ringtrain": default, "gloo": dist.new_group(backend="gloo")}
+
+
 class DDPSync:
     """torch DDP as the training loop's gradient averaging (train/sync.py): forward runs on DDP's wrapper,
     whose backward hooks average the gradients, so there is nothing left to wait for in ``synchronize``."""
 
     last_wire_bytes = last_comm_seconds = None  # DDP reports neither
 
-    def __init__(self, model, cfg: TrainConfig, powersgd_rank: int = 0):
+    def __init__(self, model, cfg: TrainConfig, powersgd_rank: int = 0, *, group: dist.ProcessGroup | None = None,
+                 comm_hook: str | None = None):
         from torch.nn.parallel import DistributedDataParallel
+        _check_hooks(group, powersgd_rank, comm_hook)
         buffers = {}
         if cfg.broadcast_buffers == "off":  # torch 2.13 renamed the switch; older torch has only the old name
             import inspect
             new_name = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
             buffers = {"forward_sync_buffers" if new_name else "broadcast_buffers": False}
-        self.model = DistributedDataParallel(model, bucket_cap_mb=cfg.bucket_cap_mb, **buffers)
+        self.model = DistributedDataParallel(model, bucket_cap_mb=cfg.bucket_cap_mb, process_group=group, **buffers)
         if powersgd_rank:
             from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
-            state = powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=powersgd_rank,
+            # The hook's own allreduces go to its state's group (None would be the default group,
+            # which is ringtrain's when both backends are up): the DDP's group.
+            state = powerSGD_hook.PowerSGDState(process_group=group, matrix_approximation_rank=powersgd_rank,
                                                 start_powerSGD_iter=2, random_seed=cfg.seed)
             self.model.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+        elif comm_hook:
+            from ..distributed import comm_hook as ringtrain_hook
+            self.model.register_comm_hook(*ringtrain_hook(comm_hook, group))
 
     def no_sync(self):
         return self.model.no_sync()
@@ -97,13 +134,31 @@ class DDPSync:
         pass
 
 
-def train_ddp(cfg: TrainConfig, comm: MPI.Comm, powersgd_rank: int = 0) -> dict:
-    """``cfg``'s training job with DDP on the gloo group from ``init_gloo``, through ringtrain's own loop.
+def _check_hooks(group, powersgd_rank: int, comm_hook: str | None) -> None:
+    """Before DDP is built: one hook at most, and ringtrain's only on a ringtrain group."""
+    if powersgd_rank < 0:
+        raise ValueError(f"powersgd_rank={powersgd_rank}: allowed are 0 (no hook) or a rank >= 1")
+    if powersgd_rank and comm_hook:
+        raise ValueError(f"powersgd_rank={powersgd_rank} and comm_hook={comm_hook!r}: DDP takes one comm hook; "
+                         "give one of them")
+    if comm_hook and dist.get_backend(group) != "ringtrain":
+        raise ValueError(f"comm_hook={comm_hook!r} runs on the ringtrain backend, and this DDP's group is "
+                         f"{dist.get_backend(group)!r}: pass group=init_groups(comm, ringtrain=True)['ringtrain']")
+
+
+def train_ddp(cfg: TrainConfig, comm: MPI.Comm, powersgd_rank: int = 0, *, group: dist.ProcessGroup | None = None,
+              comm_hook: str | None = None) -> dict:
+    """``cfg``'s training job with DDP on ``group`` (the default group: gloo's from ``init_gloo``), through
+    ringtrain's own loop.
 
     ``powersgd_rank`` > 0 registers torch's PowerSGD hook at that rank, with
     error feedback and warm start, compressing from the second step (the
-    earliest the hook allows).
+    earliest the hook allows). ``comm_hook`` registers ringtrain's compressor
+    of that spec instead (``ringtrain.distributed.comm_hook``; ``group`` must
+    be a ringtrain group).
     """
     if "auto" in (cfg.compression, cfg.bucket_cap_mb) or cfg.zero:
         raise ValueError("the DDP peer takes a fixed --compression none and --bucket-cap-mb, and no --zero")
-    return train(cfg, comm, make_sync=lambda task, cfg, comm, tuned, tracer: DDPSync(task.model, cfg, powersgd_rank))
+    _check_hooks(group, powersgd_rank, comm_hook)
+    return train(cfg, comm, make_sync=lambda task, cfg, comm, tuned, tracer: DDPSync(
+        task.model, cfg, powersgd_rank, group=group, comm_hook=comm_hook))

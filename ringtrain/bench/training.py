@@ -1,4 +1,4 @@
-"""``python -m ringtrain bench training``: step time of the GradientReducer against torch DDP on gloo.
+"""``python -m ringtrain bench training``: step time of the GradientReducer against torch DDP on gloo and on ringtrain.
 
 One process group, one model architecture, one batch; the variants are timed
 in turn within each repetition, and the median step time is reported:
@@ -8,7 +8,11 @@ in turn within each repetition, and the median step time is reported:
 - ``no-bucket``: one bucket holding every gradient, so its allreduce starts after backward;
 - with ``--poll-sleep-us A,B``, each reducer variant once per sleep between the
   communication thread's polls (``sleep=0us`` spins inside MPI);
-- ``ddp``: torch DistributedDataParallel on gloo (TCP on loopback), default 25 MB buckets.
+- ``ddp``: torch DistributedDataParallel on gloo (TCP on loopback), 25 MB buckets
+  unless ``--ddp-bucket-cap-mb`` says otherwise;
+- ``ddp-ringtrain``: the same DDP on the ringtrain backend (ringtrain.distributed),
+  its buckets averaged on the group's communication thread; ``vs_ddp`` is its
+  step time over gloo's, from the same run.
 
 The breakdown of a variant is ``comm = allreduce of all gradients, timed alone``,
 ``exposed = step - compute`` and ``hidden = comm - exposed`` (the overlap).
@@ -18,6 +22,7 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from mpi4py import MPI
 
 from ..collectives import allreduce
@@ -26,6 +31,9 @@ from ..reducer import GradientReducer
 from ..results import add_link_argument, metadata, write_result
 from ..train.threads import set_torch_threads
 from ..timing import median_call, slowest
+from .ddp_peer import init_groups
+
+DDP_ROWS = {"gloo": "ddp", "ringtrain": "ddp-ringtrain"}  # backend -> its row; "ddp" stays gloo's, as it always was
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,7 +44,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bucket-sizes", default="1,5,25,100", help="bucket caps in MB (default 1,5,25,100)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant per repetition (default 10)")
     p.add_argument("--repeat", type=int, default=5, help="repetitions; medians are reported (default 5)")
-    p.add_argument("--no-ddp", action="store_true", help="skip the torch DDP peer")
+    p.add_argument("--no-ddp", action="store_true", help="skip the torch DDP peers")
+    p.add_argument("--ddp-backends", default="gloo,ringtrain",
+                   help="torch.distributed backends to time DDP on, comma-separated: gloo (the row ddp), "
+                        "ringtrain (ddp-ringtrain); default gloo,ringtrain")
+    p.add_argument("--ddp-bucket-cap-mb", type=float, default=25.0,
+                   help="DDP's bucket_cap_mb on every backend (default 25, torch's)")
     p.add_argument("--first-bucket-mb", type=float,
                    help="also run each bucket cap above it with its first bucket capped at this many MB")
     p.add_argument("--poll-sleep-us", default="",
@@ -57,6 +70,10 @@ def main(args) -> int:
     x = torch.randint(0, 256, (args.batch_size, args.context))
     y = torch.randint(0, 256, (args.batch_size, args.context))
 
+    backends = [b.strip() for b in args.ddp_backends.split(",") if b.strip()]
+    if not backends or set(backends) - set(DDP_ROWS):
+        raise SystemExit(f"bench training: --ddp-backends has {args.ddp_backends!r}; allowed: a comma-separated "
+                         f"list of {', '.join(DDP_ROWS)}")
     sleeps = [float(v) for v in args.poll_sleep_us.split(",") if v.strip()] or [None]
     variants = {"compute": _Plain(cfg)}
     for sleep in sleeps:
@@ -67,8 +84,11 @@ def main(args) -> int:
                 variants[f"bucket={cap:g}MB,first={args.first_bucket_mb:g}MB{tag}"] = _Reduced(
                     cfg, cap, comm, sleep, args.first_bucket_mb)
         variants[f"no-bucket{tag}"] = _Reduced(cfg, 1e9, comm, sleep)
-    if not args.no_ddp and world > 1:
-        variants["ddp"] = _DDP(cfg, comm)
+    ddp = not args.no_ddp and world > 1
+    if ddp:
+        groups = init_groups(comm, ringtrain="ringtrain" in backends)
+        for backend in backends:
+            variants[DDP_ROWS[backend]] = _DDP(cfg, groups[backend], args.ddp_bucket_cap_mb)
     grad_bytes = sum(p.numel() for p in variants["compute"].model.parameters()) * 4
     comm_alone = _time_allreduce(grad_bytes // 4, comm, args.repeat)
 
@@ -109,6 +129,8 @@ def main(args) -> int:
             print(f"# wrote {args.json}")
     for v in variants.values():
         v.close()
+    if ddp:
+        dist.destroy_process_group()  # every group, gloo's and ringtrain's
     return 0
 
 
@@ -148,21 +170,17 @@ class _Reduced(_Plain):
 
 
 class _DDP(_Plain):
-    def __init__(self, cfg, comm):
-        from .ddp_peer import init_gloo
+    """torch DDP on ``group``'s backend, its buckets capped at ``cap_mb`` (torch's first bucket stays 1 MB)."""
+
+    def __init__(self, cfg, group, cap_mb):
         super().__init__(cfg)
-        init_gloo(comm)
-        self.ddp = torch.nn.parallel.DistributedDataParallel(self.model)
+        self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, process_group=group, bucket_cap_mb=cap_mb)
 
     def step(self, x, y):
         _, loss = self.ddp(x, y)
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-
-    def close(self):
-        import torch.distributed as dist
-        dist.destroy_process_group()
 
 
 def _time_steps(variant, x, y, steps, comm) -> float:

@@ -159,3 +159,30 @@ def test_the_ddp_peer_accumulates_as_the_trainer_does(corpus, tmp_path):
     finally:
         dist.destroy_process_group()
     assert all_ranks_agree(bool(np.allclose(ours, theirs, rtol=1e-5))), (ours, theirs)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_ddp_on_the_ringtrain_backend_reaches_the_losses_of_ddp_on_gloo(corpus, tmp_path):
+    import torch.distributed as dist
+
+    from ringtrain.bench.ddp_peer import init_groups, train_ddp
+    cfg = TrainConfig(**TINY, data=corpus, steps=4, batch_size=2, optimizer="sgd", grad_clip=0.0,
+                      bucket_cap_mb=0.001, out_dir=out_dir(tmp_path))  # several buckets: they overlap backward
+    groups = init_groups(WORLD, ringtrain=True)
+    try:
+        assert dist.get_backend() == "ringtrain" and dist.get_backend(groups["gloo"]) == "gloo"
+        gloo = train_ddp(cfg, WORLD, group=groups["gloo"])["losses"]
+        ours = train_ddp(cfg, WORLD, group=groups["ringtrain"])["losses"]
+        hooked = train_ddp(cfg, WORLD, group=groups["ringtrain"], comm_hook="ef+int8")["losses"]
+        try:  # ringtrain's hook on gloo's group is refused before DDP is built
+            train_ddp(cfg, WORLD, group=groups["gloo"], comm_hook="ef+int8")
+            refused = ""
+        except ValueError as e:
+            refused = str(e)
+    finally:
+        dist.destroy_process_group()
+    same = bool(np.allclose(ours, gloo, rtol=1e-5, atol=0))
+    # int8 with error feedback moves the losses a little, never far.
+    near = bool(np.allclose(hooked, gloo, rtol=0.05)) and hooked != gloo
+    assert all_ranks_agree(same and near and "comm_hook='ef+int8'" in refused and "'gloo'" in refused), \
+        (gloo, ours, hooked, refused)
