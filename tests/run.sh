@@ -33,7 +33,12 @@ run() {  # run NAME COMMAND...
     fi
 }
 
-run serial timeout -k 10 "$MPI_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider tests --ignore=tests/mpi --ignore=tests/test_failure_matrix.py
+# The whole jobs (Slurm, five ranks, killed and stalled ranks) run as a part of their own, each part with its
+# own timeout: together with the rest they outgrew one.
+JOBS="tests/test_slurm.py tests/test_five_ranks.py tests/test_fault_tolerance.py tests/test_backend_faults.py"
+run serial timeout -k 10 "$MPI_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider tests --ignore=tests/mpi \
+    --ignore=tests/test_failure_matrix.py $(for f in $JOBS; do printf -- '--ignore=%s ' "$f"; done)
+run jobs timeout -k 10 "$MPI_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider $JOBS
 # The failure matrix (generated faults, each a whole run): its own timeout, as it is the longest part.
 run matrix timeout -k 10 "$MPI_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider tests/test_failure_matrix.py
 # The examples in the package's docstrings, checked as written.
