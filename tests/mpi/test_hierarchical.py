@@ -174,9 +174,9 @@ def test_auto_runs_what_the_one_table_chooses(ring_min, hierarchical_min, k, mon
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("k", [1, 2])
-@pytest.mark.parametrize("node_aware", [None, False, True])
+@pytest.mark.parametrize("node_aware", ["auto", "off", "on"])
 def test_the_reducers_auto_is_node_aware_unless_told_flat(node_aware, k, monkeypatch):
-    # None: allreduce's auto (NODE_AWARE_AUTO); False: FLAT_AUTO, the choice by size alone; True: always.
+    # auto: allreduce's auto (NODE_AWARE_AUTO); off: FLAT_AUTO, the choice by size alone; on: always.
     monkeypatch.setenv("RINGTRAIN_NODE_SIZE", str(k))  # the reducer learns the nodes of its own duplicate
     calls, comm, n = _spy(monkeypatch), nodes_of(k), WORLD.Get_size()
     model = torch.nn.Linear(512, 512)  # one bucket of 1 MiB and more: where the topology decides
@@ -187,5 +187,5 @@ def test_the_reducers_auto_is_node_aware_unless_told_flat(node_aware, k, monkeyp
     finally:
         reducer.close()
     two_level = node_groups(comm).two_level
-    hierarchical = n > 1 and (node_aware is True or (node_aware is None and two_level))
+    hierarchical = n > 1 and (node_aware == "on" or (node_aware == "auto" and two_level))
     assert all_ranks_agree(bool(calls) == hierarchical), (calls, two_level)
