@@ -56,8 +56,9 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "threads per rank would only fight over the cores."),
     Variable("RINGTRAIN_POLL_SLEEP_US", _explained(number(0, 1e6, below=True), "microseconds between polls; 0 spins"),
              POLL_SLEEP_US, f"{POLL_SLEEP_US:g} microseconds",
-             "How long the reducer's communication thread sleeps between tests of its MPI requests; 0 spins "
-             "(reducer/gradient_reducer.py; measured in benchmarks/README.md, \"Polite waiting\")."),
+             "How long the reducer's communication thread, and each torch.distributed backend group's, sleeps "
+             "between tests of its MPI requests; 0 spins (reducer/gradient_reducer.py, distributed/comm_thread.py; "
+             "measured in benchmarks/README.md, \"Polite waiting\")."),
     # Measured with `ringtrain bench allreduce` (2 ranks, shared memory, MPICH 5.0.2
     # wheel): below this size native MPI_Allreduce is as fast or faster.
     Variable("RINGTRAIN_RING_MIN_BYTES", _BYTES, 16 << 20, "16 MiB",

@@ -5,7 +5,8 @@ here, so DDP's buckets overlap backward and FSDP2 prefetches, as on NCCL's
 stream. One thread per group keeps the order per group (FIFO, as NCCL and
 gloo do) while groups stay independent of each other. The thread waits for
 MPI politely (collectives/waiting.py): it spins for the first ``SPIN_S`` of
-each collective, so a small one answers at once, then sleeps between polls,
+each collective, so a small one answers at once, then sleeps between polls
+(RINGTRAIN_POLL_SLEEP_US, 200 us by default, as the GradientReducer's thread),
 so a long one leaves the core to the computation it overlaps.
 
 A collective that fails on this rank fails its work (``wait`` raises), and
@@ -24,10 +25,15 @@ import threading
 import torch
 import torch.distributed as dist
 
+from .. import environment
 from ..collectives.waiting import polite
 
 SPIN_S = 200e-6  # spin this long before sleeping: a small collective completes without a sleep
-SLEEP_S = 50e-6  # then poll every 50 us: a bucket's completion is seen within that of its end
+
+
+def sleep_between_polls() -> float:
+    """Seconds between polls after the spin: RINGTRAIN_POLL_SLEEP_US, as for the GradientReducer's thread."""
+    return environment.value("RINGTRAIN_POLL_SLEEP_US") * 1e-6
 
 
 class Work(dist.Work):
@@ -112,7 +118,7 @@ class CommThread:
         return True
 
     def _run(self) -> None:
-        with polite(SLEEP_S, spin=SPIN_S):
+        with polite(sleep_between_polls(), spin=SPIN_S):
             while True:
                 item = self._queue.get()
                 if item is None:
