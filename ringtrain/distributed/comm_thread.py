@@ -7,7 +7,8 @@ gloo do) while groups stay independent of each other. The thread waits for
 MPI politely (collectives/waiting.py): it spins for the first ``SPIN_S`` of
 each collective, so a small one answers at once, then sleeps between polls
 (RINGTRAIN_POLL_SLEEP_US, 200 us by default, as the GradientReducer's thread),
-so a long one leaves the core to the computation it overlaps.
+so a long one leaves the core to the computation it overlaps; while a caller
+blocks in ``Work.wait`` nothing computes beside it, so the thread spins.
 
 A collective that fails on this rank fails its work (``wait`` raises), and
 every later one on the group fails at once naming it: after a broken
