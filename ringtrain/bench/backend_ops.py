@@ -52,7 +52,8 @@ class Case:
 
     @staticmethod
     def busbw_factor(n: int) -> float:
-        raise NotImplementedError
+        """nccl-tests' factor from algbw to busbw: (n-1)/n for gathers, reduce-scatters and all-to-all."""
+        return (n - 1) / n
 
     def run(self, group) -> None:
         """One synchronous call on torch ``group``, or MPI's own collective when ``group`` is None."""
@@ -112,10 +113,6 @@ class AllGather(Case):
         super().__init__(count, comm)
         self.inp = _pattern(self.k) + PERIOD * self.rank  # rank r's piece: the pattern lifted by 13 r
 
-    @staticmethod
-    def busbw_factor(n):
-        return (n - 1) / n
-
     def on_mpi(self):
         self.comm.Allgather(self.inp.numpy(), self.out.numpy())
 
@@ -133,10 +130,6 @@ class ReduceScatter(Case):
         super().__init__(count, comm)
         self.inp = _pattern(count) * (self.rank + 1)  # unchanged by the call, so it can stay patterned
         self.out = torch.zeros(self.k)
-
-    @staticmethod
-    def busbw_factor(n):
-        return (n - 1) / n
 
     def on_mpi(self):
         self.comm.Reduce_scatter_block(self.inp.numpy(), self.out.numpy(), op=MPI.SUM)
@@ -190,10 +183,6 @@ class AllToAll(Case):
 
     def _piece(self, sender: int, receiver: int) -> torch.Tensor:
         return _pattern(self.k) + PERIOD * (sender * self.n + receiver)
-
-    @staticmethod
-    def busbw_factor(n):
-        return (n - 1) / n
 
     def on_mpi(self):
         self.comm.Alltoall(self.inp.numpy(), self.out.numpy())

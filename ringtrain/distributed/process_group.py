@@ -16,6 +16,7 @@ it runs itself (mismatched calls raise on every rank); it is off by default
 here, where torch has already fixed every rank's arguments.
 """
 import atexit
+import functools
 import os
 
 import torch
@@ -32,6 +33,11 @@ from .reduce_ops import plan
 from .tensors import as_array, as_bytes, check_cpu, contiguous, same_memory
 
 _RING_DTYPES = {getattr(torch, name) for name in SUPPORTED}
+
+
+@functools.cache
+def _tag_upper_bound() -> int:
+    return MPI.COMM_WORLD.Get_attr(MPI.TAG_UB)  # MPI attaches it to the world communicator, once
 
 
 def _options(opts, cls):
@@ -145,7 +151,8 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
 
         def run():
             for out, inputs, p in zip(outputs, input_lists, plans):
-                self._reduce_scatter(torch.cat([x.reshape(-1) for x in inputs]), out, p)
+                flat = self._scratch(sum(x.numel() for x in inputs), out.dtype)
+                self._reduce_scatter(torch.cat([x.reshape(-1) for x in inputs], out=flat), out, p)
         return self.thread.submit(run, outputs, "reduce_scatter")
 
     def reduce_scatter_single(self, output, input, opts=None):
@@ -371,7 +378,7 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
             raise ValueError(f"ringtrain backend: {what}: peer rank {peer} is not in this group (0..{self.n - 1})")
 
     def _tag(self, tag: int) -> int:
-        upper = MPI.COMM_WORLD.Get_attr(MPI.TAG_UB)  # MPI attaches it to the world communicator
+        upper = _tag_upper_bound()
         if not 0 <= tag <= upper:
             raise ValueError(f"ringtrain backend: tag {tag} is outside MPI's tags (0..{upper})")
         return tag

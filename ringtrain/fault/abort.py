@@ -108,11 +108,8 @@ def abort_on_uncaught_exception() -> None:
             return
         # Straight to the process's stderr: torch's own hook, which wraps this one after init_process_group,
         # collects what its inner hook prints and writes it only once that returns, which an abort never does.
-        err = sys.__stderr__
-        err.write(f"ringtrain: uncaught exception on rank {mpi.COMM_WORLD.Get_rank()}, aborting the job:\n")
-        traceback.print_exception(kind, value, tb, file=err)
-        err.flush()
-        _abort(EXIT_INTERRUPTED if issubclass(kind, KeyboardInterrupt) else EXIT_ERROR)
+        _traceback_and_abort((kind, value, tb), sys.__stderr__,
+                             EXIT_INTERRUPTED if issubclass(kind, KeyboardInterrupt) else EXIT_ERROR)
 
     hook.ringtrain_aborts = True
     sys.excepthook = hook
@@ -130,10 +127,12 @@ def out_of_memory(e: BaseException) -> bool:
     return "can't allocate memory" in text or "not enough memory" in text or "out of memory" in text.lower()
 
 
-def _traceback_and_abort() -> None:
+def _traceback_and_abort(exc_info=None, err=None, code: int = EXIT_ERROR) -> None:
+    """Print the exception being handled (or ``exc_info``) with the rank to ``err`` (stderr), then abort."""
     mpi = _mpi()
     rank = mpi.COMM_WORLD.Get_rank() if mpi is not None else "?"
-    sys.stderr.write(f"ringtrain: uncaught exception on rank {rank}, aborting the job:\n")
-    traceback.print_exc()
-    sys.stderr.flush()
-    _abort(EXIT_ERROR)
+    err = sys.stderr if err is None else err
+    err.write(f"ringtrain: uncaught exception on rank {rank}, aborting the job:\n")
+    traceback.print_exception(*(exc_info or sys.exc_info()), file=err)
+    err.flush()
+    _abort(code)
