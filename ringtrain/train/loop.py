@@ -24,6 +24,7 @@ import torch
 from mpi4py import MPI
 
 from ..fault import EXIT_PREEMPTED, agree, Diverged, Preempted, UsageError, Watchdog, PreemptionSignals, agree_at_step_end
+from ..checkpoint.store import CheckpointError
 from ..model import GPT
 from ..optim.interface import clip_grad_norm
 from . import memory, state
@@ -216,14 +217,25 @@ class TrainingLoop:
         with self.watchdog.guard("the checkpoint", step, max(self.cfg.timeout, 60.0)), self.signals.deferred(), \
                 self.tracer.span("checkpoint", "checkpoint", step=step):
             t0 = time.perf_counter()
-            path = state.save(self.cfg, step, self.model, self.optimizer, self.sync, self.comm, self.lineage,
-                              self.tuned, data=self.source.fingerprint)
+            try:
+                path = self._save(step)
+            except CheckpointError:
+                # The directory may have been removed under the write, after the locks were checked: re-take
+                # them (LockLost's line on every rank if another run has the directory now) and write again,
+                # once; the write is atomic, so a second try never leaves a half checkpoint. (The error is
+                # raised on every rank alike, so every rank retries.)
+                self.places.keep(self.comm)
+                path = self._save(step)
             seconds = time.perf_counter() - t0
         self.last_checkpoint = time.monotonic()
         if self.rank == 0:
             size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
             self.metrics.write(event="checkpoint", step=step, path=path, bytes=size, seconds=seconds)
             say(0, f"checkpoint at step {step}: {size / 1e6:.1f} MB in {1e3 * seconds:.0f} ms -> {path}")
+
+    def _save(self, step: int) -> str:
+        return state.save(self.cfg, step, self.model, self.optimizer, self.sync, self.comm, self.lineage,
+                          self.tuned, data=self.source.fingerprint)
 
     def validate(self, step: int, record: bool = True) -> float | None:
         """The validation loss at ``step`` (None without held-out data), with a line on rank 0. Collective.
