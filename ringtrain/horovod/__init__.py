@@ -1,0 +1,16 @@
+"""Horovod's ``horovod.torch`` API on ringtrain: a Horovod script runs with one changed import.
+
+    import ringtrain.horovod as hvd      # was: import horovod.torch as hvd
+    hvd.init()
+    optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+
+Launched as Horovod's MPI mode is: ``mpirun -n 4 python train.py`` or ``srun``
+(or ``python -m ringtrain.horovod.run``, which maps horovodrun's flags onto
+mpiexec). The collectives are ringtrain's, over MPI; names, shapes, dtypes and
+ops that differ across ranks raise on every rank instead of stalling.
+"""
+from .basics import (Adasum, Average, Max, Min, Product, Sum, ccl_built, cross_rank, cross_size, cuda_built,
+                     ddl_built, gloo_built, gloo_enabled, init, is_homogeneous, is_initialized, local_rank,
+                     local_size, mpi_built, mpi_enabled, mpi_threads_supported, nccl_built, rank, rocm_built,
+                     shutdown, size)
