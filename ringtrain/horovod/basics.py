@@ -18,14 +18,33 @@ NOT_INITIALIZED = "Horovod has not been initialized; use hvd.init()."
 
 
 class _Job:
-    """The initialized state: the world communicator and its node groups."""
+    """The initialized state: the job's communicator, its node groups, and one duplicate per user of MPI.
 
-    __slots__ = ("comm", "local", "cross")
+    Each part that talks runs on its own duplicate, made here, at ``init``, on
+    every rank in the same order: made later, on first use, the parts' first
+    uses could come in a different order on different ranks, and so would the
+    collective Dups. Apart, the engine's thread, the reducer's thread and the
+    main thread never meet on one communicator (ringtrain's collectives raise
+    ConcurrentCollectiveError where two threads do).
+    """
+
+    __slots__ = ("comm", "local", "cross", "engine", "state", "norm")
 
     def __init__(self, comm: MPI.Comm):
         self.comm = comm
+        """The job's ranks; DistributedOptimizer's reducer talks on it (on ringtrain's private duplicate)."""
         groups = node_groups(comm)
         self.local, self.cross = groups.local, groups.cross
+        self.engine = comm.Dup()
+        """The collectives' engine thread (allreduce, allgather, broadcast, ... and their handles)."""
+        self.state = comm.Dup()
+        """broadcast_parameters and broadcast_optimizer_state, on the main thread."""
+        self.norm = comm.Dup()
+        """SyncBatchNorm's statistics, on the thread that runs forward and backward."""
+
+    def free(self) -> None:
+        for c in (self.engine, self.state, self.norm):
+            c.Free()
 
 
 _job: _Job | None = None
@@ -69,6 +88,7 @@ def shutdown() -> None:
         return
     from .engine import _stop_engine  # noqa: PLC0415  (the engine is started lazily by the first operation)
     _stop_engine()
+    _job.free()
     _job = None
 
 
