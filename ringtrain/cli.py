@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_backend.add_arguments(bench_sub.add_parser(
         "backend", help="torch.distributed on the ringtrain backend against gloo and MPI's own collective, "
                         "every op, nccl-tests style, and the 1-element all_reduce's latency"))
+    from .bench import fsdp as bench_fsdp
+    bench_fsdp.add_arguments(bench_sub.add_parser(
+        "fsdp", help="FSDP2 step time on the ringtrain backend against FSDP2 on gloo, in one job"))
     from .bench import merge as bench_merge
     bench_merge.add_arguments(bench_sub.add_parser(
         "merge", help="merge bench allreduce JSON files (e.g. from a Slurm array) into one table, JSON and plot"))
