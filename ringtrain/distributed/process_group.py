@@ -27,6 +27,8 @@ from .. import collectives
 from ..collectives import waiting
 from ..collectives.api import choose_algorithm
 from ..collectives.buffers import SUPPORTED
+from ..collectives.rank_ordered import node_aware_allgather, node_aware_reduce_scatter, node_grid
+from ..collectives import thresholds
 from ..fault.watchdog import Watchdog
 from .comm_thread import CommThread
 from .reduce_ops import plan
@@ -38,6 +40,10 @@ _RING_DTYPES = {getattr(torch, name) for name in SUPPORTED}
 @functools.cache
 def _tag_upper_bound() -> int:
     return MPI.COMM_WORLD.Get_attr(MPI.TAG_UB)  # MPI attaches it to the world communicator, once
+
+
+_UNKNOWN = object()
+_WIDE_FLOATS = (torch.float32, torch.float64)  # summed in their own type; 16-bit ones take the widening ring
 
 
 def _options(opts, cls):
@@ -53,6 +59,7 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
         self.n, self.me = comm.Get_size(), comm.Get_rank()
         self.check = os.environ.get("RINGTRAIN_CHECK", "0").lower() in ("1", "true")
         self._buffers: dict[torch.dtype, torch.Tensor] = {}  # scratch, by dtype (_scratch)
+        self._grid = _UNKNOWN  # the node grid of a node-aware allgather; learnt on the first large gather
         # A deadline on every collective: a dead or stalled peer is named and the job ends (comm_thread.py).
         watchdog = Watchdog(comm, timeout) if timeout is not None and self.n > 1 else None
         self.thread = CommThread(f"ringtrain-pg-{name}", watchdog, timeout)
@@ -192,12 +199,27 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
         flat.copy_(x.reshape(-1))
         return flat
 
+    def _node_grid(self, nbytes: int):
+        """The node grid for a node-aware collective of ``nbytes`` (rank_ordered.py), or None: a small message,
+        one node, or nodes of different sizes. Learnt at the first large one, on this group's thread, which
+        meets it at the same call on every rank (learning is collective)."""
+        if nbytes < thresholds.THRESHOLDS.hierarchical_min_bytes or self.n < 4:
+            return None
+        if self._grid is _UNKNOWN:
+            self._grid = node_grid(self.comm)
+        return self._grid
+
     def _reduce_scatter(self, flat, out, p) -> None:
         """Reduce ``flat`` (a scratch copy, n equal pieces) and put this rank's piece into ``out``."""
         k = out.numel()
         if p.premul is not None:
             flat.mul_(p.premul)
-        if p.ringtrain is not None:
+        grid = self._node_grid(flat.nbytes) if p.ringtrain is not None and flat.dtype in _WIDE_FLOATS else None
+        if grid is not None:  # several nodes of equal size: across the links once (rank_ordered.py)
+            piece = torch.from_numpy(node_aware_reduce_scatter(self.comm, flat.numpy(), grid))
+            if p.ringtrain == "mean":
+                piece.div_(self.n)
+        elif p.ringtrain is not None:
             piece = collectives.reduce_scatter(flat, op=p.ringtrain, comm=self.comm, check=self.check)
         else:
             work = flat.float() if p.widen else flat
@@ -267,6 +289,10 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
         if not same_memory(mine, x):
             mine.copy_(x.reshape(-1))
         if self.n == 1:
+            return
+        grid = self._node_grid(flat.nbytes)
+        if grid is not None:
+            node_aware_allgather(self.comm, as_bytes(flat), grid)
             return
         if flat.dtype in _RING_DTYPES and choose_algorithm(flat.nbytes, self.n) == "ring":
             collectives.allgather(flat, comm=self.comm, check=self.check)
