@@ -314,3 +314,22 @@ def test_groups_map_to_about_that_many_buckets():
     loss_of(model, mine(global_batch(0))).backward()
     opt.step()
     assert all_ranks_agree(ok)
+
+
+@pytest.mark.mpi
+def test_gradients_are_written_into_the_buckets():
+    """Zero-copy: after zero_grad(set_to_none=True), backward accumulates straight into the reducer's buckets."""
+    model = mlp()
+    opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                                   named_parameters=model.named_parameters())
+    ok = True
+    for step in range(2):
+        opt.zero_grad(set_to_none=True)
+        loss_of(model, mine(global_batch(step))).backward()
+        if WORLD.Get_size() > 1:  # on one process there is no reducer, as Horovod hooks nothing
+            for p in model.parameters():
+                bucket, _ = opt._reducer._where[id(p)]
+                start, end = bucket.buffer.data_ptr(), bucket.buffer.data_ptr() + bucket.buffer.numel() * 4
+                ok &= start <= p.grad.data_ptr() < end
+        opt.step()
+    assert all_ranks_agree(ok)
