@@ -41,6 +41,7 @@ Differences from Horovod 0.28.1, each for a reason:
 """
 import functools
 import warnings
+import weakref
 
 import torch
 
@@ -103,7 +104,12 @@ class HorovodOptimizer(torch.optim.Optimizer):
         # A communicator of its own (collective): two optimizers' communication threads never share one.
         self._reducer = GradientReducer(params, comm=job().comm.Dup(), broadcast_from=None,
                                         compression=reducer_compression(compression), **options)
-        self._hooks = [p.register_hook(functools.partial(self._before_accumulate, p)) for p in params]
+        # The hooks hold the optimizer weakly: once the user drops it, it goes, and its hooks and thread with it
+        # (as Horovod's, whose hooks hang on autograd nodes the parameters hold weakly), so the same model can be
+        # given a new DistributedOptimizer.
+        me = weakref.ref(self)
+        self._hooks = [p.register_hook(functools.partial(_before_accumulate, me, p)) for p in params]
+        weakref.finalize(self, _release, self._reducer, self._hooks)
 
     def _before_accumulate(self, p: torch.Tensor, grad: torch.Tensor) -> None:
         """Before backward sums ``grad`` into ``p.grad``: count the pass, and make ``p.grad`` its bucket slice."""
@@ -181,6 +187,19 @@ class HorovodOptimizer(torch.optim.Optimizer):
         """As torch's; a synchronize() before it no longer counts for the next step (as Horovod)."""
         self._synchronized, self._should_synchronize = False, True
         return super().load_state_dict(state_dict)
+
+
+def _before_accumulate(optimizer: "weakref.ref[HorovodOptimizer]", p: torch.Tensor, grad: torch.Tensor) -> None:
+    live = optimizer()
+    if live is not None:
+        live._before_accumulate(p, grad)
+
+
+def _release(reducer: GradientReducer, hooks: list) -> None:
+    """What a DistributedOptimizer leaves behind when it goes: its hooks on the parameters, its reducer's thread."""
+    for hook in hooks:
+        hook.remove()
+    reducer.close()
 
 
 def _check_passes(passes) -> None:

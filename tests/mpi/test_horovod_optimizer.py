@@ -333,3 +333,25 @@ def test_gradients_are_written_into_the_buckets():
                 ok &= start <= p.grad.data_ptr() < end
         opt.step()
     assert all_ranks_agree(ok)
+
+
+@pytest.mark.mpi
+def test_a_model_can_get_a_new_optimizer_once_the_old_one_is_dropped():
+    import gc
+    make = lambda ps: torch.optim.SGD(ps, lr=0.1)  # noqa: E731
+    model = mlp()
+    for step in range(2):  # the first optimizer: two steps, then dropped
+        opt = hvd.DistributedOptimizer(make(model.parameters()), named_parameters=model.named_parameters()) \
+            if step == 0 else opt
+        opt.zero_grad()
+        loss_of(model, mine(global_batch(step))).backward()
+        opt.step()
+    del opt
+    gc.collect()
+    opt = hvd.DistributedOptimizer(make(model.parameters()), named_parameters=model.named_parameters())
+    for step in range(2, 4):  # its hooks are gone: no pass counted twice, no second reducer
+        opt.zero_grad()
+        loss_of(model, mine(global_batch(step))).backward()
+        opt.step()
+    reference, _ = train(make, steps=4, distributed=False)
+    assert all_ranks_agree(bool(np.allclose(flat(model), flat(reference), rtol=1e-6, atol=1e-6)))
