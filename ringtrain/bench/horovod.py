@@ -111,7 +111,8 @@ def main(args) -> int:
               f"buckets of {args.bucket_cap_mb:g} MB; median of {args.repeat} x {args.steps} steps")
         print(f"{'variant':>8} {'step_ms':>9} {'tokens/s':>10} {'vs_reducer':>10}")
         for row in rows:
-            print(f"{row['variant']:>8} {row['step_ms']:>9.2f} {row['tokens_per_s']:>10,.0f} {row['vs_reducer']:>10.3f}")
+            print(f"{row['variant']:>8} {row['step_ms']:>9.2f} {row['tokens_per_s']:>10,.0f} "
+                  f"{row['vs_reducer']:>10.3f}")
         print(f"# hvd / reducer per repetition: {' '.join(f'{r:.3f}' for r in ratio_reps)} "
               f"(median {np.median(ratio_reps):.3f}; target <= 1.05)")
         if args.json:

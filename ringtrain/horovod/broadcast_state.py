@@ -95,7 +95,8 @@ def broadcast_optimizer_state(optimizer: torch.optim.Optimizer, root_rank: int, 
         raise ValueError("broadcast_optimizer_state: torch.optim.LBFGS's state (nested lists) is not supported, "
                          "as in Horovod; broadcast_object(optimizer.state_dict()) and load_state_dict instead")
     if not isinstance(optimizer, torch.optim.Optimizer):
-        raise ValueError(f"broadcast_optimizer_state: optimizer={optimizer!r} is not allowed — a torch.optim.Optimizer")
+        raise ValueError(f"broadcast_optimizer_state: optimizer={optimizer!r} is not allowed — a "
+                         "torch.optim.Optimizer")
     comm = _state_comm(root_rank, process_set, "broadcast_optimizer_state")
     if not optimizer.state:
         _create_state(optimizer)

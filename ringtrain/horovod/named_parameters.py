@@ -35,7 +35,8 @@ def named_parameters_of(param_groups: list, named_parameters) -> dict:
     for name, _ in named:
         (repeated if name in seen else seen).add(name)
     if repeated:
-        raise ValueError(f"named_parameters: each name must be unique; repeated: {', '.join(sorted(map(str, repeated)))}")
+        names = ", ".join(sorted(map(str, repeated)))
+        raise ValueError(f"named_parameters: each name must be unique; repeated: {names}")
     named_ids = {id(p) for _, p in named}
     missing = [p for group in param_groups for p in group["params"] if id(p) not in named_ids]
     if missing:
