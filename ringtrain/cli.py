@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import training as bench_training
     bench_training.add_arguments(bench_sub.add_parser(
         "training", help="step time of the gradient reducer per bucket size, against torch DDP on gloo"))
+    from .bench import horovod as bench_horovod
+    bench_horovod.add_arguments(bench_sub.add_parser(
+        "horovod", help="step time of ringtrain.horovod's DistributedOptimizer against the gradient reducer, "
+                        "same model, alternating runs"))
     from .bench import compression as bench_compression
     bench_compression.add_arguments(bench_sub.add_parser(
         "compression", help="every compressor: wire ratio, speed, error with and without error feedback, allreduce time"))

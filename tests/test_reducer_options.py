@@ -109,3 +109,14 @@ def test_each_compatibility_rule_is_one_function_that_config_and_reducer_both_sa
     with pytest.raises(ValueError) as reducer:
         make(zero=2, compression="ef+topk:ratio=0.1")
     assert reason in str(config.value) and reason in str(reducer.value)
+
+
+def test_a_list_of_parameters_is_a_model_too():
+    """The parameters alone (DistributedOptimizer's case): those that need gradients, no buffers, no forward hook."""
+    w, frozen = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2), requires_grad=False)
+    reducer = GradientReducer([w, frozen], comm=MPI.COMM_SELF)
+    assert reducer.params == [w] and reducer._sync_buffers is None and not reducer.pending
+    reducer.close()
+    for bad, words in (([w, 3], "the list holds int"), ([w, w], "each parameter once"), ({"w": w}, "got dict")):
+        with pytest.raises(ValueError, match=words):
+            GradientReducer(bad, comm=MPI.COMM_SELF)

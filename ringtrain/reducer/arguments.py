@@ -44,9 +44,17 @@ def check_arguments(model, *, bucket_cap_mb, comm, broadcast_from, node_aware, f
         raise RuntimeError("GradientReducer makes MPI calls from a communication thread and needs "
                            f"MPI_THREAD_SERIALIZED or higher; MPI was initialised with level {level}. "
                            "mpi4py asks for MPI_THREAD_MULTIPLE unless mpi4py.rc.thread_level says otherwise")
-    if not isinstance(model, torch.nn.Module):
-        raise ValueError(f"model is not allowed — a torch.nn.Module; got {type(model).__name__}")
-    for p in model.parameters():
+    if isinstance(model, (list, tuple)):
+        kinds = sorted({type(p).__name__ for p in model if not isinstance(p, torch.Tensor)})
+        if kinds:
+            raise ValueError(f"model is not allowed — a torch.nn.Module or a list of parameters (tensors); the list "
+                             f"holds {', '.join(kinds)}")
+        if len({id(p) for p in model}) != len(model):
+            raise ValueError("model is not allowed — a list of parameters must name each parameter once")
+    elif not isinstance(model, torch.nn.Module):
+        raise ValueError(f"model is not allowed — a torch.nn.Module or a list of parameters; got "
+                         f"{type(model).__name__}")
+    for p in model.parameters() if isinstance(model, torch.nn.Module) else model:
         if p.requires_grad and p.device.type != "cpu":
             raise ValueError(f"GradientReducer works on CPU tensors; a parameter is on {p.device}")
     if not _MEGABYTES.allows(bucket_cap_mb):

@@ -19,6 +19,12 @@ or one the caller set) is copied in once and replaced by the view.
 ``synchronize`` leaves each ``p.grad`` as its averaged view, or None where no
 rank had a gradient.
 
+Given a list of parameters instead of a module (an optimizer's, as
+ringtrain.horovod's DistributedOptimizer has), there is no forward to hook
+and no buffers: whoever owns the parameters calls ``attach_gradient(p)``
+before a gradient is accumulated (a tensor hook on ``p`` does), or each
+step's gradients are copied into the buckets once.
+
 On a two-level topology (several nodes, several ranks on some node) a
 compressed bucket is compressed only where it crosses nodes (cross_node.py);
 an uncompressed one goes through ``allreduce``'s "auto", which picks the
@@ -78,6 +84,12 @@ class GradientReducer:
     or 2 reduce-scatters each bucket instead, keeping this rank's averaged
     chunk for a ZeroOptimizer (optim/zero/shards.py; 2 also frees the full buckets), and
     ``synchronize`` leaves every ``p.grad`` None.
+    ``model`` may also be a list of parameters (module docstring): then only
+    they are broadcast, there are no buffers, and ``attach_gradient`` stands
+    in for the forward pre-hook. ``backward_passes`` (an attribute, default 1):
+    a parameter's gradient is averaged at its n-th backward since the last
+    ``synchronize``; the earlier ones accumulate locally (Horovod's
+    ``backward_passes_per_step``), and ``synchronize`` averages what there is.
     Collective: every rank must construct it, with the same model architecture.
     Every argument is checked first: a bad one raises ValueError before any
     collective, thread or hook.
@@ -88,7 +100,7 @@ class GradientReducer:
     >>> reducer.close()
     """
 
-    def __init__(self, model: torch.nn.Module, *, bucket_cap_mb: float = BUCKET_CAP_MB,
+    def __init__(self, model: "torch.nn.Module | list[torch.Tensor]", *, bucket_cap_mb: float = BUCKET_CAP_MB,
                  compression: "str | Compressor | None" = None, comm: MPI.Comm | None = None,
                  broadcast_from: int | None = 0, node_aware: Switch = "auto", poll_sleep_us: float | None = None,
                  trace=NO_TRACE, first_bucket_mb: float | None = None, broadcast_buffers: bool = True,
@@ -100,7 +112,9 @@ class GradientReducer:
                         zero=zero)
         self.poll_sleep_us = poll_sleep_us_of(poll_sleep_us)
         self.model, self.zero, self.trace, self.bucket_cap_mb = model, zero, trace, bucket_cap_mb
-        self._params = [p for p in model.parameters() if p.requires_grad]
+        # A module, or the parameters themselves (no forward to hook, no buffers).
+        self._module = model if isinstance(model, torch.nn.Module) else None
+        self._params = [p for p in (model.parameters() if self._module is not None else model) if p.requires_grad]
         self._lay_out(bucket_cap_mb, first_bucket_mb)
         self._make_compressors(compression)
         # Collective from here on.
@@ -143,9 +157,10 @@ class GradientReducer:
     def _broadcast_state(self, root: int) -> None:
         """Rank ``root``'s weights and buffers (any dtype, packed) to every rank. Collective."""
         with torch.no_grad():
-            for t in self.model.parameters():
+            for t in self._module.parameters() if self._module is not None else self._params:
                 broadcast(t.data, root=root, comm=self.comm)
-        BufferSync(self.model, self.comm, root=root)()
+        if self._module is not None:
+            BufferSync(self._module, self.comm, root=root)()
 
     def _start(self, broadcast_buffers: bool) -> None:
         """The per-step state, then the communication thread and the hooks: the last step, nothing can fail after."""
@@ -159,16 +174,19 @@ class GradientReducer:
         # (Sharded, even one rank goes through the buckets: the shards are where the optimizer looks.)
         self._alone = self.comm.Get_size() == 1 and not self.zero
         self.shards = GradientShards(self.buckets, self.comm, self.zero, self.compressors) if self.zero else None
-        self._touched, self._zeroed = set(), set()  # since the last synchronize: got a gradient; attached as zeros
-        self._sync_buffers = BufferSync(self.model, self.comm) if broadcast_buffers and not self._alone else None
+        self.backward_passes = 1  # a gradient is averaged at its n-th backward since synchronize (class docstring)
+        # Since the last synchronize: id(p) -> backward passes that gave p a gradient; ids attached as zeros.
+        self._passes, self._zeroed = {}, set()
+        self._sync_buffers = (BufferSync(self._module, self.comm)
+                              if broadcast_buffers and not self._alone and self._module is not None else None)
         if self._sync_buffers is not None and not self._sync_buffers.groups:
             self._sync_buffers = None
         self._thread = None if self._alone else CommThread(len(self.buckets), self._reduce_bucket,
                                                            self.poll_sleep_us * 1e-6)
         self._hooks = [] if self._alone else [p.register_post_accumulate_grad_hook(self._grad_ready)
                                                for p in self._params]
-        if not self._alone:
-            self._hooks.append(self.model.register_forward_pre_hook(self._before_forward))
+        if not self._alone and self._module is not None:
+            self._hooks.append(self._module.register_forward_pre_hook(self._before_forward))
 
     def _set_node_aware(self, node_aware: Switch) -> None:
         """Choose the algorithm of uncompressed buckets, and cut compressed ones into per-node blocks."""
@@ -220,17 +238,40 @@ class GradientReducer:
 
     def _before_forward(self, module, inputs) -> None:
         """Before a forward that will backpropagate: each gradient set to None becomes its zeroed bucket view."""
-        if not torch.is_grad_enabled() or self.zero == 2:  # ZeRO-2 keeps no full buffer between steps
+        if not torch.is_grad_enabled():
             return
         for p in self._params:
-            if p.grad is None:
-                bucket, i = self._where[id(p)]
-                p.grad = bucket.view(i).zero_()
-                self._zeroed.add(id(p))
+            self.attach_gradient(p)
+
+    def attach_gradient(self, p: torch.Tensor) -> None:
+        """If ``p.grad`` is None, make it ``p``'s zeroed slice of its bucket, so that backward accumulates in place.
+
+        What the forward pre-hook does for a module, for one parameter: call it
+        before ``p``'s gradient is accumulated (a hook on ``p`` runs then). Local;
+        a no-op on one rank, under ZeRO-2 (no full buffer between steps) and for
+        a parameter the reducer does not average.
+
+        >>> reducer.attach_gradient(p); p.grad.abs().sum().item()  # doctest: +SKIP
+        0.0
+        """
+        if p.grad is not None or self._alone or self.zero == 2 or id(p) not in self._where:
+            return
+        bucket, i = self._where[id(p)]
+        p.grad = bucket.view(i).zero_()
+        self._zeroed.add(id(p))
+
+    def passes(self, p: torch.Tensor) -> int:
+        """How many backward passes gave ``p`` a gradient since the last ``synchronize`` (0 on one rank)."""
+        return self._passes.get(id(p), 0)
+
+    @property
+    def pending(self) -> bool:
+        """Whether some parameter received a gradient since the last ``synchronize`` (False on one rank)."""
+        return bool(self._passes)
 
     def _grad_ready(self, p: torch.Tensor) -> None:
-        self._touched.add(id(p))
-        if not self._sync or not self.averaging:
+        passes = self._passes[id(p)] = self._passes.get(id(p), 0) + 1
+        if not self._sync or not self.averaging or passes < self.backward_passes:
             return
         bucket, i = self._where[id(p)]
         if bucket.submitted:
@@ -255,7 +296,7 @@ class GradientReducer:
         bucket.allocate()
         p, view = bucket.params[i], bucket.view(i)
         # A view attached as zeros that no backward touched is no gradient: it must stay None, as in torch.
-        has = id(p) in self._touched or (p.grad is not None and id(p) not in self._zeroed)
+        has = id(p) in self._passes or (p.grad is not None and id(p) not in self._zeroed)
         bucket.flags[i] = has
         if not has or p.grad is None:
             view.zero_()
@@ -358,7 +399,7 @@ class GradientReducer:
             # forward on some ranks alone can never hang, and after every step the buffers are equal
             # everywhere, for validation and checkpoints alike.
             self._sync_buffers()
-        self._touched.clear()
+        self._passes.clear()
         self._zeroed.clear()
         if self.shards is not None:
             # Only this rank's chunk of each bucket is averaged (in self.shards): no full gradient is valid.
@@ -380,9 +421,9 @@ class GradientReducer:
         if self._sync_buffers is not None:
             self._sync_buffers()
         for p in self._params:
-            if id(p) in self._zeroed and id(p) not in self._touched:  # attached as zeros, never filled
+            if id(p) in self._zeroed and id(p) not in self._passes:  # attached as zeros, never filled
                 p.grad = None
-        self._touched.clear()
+        self._passes.clear()
         self._zeroed.clear()
 
     def close(self) -> None:

@@ -81,3 +81,46 @@ def test_a_forward_without_grad_attaches_nothing():
     reducer.synchronize()
     reducer.close()
     assert all_ranks_agree(none_after_eval and all(p.grad is not None for p in model.parameters()))
+
+
+def reducer_of_parameters(model, **kwargs):
+    """A reducer given the parameters, not the module: a hook on each parameter attaches its view before backward
+    accumulates into it (what ringtrain.horovod's DistributedOptimizer does)."""
+    reducer = ringtrain.GradientReducer(list(model.parameters()), bucket_cap_mb=1e-3, **kwargs)
+    for p in model.parameters():
+        p.register_hook(lambda grad, p=p: reducer.attach_gradient(p))
+    return reducer
+
+
+@pytest.mark.mpi
+def test_a_list_of_parameters_averages_in_place_through_zero_grad():
+    model, reference = mlp(), mlp()
+    reducer = reducer_of_parameters(model)
+    ok = True
+    for step in range(3):
+        model.zero_grad(set_to_none=True)
+        ok &= all(p.grad is None for p in model.parameters())  # no forward hook: nothing attached before backward
+        model(batch(step)).square().sum().backward()
+        ok &= WORLD.Get_size() == 1 or all(in_bucket(reducer, p) for p in model.parameters())
+        reducer.synchronize()
+        got = torch.cat([p.grad.reshape(-1) for p in model.parameters()]).double().numpy()
+        ok &= bool(np.allclose(got, mean_of_local(reference, [batch(step)]), rtol=1e-6, atol=1e-7))
+    reducer.close()
+    assert all_ranks_agree(ok)
+
+
+@pytest.mark.mpi
+def test_backward_passes_average_the_sum_of_the_last_n():
+    model, reference = mlp(), mlp()
+    reducer = reducer_of_parameters(model)
+    reducer.backward_passes = 2
+    model.zero_grad(set_to_none=True)
+    model(batch(0)).square().sum().backward()
+    held = not reducer.pending if WORLD.Get_size() == 1 else all(reducer.passes(p) == 1 for p in model.parameters())
+    held &= not any(b.submitted for b in reducer.buckets)  # the first pass only accumulates
+    model(batch(1)).square().sum().backward()
+    reducer.synchronize()
+    reducer.close()
+    got = torch.cat([p.grad.reshape(-1) for p in model.parameters()]).double().numpy()
+    assert all_ranks_agree(held and bool(np.allclose(got, mean_of_local(reference, [batch(0), batch(1)]),
+                                                     rtol=1e-6, atol=1e-7)))
