@@ -14,3 +14,4 @@ from .basics import (Adasum, Average, Max, Min, Product, Sum, ccl_built, cross_r
                      ddl_built, gloo_built, gloo_enabled, init, is_homogeneous, is_initialized, local_rank,
                      local_size, mpi_built, mpi_enabled, mpi_threads_supported, nccl_built, rank, rocm_built,
                      shutdown, size)
+from .sync_batch_norm import SyncBatchNorm
