@@ -52,7 +52,10 @@ MAPPED = {
                           ["--output-filename", "logs"]),
     "--binding-args": (["-np", "2", "--binding-args=-bind-to core"], ["-bind-to", "core"], ["-bind-to", "core"]),
     "--mpi-args": (["-np", "2", "--mpi-args=-ppn 2 -v"], ["-ppn", "2", "-v", "python"], ["-ppn", "2", "-v", "python"]),
-    "defaults (environment, tagging)": (["-np", "2"], ["-genvall"], ["--tag-output"]),
+    "--stall-check-warning-time-seconds": (["-np", "2", "--stall-check-warning-time-seconds", "5"],
+                                           ["-genv", "HOROVOD_STALL_CHECK_TIME_SECONDS", "5"],
+                                           ["-x", "HOROVOD_STALL_CHECK_TIME_SECONDS=5"]),
+    "defaults (environment, tagging)": (["-np", "2"], ["-l", "-n", "2"], ["--tag-output"]),
 }
 
 
@@ -107,7 +110,8 @@ def test_open_mpi_gets_horovodruns_default_binding_and_timestamps(capsys):
 @pytest.mark.parametrize("flavour", ["hydra", "openmpi"])
 def test_flags_without_effect_are_accepted_and_change_nothing(capsys, flavour):
     plain = words(capsys, flavour, "-np", "2")
-    assert words(capsys, flavour, "-np", "2", "--disable-cache", "--start-timeout", "60", "--mpi") == plain
+    assert words(capsys, flavour, "-np", "2", "--disable-cache", "--start-timeout", "60", "--mpi",
+                 "--stall-check") == plain
 
 
 @pytest.mark.parametrize("flags, flavour, says", [
@@ -117,6 +121,7 @@ def test_flags_without_effect_are_accepted_and_change_nothing(capsys, flavour):
     (["-np", "2", "-H", "h1:x"], "hydra", "is not host:slots"),
     (["-np", "2", "--network-interfaces", "eth0,eth1"], "hydra", "one interface"),
     (["-np", "2", "--prefix-output-with-timestamp"], "hydra", "cannot stamp"),
+    (["-np", "2", "--stall-check-warning-time-seconds", "0"], "openmpi", "must be at least 1"),
 ])
 def test_unusable_options_exit_2_with_one_line(capsys, flags, flavour, says):
     code, out, err = printed(capsys, flavour, *flags)
@@ -179,12 +184,12 @@ def _launch(*flags, timeout=120):
 
 
 def test_a_real_launch_at_2_ranks_on_localhost():
-    done = _launch("-np", "2", "-H", "localhost:2", "--verbose")
+    done = _launch("-np", "2", "-H", "localhost:2", "--verbose", "--stall-check-warning-time-seconds", "7")
     hydra = detect_flavour(mpiexec_path()) == "hydra"
     assert done.returncode == 0, done.stderr
-    for r in range(2):  # each rank's line (tagged with its rank by Open MPI's --tag-output)
-        tag = "" if hydra else f"[1,{r}]<stdout>:"
-        assert f"\n{tag}rank {r} of 2, local rank {r} of 2" in "\n" + done.stdout, done.stdout
+    for r in range(2):  # each rank's line, tagged with its rank (hydra's -l, Open MPI's --tag-output)
+        tag = f"[{r}] " if hydra else f"[1,{r}]<stdout>:"
+        assert f"\n{tag}rank {r} of 2, local rank {r} of 2, stall warning 7" in "\n" + done.stdout, done.stdout
     assert "-np" in done.stderr or "-n" in done.stderr, done.stderr  # --verbose printed the command
 
 

@@ -15,12 +15,13 @@ horovodrun             hydra                               Open MPI
 --output-filename D    -outfile/-errfile-pattern D/rank.%r --output-filename D
 --prefix-output-...    (refused: hydra has no timestamps)  --timestamp-output
 the environment        -genvall                            -x NAME for each variable
-output tagging         (none: -l splits ranks' lines)      --tag-output
+a variable set by a flag -genv NAME VALUE                  -x NAME=VALUE
+output tagging         -l                                  --tag-output
 =====================  ==================================  =====================================
 
 >>> launch = Launch(np=4, hosts=[("h1", 2), ("h2", 2)], command=["python", "train.py"])
 >>> mpiexec_command(launch, "hydra", "mpiexec", env={}).argv
-['mpiexec', '-n', '4', '-hosts', 'h1:2,h2:2', '-genvall', 'python', 'train.py']
+['mpiexec', '-l', '-n', '4', '-hosts', 'h1:2,h2:2', '-genvall', 'python', 'train.py']
 """
 import dataclasses
 import re
@@ -66,6 +67,8 @@ class Launch:
     """--binding-args: replaces the default binding (Open MPI: -bind-to none -map-by slot, as horovodrun)."""
     mpi_args: str | None = None
     """--mpi-args: passed to mpiexec as they are."""
+    rank_env: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Variables the flags set for the ranks (``--stall-check-warning-time-seconds``), beside the environment."""
 
 
 @dataclasses.dataclass
@@ -165,9 +168,10 @@ def mpiexec_command(launch: Launch, flavour: str, mpiexec: str, env: dict[str, s
 
 
 def _hydra(launch: Launch, env: dict[str, str], ssh: list[str]) -> tuple[list[str], dict[str, str]]:
-    # No -l, which horovodrun passes to hydra: hydra writes its rank labels apart from the lines they label, so
-    # two ranks' lines run together ("[0] a[1] b").
-    argv, mpiexec_env = ["-n", str(launch.np)], {}
+    # -l labels each piece of output with its rank, as horovodrun asks hydra to. hydra labels what each write
+    # carries: a line written in two pieces (Python's print under PYTHONUNBUFFERED=1) can run into another
+    # rank's, as it can without the labels.
+    argv, mpiexec_env = ["-l", "-n", str(launch.np)], {}
     if launch.hosts is not None:
         argv += ["-hosts", ",".join(f"{h}:{s}" for h, s in launch.hosts)]
     if ssh:  # hydra's ssh launcher appends these words to each ssh command it runs
@@ -186,7 +190,10 @@ def _hydra(launch: Launch, env: dict[str, str], ssh: list[str]) -> tuple[list[st
                           "(Open MPI's --timestamp-output can)")
     if launch.binding_args:
         argv += shlex.split(launch.binding_args)
-    return argv + ["-genvall"], mpiexec_env
+    argv += ["-genvall"]
+    for name, value in launch.rank_env.items():
+        argv += ["-genv", name, value]
+    return argv, mpiexec_env
 
 
 def _openmpi(launch: Launch, env: dict[str, str], ssh: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -206,5 +213,8 @@ def _openmpi(launch: Launch, env: dict[str, str], ssh: list[str]) -> tuple[list[
     if launch.timestamp_output:
         argv += ["--timestamp-output"]
     for name in exportable(env):
-        argv += ["-x", name]
+        if name not in launch.rank_env:
+            argv += ["-x", name]
+    for name, value in launch.rank_env.items():
+        argv += ["-x", f"{name}={value}"]
     return argv, {}

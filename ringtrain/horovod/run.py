@@ -9,7 +9,9 @@ tuning knobs are refused, each with one line saying why, and exit code 2;
 so is a flag that argparse does not know. Accepted without effect:
 ``--disable-cache`` and ``--start-timeout`` (they govern horovodrun's own
 ssh and network checks before launch, which this launcher does not make; mpiexec
-reports an unreachable host itself) and ``--mpi`` (always MPI).
+reports an unreachable host itself), ``--mpi`` (always MPI) and ``--stall-check``
+(always on). ``--stall-check-warning-time-seconds`` reaches the ranks as
+HOROVOD_STALL_CHECK_TIME_SECONDS, which ringtrain.horovod's engine reads.
 
     python -m ringtrain.horovod.run -np 2 -H localhost:2 --print-command python train.py
 """
@@ -61,10 +63,11 @@ REFUSED = [
      "sets from which size)"),
     (["--hierarchical-allgather", "--no-hierarchical-allgather"], 0,
      "ringtrain takes its node-aware ring by itself where ranks span nodes"),
-    (["--no-stall-check", "--stall-check"], 0, "there is no stall check to turn off: calls that differ across "
-                                               "ranks raise on every rank instead of stalling"),
-    (["--stall-check-warning-time-seconds"], 1, "there is no stall check to time"),
-    (["--stall-check-shutdown-time-seconds"], 1, "there is no stall check to time"),
+    (["--no-stall-check"], 0, "the stall warning cannot be turned off (calls that differ across ranks raise at "
+                              "once; a rank that never calls is warned of); set "
+                              "--stall-check-warning-time-seconds high instead"),
+    (["--stall-check-shutdown-time-seconds"], 1, "a stall is reported, not ended on a timer; a rank that fails "
+                                                 "makes every rank raise"),
     (["--mpi-threads-disable", "--no-mpi-threads-disable"], 0,
      "ringtrain.horovod's background thread needs MPI_THREAD_MULTIPLE"),
     (["--num-nccl-streams"], 1, "there is no NCCL here"),
@@ -116,6 +119,11 @@ def parser() -> argparse.ArgumentParser:
     hosts.add_argument("-hostfile", "--hostfile", help="a file of '<host> slots=<N>' lines")
     mpi = p.add_argument_group("MPI arguments")
     mpi.add_argument("--mpi", action="store_true", help="accepted; ringtrain.horovod always runs on MPI")
+    stall = p.add_argument_group("stall check arguments")
+    stall.add_argument("--stall-check", action="store_true", help="accepted; the stall warning is always on")
+    stall.add_argument("--stall-check-warning-time-seconds", type=int, metavar="S",
+                       help="seconds a rank waits for the others' matching call before it warns "
+                            "(HOROVOD_STALL_CHECK_TIME_SECONDS for the ranks; default 60)")
     mpi.add_argument("--mpi-args", help='passed to mpiexec as they are, e.g. --mpi-args="-ppn 2"')
     mpi.add_argument("--binding-args", help="process binding flags, replacing the default")
     mpi.add_argument("-prefix-timestamp", "--prefix-output-with-timestamp", action="store_true",
@@ -153,10 +161,16 @@ def launch_from(args) -> Launch:
         raise LaunchError("no command to run: put it after the flags, e.g. ... -np 2 python train.py")
     hosts = parse_hosts(args.hosts) if args.hosts else read_hostfile(args.hostfile) if args.hostfile else None
     nics = [n.strip() for item in args.nics for n in item.split(",") if n.strip()]
+    rank_env = {}
+    if args.stall_check_warning_time_seconds is not None:
+        if args.stall_check_warning_time_seconds < 1:
+            raise LaunchError(f"--stall-check-warning-time-seconds {args.stall_check_warning_time_seconds}: "
+                              "must be at least 1")
+        rank_env["HOROVOD_STALL_CHECK_TIME_SECONDS"] = str(args.stall_check_warning_time_seconds)
     return Launch(np=args.num_proc, command=command, hosts=hosts, hostfile=args.hostfile, ssh_port=args.ssh_port,
                   ssh_identity_file=args.ssh_identity_file, nics=list(dict.fromkeys(nics)),
                   output_filename=args.output_filename, timestamp_output=args.prefix_output_with_timestamp,
-                  binding_args=args.binding_args, mpi_args=args.mpi_args)
+                  binding_args=args.binding_args, mpi_args=args.mpi_args, rank_env=rank_env)
 
 
 def main(argv: list[str] | None = None) -> int:
