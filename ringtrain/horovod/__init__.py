@@ -17,3 +17,4 @@ from .basics import (Adasum, Average, Max, Min, Product, Sum, ccl_built, cross_r
 from .compression import Compression, Compressor, FP16Compressor, NoneCompressor
 from .optimizer import DistributedOptimizer
 from .broadcast_state import broadcast_optimizer_state, broadcast_parameters
+from .sync_batch_norm import SyncBatchNorm
