@@ -14,3 +14,8 @@ from .basics import (Adasum, Average, Max, Min, Product, Sum, ccl_built, cross_r
                      ddl_built, gloo_built, gloo_enabled, init, is_homogeneous, is_initialized, local_rank,
                      local_size, mpi_built, mpi_enabled, mpi_threads_supported, nccl_built, rank, rocm_built,
                      shutdown, size)
+from .allreduce import (allreduce, allreduce_, allreduce_async, allreduce_async_, grouped_allreduce,
+                        grouped_allreduce_, grouped_allreduce_async, grouped_allreduce_async_)
+from .control import barrier, join
+from .engine import HorovodMismatchError, poll, synchronize
+from .process_sets import ProcessSet, add_process_set, global_process_set, remove_process_set

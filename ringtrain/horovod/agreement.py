@@ -1,0 +1,142 @@
+"""The engine's cross-rank agreement: before each operation, one small allreduce says whether every rank queued the same one.
+
+Horovod's coordinator waits until every rank has asked for a tensor name; a
+name that some rank never asks for (names or order that differ) waits
+forever. Here each rank's engine instead takes the operations in submission
+order, and before running one every rank contributes six int64 to one MAX
+allreduce on the lane's control communicator:
+
+    [sig, -sig, active, -active, joining, -first_active]
+
+``sig`` is a 62-bit hash of (kind, name, description); ``max(sig) ==
+-max(-sig)`` only if every active rank has the same one (comm.handshake's
+trick, on a wider code). A rank inside ``join`` has no operation: it puts the
+int64 minimum in both sig slots, so it never moves the maximum, and
+``active = 0``; ``joining`` is its rank in the first round after it joined
+(the round in which all ranks have joined names the last one) and -1
+otherwise; ``first_active`` is the lowest active rank, which tells joined
+ranks what to run. Only when the hashes differ are the full descriptions
+gathered, to say what differs.
+
+Waits poll (MPI_Test, then sleep) rather than spin inside MPI, so that the
+engine's thread leaves the core to backward while it waits for a slower rank,
+except while the caller is itself blocked in ``synchronize``.
+"""
+import hashlib
+import os
+import sys
+import time
+from typing import NamedTuple
+
+import numpy as np
+from mpi4py import MPI
+
+_INT64_MIN = np.iinfo(np.int64).min
+# Horovod's stall inspector warns after HOROVOD_STALL_CHECK_TIME_SECONDS (60 s); so does this wait.
+STALL_WARNING_SECONDS = float(os.environ.get("HOROVOD_STALL_CHECK_TIME_SECONDS", "60"))
+
+
+def signature(kind: str, name, describe: dict) -> int:
+    """A 62-bit hash of an operation, the same on every rank (Python's hash() is salted per process).
+
+    >>> signature("allreduce", "a", {"shape": (2,)}) == signature("allreduce", "a", {"shape": (2,)})
+    True
+    """
+    text = repr((kind, name, sorted(describe.items()))).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 2
+
+
+class Verdict(NamedTuple):
+    """What one agreement round decided, the same on every rank."""
+
+    agreed: bool
+    """Every active rank queued the same operation (or no rank is active)."""
+    any_active: bool
+    """Some rank has an operation; False only once every rank has joined."""
+    all_active: bool
+    """No rank is inside join."""
+    joining: int
+    """The highest rank that joined in this round, or -1."""
+    first_active: int
+    """The lowest active rank (the job's size if none)."""
+
+
+def agree(control: MPI.Comm, sig: int | None, joining_now: bool, urgent=None, what: str = "") -> Verdict:
+    """One agreement round on ``control``; ``sig`` None means this rank is inside join.
+
+    >>> agree(MPI.COMM_SELF, 5, False).agreed
+    True
+    """
+    rank, size = control.Get_rank(), control.Get_size()
+    if sig is None:
+        v = np.array((_INT64_MIN, _INT64_MIN, 0, 0, rank if joining_now else -1, -size), dtype=np.int64)
+    else:
+        v = np.array((sig, -sig, 1, -1, -1, -rank), dtype=np.int64)
+    if size > 1:
+        wait(control.Iallreduce(MPI.IN_PLACE, v, MPI.MAX), urgent, what)
+    max_sig, neg_min_sig, any_active, neg_all_active, joining, neg_first = v.tolist()
+    return Verdict(agreed=not any_active or max_sig == -neg_min_sig, any_active=bool(any_active),
+                   all_active=neg_all_active == -1, joining=joining, first_active=-neg_first)
+
+
+def any_rank(control: MPI.Comm, flag: bool, urgent=None, what: str = "", deadline: float | None = None) -> bool:
+    """Whether ``flag`` is true on some rank (one MAX allreduce of one int64)."""
+    v = np.array([1 if flag else 0], dtype=np.int64)
+    if control.Get_size() > 1:
+        wait(control.Iallreduce(MPI.IN_PLACE, v, MPI.MAX), urgent, what, deadline)
+    return bool(v[0])
+
+
+def wait(request: MPI.Request, urgent=None, what: str = "", deadline: float | None = None) -> None:
+    """Complete ``request``: spin while ``urgent()`` (someone waits on the result), else test and sleep.
+
+    After STALL_WARNING_SECONDS one line on stderr names what this rank waits
+    for. ``deadline`` (seconds): past it the job is aborted with that line,
+    for waits that can only end if a peer that is stuck elsewhere comes back.
+    """
+    start = time.perf_counter()
+    spin_until = start + 2e-4  # a short operation is seen done at once; only a long wait sleeps
+    warned = False
+    while not request.Test():
+        now = time.perf_counter()
+        if now < spin_until or (urgent is not None and urgent()):
+            continue
+        if not warned and now - start > STALL_WARNING_SECONDS:
+            warned = True
+            sys.stderr.write(f"ringtrain.horovod: rank {MPI.COMM_WORLD.Get_rank()} has waited "
+                             f"{now - start:.0f} s for the other ranks to reach {what}; a rank that never "
+                             "submits it stalls the job\n")
+            sys.stderr.flush()
+        if deadline is not None and now - start > deadline:
+            sys.stderr.write(f"ringtrain.horovod: rank {MPI.COMM_WORLD.Get_rank()}: the other ranks did not "
+                             f"reach {what} within {deadline:.0f} s; aborting the job so that none waits forever\n")
+            sys.stderr.flush()
+            MPI.COMM_WORLD.Abort(1)
+        time.sleep(2e-4)
+
+
+def mismatch_message(kind: str, name, described: list) -> str:
+    """One line naming each field that differs among the ranks' operations, with every rank's value.
+
+    ``described``: per rank, (kind, name, describe) or None for a rank inside join.
+
+    >>> mismatch_message("allreduce", "a", [("allreduce", "a", {"dtype": "f32"}), ("allreduce", "b", {"dtype": "f32"})])
+    "allreduce 'a': ranks submitted different operations: name (rank 0: 'a'; rank 1: 'b')"
+    """
+    active = {r: d for r, d in enumerate(described) if d is not None}
+    fields: list[tuple[str, dict]] = [("operation", {r: d[0] for r, d in active.items()}),
+                                      ("name", {r: d[1] for r, d in active.items()})]
+    keys = dict.fromkeys(k for d in active.values() for k in d[2])
+    fields += [(k, {r: d[2].get(k, "(none)") for r, d in active.items()}) for k in keys]
+    differing = [f"{field} ({_per_rank(values)})" for field, values in fields
+                 if len({repr(v) for v in values.values()}) > 1]
+    if not differing:  # equal descriptions with different hashes: a collision, or unhashable reprs
+        differing = ["their descriptions hash differently"]
+    return f"{kind} {name!r}: ranks submitted different operations: " + ", ".join(differing)
+
+
+def _per_rank(values: dict) -> str:
+    groups: dict[str, list[int]] = {}
+    for rank, value in values.items():
+        groups.setdefault(repr(value), []).append(rank)
+    return "; ".join(f"rank{'s' if len(r) > 1 else ''} {','.join(map(str, r))}: {v}" for v, r in groups.items())
