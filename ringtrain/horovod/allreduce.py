@@ -53,13 +53,14 @@ def _op(op, average, what: str) -> int:
     return int(op)
 
 
-def _submit(tensors: list, outputs: list, name, op: int, prescale, postscale, process_set, what: str,
-            single: bool) -> int:
+def _submit(tensors: list, outputs: list, name, op: int, prescale, postscale, process_set, single: bool) -> int:
+    """Queue the reduction of ``outputs`` (the inputs themselves, or their copies) in place."""
     describe = {"dtypes": [numpy_dtype_name(t.dtype) for t in tensors], "shapes": [tuple(t.shape) for t in tensors],
                 "op": _OPS[op], "prescale_factor": float(prescale), "postscale_factor": float(postscale)}
+    buffers = [t.detach() for t in outputs]  # the same memory, outside autograd's view
 
     def body(comm):
-        _reduce_groups(comm, outputs, op, float(prescale), float(postscale))
+        _reduce_groups(comm, buffers, op, float(prescale), float(postscale))
         return outputs[0] if single else outputs
 
     return submit("allreduce", name, describe, body, process_set)
@@ -111,7 +112,7 @@ def allreduce_async(tensor, average=None, name=None, op=None, prescale_factor=1.
     op = _op(op, average, "allreduce_async")
     (tensor,) = _checked([tensor], "allreduce_async", inplace=False)
     return _submit([tensor], _copies([tensor]), name, op, prescale_factor, postscale_factor, process_set,
-                   "allreduce_async", single=True)
+                   single=True)
 
 
 def allreduce_async_(tensor, average=None, name=None, op=None, prescale_factor=1.0, postscale_factor=1.0,
@@ -119,8 +120,7 @@ def allreduce_async_(tensor, average=None, name=None, op=None, prescale_factor=1
     """Start reducing ``tensor`` in place; returns a handle, whose ``synchronize`` returns ``tensor``."""
     op = _op(op, average, "allreduce_async_")
     _checked([tensor], "allreduce_async_", inplace=True)
-    return _submit([tensor], [tensor.detach()], name, op, prescale_factor, postscale_factor, process_set,
-                   "allreduce_async_", single=True)
+    return _submit([tensor], [tensor], name, op, prescale_factor, postscale_factor, process_set, single=True)
 
 
 def allreduce_(tensor, average=None, name=None, op=None, prescale_factor=1.0, postscale_factor=1.0,
@@ -177,7 +177,7 @@ def grouped_allreduce_async(tensors, average=None, name=None, op=None, prescale_
     op = _op(op, average, "grouped_allreduce_async")
     tensors = _checked(list(tensors), "grouped_allreduce_async", inplace=False)
     return _submit(tensors, _copies(tensors), name, op, prescale_factor, postscale_factor, process_set,
-                   "grouped_allreduce_async", single=False)
+                   single=False)
 
 
 def grouped_allreduce_async_(tensors, average=None, name=None, op=None, prescale_factor=1.0, postscale_factor=1.0,
@@ -185,9 +185,7 @@ def grouped_allreduce_async_(tensors, average=None, name=None, op=None, prescale
     """Start reducing a list of tensors in place as one operation; ``synchronize`` returns the list."""
     op = _op(op, average, "grouped_allreduce_async_")
     tensors = _checked(list(tensors), "grouped_allreduce_async_", inplace=True)
-    handle = _submit(tensors, [t.detach() for t in tensors], name, op, prescale_factor, postscale_factor,
-                     process_set, "grouped_allreduce_async_", single=False)
-    return handle
+    return _submit(tensors, tensors, name, op, prescale_factor, postscale_factor, process_set, single=False)
 
 
 def grouped_allreduce_(tensors, average=None, name=None, op=None, prescale_factor=1.0, postscale_factor=1.0,
@@ -199,10 +197,8 @@ def grouped_allreduce_(tensors, average=None, name=None, op=None, prescale_facto
     [tensor([1.]), tensor([0., 0.])]
     >>> hvd.shutdown()
     """
-    tensors = list(tensors)
-    synchronize(grouped_allreduce_async_(tensors, average, name, op, prescale_factor, postscale_factor,
-                                         process_set))
-    return tensors
+    return synchronize(grouped_allreduce_async_(tensors, average, name, op, prescale_factor, postscale_factor,
+                                                process_set))
 
 
 class _GroupedAllreduce(torch.autograd.Function):
