@@ -15,12 +15,13 @@ Differences from Horovod: Adasum is refused (NotImplementedError); tensors
 must be on the CPU; integer Average rounds down (floor), as torch's
 ``floor_divide``, where Horovod's C++ truncated toward zero.
 """
+import contextlib
 import warnings
 
 import torch
 
 from .basics import Adasum, Average, Max, Min, Product, Sum
-from .engine import register_joined_body, submit, synchronize
+from .engine import refuse, register_joined_body, submit, synchronize
 from .process_sets import global_process_set
 from .reduction import check_dtype, neutral, numpy_dtype_name, reduce_
 
@@ -51,6 +52,15 @@ def _op(op, average, what: str) -> int:
         raise ValueError(f"{what}: op={op!r} is not a reduce op; use hvd.Average, hvd.Sum, hvd.Min, hvd.Max or "
                          "hvd.Product")
     return int(op)
+
+
+@contextlib.contextmanager
+def _refusals(name, process_set):
+    """A bad argument raises here after every rank of the set has been told (engine.refuse), not on this rank alone."""
+    try:
+        yield
+    except (TypeError, ValueError, NotImplementedError) as e:
+        refuse("allreduce", name, e, process_set)
 
 
 def _submit(tensors: list, outputs: list, name, op: int, prescale, postscale, process_set, single: bool) -> int:
@@ -109,8 +119,9 @@ def allreduce_async(tensor, average=None, name=None, op=None, prescale_factor=1.
     tensor([1., 1.])
     >>> hvd.shutdown()
     """
-    op = _op(op, average, "allreduce_async")
-    (tensor,) = _checked([tensor], "allreduce_async", inplace=False)
+    with _refusals(name, process_set):
+        op = _op(op, average, "allreduce_async")
+        _checked([tensor], "allreduce_async", inplace=False)
     return _submit([tensor], _copies([tensor]), name, op, prescale_factor, postscale_factor, process_set,
                    single=True)
 
@@ -118,8 +129,9 @@ def allreduce_async(tensor, average=None, name=None, op=None, prescale_factor=1.
 def allreduce_async_(tensor, average=None, name=None, op=None, prescale_factor=1.0, postscale_factor=1.0,
                      process_set=global_process_set) -> int:
     """Start reducing ``tensor`` in place; returns a handle, whose ``synchronize`` returns ``tensor``."""
-    op = _op(op, average, "allreduce_async_")
-    _checked([tensor], "allreduce_async_", inplace=True)
+    with _refusals(name, process_set):
+        op = _op(op, average, "allreduce_async_")
+        _checked([tensor], "allreduce_async_", inplace=True)
     return _submit([tensor], [tensor], name, op, prescale_factor, postscale_factor, process_set, single=True)
 
 
@@ -164,7 +176,8 @@ def allreduce(tensor, average=None, name=None, compression=_NO_COMPRESSION, op=N
     tensor([1, 2])
     >>> hvd.shutdown()
     """
-    op = _op(op, average, "allreduce")
+    with _refusals(name, process_set):
+        op = _op(op, average, "allreduce")
     if compression is not None:
         tensor, context = compression.compress(tensor)
     reduced = _Allreduce.apply(tensor, name, op, prescale_factor, postscale_factor, process_set)
@@ -174,8 +187,9 @@ def allreduce(tensor, average=None, name=None, compression=_NO_COMPRESSION, op=N
 def grouped_allreduce_async(tensors, average=None, name=None, op=None, prescale_factor=1.0, postscale_factor=1.0,
                             process_set=global_process_set) -> int:
     """Start reducing a list of tensors as one operation; ``synchronize`` returns a list of new tensors."""
-    op = _op(op, average, "grouped_allreduce_async")
-    tensors = _checked(list(tensors), "grouped_allreduce_async", inplace=False)
+    with _refusals(name, process_set):
+        op = _op(op, average, "grouped_allreduce_async")
+        tensors = _checked(list(tensors), "grouped_allreduce_async", inplace=False)
     return _submit(tensors, _copies(tensors), name, op, prescale_factor, postscale_factor, process_set,
                    single=False)
 
@@ -183,8 +197,9 @@ def grouped_allreduce_async(tensors, average=None, name=None, op=None, prescale_
 def grouped_allreduce_async_(tensors, average=None, name=None, op=None, prescale_factor=1.0, postscale_factor=1.0,
                              process_set=global_process_set) -> int:
     """Start reducing a list of tensors in place as one operation; ``synchronize`` returns the list."""
-    op = _op(op, average, "grouped_allreduce_async_")
-    tensors = _checked(list(tensors), "grouped_allreduce_async_", inplace=True)
+    with _refusals(name, process_set):
+        op = _op(op, average, "grouped_allreduce_async_")
+        tensors = _checked(list(tensors), "grouped_allreduce_async_", inplace=True)
     return _submit(tensors, tensors, name, op, prescale_factor, postscale_factor, process_set, single=False)
 
 
@@ -227,7 +242,8 @@ def grouped_allreduce(tensors, average=None, name=None, compression=_NO_COMPRESS
     [tensor([1.]), tensor([1., 1.])]
     >>> hvd.shutdown()
     """
-    op = _op(op, average, "grouped_allreduce")
+    with _refusals(name, process_set):
+        op = _op(op, average, "grouped_allreduce")
     tensors = list(tensors)
     contexts = [None] * len(tensors)
     if compression is not None:

@@ -37,7 +37,7 @@ from .agreement import signature
 from .basics import job
 from .lane import JOINED_BODIES, HorovodMismatchError, Lane, Operation
 
-__all__ = ["HorovodMismatchError", "engine_comm", "submit", "poll", "synchronize", "register_joined_body"]
+__all__ = ["HorovodMismatchError", "engine_comm", "submit", "poll", "synchronize", "refuse", "register_joined_body"]
 
 _lock = threading.Lock()  # guards the tables below; never held across MPI or a wait
 _lanes: dict[int, Lane] = {}  # process set id (0: the job) -> its lane
@@ -70,7 +70,7 @@ def _set_id(process_set) -> int:
 def submit(kind: str, name: str | None, describe: dict, body, process_set=None) -> int:
     """Queue an operation on ``process_set``'s lane; returns its handle at once.
 
-    ValueError if ``name`` is that of an operation on the set not yet synchronized.
+    ValueError if ``name`` is that of an operation on the set not yet synchronized (on every rank: see ``refuse``).
 
     >>> import ringtrain.horovod as hvd
     >>> hvd.init(MPI.COMM_SELF)
@@ -86,15 +86,41 @@ def submit(kind: str, name: str | None, describe: dict, body, process_set=None) 
         if lane is None:
             thread = "ringtrain.horovod engine" + (f" (process set {key})" if key else "")
             lane = _lanes[key] = Lane(comm, thread)
-        if name is not None:
-            if name in lane.names:
-                raise ValueError(f"{kind}: name={name!r} is the name of another operation in progress (submitted "
-                                 "and not yet synchronized); names of pending operations must be unique")
-            lane.names.add(name)
-        handle = next(_counter)
-        op = _ops[handle] = Operation(handle, kind, name, describe, body, sig, lane)
+        duplicate = name is not None and name in lane.names
+        if not duplicate:
+            if name is not None:
+                lane.names.add(name)
+            handle = next(_counter)
+            op = _ops[handle] = Operation(handle, kind, name, describe, body, sig, lane)
+    if duplicate:
+        refuse(kind, None, ValueError(f"{kind}: name={name!r} is the name of another operation in progress "
+                                      "(submitted and not yet synchronized); pending names must be unique"),
+               process_set)
     lane.put(op)
     return handle
+
+
+def refuse(kind: str, name: str | None, error: Exception, process_set=None):
+    """Raise ``error``, a refused argument, after making the other ranks of ``process_set`` raise too.
+
+    A rank that refuses its call alone would leave the others waiting in the
+    agreement for an operation that never comes. It queues a refusal in its
+    place instead: where every rank refused alike they agree and all raise;
+    elsewhere the others get HorovodMismatchError naming this rank's refusal.
+    Never returns.
+    """
+    try:
+        handle = submit(kind, name, {"refused": f"{type(error).__name__}: {error}"}, _raiser(error), process_set)
+        synchronize(handle)
+    except Exception:  # noqa: BLE001, S110  (this rank raises its own error, whatever the others did)
+        pass
+    raise error
+
+
+def _raiser(error: Exception):
+    def body(comm):
+        raise error
+    return body
 
 
 def _lookup(handle, what: str) -> Operation:

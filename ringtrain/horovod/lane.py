@@ -104,10 +104,14 @@ class Lane:
         try:
             with waiting.polite(POLL_SLEEP_SECONDS, urgent=self._urgent, spin=POLL_SLEEP_SECONDS):
                 while (op := self._next()) is not None:
-                    if op.kind == "join":
-                        self._join(control, op)
-                    else:
-                        self._run_one(control, op)
+                    try:
+                        if op.kind == "join":
+                            self._join(control, op)
+                        else:
+                            self._run_one(control, op)
+                    except BaseException as e:  # noqa: BLE001  (an MPI or pickling error: the caller must not wait)
+                        if not op.done.is_set():
+                            op.finish(None, e)
         finally:
             control.Free()
 
@@ -149,7 +153,7 @@ class Lane:
         result = error = None
         try:
             result = body(self.comm)
-        except Exception as e:  # noqa: BLE001  (handed to synchronize, and told to the other ranks)
+        except BaseException as e:  # noqa: BLE001  (handed to synchronize, and told to the other ranks)
             error = e
         deadline = FAILED_PEER_SECONDS if error is not None else None
         if any_rank(control, error is not None, self._urgent, f"the end of {what}", deadline):

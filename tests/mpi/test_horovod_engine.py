@@ -96,6 +96,24 @@ def test_mismatch_raises_on_every_rank_within_5_s(case):
     assert all_ranks_agree(ok and after == WORLD.Get_size()), (errors, elapsed)
 
 
+@pytest.mark.mpi(min_size=2)
+def test_argument_refused_on_one_rank_raises_on_every_rank():
+    r = WORLD.Get_rank()
+    x = torch.ones(3, dtype=torch.bool if r == 0 else torch.float32)
+    WORLD.Barrier()
+    start = time.perf_counter()
+    try:
+        hvd.allreduce(x, name="flags")
+        raised = None
+    except (TypeError, hvd.HorovodMismatchError) as e:
+        raised = e
+    elapsed = time.perf_counter() - start
+    own = isinstance(raised, TypeError) if r == 0 else \
+        isinstance(raised, hvd.HorovodMismatchError) and "refused" in str(raised) and "bool" in str(raised)
+    after = hvd.allreduce(torch.ones(1), op=hvd.Sum).item()  # the engine goes on
+    assert all_ranks_agree(own and elapsed < MISMATCH_SECONDS and after == WORLD.Get_size()), raised
+
+
 @pytest.mark.mpi
 def test_duplicate_pending_name_refused_on_the_spot():
     first = hvd.allreduce_async(torch.ones(2), name="twice")
