@@ -42,8 +42,19 @@ def signature(kind: str, name, describe: dict) -> int:
     >>> signature("allreduce", "a", {"shape": (2,)}) == signature("allreduce", "a", {"shape": (2,)})
     True
     """
-    text = repr((kind, name, sorted(describe.items()))).encode()
+    text = repr((kind, name, _canonical(describe))).encode()
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 2
+
+
+def _canonical(value):
+    """``value`` with every dict and set in sorted order: their iteration order may differ from rank to rank."""
+    if isinstance(value, dict):
+        return sorted((repr(k), _canonical(v)) for k, v in value.items())
+    if isinstance(value, (set, frozenset)):
+        return sorted(repr(_canonical(v)) for v in value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_canonical(v) for v in value)
+    return value
 
 
 class Verdict(NamedTuple):
