@@ -8,7 +8,7 @@ import torch
 from mpi4py import MPI
 
 import ringtrain.horovod as hvd
-from ringtrain.horovod.agreement import agree, mismatch_message, signature
+from ringtrain.horovod.agreement import agree, chain, mismatch_message, signature
 from ringtrain.horovod.reduction import neutral, reduce_, scale_
 
 
@@ -43,9 +43,9 @@ def test_mismatch_message_names_only_what_differs_with_each_ranks_value():
 
 
 def test_agreement_on_one_rank():
-    assert agree(MPI.COMM_SELF, 123, False) == (True, True, True, -1, 0)
+    assert agree(MPI.COMM_SELF, chain([123, 456]), False) == (2, True, True, -1, 0)
     alone_joined = agree(MPI.COMM_SELF, None, True)
-    assert not alone_joined.any_active and alone_joined.joining == 0
+    assert not alone_joined.any_active and alone_joined.agreed and alone_joined.joining == 0
 
 
 @pytest.mark.parametrize("dtype,factor,values,expected", [

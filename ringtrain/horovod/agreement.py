@@ -3,20 +3,23 @@
 Horovod's coordinator waits until every rank has asked for a tensor name; a
 name that some rank never asks for (names or order that differ) waits
 forever. Here each rank's engine instead takes the operations in submission
-order, and before running one every rank contributes six int64 to one MAX
-allreduce on the lane's control communicator:
+order, and before running one every rank contributes a fixed-width vector to
+one MAX allreduce on the lane's control communicator: for each of its next
+operations (up to WINDOW, those that tensor fusion could run as one)
 
-    [sig, -sig, active, -active, joining, -first_active]
+    [sig, -sig]
 
-``sig`` is a 62-bit hash of (kind, name, description); ``max(sig) ==
--max(-sig)`` only if every active rank has the same one (comm.handshake's
-trick, on a wider code). A rank inside ``join`` has no operation: it puts the
-int64 minimum in both sig slots, so it never moves the maximum, and
-``active = 0``; ``joining`` is its rank in the first round after it joined
-(the round in which all ranks have joined names the last one) and -1
-otherwise; ``first_active`` is the lowest active rank, which tells joined
-ranks what to run. Only when the hashes differ are the full descriptions
-gathered, to say what differs.
+and then ``[active, -active, joining, -first_active, -count]``. ``sig`` is a
+62-bit hash of (kind, name, description), chained so that the j-th names
+the first j operations; ``max(sig) == -max(-sig)`` only if every active rank
+has the same one (comm.handshake's trick, on a wider code). The ranks run the
+longest agreeing prefix that every rank offers (``count``). A rank inside
+``join`` has no operation: it puts the int64 minimum in the sig slots, so it
+never moves a maximum, and ``active = 0``; ``joining`` is its rank in the
+first round after it joined (the round in which all ranks have joined names
+the last one) and -1 otherwise; ``first_active`` is the lowest active rank,
+which tells joined ranks what to run. Only when the first operations differ
+are their full descriptions gathered, to say what differs.
 
 Waits poll (MPI_Test, then sleep) rather than spin inside MPI, so that the
 engine's thread leaves the core to backward while it waits for a slower rank,
@@ -57,11 +60,15 @@ def _canonical(value):
     return value
 
 
+WINDOW = 16
+"""How many queued operations one round can agree on: the most that tensor fusion runs as one (fusion.py)."""
+
+
 class Verdict(NamedTuple):
     """What one agreement round decided, the same on every rank."""
 
-    agreed: bool
-    """Every active rank queued the same operation (or no rank is active)."""
+    count: int
+    """How many of the active ranks' first operations agree (0: the first ones differ)."""
     any_active: bool
     """Some rank has an operation; False only once every rank has joined."""
     all_active: bool
@@ -71,23 +78,56 @@ class Verdict(NamedTuple):
     first_active: int
     """The lowest active rank (the job's size if none)."""
 
+    @property
+    def agreed(self) -> bool:
+        """Every active rank's first operation is the same (or no rank is active)."""
+        return self.count > 0 or not self.any_active
 
-def agree(control: MPI.Comm, sig: int | None, joining_now: bool, urgent=None, what: str = "") -> Verdict:
-    """One agreement round on ``control``; ``sig`` None means this rank is inside join.
 
-    >>> agree(MPI.COMM_SELF, 5, False).agreed
-    True
+def agree(control: MPI.Comm, sigs: list | None, joining_now: bool, urgent=None, what: str = "") -> Verdict:
+    """One agreement round on ``control``: how many of the ranks' next operations are the same.
+
+    ``sigs``: the cumulative signatures (``chain``) of this rank's next
+    operations, at most WINDOW; None means this rank is inside join. One MAX
+    allreduce of 2 * WINDOW + 5 int64: per window slot (H, -H), then the
+    active flag twice, the joining rank, the first active rank, and the
+    smallest count of operations offered.
+
+    >>> agree(MPI.COMM_SELF, [5], False).count
+    1
     """
     rank, size = control.Get_rank(), control.Get_size()
-    if sig is None:
-        v = np.array((_INT64_MIN, _INT64_MIN, 0, 0, rank if joining_now else -1, -size), dtype=np.int64)
+    v = np.full(2 * WINDOW + 5, _INT64_MIN, dtype=np.int64)
+    if sigs is None:
+        v[2 * WINDOW:] = (0, 0, rank if joining_now else -1, -size, -WINDOW)
     else:
-        v = np.array((sig, -sig, 1, -1, -1, -rank), dtype=np.int64)
+        for j, h in enumerate(sigs):
+            v[2 * j], v[2 * j + 1] = h, -h
+        v[2 * WINDOW:] = (1, -1, -1, -rank, -len(sigs))
     if size > 1:
         wait(control.Iallreduce(MPI.IN_PLACE, v, MPI.MAX), urgent, what)
-    max_sig, neg_min_sig, any_active, neg_all_active, joining, neg_first = v.tolist()
-    return Verdict(agreed=not any_active or max_sig == -neg_min_sig, any_active=bool(any_active),
-                   all_active=neg_all_active == -1, joining=joining, first_active=-neg_first)
+    got = v.tolist()  # Python ints: negating the int64 minimum must not wrap
+    any_active, neg_all_active, joining, neg_first, neg_count = got[2 * WINDOW:]
+    count = 0
+    if any_active:
+        while count < -neg_count and got[2 * count] == -got[2 * count + 1]:
+            count += 1
+    return Verdict(count=count, any_active=bool(any_active), all_active=neg_all_active == -1, joining=joining,
+                   first_active=-neg_first)
+
+
+def chain(sigs: list) -> list:
+    """Cumulative signatures: the j-th names the first j operations, so one agreeing slot vouches for all before it.
+
+    >>> a, b = chain([1, 2]), chain([1, 3]); a[0] == b[0], a[1] == b[1]
+    (True, False)
+    """
+    out, h = [], 0
+    for i, s in enumerate(sigs):
+        h = s if i == 0 else int.from_bytes(hashlib.blake2b(f"{h},{s}".encode(), digest_size=8).digest(),
+                                            "little") >> 2
+        out.append(h)
+    return out
 
 
 def any_rank(control: MPI.Comm, flag: bool, urgent=None, what: str = "", deadline: float | None = None) -> bool:

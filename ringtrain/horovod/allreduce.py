@@ -16,12 +16,13 @@ must be on the CPU; integer Average rounds down (floor), as torch's
 ``floor_divide``, where Horovod's C++ truncated toward zero.
 """
 import contextlib
+import functools
 import warnings
 
 import torch
 
 from .basics import Adasum, Average, Max, Min, Product, Sum
-from .engine import refuse, register_joined_body, submit, synchronize
+from .engine import Fusion, refuse, register_joined_body, submit, synchronize
 from .process_sets import global_process_set
 from .reduction import check_dtype, neutral, numpy_dtype_name, reduce_
 
@@ -68,12 +69,18 @@ def _submit(tensors: list, outputs: list, name, op: int, prescale, postscale, pr
     describe = {"dtypes": [numpy_dtype_name(t.dtype) for t in tensors], "shapes": [tuple(t.shape) for t in tensors],
                 "op": _OPS[op], "prescale_factor": float(prescale), "postscale_factor": float(postscale)}
     buffers = [t.detach() for t in outputs]  # the same memory, outside autograd's view
+    fusion = _fusion(op, float(prescale), float(postscale), buffers, outputs[0] if single else outputs)
 
     def body(comm):
-        _reduce_groups(comm, buffers, op, float(prescale), float(postscale))
-        return outputs[0] if single else outputs
+        fusion.reduce(comm, buffers)
+        return fusion.result
 
-    return submit("allreduce", name, describe, body, process_set)
+    return submit("allreduce", name, describe, body, process_set, fusion=fusion)
+
+
+def _fusion(op: int, prescale: float, postscale: float, buffers: list, result) -> Fusion:
+    reduce = functools.partial(_reduce_groups, op=op, prescale=prescale, postscale=postscale)
+    return Fusion(key=("allreduce", op, prescale, postscale), buffers=buffers, reduce=reduce, result=result)
 
 
 def _reduce_groups(comm, tensors: list, op: int, prescale: float, postscale: float) -> None:
@@ -85,12 +92,12 @@ def _reduce_groups(comm, tensors: list, op: int, prescale: float, postscale: flo
         reduce_(comm, group, op, prescale, postscale)
 
 
-def _joined_allreduce(describe: dict):
-    """What a rank inside join runs when the others allreduce: the same reduction of neutral values."""
+def _joined_allreduce(describe: dict) -> Fusion:
+    """What a rank inside join adds when the others allreduce: neutral values, fused as the others fuse."""
     op = next(k for k, v in _OPS.items() if v == describe["op"])
     tensors = [neutral(shape, getattr(torch, dtype), op) for dtype, shape in zip(describe["dtypes"],
                                                                                  describe["shapes"])]
-    return lambda comm: _reduce_groups(comm, tensors, op, describe["prescale_factor"], describe["postscale_factor"])
+    return _fusion(op, describe["prescale_factor"], describe["postscale_factor"], tensors, None)
 
 
 register_joined_body("allreduce", _joined_allreduce)

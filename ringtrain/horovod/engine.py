@@ -35,9 +35,11 @@ from mpi4py import MPI
 
 from .agreement import signature
 from .basics import job
+from .fusion import Fusion
 from .lane import JOINED_BODIES, HorovodMismatchError, Lane, Operation
 
-__all__ = ["HorovodMismatchError", "engine_comm", "submit", "poll", "synchronize", "refuse", "register_joined_body"]
+__all__ = ["Fusion", "HorovodMismatchError", "engine_comm", "submit", "poll", "synchronize", "refuse",
+           "register_joined_body"]
 
 _lock = threading.Lock()  # guards the tables below; never held across MPI or a wait
 _lanes: dict[int, Lane] = {}  # process set id (0: the job) -> its lane
@@ -67,10 +69,12 @@ def _set_id(process_set) -> int:
     return 0 if process_set is None else process_set.process_set_id
 
 
-def submit(kind: str, name: str | None, describe: dict, body, process_set=None) -> int:
+def submit(kind: str, name: str | None, describe: dict, body, process_set=None, *, fusion: Fusion | None = None) -> int:
     """Queue an operation on ``process_set``'s lane; returns its handle at once.
 
     ValueError if ``name`` is that of an operation on the set not yet synchronized (on every rank: see ``refuse``).
+    ``fusion``: how the operation may run fused with the like ones queued behind it (fusion.py); then ``body``
+    is not called.
 
     >>> import ringtrain.horovod as hvd
     >>> hvd.init(MPI.COMM_SELF)
@@ -91,7 +95,7 @@ def submit(kind: str, name: str | None, describe: dict, body, process_set=None) 
             if name is not None:
                 lane.names.add(name)
             handle = next(_counter)
-            op = _ops[handle] = Operation(handle, kind, name, describe, body, sig, lane)
+            op = _ops[handle] = Operation(handle, kind, name, describe, body, sig, lane, fusion)
     if duplicate:
         refuse(kind, None, ValueError(f"{kind}: name={name!r} is the name of another operation in progress "
                                       "(submitted and not yet synchronized); pending names must be unique"),

@@ -2,10 +2,11 @@
 
 Each operation goes through three steps on every rank of the set:
 
-1. agreement (agreement.py): one MAX allreduce of six int64 on the lane's
-   control communicator; operations that differ raise HorovodMismatchError
-   on every rank, naming what differs;
-2. the body, on the set's engine communicator (where the tensors travel);
+1. agreement (agreement.py): one small MAX allreduce on the lane's control
+   communicator; operations that differ raise HorovodMismatchError on every
+   rank, naming what differs;
+2. the body, on the set's engine communicator (where the tensors travel), or
+   for allreduces queued back to back one fused reduction (fusion.py);
 3. one MAX allreduce of a failure flag, so that an error on one rank is an
    error on every rank (the others raise a RuntimeError naming it).
 
@@ -26,7 +27,8 @@ import threading
 from mpi4py import MPI
 
 from ..collectives import waiting
-from .agreement import agree, any_rank, mismatch_message
+from .agreement import WINDOW, agree, any_rank, chain, mismatch_message
+from .fusion import Fusion, batch, fused_body
 
 # How long a rank whose body failed waits for the others at the failure flag before it aborts the job.
 FAILED_PEER_SECONDS = 120.0
@@ -34,7 +36,7 @@ FAILED_PEER_SECONDS = 120.0
 POLL_SLEEP_SECONDS = 2e-4
 
 JOINED_BODIES: dict = {}
-"""kind -> make(describe) -> body(comm): what a joined rank runs when the others run an operation of that kind."""
+"""kind -> make(describe) -> body(comm), or a Fusion: what a joined rank runs when the others run that kind."""
 
 
 class HorovodMismatchError(RuntimeError):
@@ -44,11 +46,11 @@ class HorovodMismatchError(RuntimeError):
 class Operation:
     """One submitted operation and, once done, its result or error."""
 
-    __slots__ = ("handle", "kind", "name", "describe", "body", "sig", "lane", "done", "result", "error")
+    __slots__ = ("handle", "kind", "name", "describe", "body", "sig", "lane", "fusion", "done", "result", "error")
 
-    def __init__(self, handle, kind, name, describe, body, sig, lane):
+    def __init__(self, handle, kind, name, describe, body, sig, lane, fusion: Fusion | None = None):
         self.handle, self.kind, self.name, self.describe, self.body = handle, kind, name, describe, body
-        self.sig, self.lane = sig, lane
+        self.sig, self.lane, self.fusion = sig, lane, fusion
         self.done = threading.Event()
         self.result = self.error = None
 
@@ -116,21 +118,33 @@ class Lane:
             control.Free()
 
     def _run_one(self, control: MPI.Comm, op: Operation) -> None:
-        verdict = agree(control, op.sig, False, self._urgent, op.what())
+        with self._ready:  # appends from submit must not meet the look at the queue
+            ops = batch(op, self._queue, WINDOW)
+        verdict = agree(control, chain([o.sig for o in ops]), False, self._urgent, op.what())
         if not verdict.agreed:
             described = control.allgather((op.kind, op.name, op.describe))
             op.finish(None, HorovodMismatchError(mismatch_message(op.kind, op.name, described)))
             return
+        ops = ops[:verdict.count]
+        with self._ready:
+            for _ in ops[1:]:
+                self._queue.popleft()  # only this thread takes from the queue: these are ops[1:]
         if not verdict.all_active:
-            # Some ranks have joined: they run the same collective with neutral data, built from this description.
-            control.bcast((op.kind, op.name, op.describe) if control.Get_rank() == verdict.first_active else None,
-                          root=verdict.first_active)
+            # Some ranks have joined: they run the same collective with neutral data, built from these descriptions.
+            mine = control.Get_rank() == verdict.first_active
+            control.bcast([(o.kind, o.name, o.describe) for o in ops] if mine else None, root=verdict.first_active)
             if op.kind not in JOINED_BODIES:
                 op.finish(None, RuntimeError(f"{op.what()}: not supported while some ranks have called join(); "
                                              "only allreduce and barrier are"))
                 return
-        result, error = self._execute(control, op.body, op.what())
-        op.finish(result, error)
+        if op.fusion is None:
+            result, error = self._execute(control, op.body, op.what())
+            op.finish(result, error)
+            return
+        what = op.what() if len(ops) == 1 else f"{op.what()} and {len(ops) - 1} fused"
+        _, error = self._execute(control, fused_body([o.fusion for o in ops]), what)
+        for o in ops:
+            o.finish(None if error is not None else o.fusion.result, error)
 
     def _join(self, control: MPI.Comm, op: Operation) -> None:
         first = True
@@ -143,10 +157,13 @@ class Lane:
             if not verdict.agreed:  # the active ranks disagree: take part in their gather, then go on
                 control.allgather(None)
                 continue
-            kind, name, describe = control.bcast(None, root=verdict.first_active)
-            make = JOINED_BODIES.get(kind)
-            if make is not None:
-                self._execute(control, make(describe), f"{kind} {name!r} (joined)")
+            described = control.bcast(None, root=verdict.first_active)
+            make = JOINED_BODIES.get(described[0][0])
+            if make is None:  # the active ranks refuse it too
+                continue
+            parts = [make(describe) for _, _, describe in described]
+            body = fused_body(parts) if isinstance(parts[0], Fusion) else parts[0]
+            self._execute(control, body, f"{described[0][0]} {described[0][1]!r} (joined)")
 
     def _execute(self, control: MPI.Comm, body, what: str):
         """Run ``body``, then agree on whether it failed anywhere; returns (result, error)."""

@@ -7,6 +7,7 @@ Each test computes everything collectively and asserts after its last collective
 """
 import os
 import re
+import threading
 import time
 
 import pytest
@@ -14,7 +15,8 @@ import torch
 from mpi4py import MPI
 
 import ringtrain.horovod as hvd
-from ringtrain.horovod.engine import _lanes, submit
+from ringtrain.horovod.engine import Fusion, _lanes, submit
+from ringtrain.horovod.reduction import reduce_
 from tests.helpers import all_ranks_agree
 
 WORLD = MPI.COMM_WORLD
@@ -114,6 +116,46 @@ def test_argument_refused_on_one_rank_raises_on_every_rank():
     assert all_ranks_agree(own and elapsed < MISMATCH_SECONDS and after == WORLD.Get_size()), raised
 
 
+def hold_the_engine():
+    """Queue an operation that waits for the returned event, so that what is submitted next queues behind it."""
+    go = threading.Event()
+    return go, submit("hold", None, {}, lambda comm: go.wait(30))
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("odd_one", [None, 5])
+def test_queued_allreduces_fuse_up_to_a_differing_name(odd_one):
+    n, r = WORLD.Get_size(), WORLD.Get_rank()
+    sizes = []  # the number of buffers in each fused reduction, in order
+
+    def reduce(comm, buffers):
+        sizes.append(len(buffers))
+        reduce_(comm, buffers, hvd.Sum)
+
+    go, held = hold_the_engine()
+    handles = []
+    for i in range(10):
+        name = f"t{i}" + (f".rank{r}" if i == odd_one and n > 1 else "")
+        x = torch.full((3,), float(r + i))
+        handles.append(submit("allreduce", name, {"i": i}, None, fusion=Fusion(("test",), [x], reduce, x)))
+    go.set()
+    hvd.synchronize(held)
+    results = []
+    for h in handles:
+        try:
+            results.append(hvd.synchronize(h)[0].item())
+        except hvd.HorovodMismatchError:
+            results.append(None)
+    expected = [n * (n - 1) / 2 + n * i for i in range(10)]
+    if odd_one is not None and n > 1:
+        # The five before the differing name run as one; it fails on every rank; the four after it run as one.
+        expected[odd_one] = None
+        ok = sizes == [5, 4]
+    else:
+        ok = sizes == [10]
+    assert all_ranks_agree(ok and results == expected), (sizes, results)
+
+
 @pytest.mark.mpi
 def test_duplicate_pending_name_refused_on_the_spot():
     first = hvd.allreduce_async(torch.ones(2), name="twice")
@@ -138,12 +180,15 @@ def test_join_serves_the_others_allreduces():
         for op in (hvd.Sum, hvd.Average, hvd.Min, hvd.Max):
             results.append(hvd.allreduce(x, op=op).tolist())
         results.append(hvd.grouped_allreduce([x.long(), x], op=hvd.Sum)[0].tolist())
+        handles = [hvd.allreduce_async(x * i, op=hvd.Sum) for i in range(4)]  # some may fuse
+        results.append([hvd.synchronize(h).tolist() for h in handles])
         hvd.barrier()
         last = hvd.join()
     active = range(1, n)
     total = sum(s + 1.0 for s in active)
     expected = [[total, -total], [total / n, -total / n],  # Average divides by every rank, the joined too
-                [2.0, -float(n)], [float(n), -2.0], [int(total), -int(total)]] if n > 1 else []
+                [2.0, -float(n)], [float(n), -2.0], [int(total), -int(total)],
+                [[total * i, -total * i] for i in range(4)]] if n > 1 else []
     last_everywhere = WORLD.allgather(last)
     assert all_ranks_agree((r == 0 or results == expected) and last_everywhere == [n - 1] * n)
 
