@@ -1,4 +1,4 @@
-"""The engine's cross-rank agreement: before each operation, one small allreduce says whether every rank queued the same one.
+"""The engine's agreement: before each operation one small allreduce says whether every rank queued the same one.
 
 Horovod's coordinator waits until every rank has asked for a tensor name; a
 name that some rank never asks for (names or order that differ) waits

@@ -159,7 +159,8 @@ def add_process_set(process_set) -> ProcessSet:
         if not all(0 <= r < size for r in process_set.ranks):
             raise ValueError(f"add_process_set: ranks={process_set.ranks} must lie in 0..{size - 1}")
         for ps in _sets.values():
-            if ps.ranks == process_set.ranks:
+            # Only against sets made from ranks: those are alike on every rank, so every rank refuses alike.
+            if ps.mpi_comm is None and ps.ranks == process_set.ranks:
                 raise ValueError(f"add_process_set: a process set with ranks {process_set.ranks} is registered "
                                  f"already (process_set_id {ps.process_set_id})")
         member = job.comm.Get_rank() in process_set.ranks

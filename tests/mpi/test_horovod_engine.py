@@ -283,13 +283,18 @@ def test_process_set_from_a_communicator_and_shutdown_then_init():
         refused_while_down = True
     split = WORLD.Split(r % 2, r)
     halves = hvd.ProcessSet(split)
-    hvd.init(process_sets=[halves])
+    first = hvd.ProcessSet([0]) if n > 1 else None  # at one rank, the job's set
+    hvd.init(process_sets=[halves] + ([first] if first else []))
     ranks = [s for s in range(n) if s % 2 == r % 2]
     summed = hvd.allreduce(torch.tensor([float(r)]), op=hvd.Sum, process_set=halves).item()
     ok = refused_while_down and halves.ranks == ranks and summed == sum(ranks) and halves.process_set_id == 1
+    if first is not None:
+        ok = ok and first.process_set_id == 2 and first.included() == (r == 0)
+        if r == 0:
+            ok = ok and hvd.allreduce(torch.tensor([5.0]), process_set=first).item() == 5.0
     hvd.shutdown()
     split.Free()
-    hvd.init()
+    hvd.init(process_sets="dynamic")  # Horovod's switch for add_process_set: accepted, and always on here
     again = hvd.allreduce(torch.ones(1), op=hvd.Sum).item()
     assert all_ranks_agree(ok and again == n and hvd.global_process_set.ranks == list(range(n)))
 
