@@ -75,6 +75,7 @@ class Lane:
         self._queue: collections.deque = collections.deque()
         self._ready = threading.Condition()
         self._stopping = False
+        self._taken: list = []  # the operations the thread has taken from the queue and not yet finished
         self.thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
         self.thread.start()
 
@@ -106,14 +107,16 @@ class Lane:
         try:
             with waiting.polite(POLL_SLEEP_SECONDS, urgent=self._urgent, spin=POLL_SLEEP_SECONDS):
                 while (op := self._next()) is not None:
+                    self._taken = [op]
                     try:
                         if op.kind == "join":
                             self._join(control, op)
                         else:
                             self._run_one(control, op)
                     except BaseException as e:  # noqa: BLE001  (an MPI or pickling error: the caller must not wait)
-                        if not op.done.is_set():
-                            op.finish(None, e)
+                        for taken in self._taken:
+                            if not taken.done.is_set():
+                                taken.finish(None, e)
         finally:
             control.Free()
 
@@ -125,7 +128,7 @@ class Lane:
             described = control.allgather((op.kind, op.name, op.describe))
             op.finish(None, HorovodMismatchError(mismatch_message(op.kind, op.name, described)))
             return
-        ops = ops[:verdict.count]
+        ops = self._taken = ops[:verdict.count]
         with self._ready:
             for _ in ops[1:]:
                 self._queue.popleft()  # only this thread takes from the queue: these are ops[1:]
@@ -133,9 +136,10 @@ class Lane:
             # Some ranks have joined: they run the same collective with neutral data, built from these descriptions.
             mine = control.Get_rank() == verdict.first_active
             control.bcast([(o.kind, o.name, o.describe) for o in ops] if mine else None, root=verdict.first_active)
-            if op.kind not in JOINED_BODIES:
-                op.finish(None, RuntimeError(f"{op.what()}: not supported while some ranks have called join(); "
-                                             "only allreduce and barrier are"))
+            if op.kind not in JOINED_BODIES:  # a fused batch is of one kind
+                for o in ops:
+                    o.finish(None, RuntimeError(f"{o.what()}: not supported while some ranks have called join(); "
+                                                f"only {', '.join(sorted(JOINED_BODIES))} are"))
                 return
         if op.fusion is None:
             result, error = self._execute(control, op.body, op.what())
