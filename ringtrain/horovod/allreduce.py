@@ -103,7 +103,11 @@ def _joined_allreduce(describe: dict) -> Fusion:
 register_joined_body("allreduce", _joined_allreduce)
 
 
-def _checked(tensors, what: str, inplace: bool) -> list:
+def _checked(tensors, what: str, inplace: bool, prescale_factor, postscale_factor) -> list:
+    """``tensors``, once each is one Horovod reduces (and the factors are numbers); TypeError or ValueError."""
+    for label, factor in (("prescale_factor", prescale_factor), ("postscale_factor", postscale_factor)):
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not float(factor) == float(factor):
+            raise TypeError(f"{what}: {label}={factor!r} must be a real number")
     for t in tensors:
         check_dtype(what, t)
         if inplace and not t.is_contiguous():
@@ -128,7 +132,7 @@ def allreduce_async(tensor, average=None, name=None, op=None, prescale_factor=1.
     """
     with _refusals(name, process_set):
         op = _op(op, average, "allreduce_async")
-        _checked([tensor], "allreduce_async", inplace=False)
+        _checked([tensor], "allreduce_async", False, prescale_factor, postscale_factor)
     return _submit([tensor], _copies([tensor]), name, op, prescale_factor, postscale_factor, process_set,
                    single=True)
 
@@ -138,7 +142,7 @@ def allreduce_async_(tensor, average=None, name=None, op=None, prescale_factor=1
     """Start reducing ``tensor`` in place; returns a handle, whose ``synchronize`` returns ``tensor``."""
     with _refusals(name, process_set):
         op = _op(op, average, "allreduce_async_")
-        _checked([tensor], "allreduce_async_", inplace=True)
+        _checked([tensor], "allreduce_async_", True, prescale_factor, postscale_factor)
     return _submit([tensor], [tensor], name, op, prescale_factor, postscale_factor, process_set, single=True)
 
 
@@ -196,7 +200,7 @@ def grouped_allreduce_async(tensors, average=None, name=None, op=None, prescale_
     """Start reducing a list of tensors as one operation; ``synchronize`` returns a list of new tensors."""
     with _refusals(name, process_set):
         op = _op(op, average, "grouped_allreduce_async")
-        tensors = _checked(list(tensors), "grouped_allreduce_async", inplace=False)
+        tensors = _checked(list(tensors), "grouped_allreduce_async", False, prescale_factor, postscale_factor)
     return _submit(tensors, _copies(tensors), name, op, prescale_factor, postscale_factor, process_set,
                    single=False)
 
@@ -206,7 +210,7 @@ def grouped_allreduce_async_(tensors, average=None, name=None, op=None, prescale
     """Start reducing a list of tensors in place as one operation; ``synchronize`` returns the list."""
     with _refusals(name, process_set):
         op = _op(op, average, "grouped_allreduce_async_")
-        tensors = _checked(list(tensors), "grouped_allreduce_async_", inplace=True)
+        tensors = _checked(list(tensors), "grouped_allreduce_async_", True, prescale_factor, postscale_factor)
     return _submit(tensors, tensors, name, op, prescale_factor, postscale_factor, process_set, single=False)
 
 

@@ -179,7 +179,9 @@ def test_arguments_refused_as_horovod_refuses_them():
                         (lambda: hvd.allreduce(x, op=hvd.Adasum), NotImplementedError),
                         (lambda: hvd.allreduce(x, op=17), ValueError),
                         (lambda: hvd.allreduce(torch.ones(2, dtype=torch.bool)), TypeError),
-                        (lambda: hvd.allreduce([1.0, 2.0]), TypeError)]:
+                        (lambda: hvd.allreduce([1.0, 2.0]), TypeError),
+                        (lambda: hvd.allreduce(x, prescale_factor="2"), TypeError),
+                        (lambda: hvd.grouped_allreduce_([x, torch.ones(2, 3).t()]), ValueError)]:
         try:
             call()
             refusals.append(False)
