@@ -35,8 +35,12 @@ import numpy as np
 from mpi4py import MPI
 
 _INT64_MIN = np.iinfo(np.int64).min
-# Horovod's stall inspector warns after HOROVOD_STALL_CHECK_TIME_SECONDS (60 s); so does this wait.
+# Horovod's stall inspector, with its variables: a warning after HOROVOD_STALL_CHECK_TIME_SECONDS (60 s) unless
+# HOROVOD_STALL_CHECK_DISABLE=1, and the job's end after HOROVOD_STALL_SHUTDOWN_TIME_SECONDS (0: never).
 STALL_WARNING_SECONDS = float(os.environ.get("HOROVOD_STALL_CHECK_TIME_SECONDS", "60"))
+if os.environ.get("HOROVOD_STALL_CHECK_DISABLE", "0") not in ("", "0"):
+    STALL_WARNING_SECONDS = float("inf")
+STALL_SHUTDOWN_SECONDS = float(os.environ.get("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", "0")) or None
 
 
 def signature(kind: str, name, describe: dict) -> int:
@@ -105,7 +109,7 @@ def agree(control: MPI.Comm, sigs: list | None, joining_now: bool, urgent=None, 
             v[2 * j], v[2 * j + 1] = h, -h
         v[2 * WINDOW:] = (1, -1, -1, -rank, -len(sigs))
     if size > 1:
-        wait(control.Iallreduce(MPI.IN_PLACE, v, MPI.MAX), urgent, what)
+        wait(control.Iallreduce(MPI.IN_PLACE, v, MPI.MAX), urgent, what, STALL_SHUTDOWN_SECONDS)
     got = v.tolist()  # Python ints: negating the int64 minimum must not wrap
     any_active, neg_all_active, joining, neg_first, neg_count = got[2 * WINDOW:]
     count = 0
@@ -147,24 +151,28 @@ def wait(request: MPI.Request, urgent=None, what: str = "", deadline: float | No
     """
     start = time.perf_counter()
     spin_until = start + 2e-4  # a short operation is seen done at once; only a long wait sleeps
-    warned = False
+    check_at, warned = start + 0.1, False
     while not request.Test():
         now = time.perf_counter()
+        if now >= check_at:  # a tenth of a second between looks at the clock's limits, spinning or not
+            check_at = now + 0.1
+            if not warned and now - start > STALL_WARNING_SECONDS:
+                warned = True
+                _say(f"rank {MPI.COMM_WORLD.Get_rank()} has waited {now - start:.0f} s for the other ranks to reach "
+                     f"{what}; a rank that never submits it stalls the job")
+            if deadline is not None and now - start > deadline:
+                _say(f"rank {MPI.COMM_WORLD.Get_rank()}: the other ranks did not reach {what} within "
+                     f"{deadline:.0f} s; aborting the job so that none waits forever")
+                MPI.COMM_WORLD.Abort(1)
         if now < spin_until or (urgent is not None and urgent()):
             continue
-        if not warned and now - start > STALL_WARNING_SECONDS:
-            warned = True
-            sys.stderr.write(f"ringtrain.horovod: rank {MPI.COMM_WORLD.Get_rank()} has waited "
-                             f"{now - start:.0f} s for the other ranks to reach {what}; a rank that never "
-                             "submits it stalls the job\n")
-            sys.stderr.flush()
-        if deadline is not None and now - start > deadline:
-            sys.stderr.write(f"ringtrain.horovod: rank {MPI.COMM_WORLD.Get_rank()}: the other ranks did not "
-                             f"reach {what} within {deadline:.0f} s; aborting the job so that none waits forever\n")
-            sys.stderr.flush()
-            MPI.COMM_WORLD.Abort(1)
         # Back off: a wait that has lasted t may be noticed t/20 late, at most 2 ms (nobody waits on it).
         time.sleep(min(max(2e-4, (now - start) / 20), 2e-3))
+
+
+def _say(line: str) -> None:
+    sys.stderr.write(f"ringtrain.horovod: {line}\n")
+    sys.stderr.flush()
 
 
 def mismatch_message(kind: str, name, described: list) -> str:

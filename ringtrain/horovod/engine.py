@@ -18,8 +18,8 @@ their collectives.
 
 Each process set has its own lane (lane.py): its queue and its thread, so
 that operations on different sets never wait for each other, as Horovod's
-process sets run concurrently. The job's lane is created on first use, a
-set's lane on the set's first operation.
+process sets run concurrently. A set's lane opens when the set is
+registered (the job's at ``hvd.init``), collectively over its members.
 
 >>> import ringtrain.horovod as hvd
 >>> hvd.init(MPI.COMM_SELF)
@@ -82,14 +82,13 @@ def submit(kind: str, name: str | None, describe: dict, body, process_set=None, 
     'done'
     >>> hvd.shutdown()
     """
-    comm = engine_comm(process_set)
+    engine_comm(process_set)  # refuses a rank that is not in the set
     key = _set_id(process_set)
     sig = signature(kind, name, describe)
     with _lock:
         lane = _lanes.get(key)
         if lane is None:
-            thread = "ringtrain.horovod engine" + (f" (process set {key})" if key else "")
-            lane = _lanes[key] = Lane(comm, thread)
+            raise ValueError(f"{kind}: process set {key} has no engine lane (not registered, or removed)")
         duplicate = name is not None and name in lane.names
         if not duplicate:
             if name is not None:
@@ -170,6 +169,14 @@ def synchronize(handle: int):
     if op.error is not None:
         raise op.error
     return op.result
+
+
+def _open_lane(process_set_id: int, comm: MPI.Comm) -> None:
+    """Start the lane of a set being registered (the job's at init). Collective over ``comm``."""
+    thread = "ringtrain.horovod engine" + (f" (process set {process_set_id})" if process_set_id else "")
+    lane = Lane(comm, thread)
+    with _lock:
+        _lanes[process_set_id] = lane
 
 
 def _stop_lane(process_set_id: int) -> None:

@@ -66,8 +66,13 @@ class Lane:
     """The FIFO of one process set and its daemon thread (the same thread name on every rank of the set)."""
 
     def __init__(self, comm: MPI.Comm, thread_name: str):
+        """Collective over ``comm``: made when the set is registered, where every member is, and not at its
+        first operation, which a rank that never submits one would never reach (its peers would wait in the
+        Dup, where no stall warning can be given)."""
         self.comm = comm
         """The set's engine communicator: bodies talk on it."""
+        self.control = comm.Dup()
+        """Its duplicate, for the agreement rounds and failure flags."""
         self.names: set = set()
         """Names submitted and not yet synchronized: a second one is refused, as Horovod refuses it."""
         self.waiters = 0
@@ -102,8 +107,7 @@ class Lane:
             return self._queue.popleft() if self._queue else None
 
     def _run(self) -> None:
-        # Collective over the set: every member's lane starts with it, before its first operation.
-        control = self.comm.Dup()
+        control = self.control
         try:
             with waiting.polite(POLL_SLEEP_SECONDS, urgent=self._urgent, spin=POLL_SLEEP_SECONDS):
                 while (op := self._next()) is not None:

@@ -15,6 +15,7 @@ that this rank is not in raises ValueError, as Horovod's does.
 from mpi4py import MPI
 
 from . import basics
+from .engine import _open_lane, _stop_lane
 
 _sets: dict[int, "ProcessSet"] = {}  # process_set_id -> the registered set (0: the global one)
 _next_id = 1
@@ -98,6 +99,7 @@ def _init_process_sets(process_sets) -> None:
     "dynamic" (Horovod's switch that allows add_process_set later) changes nothing: it is always allowed here.
     """
     _reset(basics.size())
+    _open_lane(0, basics.job().engine)
     if process_sets is None:
         return
     if isinstance(process_sets, str):
@@ -168,6 +170,8 @@ def add_process_set(process_set) -> ProcessSet:
         # communicator: a Split on job.comm could meet the reducer thread's collectives.
         split = job.state.Split(0 if member else MPI.UNDEFINED, job.comm.Get_rank())
         process_set._comm = split if member else None
+    if process_set._comm is not None:
+        _open_lane(_next_id, process_set._comm)
     process_set.process_set_id = _next_id
     _sets[_next_id] = process_set
     _next_id += 1
@@ -189,7 +193,6 @@ def remove_process_set(process_set: ProcessSet) -> bool:
 
 
 def _free(ps: ProcessSet) -> None:
-    from .engine import _stop_lane  # noqa: PLC0415  (the engine imports the sets' communicators through this module)
     _stop_lane(ps.process_set_id)
     if ps._comm is not None:
         ps._comm.Free()
