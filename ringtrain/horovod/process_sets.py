@@ -196,6 +196,7 @@ def _free(ps: ProcessSet) -> None:
     _stop_lane(ps.process_set_id)
     if ps._comm is not None:
         ps._comm.Free()
-    ps._comm = None
+    # Invalidated as Horovod invalidates a removed set: it no longer names any ranks.
+    ps._comm = ps.ranks = ps.mpi_comm = None
     ps.process_set_id = None
 
