@@ -16,6 +16,14 @@ refuse bad input before its first collective, or on every rank alike: a rank
 whose body fails makes every rank raise, but only once the others have left
 their collectives.
 
+Beside it: ``refuse(kind, name, error, process_set)`` raises a refused
+argument after telling the other ranks (so that none waits for this rank's
+operation); ``register_joined_body(kind, make)`` lets ranks inside ``join``
+serve operations of that kind (allreduce and barrier do; others raise while a
+rank has joined, as Horovod's allgather and broadcast do); ``submit(...,
+fusion=Fusion(...))`` lets like operations queued back to back run as one
+(fusion.py).
+
 Each process set has its own lane (lane.py): its queue and its thread, so
 that operations on different sets never wait for each other, as Horovod's
 process sets run concurrently. A set's lane opens when the set is
