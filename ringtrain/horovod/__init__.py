@@ -18,3 +18,8 @@ from .compression import Compression, Compressor, FP16Compressor, NoneCompressor
 from .optimizer import DistributedOptimizer
 from .broadcast_state import broadcast_optimizer_state, broadcast_parameters
 from .sync_batch_norm import SyncBatchNorm
+from .allreduce import (allreduce, allreduce_, allreduce_async, allreduce_async_, grouped_allreduce,
+                        grouped_allreduce_, grouped_allreduce_async, grouped_allreduce_async_)
+from .control import barrier, join
+from .engine import HorovodMismatchError, poll, synchronize
+from .process_sets import ProcessSet, add_process_set, global_process_set, remove_process_set

@@ -76,9 +76,8 @@ def init(comm: "MPI.Comm | list[int] | None" = None, process_sets=None) -> None:
     elif not isinstance(comm, MPI.Comm):
         raise ValueError(f"hvd.init: comm={comm!r} must be an mpi4py communicator, a list of ranks, or None")
     _job = _Job(comm)
-    if process_sets is not None:
-        from .process_sets import _init_process_sets  # noqa: PLC0415  (process sets build on the job)
-        _init_process_sets(process_sets)
+    from .process_sets import _init_process_sets  # noqa: PLC0415  (process sets build on the job)
+    _init_process_sets(process_sets)
 
 
 def shutdown() -> None:
@@ -87,7 +86,9 @@ def shutdown() -> None:
     if _job is None:
         return
     from .engine import _stop_engine  # noqa: PLC0415  (the engine is started lazily by the first operation)
+    from .process_sets import _shutdown_process_sets  # noqa: PLC0415
     _stop_engine()
+    _shutdown_process_sets()
     _job.free()
     _job = None
 
