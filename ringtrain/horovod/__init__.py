@@ -14,3 +14,9 @@ from .basics import (Adasum, Average, Max, Min, Product, Sum, ccl_built, cross_r
                      ddl_built, gloo_built, gloo_enabled, init, is_homogeneous, is_initialized, local_rank,
                      local_size, mpi_built, mpi_enabled, mpi_threads_supported, nccl_built, rank, rocm_built,
                      shutdown, size)
+from .allgather import allgather, allgather_async, grouped_allgather, grouped_allgather_async
+from .alltoall import alltoall, alltoall_async
+from .broadcast import broadcast, broadcast_, broadcast_async, broadcast_async_
+from .objects import allgather_object, broadcast_object
+from .reducescatter import (grouped_reducescatter, grouped_reducescatter_async, reducescatter,
+                            reducescatter_async)
