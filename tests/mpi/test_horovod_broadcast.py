@@ -63,7 +63,8 @@ def test_async_out_of_place_leaves_the_input():
     r, n = hvd.rank(), hvd.size()
     t = torch.tensor([r, r + 1])
     got = engine.synchronize(hvd.broadcast_async(t, root_rank=n // 2))
-    assert all_ranks_agree(torch.equal(got, torch.tensor([n // 2, n // 2 + 1])) and torch.equal(t, torch.tensor([r, r + 1])))
+    ok = torch.equal(got, torch.tensor([n // 2, n // 2 + 1]))
+    assert all_ranks_agree(ok and torch.equal(t, torch.tensor([r, r + 1])))
 
 
 @pytest.mark.mpi
