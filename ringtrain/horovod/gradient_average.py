@@ -18,7 +18,7 @@ from .tensor_views import RINGTRAIN_SUMS, byte_view, dense
 def average(tensors, process_set) -> list[torch.Tensor]:
     """Each of ``tensors`` averaged over ``process_set``, as new tensors; collective over the set.
 
-    >>> average([torch.ones(2)], None)   # doctest: +SKIP  (needs hvd.init)
+    >>> average([torch.ones(2)], None)   # needs hvd.init()  # doctest: +SKIP
     [tensor([1., 1.])]
     """
     copies = [dense(t).clone() for t in tensors]  # reduced in place; the caller's gradients stay as they were

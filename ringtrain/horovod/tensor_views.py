@@ -42,7 +42,7 @@ def byte_view(tensor: torch.Tensor) -> np.ndarray:
     """The bytes of a contiguous tensor as a 1-D uint8 numpy array sharing its memory.
 
     >>> byte_view(torch.ones(2, dtype=torch.float16))
-    array([  0,  60,   0,  60], dtype=uint8)
+    array([ 0, 60,  0, 60], dtype=uint8)
     """
     return tensor.reshape(-1).view(torch.uint8).numpy()
 
@@ -51,7 +51,7 @@ def word_view(tensor: torch.Tensor) -> np.ndarray | None:
     """The bytes of a contiguous tensor as int64 (or int32) words for ringtrain's collectives, or None
     where its byte length is not a multiple of 4 (or it is empty).
 
-    >>> word_view(torch.zeros(3, dtype=torch.bool)) is None, word_view(torch.zeros(2)).dtype
+    >>> word_view(torch.zeros(3, dtype=torch.bool)) is None, word_view(torch.zeros(3)).dtype
     (True, dtype('int32'))
     """
     raw = byte_view(tensor)
