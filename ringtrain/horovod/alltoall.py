@@ -10,7 +10,7 @@ Returns as Horovod 0.28.1: ``alltoall`` gives the received tensor, plus the
 received splits (an int32 tensor, or the dtype of a ``splits`` tensor) when
 ``splits`` was passed; ``synchronize`` of ``alltoall_async`` always gives the
 pair. Differentiable: the gradient travels back by an alltoall with the
-received splits.
+received splits (rows that were sent nowhere get a zero gradient).
 """
 import numpy as np
 import torch
@@ -44,13 +44,16 @@ class _ExchangeRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tensor, splits, name, process_set):
         received, received_splits = engine.synchronize(_submit(tensor, splits, name, process_set))
-        ctx.process_set, ctx.received_splits = process_set, received_splits
+        ctx.process_set, ctx.received_splits, ctx.rows = process_set, received_splits, tensor.shape[0]
         ctx.mark_non_differentiable(received_splits)
         return received, received_splits
 
     @staticmethod
     def backward(ctx, grad, _splits_grad):
         returned, _ = engine.synchronize(_submit(grad, ctx.received_splits, None, ctx.process_set))
+        unsent = ctx.rows - returned.shape[0]  # rows past sum(splits) went nowhere: their gradient is zero
+        if unsent:
+            returned = torch.cat([returned, returned.new_zeros((unsent, *returned.shape[1:]))])
         return returned, None, None, None
 
 
