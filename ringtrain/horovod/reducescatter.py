@@ -16,6 +16,8 @@ sum, ``postscale_factor`` the result (integers scaled in float64 and truncated,
 16-bit floats in float32). Differentiable as in Horovod: the gradient is the
 allgather of the incoming gradient, times the set's size for Sum.
 """
+import numbers
+
 import numpy as np
 import torch
 from mpi4py import MPI
@@ -81,8 +83,10 @@ class _ScatterSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, what, name, op, process_set, prescale_factor, postscale_factor, *tensors):
         ctx.op, ctx.process_set = op, process_set
-        handle = _submit(what, tensors, name, op, process_set, prescale_factor, postscale_factor)
-        return tuple(engine.synchronize(handle))
+        single = what == "reducescatter"
+        result = engine.synchronize(_submit(what, tensors, name, op, process_set, prescale_factor,
+                                            postscale_factor, single))
+        return (result,) if single else tuple(result)
 
     @staticmethod
     def backward(ctx, *grads):
@@ -98,12 +102,11 @@ def _submit(what, tensors, name, op, process_set, prescale_factor, postscale_fac
     if isinstance(tensors, torch.Tensor) or not hasattr(tensors, "__iter__"):
         problem, tensors = f"{what}: tensors must be a list of tensors, got {type(tensors).__name__}", []
     tensors = list(tensors)
-    if op not in (Average, Sum):
-        if op in _OP_NAMES:  # a Horovod op that reducescatter does not do: Horovod's error is a RuntimeError
-            problem, error = f"{what}: op={_OP_NAMES[op]} is not supported; use hvd.Average or hvd.Sum", \
-                NotImplementedError
-        else:
-            problem = f"{what}: op={op!r} is not a reduction op; use hvd.Average or hvd.Sum"
+    op_name = _OP_NAMES.get(op) if isinstance(op, int) and not isinstance(op, bool) else None
+    if op_name is None:
+        problem = f"{what}: op={op!r} is not a reduction op; use hvd.Average or hvd.Sum"
+    elif op not in (Average, Sum):  # a Horovod op that reducescatter does not do: Horovod raises a RuntimeError
+        problem, error = f"{what}: op={op_name} is not supported; use hvd.Average or hvd.Sum", NotImplementedError
     entries = []
     for i, t in enumerate(tensors):
         label = "tensor" if single else f"tensors[{i}]"
@@ -115,9 +118,9 @@ def _submit(what, tensors, name, op, process_set, prescale_factor, postscale_fac
         problem = problem or wrong
         entries.append((str(t.dtype), tuple(t.shape)) if wrong is None else ("?", ()))
     for label, factor in (("prescale_factor", prescale_factor), ("postscale_factor", postscale_factor)):
-        if not isinstance(factor, (int, float)) or isinstance(factor, bool):
+        if not isinstance(factor, numbers.Real) or isinstance(factor, bool):
             problem = problem or f"{what}: {label}={factor!r} must be a number"
-    describe = {"tensors": tuple(entries), "op": _OP_NAMES.get(op, repr(op))}
+    describe = {"tensors": tuple(entries), "op": op_name or repr(op)}
     if problem:
         return submission.submit("reducescatter", name, describe, None, process_set, problem, error)
     # Prescaled copies, made now: the sum happens in them, and the caller's tensors are left as they were.
