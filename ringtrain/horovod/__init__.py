@@ -23,3 +23,9 @@ from .allreduce import (allreduce, allreduce_, allreduce_async, allreduce_async_
 from .control import barrier, join
 from .engine import HorovodMismatchError, poll, synchronize
 from .process_sets import ProcessSet, add_process_set, global_process_set, remove_process_set
+from .allgather import allgather, allgather_async, grouped_allgather, grouped_allgather_async
+from .alltoall import alltoall, alltoall_async
+from .broadcast import broadcast, broadcast_, broadcast_async, broadcast_async_
+from .objects import allgather_object, broadcast_object
+from .reducescatter import (grouped_reducescatter, grouped_reducescatter_async, reducescatter,
+                            reducescatter_async)
