@@ -21,7 +21,7 @@ from .sync_batch_norm import SyncBatchNorm
 from .allreduce import (allreduce, allreduce_, allreduce_async, allreduce_async_, grouped_allreduce,
                         grouped_allreduce_, grouped_allreduce_async, grouped_allreduce_async_)
 from .control import barrier, join
-from .engine import HorovodMismatchError, poll, synchronize
+from .engine import HorovodInternalError, HorovodMismatchError, poll, synchronize
 from .process_sets import ProcessSet, add_process_set, global_process_set, remove_process_set
 from .allgather import allgather, allgather_async, grouped_allgather, grouped_allgather_async
 from .alltoall import alltoall, alltoall_async

@@ -44,9 +44,9 @@ from mpi4py import MPI
 from .agreement import signature
 from .basics import job
 from .fusion import Fusion
-from .lane import JOINED_BODIES, HorovodMismatchError, Lane, Operation
+from .lane import JOINED_BODIES, HorovodInternalError, HorovodMismatchError, Lane, Operation
 
-__all__ = ["Fusion", "HorovodMismatchError", "engine_comm", "submit", "poll", "synchronize", "refuse",
+__all__ = ["Fusion", "HorovodInternalError", "HorovodMismatchError", "engine_comm", "submit", "poll", "synchronize", "refuse",
            "register_joined_body"]
 
 _lock = threading.Lock()  # guards the tables below; never held across MPI or a wait

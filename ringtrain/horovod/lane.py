@@ -39,7 +39,11 @@ JOINED_BODIES: dict = {}
 """kind -> make(describe) -> body(comm), or a Fusion: what a joined rank runs when the others run that kind."""
 
 
-class HorovodMismatchError(RuntimeError):
+class HorovodInternalError(RuntimeError):
+    """Horovod's name for a collective that failed; scripts catch it, so the mismatch below is one."""
+
+
+class HorovodMismatchError(HorovodInternalError):
     """The ranks called different operations: raised on every rank."""
 
 
