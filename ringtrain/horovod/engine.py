@@ -97,10 +97,12 @@ def submit(kind: str, name: str | None, describe: dict, body, process_set=None, 
         lane = _lanes.get(key)
         if lane is None:
             raise ValueError(f"{kind}: process set {key} has no engine lane (not registered, or removed)")
-        duplicate = name is not None and name in lane.names
+        # A name is taken per kind, as Horovod prefixes each name with its operation's: a pending allgather
+        # 'x' does not refuse an allreduce 'x'.
+        duplicate = name is not None and (kind, name) in lane.names
         if not duplicate:
             if name is not None:
-                lane.names.add(name)
+                lane.names.add((kind, name))
             handle = next(_counter)
             op = _ops[handle] = Operation(handle, kind, name, describe, body, sig, lane, fusion)
     if duplicate:
@@ -173,7 +175,7 @@ def synchronize(handle: int):
                 op.lane.waiters -= 1
     with _lock:
         _ops.pop(handle, None)
-        op.lane.names.discard(op.name)
+        op.lane.names.discard((op.kind, op.name))
     if op.error is not None:
         raise op.error
     return op.result
