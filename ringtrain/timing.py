@@ -67,3 +67,13 @@ def memcpy_bandwidth(nbytes: int, repeats: int = 7) -> float:
     dst = np.empty_like(src)
     # The warm-up call faults the pages in before timing.
     return src.nbytes / median_seconds(lambda: np.copyto(dst, src), repeats) / 1e9
+
+
+def time_steps(variant, x, y, steps: int, comm: MPI.Comm) -> float:
+    """One warm-up ``variant.step(x, y)``, a barrier, then the slowest rank's mean over ``steps`` steps. Collective."""
+    variant.step(x, y)
+    comm.Barrier()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        variant.step(x, y)
+    return slowest(comm, (time.perf_counter() - t0) / steps)

@@ -16,7 +16,6 @@ As a check that both ran the same training, ``max_param_diff`` is the largest
 difference between the two variants' parameters after every timed step.
 """
 import argparse
-import time
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ from mpi4py import MPI
 
 from ..model import GPT, GPTConfig
 from ..results import add_link_argument, metadata, write_result
-from ..timing import slowest
+from ..timing import time_steps
 from ..train.threads import set_torch_threads
 from .ddp_peer import init_groups
 
@@ -88,14 +87,6 @@ class _Sharded:
         return torch.cat([p.full_tensor().detach().reshape(-1).float() for p in self.model.parameters()])
 
 
-def _time_steps(variant, x, y, steps, comm) -> float:
-    variant.step(x, y)  # warm-up
-    comm.Barrier()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        variant.step(x, y)
-    return slowest(comm, (time.perf_counter() - t0) / steps)
-
 
 def main(args) -> int:
     comm = MPI.COMM_WORLD
@@ -115,7 +106,7 @@ def main(args) -> int:
     times = {b: [] for b in BACKENDS}
     for _ in range(args.repeat):
         for b, v in variants.items():
-            times[b].append(_time_steps(v, x, y, args.steps, comm))
+            times[b].append(time_steps(v, x, y, args.steps, comm))
     # Both did the same steps from the same start: their parameters must agree (to summation order).
     diff = float((variants["gloo"].full_parameters() - variants["ringtrain"].full_parameters()).abs().max())
     med = {b: float(np.median(t)) for b, t in times.items()}

@@ -15,17 +15,16 @@ same run; the target for ``hvd`` is 1.05 or less. ``ratio_reps`` is that ratio
 in each repetition, whose spread says how far to trust the median.
 """
 import argparse
-import time
 
 import numpy as np
 import torch
 from mpi4py import MPI
 
 from .. import horovod as hvd
-from ..model import GPT, GPTConfig
-from ..reducer import GradientReducer
+from ..model import GPTConfig
 from ..results import add_link_argument, metadata, write_result
-from ..timing import slowest
+from ..timing import time_steps
+from .training import Plain, Reduced
 from ..train.threads import set_torch_threads
 
 
@@ -42,35 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_link_argument(p)
 
 
-class _Compute:
-    """Forward, backward, SGD step, zero_grad; no communication."""
-
-    def __init__(self, cfg: GPTConfig):
-        torch.manual_seed(0)
-        self.model = GPT(cfg)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-4)
-
-    def step(self, x, y):
-        _, loss = self.model(x, y)
-        loss.backward()
-        self.sync()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-
-    def sync(self):
-        pass
-
-
-class _Reducer(_Compute):
-    def __init__(self, cfg, cap_mb, comm):
-        super().__init__(cfg)
-        self.reducer = GradientReducer(self.model, bucket_cap_mb=cap_mb, comm=comm)
-
-    def sync(self):
-        self.reducer.synchronize()
-
-
-class _Horovod(_Compute):
+class _Horovod(Plain):
     """A Horovod script's loop: broadcast the weights, wrap the optimizer, step (which synchronizes)."""
 
     def __init__(self, cfg, cap_mb):
@@ -93,12 +64,12 @@ def main(args) -> int:
     torch.manual_seed(0)
     x = torch.randint(0, 256, (args.batch_size, args.context))
     y = torch.randint(0, 256, (args.batch_size, args.context))
-    variants = {"compute": _Compute(cfg), "reducer": _Reducer(cfg, args.bucket_cap_mb, comm),
+    variants = {"compute": Plain(cfg), "reducer": Reduced(cfg, args.bucket_cap_mb, comm),
                 "hvd": _Horovod(cfg, args.bucket_cap_mb)}
     times = {name: [] for name in variants}
     for _ in range(args.repeat):
         for name, v in variants.items():
-            times[name].append(_time_steps(v, x, y, args.steps, comm))
+            times[name].append(time_steps(v, x, y, args.steps, comm))
     med = {name: float(np.median(t)) for name, t in times.items()}
     ratio_reps = [h / r for h, r in zip(times["hvd"], times["reducer"])]
     tokens = world * args.batch_size * args.context
@@ -122,11 +93,3 @@ def main(args) -> int:
     variants["reducer"].reducer.close()
     return 0
 
-
-def _time_steps(variant, x, y, steps, comm) -> float:
-    variant.step(x, y)  # warm-up
-    comm.Barrier()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        variant.step(x, y)
-    return slowest(comm, (time.perf_counter() - t0) / steps)

@@ -18,7 +18,6 @@ The breakdown of a variant is ``comm = allreduce of all gradients, timed alone``
 ``exposed = step - compute`` and ``hidden = comm - exposed`` (the overlap).
 """
 import argparse
-import time
 
 import numpy as np
 import torch
@@ -30,7 +29,7 @@ from ..model import GPT, GPTConfig
 from ..reducer import GradientReducer
 from ..results import add_link_argument, metadata, write_result
 from ..train.threads import set_torch_threads
-from ..timing import median_call, slowest
+from ..timing import median_call, time_steps
 from .ddp_peer import init_groups
 
 DDP_ROWS = {"gloo": "ddp", "ringtrain": "ddp-ringtrain"}  # backend -> its row; "ddp" stays gloo's, as it always was
@@ -75,15 +74,15 @@ def main(args) -> int:
         raise SystemExit(f"bench training: --ddp-backends has {args.ddp_backends!r}; allowed: a comma-separated "
                          f"list of {', '.join(DDP_ROWS)}")
     sleeps = [float(v) for v in args.poll_sleep_us.split(",") if v.strip()] or [None]
-    variants = {"compute": _Plain(cfg)}
+    variants = {"compute": Plain(cfg)}
     for sleep in sleeps:
         tag = "" if sleep is None else f" sleep={sleep:g}us"
         for cap in caps:
-            variants[f"bucket={cap:g}MB{tag}"] = _Reduced(cfg, cap, comm, sleep)
+            variants[f"bucket={cap:g}MB{tag}"] = Reduced(cfg, cap, comm, sleep)
             if args.first_bucket_mb and args.first_bucket_mb < cap:
-                variants[f"bucket={cap:g}MB,first={args.first_bucket_mb:g}MB{tag}"] = _Reduced(
+                variants[f"bucket={cap:g}MB,first={args.first_bucket_mb:g}MB{tag}"] = Reduced(
                     cfg, cap, comm, sleep, args.first_bucket_mb)
-        variants[f"no-bucket{tag}"] = _Reduced(cfg, 1e9, comm, sleep)
+        variants[f"no-bucket{tag}"] = Reduced(cfg, 1e9, comm, sleep)
     ddp = not args.no_ddp and world > 1
     if ddp:
         groups = init_groups(comm, ringtrain="ringtrain" in backends)
@@ -95,7 +94,7 @@ def main(args) -> int:
     times = {name: [] for name in variants}
     for _ in range(args.repeat):
         for name, v in variants.items():
-            times[name].append(_time_steps(v, x, y, args.steps, comm))
+            times[name].append(time_steps(v, x, y, args.steps, comm))
     med = {name: float(np.median(t)) for name, t in times.items()}
     tokens = world * args.batch_size * args.context
     compute = med["compute"]
@@ -134,7 +133,7 @@ def main(args) -> int:
     return 0
 
 
-class _Plain:
+class Plain:
     """Forward, backward, SGD step; no communication."""
 
     def __init__(self, cfg):
@@ -156,7 +155,7 @@ class _Plain:
         pass
 
 
-class _Reduced(_Plain):
+class Reduced(Plain):
     def __init__(self, cfg, cap_mb, comm, poll_sleep_us=None, first_bucket_mb=None):
         super().__init__(cfg)
         self.reducer = GradientReducer(self.model, bucket_cap_mb=cap_mb, comm=comm, poll_sleep_us=poll_sleep_us,
@@ -169,7 +168,7 @@ class _Reduced(_Plain):
         self.reducer.close()
 
 
-class _DDP(_Plain):
+class _DDP(Plain):
     """torch DDP on ``group``'s backend, its buckets capped at ``cap_mb`` (torch's first bucket stays 1 MB)."""
 
     def __init__(self, cfg, group, cap_mb):
@@ -182,14 +181,6 @@ class _DDP(_Plain):
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
 
-
-def _time_steps(variant, x, y, steps, comm) -> float:
-    variant.step(x, y)  # warm-up
-    comm.Barrier()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        variant.step(x, y)
-    return slowest(comm, (time.perf_counter() - t0) / steps)
 
 
 def _time_allreduce(count, comm, repeat) -> float:
