@@ -89,6 +89,14 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "Where the tokenised corpus is cached (data/corpus.py)."),
     Variable("MPIEXEC", _PATH, None, "the mpiexec beside this Python, then the one on PATH",
              "The launcher `launch` runs (fault/supervise.py; --mpiexec overrides it)."),
+    Variable("HOROVOD_STALL_CHECK_TIME_SECONDS", number(0, above=True), 60.0, "60 seconds",
+             "How long ringtrain.horovod waits for a rank's operation before warning that it stalls, as Horovod's "
+             "stall inspector (horovod/agreement.py)."),
+    Variable("HOROVOD_STALL_CHECK_DISABLE", flag(), False, "0 (check)",
+             "1 turns ringtrain.horovod's stall warning off (horovod/agreement.py)."),
+    Variable("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", number(0), 0.0, "0 (never)",
+             "After this long a stalled ringtrain.horovod operation ends the job, naming it; 0 never does "
+             "(horovod/agreement.py)."),
     Variable("MASTER_ADDR", _HOST, None, "GLOO_SOCKET_IFNAME's address, or loopback on one host",
              "Where rank 0 of the torch DDP peer listens, for the benchmarks (bench/ddp_peer.py; torch's too)."),
     Variable("GLOO_SOCKET_IFNAME", text("comma-separated network interface names", r"[^\s,]+(,[^\s,]+)*"), None,

@@ -26,7 +26,6 @@ engine's thread leaves the core to backward while it waits for a slower rank,
 except while the caller is itself blocked in ``synchronize``.
 """
 import hashlib
-import os
 import sys
 import time
 from typing import NamedTuple
@@ -34,13 +33,16 @@ from typing import NamedTuple
 import numpy as np
 from mpi4py import MPI
 
+from ..environment import value_or_default
+
 _INT64_MIN = np.iinfo(np.int64).min
 # Horovod's stall inspector, with its variables: a warning after HOROVOD_STALL_CHECK_TIME_SECONDS (60 s) unless
 # HOROVOD_STALL_CHECK_DISABLE=1, and the job's end after HOROVOD_STALL_SHUTDOWN_TIME_SECONDS (0: never).
-STALL_WARNING_SECONDS = float(os.environ.get("HOROVOD_STALL_CHECK_TIME_SECONDS", "60"))
-if os.environ.get("HOROVOD_STALL_CHECK_DISABLE", "0") not in ("", "0"):
+# Read and checked as every variable in environment.py's table (a bad value is a ValueError naming it).
+STALL_WARNING_SECONDS = float(value_or_default("HOROVOD_STALL_CHECK_TIME_SECONDS"))
+if value_or_default("HOROVOD_STALL_CHECK_DISABLE"):
     STALL_WARNING_SECONDS = float("inf")
-STALL_SHUTDOWN_SECONDS = float(os.environ.get("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", "0")) or None
+STALL_SHUTDOWN_SECONDS = float(value_or_default("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS")) or None
 
 
 def signature(kind: str, name, describe: dict) -> int:

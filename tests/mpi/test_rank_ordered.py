@@ -61,6 +61,13 @@ def test_torch_gathers_and_reduce_scatters_take_it_at_two_by_two(monkeypatch):
     the float sums of whole numbers (AVG within rounding: it divides once, where gloo may divide otherwise)."""
     import tests.mpi.backend_setup as setup
     _, gloo = setup.start()
+    try:
+        _gathers_and_reduce_scatters(gloo, monkeypatch)
+    finally:
+        setup.stop()  # later modules start torch.distributed their own way
+
+
+def _gathers_and_reduce_scatters(gloo, monkeypatch):
     monkeypatch.setenv("RINGTRAIN_NODE_SIZE", "2")
     ours = dist.new_group(backend="ringtrain")  # its node groups are learnt at its first large gather
     n, me = WORLD.Get_size(), WORLD.Get_rank()
