@@ -32,8 +32,15 @@ def _init():
 @pytest.mark.mpi
 def test_async_handles_in_submission_order():
     n, r = WORLD.Get_size(), WORLD.Get_rank()
+    # The other ranks submit only after rank 0 has polled, so on rank 0 no operation can be done yet:
+    # a poll that found one done would mean the call waited for its peers, and was not async.
+    if r != 0:
+        WORLD.recv(source=0, tag=33)
     handles = [hvd.allreduce_async(torch.tensor([float(r + i)]), name=f"step{i}", op=hvd.Sum) for i in range(20)]
-    pending_at_once = not all(hvd.poll(h) for h in handles)
+    none_done_alone = r != 0 or n == 1 or not any(hvd.poll(h) for h in handles)
+    if r == 0:
+        for peer in range(1, n):
+            WORLD.send(None, dest=peer, tag=33)
     results = {i: hvd.synchronize(handles[i]).item() for i in reversed(range(20))}  # any order of synchronize
     expected = {i: n * (n - 1) / 2 + n * i for i in range(20)}
     try:
@@ -41,8 +48,7 @@ def test_async_handles_in_submission_order():
         stale_refused = False
     except ValueError:
         stale_refused = True
-    # poll may find a fast operation done already; over 20 it must have seen one pending, or the op was not async.
-    assert all_ranks_agree(results == expected and stale_refused and (pending_at_once or n == 1))
+    assert all_ranks_agree(results == expected and stale_refused and none_done_alone)
 
 
 @pytest.mark.mpi
