@@ -154,7 +154,29 @@ def test_zero_with_compression_is_refused_naming_both(spec):
         TrainConfig(zero=2, compression=spec)
 
 
-@pytest.mark.parametrize("extra", [{"zero": 1}, {"compression": "fp16"}])
+@pytest.mark.parametrize("spec", ["fp16", "int8", "ef+topk:ratio=0.01", "auto"])
+def test_zero3_refuses_compression_and_names_the_reduce_dtype(spec):
+    with pytest.raises(UsageError, match=rf"'{re.escape(spec)}' with --zero 3: not supported yet — ZeRO-3's gradients "
+                                         r"are reduce-scattered by FSDP2, which takes no compressor; --reduce-dtype"):
+        TrainConfig(zero=3, compression=spec)
+
+
+@pytest.mark.parametrize("zero", [0, 1, 2])
+def test_mixed_precision_outside_zero3_is_refused(zero):
+    with pytest.raises(UsageError, match=rf"--param-dtype bf16 --reduce-dtype fp32 with --zero {zero}: mixed precision "
+                                         "is ZeRO-3's"):
+        TrainConfig(zero=zero, param_dtype="bf16")
+    assert TrainConfig(zero=3, param_dtype="bf16", reduce_dtype="fp16").reduce_dtype == "fp16"
+
+
+def test_zero_stage_and_dtypes_outside_their_range_are_refused():
+    with pytest.raises(UsageError, match=r"zero \(--zero\) = 4: not allowed"):
+        TrainConfig(zero=4)
+    with pytest.raises(UsageError, match=r"param_dtype \(--param-dtype\) = 'fp64': not allowed — one of fp32, bf16, fp16"):
+        TrainConfig(zero=3, param_dtype="fp64")
+
+
+@pytest.mark.parametrize("extra", [{"zero": 1}, {"zero": 3}, {"compression": "fp16"}])
 def test_onebit_adam_refuses_what_it_cannot_honour(extra):
     with pytest.raises(UsageError, match=r"optimizer \(--optimizer\) = 'onebit-adam' with .* not supported — 1-bit "
                                          "Adam compresses its own momentum"):

@@ -10,6 +10,8 @@ resident set size above what the process held before the variant began:
 
 - ``unsharded``: GradientReducer and torch's AdamW on every rank;
 - ``zero1`` / ``zero2``: GradientReducer(zero=1|2) and ZeroOptimizer(AdamW);
+- ``zero3``: FSDP2 over the ringtrain backend, one group per block, as ``train --zero 3`` shards it, and AdamW
+  on the shards;
 - ``torch-zero``: DDP on gloo with torch's ZeroRedundancyOptimizer(AdamW), the peer.
 
 The peak is measured in one process by resetting Linux's high-water mark
@@ -34,7 +36,7 @@ from ..timing import slowest
 from ..train.memory import state_bytes, usage
 from ..train.threads import set_torch_threads
 
-VARIANTS = ("unsharded", "zero1", "zero2", "torch-zero")
+VARIANTS = ("unsharded", "zero1", "zero2", "zero3", "torch-zero")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,17 +74,15 @@ def main(args) -> int:
     ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)
     threads = set_torch_threads(comm)
     meta = metadata(comm, args, torch_threads=threads)
-    gloo = False
     if "torch-zero" in variants:
         from .ddp_peer import init_gloo
         init_gloo(comm)
-        gloo = True
     rows = []
     if rank == 0:
         print(f"# ringtrain bench memory: {world} ranks, GPT {args.layers} layers, AdamW, largest rank's figures "
               f"(MB); peak = peak RSS above the process's before the variant")
-        print(f"{'width':>6} {'parameters':>12} {'variant':>11} {'state_MB':>9} {'grads_MB':>9} {'peak_MB':>9} "
-              f"{'step_ms':>9}", flush=True)
+        print(f"{'width':>6} {'parameters':>12} {'variant':>11} {'params_MB':>9} {'state_MB':>9} {'grads_MB':>9} "
+              f"{'peak_MB':>9} {'step_ms':>9}", flush=True)
     # A throwaway run first: torch's and MPI's one-time allocations must not count against the first variant.
     _measure(variants[0], widths[0], args, comm)
     for width in widths:
@@ -90,14 +90,15 @@ def main(args) -> int:
             rows.append(_measure(variant, width, args, comm))
             if rank == 0:
                 r = rows[-1]
-                print(f"{width:>6} {r['parameters']:>12,} {variant:>11} {r['state_mb']:>9.1f} {r['grads_mb']:>9.1f} "
-                      f"{r['peak_mb']:>9.1f} {r['step_ms']:>9.0f}", flush=True)
+                print(f"{width:>6} {r['parameters']:>12,} {variant:>11} {r['params_held_mb']:>9.1f} "
+                      f"{r['state_mb']:>9.1f} {r['grads_mb']:>9.1f} {r['peak_mb']:>9.1f} {r['step_ms']:>9.0f}",
+                      flush=True)
     for row in rows:
         base = next(r for r in rows if r["width"] == row["width"] and r["variant"] == "unsharded")
         row["peak_vs_unsharded_mb"] = row["peak_mb"] - base["peak_mb"]
         row["step_vs_unsharded"] = row["step_ms"] / base["step_ms"]
-    if gloo:
-        import torch.distributed as dist
+    import torch.distributed as dist
+    if dist.is_initialized():  # gloo's for the peer, or the ringtrain backend that zero3 started
         dist.destroy_process_group()
     if rank == 0 and args.json:
         write_result(args.json, "memory", meta, rows=rows)
@@ -125,8 +126,9 @@ def _measure(variant: str, width: int, args, comm) -> dict:
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
     state = state_bytes(inner)
+    held = usage(model, sync, inner)["parameters"]  # this rank's shards under ZeRO-3
     peak_kib = _status_kib("VmHWM") - start_kib
-    figures = np.array([state, grads, peak_kib * 1024], dtype=np.float64)
+    figures = np.array([state, grads, peak_kib * 1024, held], dtype=np.float64)
     comm.Allreduce(MPI.IN_PLACE, figures, op=MPI.MAX)  # the largest rank's
     step = slowest(comm, float(np.median(times)))
     if sync is not None:
@@ -136,7 +138,8 @@ def _measure(variant: str, width: int, args, comm) -> dict:
     gc.collect()
     return {"width": width, "layers": args.layers, "parameters": nparams, "world": comm.Get_size(),
             "variant": variant, "parameters_mb": 4 * nparams / 1e6, "state_mb": figures[0] / 1e6,
-            "grads_mb": figures[1] / 1e6, "peak_mb": figures[2] / 1e6, "step_ms": 1e3 * step}
+            "grads_mb": figures[1] / 1e6, "peak_mb": figures[2] / 1e6, "params_held_mb": figures[3] / 1e6,
+            "step_ms": 1e3 * step}
 
 
 def _build(variant: str, model, cap_mb: float):
@@ -146,6 +149,10 @@ def _build(variant: str, model, cap_mb: float):
         from torch.distributed.optim import ZeroRedundancyOptimizer
         ddp = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=cap_mb)
         return None, ddp, ZeroRedundancyOptimizer(params, optimizer_class=torch.optim.AdamW, lr=1e-4)
+    if variant == "zero3":
+        from ..train.fully_sharded import FullyShardedSync
+        sync = FullyShardedSync(model, MPI.COMM_WORLD)
+        return sync, None, torch.optim.AdamW(list(model.parameters()), lr=1e-4)  # the shards, after fully_shard
     zero = {"unsharded": 0, "zero1": 1, "zero2": 2}[variant]
     reducer = GradientReducer(model, bucket_cap_mb=cap_mb, zero=zero)
     if zero:

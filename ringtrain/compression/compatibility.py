@@ -21,13 +21,24 @@ AUTO = "auto"
 
 
 def zero_conflict(zero: int, compression: "Compressor | str | None") -> str | None:
-    """ZeRO reduce-scatters each bucket: only a codec that is summed on the ring (Path.RING_CODEC) fits."""
+    """ZeRO reduce-scatters each bucket: only a codec that is summed on the ring (Path.RING_CODEC) fits.
+    ZeRO-3's reduce-scatters are FSDP2's, which take no codec: its --reduce-dtype is the compression."""
     if not zero or compression is None:
         return None
+    if zero == 3:
+        return ("ZeRO-3's gradients are reduce-scattered by FSDP2, which takes no compressor; "
+                "--reduce-dtype bf16 or fp16 halves its bytes")
     if compression != AUTO and compression.path is Path.RING_CODEC:
         return None
     return ("ZeRO reduce-scatters, so only codecs that sum on the ring work: fp16, bf16, int8 (no ef, no lz4)"
             + ("; auto may choose another" if compression == AUTO else ""))
+
+
+def precision_conflict(zero: int, param_dtype: str, reduce_dtype: str) -> str | None:
+    """Mixed precision is FSDP2's: --param-dtype and --reduce-dtype mean something only under ZeRO-3."""
+    if zero == 3 or (param_dtype, reduce_dtype) == ("fp32", "fp32"):
+        return None
+    return "mixed precision is ZeRO-3's (FSDP2's MixedPrecisionPolicy); use --zero 3, or fp32 for both"
 
 
 def onebit_adam_conflict(zero: int, compression: "Compressor | str | None") -> str | None:

@@ -94,8 +94,18 @@ def clip_grad_norm(optimizer: torch.optim.Optimizer, parameters: Iterable[torch.
     """
     if isinstance(optimizer, ReducerOptimizer):
         return optimizer.clip_grad_norm_(max_norm, parameters)
-    return float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
+    norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    # ZeRO-3's gradients are DTensor shards: their norm is one too, summed over the shards (collective).
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def local_nbytes(t: torch.Tensor | None) -> int:
+    """Bytes ``t`` takes on this rank: a DTensor's (ZeRO-3's) own shard, not the whole it stands for."""
+    if t is None:
+        return 0
+    t = t.to_local() if hasattr(t, "to_local") else t
+    return t.numel() * t.element_size()
 
 
 def _tensor_bytes(state: dict) -> int:
-    return sum(t.numel() * t.element_size() for s in state.values() for t in s.values() if torch.is_tensor(t))
+    return sum(local_nbytes(t) for s in state.values() for t in s.values() if torch.is_tensor(t))

@@ -356,6 +356,10 @@ class GradientReducer:
         return [groups.nodes, groups.width, groups.local.Get_rank()]
 
     def load_state_dict(self, state: dict) -> None:
+        if "compression" not in state:  # a ZeRO-3 run's (FSDP2 keeps none): it compressed nothing
+            if any(c is not None for c in self.compressors):
+                raise ValueError("the saved state holds no compression state, and this reducer compresses")
+            return
         saved = state["compression"]
         if state.get("blocks") != self._block_key():
             # Residuals of another cut of the bucket cannot be mapped onto this one.

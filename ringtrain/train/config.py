@@ -81,7 +81,12 @@ class TrainConfig:
     bucket_cap_mb: float | str = BUCKET_CAP_MB
     """Largest gradient bucket, in MB; auto: chosen by a probe at start-up."""
     zero: int = 0
-    """ZeRO stage: 0 replicates the optimizer state; 1 shards it across ranks; 2 shards the gradients too."""
+    """ZeRO stage: 0 replicates the optimizer state; 1 shards it across ranks; 2 shards the gradients too;
+    3 shards the parameters as well (torch's FSDP2 over the ringtrain backend, one group per GPT block)."""
+    param_dtype: str = "fp32"
+    """--zero 3: the dtype the gathered parameters compute in (fp32, bf16 or fp16); the shards stay fp32."""
+    reduce_dtype: str = "fp32"
+    """--zero 3: the dtype gradients are reduce-scattered in (fp32, bf16 or fp16)."""
     broadcast_buffers: bool = True
     """on: rank 0's buffers (BatchNorm statistics) overwrite every rank's after each step's averaging; off."""
     node_aware: Switch = "auto"
@@ -161,6 +166,10 @@ class TrainConfig:
         reason = rules.zero_conflict(self.zero, parsed)
         if reason:
             raise UsageError(f"{given} with --zero {self.zero}: not supported yet — {reason}; or use --zero 0")
+        reason = rules.precision_conflict(self.zero, self.param_dtype, self.reduce_dtype)
+        if reason:
+            raise UsageError(f"--param-dtype {self.param_dtype} --reduce-dtype {self.reduce_dtype} with --zero "
+                             f"{self.zero}: {reason}")
 
     @property
     def dgc_adam(self) -> bool:
@@ -207,7 +216,8 @@ CHECKS: dict[str, Rule] = {
                                "none; auto", r"\S+"),
                           Rule("a ringtrain.compression.Compressor object", _is_compressor)),
     "bucket_cap_mb": either(number(0, above=True), choice("auto")), "node_aware": switch(),
-    "broadcast_buffers": boolean(), "zero": whole(0, 2),
+    "broadcast_buffers": boolean(), "zero": whole(0, 3),
+    "param_dtype": choice("fp32", "bf16", "fp16"), "reduce_dtype": choice("fp32", "bf16", "fp16"),
     "eval_every": whole(0), "eval_windows": whole(1), "log_every": whole(1), "sample_tokens": whole(0),
     "out_dir": _PATH, "checkpoint_dir": optional(_PATH),
     "checkpoint_every": either(whole(0), text("a number of steps (100; 0: only at the end) or of seconds (600s)",

@@ -27,7 +27,7 @@ from ..fault import EXIT_PREEMPTED, agree, Diverged, Preempted, UsageError, Watc
 from ..checkpoint.store import CheckpointError
 from ..model import GPT
 from ..optim.interface import clip_grad_norm
-from . import memory, state
+from . import full_state, memory, state
 from .config import TrainConfig
 from .data_source import prefetcher
 from .metrics import Metrics, progress_line, say
@@ -63,6 +63,7 @@ class TrainingLoop:
     def __post_init__(self):
         self.rank, self.world = self.comm.Get_rank(), self.comm.Get_size()
         self.model = self.task.model
+        self.sharded = full_state.is_fully_sharded(self.model)
         self.every_steps, self.every_seconds = self.cfg.checkpoint_interval()
         self.last_checkpoint = time.monotonic()
         self.result = {"losses": [], "step_seconds": [], "val_losses": [], "val_metrics": [], "model": self.model,
@@ -242,7 +243,7 @@ class TrainingLoop:
 
         ``record``: also keep it in the result and write its metrics row.
         """
-        values = validate(self.task, self.source, self.comm)
+        values = validate(self.task, self.source, self.comm, fully_sharded=self.sharded)
         if values is None:
             return None
         self.last_values = values
@@ -280,8 +281,11 @@ class TrainingLoop:
         else:
             say(self.rank, f"nothing to do: the checkpoint is already at step {self.start}, which is --steps; "
                            f"nothing trained{validation}")
-        if self.rank == 0 and isinstance(self.model, GPT) and cfg.sample_tokens:
+        # A ZeRO-3 model's forward gathers its shards from every rank: every rank generates along.
+        if (self.rank == 0 or self.sharded) and isinstance(self.model, GPT) and cfg.sample_tokens:
             say(self.rank, "sample:\n" + _sample(self.model, cfg))
+            if self.sharded:
+                self.model.reshard()
         return result
 
 

@@ -9,7 +9,7 @@ import resource
 import torch
 from mpi4py import MPI
 
-from ..optim.interface import state_nbytes
+from ..optim.interface import local_nbytes, state_nbytes
 
 
 def state_bytes(optimizer) -> int:
@@ -17,20 +17,16 @@ def state_bytes(optimizer) -> int:
     return state_nbytes(optimizer)
 
 
-def _nbytes(t: torch.Tensor | None) -> int:
-    return 0 if t is None else t.numel() * t.element_size()
-
-
 def usage(model: torch.nn.Module, sync, optimizer) -> dict:
     """This rank's figures, in bytes."""
     buckets = getattr(sync, "buckets", None)
     if buckets is not None:
-        grads = sum(_nbytes(b.buffer) for b in buckets)
+        grads = sum(local_nbytes(b.buffer) for b in buckets)
         if getattr(sync, "shards", None) is not None:
             grads += sync.shards.nbytes()
     else:
-        grads = sum(_nbytes(p.grad) for p in model.parameters())
-    return {"parameters": sum(_nbytes(p) for p in model.parameters()), "gradients": grads,
+        grads = sum(local_nbytes(p.grad) for p in model.parameters())
+    return {"parameters": sum(local_nbytes(p) for p in model.parameters()), "gradients": grads,
             "optimizer_state": state_bytes(optimizer),
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}  # Linux reports KiB
 

@@ -38,7 +38,7 @@ def build_task(cfg: TrainConfig) -> Task:
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module, reducer=None):
     """AdamW (or SGD, or 1-bit Adam) with weight decay on matrices only: decaying biases and norm gains only hurts.
 
-    With ``cfg.zero``, the same optimizer over this rank's shard (ZeroOptimizer on ``reducer``).
+    With ``cfg.zero`` 1 or 2, the same optimizer over this rank's shard (ZeroOptimizer on ``reducer``).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
@@ -52,7 +52,7 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module, reducer=None):
         from ..optim import DGCAdam
         return DGCAdam(reducer, groups, lr=cfg.lr, betas=ADAM_BETAS, warmup=cfg.onebit_warmup,
                        dgc=cfg.compressor.fresh())  # the config's parsed prototype: a copy runs
-    if cfg.zero:
+    if cfg.zero in (1, 2):  # ZeRO-3's parameters are FSDP2's shards: a torch optimizer steps them as they are
         from ..optim import ZeroOptimizer
         return ZeroOptimizer(reducer, kind, groups, **options)
     return kind(groups, **options)

@@ -20,6 +20,7 @@ from .. import checkpoint
 from ..data.fingerprint import differences
 from ..fault.errors import UsageError, agree
 from ..optim import checkpoint as optimizer_checkpoint
+from . import full_state
 from .config import TrainConfig
 from .tuned import Tuned
 
@@ -35,8 +36,11 @@ def save(cfg: TrainConfig, step: int, model, optimizer, reducer, comm: MPI.Comm,
          data: dict | None = None) -> str:
     """``tuned``: what the run chose for its auto settings (compression, bucket cap, optimizer), kept for the
     resume. ``data``: the corpus's fingerprint (the source's ``fingerprint``; None for a task's datasets)."""
-    shared, own = optimizer_checkpoint.parts(model, optimizer)
-    replicated = {"model": model.state_dict(), **shared, "step": step, "config": _as_saved(cfg),
+    if full_state.is_fully_sharded(model):  # ZeRO-3 writes what --zero 0 writes: whole tensors (full_state.py)
+        weights, shared, own = full_state.model_state(model), {"optimizer": full_state.optimizer_state(optimizer)}, {}
+    else:
+        weights, (shared, own) = model.state_dict(), optimizer_checkpoint.parts(model, optimizer)
+    replicated = {"model": weights, **shared, "step": step, "config": _as_saved(cfg),
                   "tuned": tuned.saved(), "data": data}
     per_rank = {"torch_rng": torch.get_rng_state(), "reducer": reducer.state_dict(), **own}
     return checkpoint.save(cfg.checkpoint_dir, step, replicated, per_rank, comm, keep=cfg.keep_checkpoints,
@@ -125,8 +129,11 @@ def restore(cfg: TrainConfig, model, optimizer, reducer, comm: MPI.Comm) -> tupl
     _check_config(state["config"], cfg, path)
     error = None
     try:
-        model.load_state_dict(state["model"])
-        optimizer_checkpoint.load(path, manifest, state, model, optimizer, reducer, comm)
+        if full_state.is_fully_sharded(model):
+            _load_fully_sharded(state, model, optimizer)
+        else:
+            model.load_state_dict(state["model"])
+            optimizer_checkpoint.load(path, manifest, state, model, optimizer, reducer, comm)
     except (RuntimeError, ValueError, KeyError, checkpoint.CheckpointError) as e:
         # Another model under the same flags (ringtrain.fit, --model), or a shard that does not fit. Sharded,
         # each rank reads other files, so the verdict is agreed before anyone raises.
@@ -146,6 +153,15 @@ def restore(cfg: TrainConfig, model, optimizer, reducer, comm: MPI.Comm) -> tupl
               "residuals) starts fresh, and the data order changes with the world size, so the run will "
               "not match an uninterrupted one bit for bit", file=sys.stderr, flush=True)
     return int(state["step"]), manifest.get("lineage") or comm.bcast(checkpoint.new_lineage(), root=0)
+
+
+def _load_fully_sharded(state: dict, model, optimizer) -> None:
+    """A checkpoint of whole tensors (any --zero 0 or 3 run's) into a ZeRO-3 model's shards."""
+    if state.get("zero") is not None or state.get("optimizer") is None:
+        raise ValueError("its optimizer state is sharded (--zero 1 or 2) or per rank (1-bit Adam), which --zero 3 "
+                         "does not read: join a ZeRO-1/2 checkpoint into one with python -m ringtrain consolidate")
+    full_state.load_model_state(model, state["model"])
+    full_state.load_optimizer_state(optimizer, state["optimizer"])
 
 
 def _as_saved(cfg: TrainConfig) -> dict:

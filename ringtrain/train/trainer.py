@@ -22,6 +22,7 @@ from ..trace import NO_TRACE, Tracer
 from . import memory_check, state
 from .config import TrainConfig
 from .data_source import open_source, with_epochs
+from .fully_sharded import FullyShardedSync
 from .loop import TrainingLoop
 from .metrics import Metrics, say
 from .model_factory import build_task, make_optimizer
@@ -145,8 +146,11 @@ def refuse_past_steps(cfg: TrainConfig, start: int) -> None:
                          f"give --steps > {start} to continue it, or --resume none to start afresh", agreed=True)
 
 
-def reducer_sync(task: Task, cfg: TrainConfig, comm: MPI.Comm, tuned: Tuned, tracer) -> GradientReducer:
-    """The default gradient averaging: ringtrain's GradientReducer with the run's buckets and compression."""
+def reducer_sync(task: Task, cfg: TrainConfig, comm: MPI.Comm, tuned: Tuned, tracer):
+    """The default gradient averaging: ringtrain's GradientReducer with the run's buckets and compression; under
+    --zero 3, FSDP2 over the ringtrain backend (train/fully_sharded.py)."""
+    if cfg.zero == 3:
+        return FullyShardedSync(task.model, comm, param_dtype=cfg.param_dtype, reduce_dtype=cfg.reduce_dtype)
     # DGC under AdamW compresses the optimizer's momentum (optim/dgc_adam.py): the reducer averages the warm-up.
     compression = "none" if tuned.applied_to(cfg).dgc_adam else tuned.compression
     return GradientReducer(task.model, bucket_cap_mb=tuned.bucket_cap_mb, compression=compression, comm=comm,
@@ -156,8 +160,9 @@ def reducer_sync(task: Task, cfg: TrainConfig, comm: MPI.Comm, tuned: Tuned, tra
 
 def _tune(cfg, task, source, comm) -> Tuned:
     """The compression and bucket cap to run with: as given, as a resumed run chose them, or probed now."""
-    if "auto" not in (cfg.compression, cfg.bucket_cap_mb):
-        return Tuned(compression=cfg.compression, bucket_cap_mb=cfg.bucket_cap_mb)
+    if "auto" not in (cfg.compression, cfg.bucket_cap_mb) or cfg.zero == 3:  # ZeRO-3 has no buckets to tune
+        cap = BUCKET_CAP_MB if cfg.bucket_cap_mb == "auto" else cfg.bucket_cap_mb
+        return Tuned(compression=cfg.compression, bucket_cap_mb=cap)
     saved = state.saved_tuning(cfg, comm)
     if saved is not None:
         return dataclasses.replace(saved, text=f"autotune: compression {saved.compression_name}, bucket cap "
