@@ -176,6 +176,28 @@ def test_zero_stage_and_dtypes_outside_their_range_are_refused():
         TrainConfig(zero=3, param_dtype="fp64")
 
 
+@pytest.mark.parametrize("fields, message", [
+    ({"micro_batches": 2}, r"--micro-batches without --pipeline-stages: they shape a pipeline"),
+    ({"stage_layers": "2,2"}, r"--stage-layers without --pipeline-stages"),
+    ({"pipeline_stages": 2, "micro_batches": 3}, r"--micro-batches must divide --batch-size 8"),
+    ({"pipeline_stages": 2, "schedule": "interleaved"}, r"interleaved runs several stages per rank"),
+    ({"pipeline_stages": 2, "stages_per_rank": 2}, r"interleaved runs several stages per rank"),
+    ({"pipeline_stages": 2, "zero": 3}, r"with --zero 3 --compression none --optimizer adamw: not supported yet"),
+    ({"pipeline_stages": 2, "compression": "fp16"}, r"--compression fp16 .*: not supported yet"),
+    ({"schedule": "zigzag"}, r"schedule \(--schedule\) = 'zigzag': not allowed — one of gpipe, 1f1b, interleaved"),
+    ({"stage_layers": "3;1"}, r"stage_layers \(--stage-layers\) = '3;1': not allowed — blocks per stage"),
+])
+def test_pipeline_options_that_cannot_work_together_are_refused(fields, message):
+    with pytest.raises(UsageError, match=message):
+        TrainConfig(**fields)
+
+
+def test_a_pipeline_that_fits_is_accepted():
+    cfg = TrainConfig(pipeline_stages=2, micro_batches=4, schedule="interleaved", stages_per_rank=2,
+                      stage_layers="1,1,1,1")
+    assert (cfg.pipeline_stages, cfg.micro_batches, cfg.stages_per_rank) == (2, 4, 2)
+
+
 @pytest.mark.parametrize("extra", [{"zero": 1}, {"zero": 3}, {"compression": "fp16"}])
 def test_onebit_adam_refuses_what_it_cannot_honour(extra):
     with pytest.raises(UsageError, match=r"optimizer \(--optimizer\) = 'onebit-adam' with .* not supported — 1-bit "

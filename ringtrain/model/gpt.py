@@ -133,10 +133,15 @@ class GPT(nn.Module):
         """Append ``new_tokens`` sampled tokens to ``idx`` (B, T) and return it."""
         for _ in range(new_tokens):
             logits, _ = self(idx[:, -self.cfg.context:])
-            logits = logits[:, -1, :] / max(temperature, 1e-6)
-            if top_k is not None:
-                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
-            idx = torch.cat([idx, nxt], dim=1)
+            idx = torch.cat([idx, self.next_token(logits, temperature, top_k, generator)], dim=1)
         return idx
+
+    @staticmethod
+    def next_token(logits, temperature: float = 0.8, top_k: int | None = 40,
+                   generator: torch.Generator | None = None):
+        """The next token (B, 1) sampled from the last position of ``logits`` (B, T, vocab), as ``generate`` does."""
+        logits = logits[:, -1, :] / max(temperature, 1e-6)
+        if top_k is not None:
+            kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)

@@ -87,6 +87,17 @@ class TrainConfig:
     """--zero 3: the dtype the gathered parameters compute in (fp32, bf16 or fp16); the shards stay fp32."""
     reduce_dtype: str = "fp32"
     """--zero 3: the dtype gradients are reduce-scattered in (fp32, bf16 or fp16)."""
+    pipeline_stages: int = 1
+    """Pipeline ranks P: the GPT's blocks cut into P stages (torch.distributed.pipelining over the ringtrain
+    backend); the world is P x D data-parallel replicas. 1: no pipeline."""
+    micro_batches: int = 1
+    """--pipeline-stages: micro-batches each --batch-size is cut into (must divide it)."""
+    schedule: str = "1f1b"
+    """--pipeline-stages: gpipe, 1f1b, or interleaved (1F1B over --stages-per-rank stages per rank)."""
+    stages_per_rank: int = 1
+    """--schedule interleaved: stages V per pipeline rank (P x V stages in all)."""
+    stage_layers: str = ""
+    """--pipeline-stages: blocks per stage, e.g. 3,3,2; empty: balanced by parameter count."""
     broadcast_buffers: bool = True
     """on: rank 0's buffers (BatchNorm statistics) overwrite every rank's after each step's averaging; off."""
     node_aware: Switch = "auto"
@@ -166,6 +177,9 @@ class TrainConfig:
         reason = rules.zero_conflict(self.zero, parsed)
         if reason:
             raise UsageError(f"{given} with --zero {self.zero}: not supported yet — {reason}; or use --zero 0")
+        reason = pipeline_conflict(self)
+        if reason:
+            raise UsageError(reason)
         reason = rules.precision_conflict(self.zero, self.param_dtype, self.reduce_dtype)
         if reason:
             raise UsageError(f"--param-dtype {self.param_dtype} --reduce-dtype {self.reduce_dtype} with --zero "
@@ -186,6 +200,27 @@ class TrainConfig:
                 return 0, seconds
             raise refused("checkpoint_every", self.checkpoint_every, CHECKS["checkpoint_every"].allowed)
         return int(text), 0.0
+
+
+def pipeline_conflict(cfg: TrainConfig) -> str | None:
+    """What the pipeline options cannot honour together, as one line naming the flags; None if all is well."""
+    flags = (f"--pipeline-stages {cfg.pipeline_stages} --micro-batches {cfg.micro_batches} --schedule {cfg.schedule} "
+             f"--stages-per-rank {cfg.stages_per_rank}")
+    if cfg.pipeline_stages == 1:
+        given = [f for f, on in (("--micro-batches", cfg.micro_batches != 1), ("--stages-per-rank",
+                 cfg.stages_per_rank != 1), ("--stage-layers", bool(cfg.stage_layers))) if on]
+        return (f"{', '.join(given)} without --pipeline-stages: they shape a pipeline; give --pipeline-stages P > 1, "
+                "or leave them out") if given else None
+    if cfg.batch_size % cfg.micro_batches:
+        return f"{flags}: --micro-batches must divide --batch-size {cfg.batch_size} (each replica's batch is cut)"
+    if (cfg.schedule == "interleaved") != (cfg.stages_per_rank > 1):
+        return (f"{flags}: interleaved runs several stages per rank (--stages-per-rank 2 or more), gpipe and 1f1b "
+                "one")
+    if cfg.zero or cfg.compression != "none" or cfg.optimizer == "onebit-adam":
+        return (f"{flags} with --zero {cfg.zero} --compression {cfg.compression_name} --optimizer {cfg.optimizer}: "
+                "not supported yet — a pipeline's stages average their gradients uncompressed and unsharded; "
+                "use --zero 0, --compression none and adamw or sgd")
+    return None
 
 
 def refused(name: str, value, allowed: str) -> UsageError:
@@ -217,6 +252,9 @@ CHECKS: dict[str, Rule] = {
                           Rule("a ringtrain.compression.Compressor object", _is_compressor)),
     "bucket_cap_mb": either(number(0, above=True), choice("auto")), "node_aware": switch(),
     "broadcast_buffers": boolean(), "zero": whole(0, 3),
+    "pipeline_stages": whole(1), "micro_batches": whole(1), "schedule": choice("gpipe", "1f1b", "interleaved"),
+    "stages_per_rank": whole(1),
+    "stage_layers": text("blocks per stage, comma-separated, e.g. 3,3,2; or empty (balanced)", r"(\d+(,\d+)*)?"),
     "param_dtype": choice("fp32", "bf16", "fp16"), "reduce_dtype": choice("fp32", "bf16", "fp16"),
     "eval_every": whole(0), "eval_windows": whole(1), "log_every": whole(1), "sample_tokens": whole(0),
     "out_dir": _PATH, "checkpoint_dir": optional(_PATH),

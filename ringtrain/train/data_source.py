@@ -18,13 +18,16 @@ from .config import TrainConfig
 from .task import Task
 
 
-def open_source(cfg: TrainConfig, task: Task, comm: MPI.Comm):
+def open_source(cfg: TrainConfig, task: Task, comm: MPI.Comm, shard: tuple[int, int] | None = None):
     """The task's batch source for this rank. Collective (the corpus is read on rank 0).
 
+    ``shard``: (which, of how many) share of the data this rank reads, if not
+    its rank of ``comm``'s: under pipeline stages every stage of a replica
+    reads that replica's share.
     A resume on the byte corpus is refused here, on every rank, if the data
     is not what the checkpoint was trained on (state.check_data).
     """
-    rank, world = comm.Get_rank(), comm.Get_size()
+    rank, world = shard or (comm.Get_rank(), comm.Get_size())
     if task.train_data is None:
         for name in ("epochs", "loader_workers"):
             if getattr(cfg, name):

@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 from mpi4py import MPI
 
-from ..fault.errors import UsageError
+from . import full_state
+from .torch_distributed import ensure_started
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -40,10 +41,9 @@ def layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 class FullyShardedSync:
     """The GradientSync of ``--zero 3``: shards ``model`` in place with FSDP2 over the ranks of ``comm``.
 
-    ``comm`` must hold every rank of COMM_WORLD (torch.distributed's world).
-    torch.distributed is started on the ringtrain backend if it is not
-    running; if it is, a new group of ``backend`` (ringtrain by default; gloo
-    for the benchmark's peer) is made over all ranks. Collective.
+    ``comm`` must hold every rank of COMM_WORLD (torch_distributed.py). If
+    torch.distributed was running already, a new group of ``backend``
+    (ringtrain by default; gloo for the peer) is made over all ranks. Collective.
     """
 
     last_comm_seconds = None  # FSDP2's gathers and reduce-scatters run inside forward and backward
@@ -54,17 +54,8 @@ class FullyShardedSync:
         from torch.distributed.device_mesh import DeviceMesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        import ringtrain.distributed as ringtrain_distributed
-        world = MPI.COMM_WORLD.Get_size()
-        if comm.Get_size() != world:
-            raise UsageError(f"--zero 3 shards over all {world} ranks of the job (torch.distributed's world), and "
-                             f"this run's communicator has {comm.Get_size()} — run it on COMM_WORLD, or use --zero 2",
-                             agreed=True)
-        started = not dist.is_initialized()
-        if started:
-            ringtrain_distributed.init()
-        self.group = (dist.group.WORLD if started and backend == ringtrain_distributed.BACKEND
-                      else dist.new_group(backend=backend))
+        started = ensure_started(comm, "--zero 3", "--zero 2")
+        self.group = dist.group.WORLD if started and backend == "ringtrain" else dist.new_group(backend=backend)
         mesh = DeviceMesh.from_group(self.group, "cpu")
         # Every rank shards its own copy: they must start as rank 0's, as the reducer's broadcast makes them.
         with torch.no_grad():
@@ -97,6 +88,14 @@ class FullyShardedSync:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+    def whole_state(self, optimizer) -> tuple[dict, dict]:
+        """(model, optimizer) state_dicts of whole tensors, as --zero 0 writes them (full_state.py). Collective."""
+        return full_state.model_state(self.model), full_state.optimizer_state(optimizer)
+
+    def load_whole_state(self, model_state: dict, optimizer_state: dict, optimizer) -> None:
+        full_state.load_model_state(self.model, model_state)
+        full_state.load_optimizer_state(optimizer, optimizer_state)
 
     def close(self) -> None:
         """Nothing: torch.distributed and the group stay up, because the trained model's shards still need them

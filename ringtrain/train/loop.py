@@ -90,7 +90,7 @@ class TrainingLoop:
         lr = learning_rate(step, lr=cfg.lr, warmup=cfg.warmup, steps=cfg.steps, min_lr_ratio=cfg.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        local = self.forward_backward(step, self.step_batches(step, deadline))
+        local = self.forward_backward(step, self.step_batches(step, deadline), deadline)
         exposed = self.synchronize(step, deadline)
         self.optimizer_step(step)
         step_loss, signalled, timed_due = self.agree(step, local, deadline)
@@ -123,9 +123,14 @@ class TrainingLoop:
             with self.watchdog.guard("validation", done), self.tracer.span("eval", "eval", step=done):
                 self.validate(done)
 
-    def forward_backward(self, step: int, batches: list) -> float:
+    def forward_backward(self, step: int, batches: list, deadline: float | None = None) -> float:
         """Forward and backward over the step's micro-batches; returns this rank's loss (their mean)."""
         cfg, tracer = self.cfg, self.tracer
+        if hasattr(self.sync, "forward_backward"):  # a pipeline's schedule runs forward and backward itself,
+            # waiting on its neighbouring stages: under the deadline, as every wait for a peer is
+            with self.watchdog.guard("the pipeline schedule", step + 1, deadline or cfg.timeout), \
+                    tracer.span("pipeline", "compute", step=step + 1):
+                return self.sync.forward_backward(batches)
         local = 0.0
         for micro, batch in enumerate(batches):
             quiet = self.sync.no_sync() if micro < cfg.accumulate - 1 else contextlib.nullcontext()
@@ -171,7 +176,9 @@ class TrainingLoop:
 
     def optimizer_step(self, step: int) -> None:
         with self.tracer.span("optimizer", "compute", step=step + 1):
-            if self.cfg.grad_clip:
+            if self.cfg.grad_clip and hasattr(self.sync, "clip_grad_norm"):  # the norm over a pipeline's stages
+                self.sync.clip_grad_norm(self.cfg.grad_clip)
+            elif self.cfg.grad_clip:
                 # On the averaged gradient, which is bitwise identical on every
                 # rank, so every rank clips by the same factor. A sharded optimizer
                 # holds only its shard's gradients and computes the global norm itself.
@@ -191,7 +198,7 @@ class TrainingLoop:
         cfg, done = self.cfg, step + 1
         self.result["losses"].append(loss)
         self.result["step_seconds"].append(step_s)
-        samples = self.world * cfg.batch_size * cfg.accumulate
+        samples = getattr(self.sync, "replicas", self.world) * cfg.batch_size * cfg.accumulate  # a pipeline: D
         # Tokens for the byte corpus (each sample is --context of them); samples for a dataset.
         per_step, unit = (samples * cfg.context, "tokens") if self.source.steps_per_epoch is None else (samples,
                                                                                                        "samples")
@@ -243,7 +250,10 @@ class TrainingLoop:
 
         ``record``: also keep it in the result and write its metrics row.
         """
-        values = validate(self.task, self.source, self.comm, fully_sharded=self.sharded)
+        if hasattr(self.sync, "validate"):  # through a pipeline's stages
+            values = self.sync.validate(self.source, self.comm)
+        else:
+            values = validate(self.task, self.source, self.comm, fully_sharded=self.sharded)
         if values is None:
             return None
         self.last_values = values
@@ -281,8 +291,12 @@ class TrainingLoop:
         else:
             say(self.rank, f"nothing to do: the checkpoint is already at step {self.start}, which is --steps; "
                            f"nothing trained{validation}")
+        if hasattr(self.sync, "sample") and cfg.sample_tokens:  # through a pipeline's stages
+            text = self.sync.sample(cfg.sample_tokens, cfg.seed)
+            if text is not None:
+                say(self.rank, "sample:\n" + text)
         # A ZeRO-3 model's forward gathers its shards from every rank: every rank generates along.
-        if (self.rank == 0 or self.sharded) and isinstance(self.model, GPT) and cfg.sample_tokens:
+        elif (self.rank == 0 or self.sharded) and isinstance(self.model, GPT) and cfg.sample_tokens:
             say(self.rank, "sample:\n" + _sample(self.model, cfg))
             if self.sharded:
                 self.model.reshard()

@@ -20,7 +20,6 @@ from .. import checkpoint
 from ..data.fingerprint import differences
 from ..fault.errors import UsageError, agree
 from ..optim import checkpoint as optimizer_checkpoint
-from . import full_state
 from .config import TrainConfig
 from .tuned import Tuned
 
@@ -36,8 +35,9 @@ def save(cfg: TrainConfig, step: int, model, optimizer, reducer, comm: MPI.Comm,
          data: dict | None = None) -> str:
     """``tuned``: what the run chose for its auto settings (compression, bucket cap, optimizer), kept for the
     resume. ``data``: the corpus's fingerprint (the source's ``fingerprint``; None for a task's datasets)."""
-    if full_state.is_fully_sharded(model):  # ZeRO-3 writes what --zero 0 writes: whole tensors (full_state.py)
-        weights, shared, own = full_state.model_state(model), {"optimizer": full_state.optimizer_state(optimizer)}, {}
+    if hasattr(reducer, "whole_state"):  # ZeRO-3, pipeline stages: what --zero 0 writes, whole tensors
+        weights, whole_optimizer = reducer.whole_state(optimizer)
+        shared, own = {"optimizer": whole_optimizer}, {}
     else:
         weights, (shared, own) = model.state_dict(), optimizer_checkpoint.parts(model, optimizer)
     replicated = {"model": weights, **shared, "step": step, "config": _as_saved(cfg),
@@ -129,8 +129,8 @@ def restore(cfg: TrainConfig, model, optimizer, reducer, comm: MPI.Comm) -> tupl
     _check_config(state["config"], cfg, path)
     error = None
     try:
-        if full_state.is_fully_sharded(model):
-            _load_fully_sharded(state, model, optimizer)
+        if hasattr(reducer, "load_whole_state"):
+            _load_whole(state, reducer, optimizer)
         else:
             model.load_state_dict(state["model"])
             optimizer_checkpoint.load(path, manifest, state, model, optimizer, reducer, comm)
@@ -155,13 +155,13 @@ def restore(cfg: TrainConfig, model, optimizer, reducer, comm: MPI.Comm) -> tupl
     return int(state["step"]), manifest.get("lineage") or comm.bcast(checkpoint.new_lineage(), root=0)
 
 
-def _load_fully_sharded(state: dict, model, optimizer) -> None:
-    """A checkpoint of whole tensors (any --zero 0 or 3 run's) into a ZeRO-3 model's shards."""
+def _load_whole(state: dict, sync, optimizer) -> None:
+    """A checkpoint of whole tensors (any --zero 0 or 3 or pipelined run's) into a decomposed model's parts."""
     if state.get("zero") is not None or state.get("optimizer") is None:
         raise ValueError("its optimizer state is sharded (--zero 1 or 2) or per rank (1-bit Adam), which --zero 3 "
-                         "does not read: join a ZeRO-1/2 checkpoint into one with python -m ringtrain consolidate")
-    full_state.load_model_state(model, state["model"])
-    full_state.load_optimizer_state(optimizer, state["optimizer"])
+                         "and pipeline stages do not read: join a ZeRO-1/2 checkpoint into one with python -m "
+                         "ringtrain consolidate")
+    sync.load_whole_state(state["model"], state["optimizer"], optimizer)
 
 
 def _as_saved(cfg: TrainConfig) -> dict:

@@ -19,7 +19,7 @@ from ..constants import BUCKET_CAP_MB
 from ..fault import PreemptionSignals, UsageError, Watchdog, checked
 from ..reducer import GradientReducer
 from ..trace import NO_TRACE, Tracer
-from . import memory_check, state
+from . import memory_check, pipelined, state
 from .config import TrainConfig
 from .data_source import open_source, with_epochs
 from .fully_sharded import FullyShardedSync
@@ -88,20 +88,24 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None, *, task: Task | None =
             if task is None:
                 checked(comm, memory_check.check_model_size, cfg, comm)  # before allocating the weights
             task = task if task is not None else checked(comm, build_task, cfg)
-            source = checked(comm, open_source, cfg, task, comm)
+            shard = pipelined.data_shard(cfg, comm) if cfg.pipeline_stages > 1 else None
+            source = checked(comm, open_source, cfg, task, comm, shard)
             checked(comm, memory_check.check, cfg, task, comm)
             cfg = with_epochs(cfg, source)
             tuned = _tune(cfg, task, source, comm)
             tracer = Tracer(cfg.trace, comm) if cfg.trace else NO_TRACE
             watchdog.trace = tracer
+            nparams = sum(p.numel() for p in task.model.parameters())  # before a pipeline keeps only its stages
             sync = (make_sync or reducer_sync)(task, cfg, comm, tuned, tracer)
             # What auto chose decides the optimizer too (1-bit Adam, or DGC's under AdamW); the config
-            # itself stays as given, so that a resume matches it.
-            optimizer = make_optimizer(tuned.applied_to(cfg), task.model, sync)
+            # itself stays as given, so that a resume matches it. A pipeline's rank steps its stages only.
+            trained = sync.model if isinstance(sync, pipelined.PipelineSync) else task.model
+            optimizer = make_optimizer(tuned.applied_to(cfg), trained, sync)
+            if isinstance(sync, pipelined.PipelineSync):
+                sync.attach(optimizer)
             start, lineage = state.restore(cfg, task.model, optimizer, sync, comm)
             refuse_past_steps(cfg, start)
             ranks = comm.gather({"rank": rank, "host": socket.gethostname(), "pid": os.getpid()}, root=0)
-        nparams = sum(p.numel() for p in task.model.parameters())
         say(rank, f"ringtrain: {world} ranks x {threads} torch threads | {name} with {nparams:,} parameters | "
                   f"{source.describe()}" + (f" | {cfg.epochs} epochs = {cfg.steps} steps" if cfg.epochs else "")
                   + (f" | compression {tuned.compression_name}" if tuned.compression_name != "none" else "")
@@ -148,9 +152,12 @@ def refuse_past_steps(cfg: TrainConfig, start: int) -> None:
 
 def reducer_sync(task: Task, cfg: TrainConfig, comm: MPI.Comm, tuned: Tuned, tracer):
     """The default gradient averaging: ringtrain's GradientReducer with the run's buckets and compression; under
-    --zero 3, FSDP2 over the ringtrain backend (train/fully_sharded.py)."""
+    --zero 3, FSDP2 over the ringtrain backend (train/fully_sharded.py); with --pipeline-stages, the pipeline
+    (train/pipelined.py)."""
     if cfg.zero == 3:
         return FullyShardedSync(task.model, comm, param_dtype=cfg.param_dtype, reduce_dtype=cfg.reduce_dtype)
+    if cfg.pipeline_stages > 1:
+        return pipelined.PipelineSync(task.model, cfg, comm)
     # DGC under AdamW compresses the optimizer's momentum (optim/dgc_adam.py): the reducer averages the warm-up.
     compression = "none" if tuned.applied_to(cfg).dgc_adam else tuned.compression
     return GradientReducer(task.model, bucket_cap_mb=tuned.bucket_cap_mb, compression=compression, comm=comm,
@@ -160,7 +167,8 @@ def reducer_sync(task: Task, cfg: TrainConfig, comm: MPI.Comm, tuned: Tuned, tra
 
 def _tune(cfg, task, source, comm) -> Tuned:
     """The compression and bucket cap to run with: as given, as a resumed run chose them, or probed now."""
-    if "auto" not in (cfg.compression, cfg.bucket_cap_mb) or cfg.zero == 3:  # ZeRO-3 has no buckets to tune
+    # ZeRO-3 and pipelines have no buckets to tune
+    if "auto" not in (cfg.compression, cfg.bucket_cap_mb) or cfg.zero == 3 or cfg.pipeline_stages > 1:
         cap = BUCKET_CAP_MB if cfg.bucket_cap_mb == "auto" else cfg.bucket_cap_mb
         return Tuned(compression=cfg.compression, bucket_cap_mb=cap)
     saved = state.saved_tuning(cfg, comm)

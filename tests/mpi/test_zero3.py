@@ -172,7 +172,7 @@ def test_an_unsharded_checkpoint_resumes_at_zero3(corpus, mpi_tmp_path):  # noqa
 def test_zero3_on_part_of_the_job_is_refused(corpus, tmp_path):  # noqa: F811
     part = WORLD.Split(int(WORLD.Get_rank() == 0))
     try:
-        with pytest.raises(ringtrain.UsageError, match=r"--zero 3 shards over all \d+ ranks of the job .* run it on "
+        with pytest.raises(ringtrain.UsageError, match=r"--zero 3 runs over all \d+ ranks of the job .* run it on "
                                                        "COMM_WORLD, or use --zero 2"):
             train(TrainConfig(**COMMON, data=corpus, zero=3, out_dir=out_dir(tmp_path)), part)
     finally:
