@@ -184,6 +184,7 @@ def test_zero_stage_and_dtypes_outside_their_range_are_refused():
     ({"pipeline_stages": 2, "stages_per_rank": 2}, r"interleaved runs several stages per rank"),
     ({"pipeline_stages": 2, "zero": 3}, r"with --zero 3 --compression none --optimizer adamw: not supported yet"),
     ({"pipeline_stages": 2, "compression": "fp16"}, r"--compression fp16 .*: not supported yet"),
+    ({"schedule": "gpipe"}, r"--schedule without --pipeline-stages"),
     ({"schedule": "zigzag"}, r"schedule \(--schedule\) = 'zigzag': not allowed — one of gpipe, 1f1b, interleaved"),
     ({"stage_layers": "3;1"}, r"stage_layers \(--stage-layers\) = '3;1': not allowed — blocks per stage"),
 ])

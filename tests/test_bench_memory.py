@@ -17,8 +17,6 @@ def rows(tmp_path_factory):
 
 def test_zero3_holds_half_the_parameters_at_two_ranks(rows):
     whole = rows["unsharded"]["params_held_mb"]
-    assert whole == pytest.approx(rows["unsharded"]["parameters_mb"])
-    assert rows["zero2"]["params_held_mb"] == whole  # ZeRO-2 keeps every parameter
     # FSDP2 cuts each parameter's rows in two: within a few rows of half.
     assert rows["zero3"]["params_held_mb"] == pytest.approx(whole / 2, rel=0.02)
 

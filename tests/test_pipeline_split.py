@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ringtrain.model import GPT, GPTConfig
-from ringtrain.pipeline.split import balance, block_counts, build_stages, parse_stage_layers
+from ringtrain.pipeline.split import Elsewhere, balance, block_counts, build_stages, parse_stage_layers
 
 
 def best_largest(weights, parts, first, last):
@@ -39,8 +39,8 @@ def test_balance_finds_the_best_contiguous_cut(seed):
 
 def test_stage_layers_are_checked():
     assert parse_stage_layers("3,3,2", 3, 8) == [3, 3, 2]
-    for text in ("3,3", "3,3,3", "a,b,c", "3,-1,6"):
-        with pytest.raises(ValueError, match=rf"--stage-layers {text}: give 3 whole numbers >= 0, one per stage, "
+    for text in ("3,3", "3,3,3", "a,b,c", "3,-1,6", "4,0,4"):
+        with pytest.raises(ValueError, match=rf"--stage-layers {text}: give 3 whole numbers >= 1, one per stage, "
                                              "that sum to --layers 8"):
             parse_stage_layers(text, 3, 8)
 
@@ -62,5 +62,7 @@ def test_the_stages_in_a_row_are_the_gpt():
 def test_a_rank_keeps_only_its_blocks():
     gpt = GPT(GPTConfig(layers=4, width=32, heads=2, context=16))
     build_stages(gpt, [1, 1, 2], [1])
-    kept = [not isinstance(b, torch.nn.Identity) for b in gpt.blocks]
+    kept = [not isinstance(b, Elsewhere) for b in gpt.blocks]
     assert kept == [False, True, False, False]
+    with pytest.raises(RuntimeError, match="block 0 of this GPT runs on another pipeline rank"):
+        gpt(torch.zeros(1, 16, dtype=torch.long))

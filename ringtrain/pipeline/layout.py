@@ -71,3 +71,7 @@ class Communicators:
         for c in (self.pipeline, self.replicas, self.tied):
             if c != MPI.COMM_NULL:
                 c.Free()
+        self.pipeline = self.replicas = self.tied = MPI.COMM_NULL
+        if self.group is not None and dist.is_initialized():
+            dist.destroy_process_group(self.group)  # a rank holds only its own replica's group
+        self.group, self.groups = None, []

@@ -50,8 +50,8 @@ def parse_stage_layers(text: str, stages: int, layers: int) -> list[int]:
         counts = [int(part) for part in text.split(",")]
     except ValueError:
         counts = []
-    if len(counts) != stages or any(c < 0 for c in counts) or sum(counts) != layers:
-        raise ValueError(f"--stage-layers {text}: give {stages} whole numbers >= 0, one per stage, that sum to "
+    if len(counts) != stages or any(c < 1 for c in counts) or sum(counts) != layers:
+        raise ValueError(f"--stage-layers {text}: give {stages} whole numbers >= 1, one per stage, that sum to "
                          f"--layers {layers}")
     return counts
 
@@ -98,5 +98,17 @@ def build_stages(gpt, counts: list[int], mine: list[int]) -> list[GPTStage]:
     kept = {j for i in mine for j in range(starts[i], starts[i] + counts[i])}
     for j in range(len(gpt.blocks)):
         if j not in kept:
-            gpt.blocks[j] = nn.Identity()  # its parameters are freed with it
+            gpt.blocks[j] = Elsewhere(j)  # its parameters are freed with it
     return built
+
+
+class Elsewhere(nn.Module):
+    """A block another pipeline rank runs: calling this rank's GPT whole is an error, not a wrong answer."""
+
+    def __init__(self, index: int):
+        super().__init__()
+        self.index = index
+
+    def forward(self, x):
+        raise RuntimeError(f"block {self.index} of this GPT runs on another pipeline rank: run the model through "
+                           "its pipeline, or load its checkpoint into an unpipelined GPT")

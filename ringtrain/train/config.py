@@ -208,7 +208,8 @@ def pipeline_conflict(cfg: TrainConfig) -> str | None:
              f"--stages-per-rank {cfg.stages_per_rank}")
     if cfg.pipeline_stages == 1:
         given = [f for f, on in (("--micro-batches", cfg.micro_batches != 1), ("--stages-per-rank",
-                 cfg.stages_per_rank != 1), ("--stage-layers", bool(cfg.stage_layers))) if on]
+                 cfg.stages_per_rank != 1), ("--stage-layers", bool(cfg.stage_layers)),
+                 ("--schedule", cfg.schedule != "1f1b")) if on]
         return (f"{', '.join(given)} without --pipeline-stages: they shape a pipeline; give --pipeline-stages P > 1, "
                 "or leave them out") if given else None
     if cfg.batch_size % cfg.micro_batches:

@@ -1,7 +1,7 @@
 """A ZeRO-3 model's checkpoint in the unsharded format: whole tensors in, whole tensors out.
 
 Saving gathers each sharded parameter and optimizer tensor (DTensor
-``full_tensor``), so the checkpoint is exactly what ``--zero 0`` writes: the
+``full_tensor``), one at a time, and rank 0 keeps them, so the checkpoint is what ``--zero 0`` writes: the
 model's ``state_dict`` and the optimizer's, keyed by parameter index. That
 is what makes a ZeRO-3 checkpoint resume at any world size and at ``--zero
 0`` (and a ``--zero 0`` one at ``--zero 3``), bit for bit. Loading cuts each
@@ -28,16 +28,35 @@ def _whole(t):
     return t.full_tensor() if _is_dtensor(t) else t
 
 
-def model_state(model: torch.nn.Module) -> dict:
-    """``model.state_dict()`` with every shard gathered into its whole tensor. Collective."""
-    return {name: _whole(t).detach().clone() for name, t in model.state_dict().items()}
+def _root() -> bool:
+    import torch.distributed as dist
+    return dist.get_rank() == 0
 
 
-def optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
-    """``optimizer.state_dict()`` with every sharded state tensor gathered. Collective."""
+def model_state(model: torch.nn.Module) -> dict | None:
+    """``model.state_dict()`` with every shard gathered into its whole tensor, on rank 0 (None elsewhere: each
+    whole tensor is dropped there as soon as it is gathered, so no other rank ever holds the whole model). A
+    tensor under two names (the GPT's tied head) is gathered once and kept as one. Collective."""
+    keep, seen = _root(), {}
+    out = {}
+    for name, t in model.state_dict().items():
+        if id(t) not in seen:
+            whole = _whole(t).detach()
+            seen[id(t)] = whole.clone() if keep else None
+        out[name] = seen[id(t)]
+    return out if keep else None
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> dict | None:
+    """``optimizer.state_dict()`` with every sharded state tensor gathered, on rank 0 (None elsewhere). Collective."""
+    keep = _root()
     saved = optimizer.state_dict()
-    state = {i: {k: _whole(v) for k, v in saved["state"][i].items()} for i in sorted(saved["state"])}
-    return {"state": state, "param_groups": saved["param_groups"]}
+    state = {}
+    for i in sorted(saved["state"]):
+        entries = {k: _whole(v) for k, v in saved["state"][i].items()}
+        if keep:
+            state[i] = entries
+    return {"state": state, "param_groups": saved["param_groups"]} if keep else None
 
 
 def _shard_like(whole: torch.Tensor, like) -> torch.Tensor:

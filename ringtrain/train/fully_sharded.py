@@ -38,6 +38,18 @@ def layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return found
 
 
+_made: dict[str, tuple] = {}
+
+
+def _group(backend: str):
+    """One group of ``backend`` over all ranks per torch.distributed session, reused by every later run (a
+    trained model's shards keep theirs, so runs cannot destroy them). Collective the first time."""
+    made = _made.get(backend)
+    if made is None or made[0] is not dist.group.WORLD:  # none yet, or torch.distributed was restarted since
+        made = _made[backend] = (dist.group.WORLD, dist.new_group(backend=backend))
+    return made[1]
+
+
 class FullyShardedSync:
     """The GradientSync of ``--zero 3``: shards ``model`` in place with FSDP2 over the ranks of ``comm``.
 
@@ -55,7 +67,7 @@ class FullyShardedSync:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         started = ensure_started(comm, "--zero 3", "--zero 2")
-        self.group = dist.group.WORLD if started and backend == "ringtrain" else dist.new_group(backend=backend)
+        self.group = dist.group.WORLD if started and backend == "ringtrain" else _group(backend)
         mesh = DeviceMesh.from_group(self.group, "cpu")
         # Every rank shards its own copy: they must start as rank 0's, as the reducer's broadcast makes them.
         with torch.no_grad():

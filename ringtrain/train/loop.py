@@ -291,16 +291,26 @@ class TrainingLoop:
         else:
             say(self.rank, f"nothing to do: the checkpoint is already at step {self.start}, which is --steps; "
                            f"nothing trained{validation}")
-        if hasattr(self.sync, "sample") and cfg.sample_tokens:  # through a pipeline's stages
+        if cfg.sample_tokens and isinstance(self.model, GPT):
+            # Through a pipeline's stages, or with ZeRO-3 gathering its shards, the sample is collective: every
+            # rank generates along, under the deadline.
+            with self.watchdog.guard("the sample", cfg.steps, max(cfg.timeout, 60.0)):
+                self.sample()
+        return result
+
+    def sample(self) -> None:
+        """The end-of-run text on rank 0 (GPT only)."""
+        cfg = self.cfg
+        if hasattr(self.sync, "sample"):
             text = self.sync.sample(cfg.sample_tokens, cfg.seed)
-            if text is not None:
-                say(self.rank, "sample:\n" + text)
-        # A ZeRO-3 model's forward gathers its shards from every rank: every rank generates along.
-        elif (self.rank == 0 or self.sharded) and isinstance(self.model, GPT) and cfg.sample_tokens:
-            say(self.rank, "sample:\n" + _sample(self.model, cfg))
+        elif self.rank == 0 or self.sharded:
+            text = _sample(self.model, cfg)
             if self.sharded:
                 self.model.reshard()
-        return result
+        else:
+            text = None
+        if text is not None:
+            say(self.rank, "sample:\n" + text)
 
 
 def _val_columns(values: dict) -> dict:

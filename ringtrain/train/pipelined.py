@@ -19,12 +19,13 @@ import torch.nn.functional as F
 from mpi4py import MPI
 
 from ..collectives import allreduce
-from ..fault.errors import UsageError
+from ..fault.errors import UsageError, agree
 from ..pipeline import chain
 from ..pipeline.layout import Communicators, Layout
 from ..pipeline.split import block_counts, build_stages
 from ..pipeline.whole_state import Names, Unsharded, gather_state, load_state
 from .torch_distributed import ensure_started
+from .validation import read_agreed
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved")
 
@@ -62,6 +63,13 @@ class PipelineSync:
         self.comm = comm
         self.comms = Communicators(self.layout, comm)
         try:
+            self._build(gpt, cfg)
+        except BaseException:
+            self.close()  # a refused layout leaves no communicator or group behind
+            raise
+
+    def _build(self, gpt, cfg) -> None:
+        try:
             counts = block_counts(gpt, self.layout.stages, cfg.stage_layers)
         except ValueError as e:
             raise UsageError(f"--pipeline-stages {cfg.pipeline_stages} --stages-per-rank {cfg.stages_per_rank}: {e}",
@@ -72,7 +80,7 @@ class PipelineSync:
         self.gpt, self.vocab = gpt, gpt.cfg.vocab_size
         self.tied = gpt.tok.weight if self.comms.tied != MPI.COMM_NULL else None
         self.unsharded = Unsharded(gpt.cfg)
-        self.accumulate = cfg.accumulate
+        self.parts = cfg.accumulate * cfg.micro_batches
         self.schedule = self._schedule(cfg)
         self.names = None  # with the optimizer (attach)
         self.last_comm_seconds = 0.0
@@ -82,17 +90,21 @@ class PipelineSync:
         built = [PipelineStage(stage, i, self.layout.stages, torch.device("cpu"), group=self.comms.group)
                  for i, stage in self.stages.items()]
         try:
+            # scale_grads=False: torch would divide every .grad by M at each step(), gradients that earlier
+            # accumulation steps left there included; the loss carries the 1/(M x accumulate) instead.
             if cfg.schedule == "interleaved":
-                return ScheduleInterleaved1F1B(built, n_microbatches=cfg.micro_batches, loss_fn=self._loss)
+                return ScheduleInterleaved1F1B(built, n_microbatches=cfg.micro_batches, loss_fn=self._loss,
+                                               scale_grads=False)
             kind = ScheduleGPipe if cfg.schedule == "gpipe" else Schedule1F1B
-            return kind(built[0], n_microbatches=cfg.micro_batches, loss_fn=self._loss)
+            return kind(built[0], n_microbatches=cfg.micro_batches, loss_fn=self._loss, scale_grads=False)
         except ValueError as e:
             raise UsageError(f"--schedule {cfg.schedule} --micro-batches {cfg.micro_batches} at --pipeline-stages "
                              f"{cfg.pipeline_stages}: torch's schedule refuses it ({e})", agreed=True) from None
 
     def _loss(self, logits, targets):
-        """A micro-batch's mean cross-entropy, over the step's accumulation (the loop's ``loss / accumulate``)."""
-        return F.cross_entropy(logits.reshape(-1, self.vocab), targets.reshape(-1)) / self.accumulate
+        """A micro-batch's mean cross-entropy over the step's M x accumulate micro-batches: their sum is the
+        step's mean loss, and its gradient the mean gradient (the loop's ``loss / accumulate``)."""
+        return F.cross_entropy(logits.reshape(-1, self.vocab), targets.reshape(-1)) / self.parts
 
     @property
     def _first(self) -> bool:
@@ -120,18 +132,21 @@ class PipelineSync:
             inputs = (x,) if self._first else ()
             self.schedule.step(*inputs, target=y if self._last else None, losses=losses if self._last else None)
             if self._last:
-                local += float(torch.stack(losses).detach().mean())
+                local += float(torch.stack(losses).detach().sum())
         return local * self.layout.ranks if self._last else 0.0
 
     def no_sync(self):
         raise NotImplementedError("the pipeline averages once per step, in synchronize")
 
     def synchronize(self) -> None:
-        """The tied embedding's two gradients summed, then every gradient averaged over this stage's replicas."""
+        """Every gradient averaged over this stage's replicas, then the tied embedding's two summed.
+
+        In that order: the two stages average their copies in buffers of
+        different sizes, cut differently, so with 3 or more replicas the two
+        averages may round differently; a sum of the two is the same bits on
+        both, so the copies stay one weight.
+        """
         t0 = time.perf_counter()
-        if self.tied is not None:
-            grad = self.tied.grad.numpy()
-            self.comms.tied.Allreduce(MPI.IN_PLACE, grad, op=MPI.SUM)
         if self.replicas > 1:
             params = [p for p in self.model.parameters() if p.grad is not None]
             flat = torch.cat([p.grad.reshape(-1) for p in params]).numpy()
@@ -140,6 +155,8 @@ class PipelineSync:
             for p in params:
                 p.grad.copy_(torch.from_numpy(flat[offset:offset + p.numel()]).view_as(p.grad))
                 offset += p.numel()
+        if self.tied is not None:
+            self.comms.tied.Allreduce(MPI.IN_PLACE, self.tied.grad.numpy(), op=MPI.SUM)
         self.last_comm_seconds = time.perf_counter() - t0
 
     def clip_grad_norm(self, max_norm: float) -> float:
@@ -160,9 +177,15 @@ class PipelineSync:
     # -- forward only -----------------------------------------------------------------------------------------
 
     def validate(self, source, comm: MPI.Comm) -> dict | None:
-        """The mean held-out loss, each replica evaluating its share through its pipeline. Collective."""
+        """The mean held-out loss, each replica evaluating its share through its pipeline. Collective.
+
+        Every rank reads its batches, and the ranks agree that they could,
+        before the first activation is sent (as validation.validate does)."""
+        checked = getattr(source, "fingerprint", None) is not None
+        batches, error = read_agreed(source.held_out(), comm, checked)
+        agree(comm, error)
         sums = np.zeros(2)
-        for count, (x, y) in source.held_out():
+        for count, (x, y) in batches:
             logits = chain.forward(self.stages, self.layout, self.comms.pipeline, x if self._first else None)
             if logits is not None:
                 sums += [float(F.cross_entropy(logits.reshape(-1, self.vocab), y.reshape(-1))) * count, count]
@@ -206,4 +229,5 @@ class PipelineSync:
         pass
 
     def close(self) -> None:
+        """Free the communicators and the pipelines' torch groups (nothing needs them once the run is over)."""
         self.comms.free()

@@ -19,6 +19,10 @@ def ensure_started(comm: MPI.Comm, flag: str, instead: str) -> bool:
         raise UsageError(f"{flag} runs over all {world} ranks of the job (torch.distributed's world), and this "
                          f"run's communicator has {comm.Get_size()} — run it on COMM_WORLD, or use {instead}",
                          agreed=True)
+    if MPI.Comm.Compare(comm, MPI.COMM_WORLD) not in (MPI.IDENT, MPI.CONGRUENT):
+        raise UsageError(f"{flag}: this run's communicator orders the ranks otherwise than COMM_WORLD, whose order "
+                         f"torch.distributed's groups take — run it on COMM_WORLD (or a Dup of it), or use {instead}",
+                         agreed=True)
     if dist.is_initialized():
         return False
     import ringtrain.distributed

@@ -34,7 +34,7 @@ def validate(task: Task, source, comm: MPI.Comm, fully_sharded: bool = False) ->
     try:
         batches = source.held_out()
         if fully_sharded:  # every rank reads its batches, and says whether it could, before the first forward
-            batches, error = _read(batches, comm, checked)
+            batches, error = read_agreed(batches, comm, checked)
             batches = _in_lockstep(batches, comm) if error is None else []
         for count, batch in batches:
             for i, fn in enumerate(fns):
@@ -56,7 +56,7 @@ def validate(task: Task, source, comm: MPI.Comm, fully_sharded: bool = False) ->
     return {name: float(total / sums[-1]) for name, total in zip(names, sums)}
 
 
-def _read(batches, comm: MPI.Comm, checked: bool) -> tuple[list, str | None]:
+def read_agreed(batches, comm: MPI.Comm, checked: bool) -> tuple[list, str | None]:
     """(the batches as a list, the error any rank met reading its own, or None). Collective where ``checked``."""
     error = None
     try:

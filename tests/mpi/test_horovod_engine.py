@@ -10,6 +10,7 @@ import re
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 from mpi4py import MPI
@@ -32,15 +33,21 @@ def _init():
 @pytest.mark.mpi
 def test_async_handles_in_submission_order():
     n, r = WORLD.Get_size(), WORLD.Get_rank()
-    # The other ranks submit only after rank 0 has polled, so on rank 0 no operation can be done yet:
-    # a poll that found one done would mean the call waited for its peers, and was not async.
+    # The other ranks submit only after rank 0 has polled (or after 10 s), so on rank 0 no operation can be
+    # done yet: a poll that found one done means the call waited for its peers, and was not async. (An
+    # allreduce_async that blocks holds rank 0 until its peers give up waiting: the test fails, never hangs.)
+    polled = np.zeros(1, dtype=np.int32)
     if r != 0:
-        WORLD.recv(source=0, tag=33)
+        request, deadline = WORLD.Irecv(polled, source=0, tag=33), time.monotonic() + 10.0
+        while not request.Test() and time.monotonic() < deadline:
+            time.sleep(0.001)
     handles = [hvd.allreduce_async(torch.tensor([float(r + i)]), name=f"step{i}", op=hvd.Sum) for i in range(20)]
     none_done_alone = r != 0 or n == 1 or not any(hvd.poll(h) for h in handles)
     if r == 0:
         for peer in range(1, n):
-            WORLD.send(None, dest=peer, tag=33)
+            WORLD.Send(np.ones(1, dtype=np.int32), dest=peer, tag=33)
+    else:
+        request.Wait()  # rank 0's word, however late, is taken
     results = {i: hvd.synchronize(handles[i]).item() for i in reversed(range(20))}  # any order of synchronize
     expected = {i: n * (n - 1) / 2 + n * i for i in range(20)}
     try:

@@ -2,6 +2,7 @@
 FSDP2 over gloo, 1/N of the parameters, validation with uneven shares, and checkpoints that move between
 --zero 3 and --zero 0 exactly."""
 import os
+import shutil
 
 import pytest
 import torch
@@ -144,6 +145,20 @@ def test_a_zero3_checkpoint_loads_what_one_unsharded_process_loads(corpus, mpi_t
     train(TrainConfig(**common, zero=3, checkpoint_dir=ckpt, out_dir=out_dir(mpi_tmp_path / "a")))
     loaded = train(TrainConfig(**common, zero=zero, checkpoint_dir=ckpt, out_dir=out_dir(mpi_tmp_path / "b")))
     assert all_ranks_agree(loaded["losses"] == [] and torch.equal(whole(loaded["model"]), whole(_model_at(ckpt, 3))))
+
+
+@pytest.mark.mpi(min_size=2)
+def test_a_zero3_checkpoint_resumes_on_one_rank(corpus, mpi_tmp_path):  # noqa: F811
+    """Written by N ranks at --zero 3, resumed by each rank alone (its own copy of the checkpoint) at --zero 0:
+    the loaded parameters are bitwise the file's, at another world size."""
+    common = dict(COMMON, steps=3, data=corpus)
+    ckpt = str(mpi_tmp_path / "ckpt")
+    train(TrainConfig(**common, zero=3, checkpoint_dir=ckpt, out_dir=out_dir(mpi_tmp_path / "a")))
+    mine = f"{ckpt}-rank{WORLD.Get_rank()}"
+    shutil.copytree(ckpt, mine)
+    alone = train(TrainConfig(**common, zero=0, checkpoint_dir=mine, out_dir=out_dir(mpi_tmp_path / "b")),
+                  MPI.COMM_SELF)
+    assert all_ranks_agree(alone["losses"] == [] and torch.equal(whole(alone["model"]), whole(_model_at(ckpt, 3))))
 
 
 def _model_at(ckpt: str, step: int):
