@@ -147,7 +147,13 @@ def restore(cfg: TrainConfig, model, optimizer, reducer, comm: MPI.Comm) -> tupl
         mine = checkpoint.load_part(path, name, manifest)
         torch.set_rng_state(mine["torch_rng"])
         reducer.load_state_dict(mine["reducer"])
-    elif rank == 0:
+    replicas_then = manifest["world_size"] // state["config"].get("pipeline_stages", 1)
+    if manifest["world_size"] == world and replicas_then != world // cfg.pipeline_stages and rank == 0:
+        print(f"ringtrain: warning: resuming with {world // cfg.pipeline_stages} data-parallel replicas from a "
+              f"checkpoint written with {replicas_then} (--pipeline-stages changed): model and optimizer load as "
+              "they are, and the data order changes with the replicas, so the run will not match an "
+              "uninterrupted one bit for bit", file=sys.stderr, flush=True)
+    if manifest["world_size"] != world and rank == 0:
         print(f"ringtrain: warning: resuming at world size {world} from a checkpoint written at "
               f"{manifest['world_size']}: model and optimizer load as they are, per-rank state (RNG, compression "
               "residuals) starts fresh, and the data order changes with the world size, so the run will "
