@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import fsdp as bench_fsdp
     bench_fsdp.add_arguments(bench_sub.add_parser(
         "fsdp", help="FSDP2 step time on the ringtrain backend against FSDP2 on gloo, in one job"))
+    from .bench import pipeline as bench_pipeline
+    bench_pipeline.add_arguments(bench_sub.add_parser(
+        "pipeline", help="pipelining step time on the ringtrain backend against gloo, the GPT cut as train cuts it"))
     from .bench import merge as bench_merge
     bench_merge.add_arguments(bench_sub.add_parser(
         "merge", help="merge bench allreduce JSON files (e.g. from a Slurm array) into one table, JSON and plot"))
