@@ -24,7 +24,7 @@ import torch.distributed as dist
 from mpi4py import MPI
 
 from .. import collectives
-from ..collectives import waiting
+from ..collectives import traffic, waiting
 from ..collectives.api import choose_algorithm
 from ..collectives.buffers import SUPPORTED
 from ..collectives.rank_ordered import node_aware_allgather, node_aware_reduce_scatter, node_grid
@@ -371,6 +371,7 @@ class ProcessGroupRingtrain(dist.ProcessGroup):
         self._peer(dst, "send")
         buffers = [t.contiguous() for t in tensors]  # kept alive until the work completes
         requests = [self.comm.Isend(as_bytes(b), dst, self._tag(tag)) for b in buffers]
+        traffic.sent(sum(b.numel() * b.element_size() for b in buffers))  # a pipeline's activations, counted
         return self.thread.submit(lambda: waiting.wait_all(requests), tensors, f"send to rank {dst}")
 
     def recv(self, tensors, src: int, tag: int = 0):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from mpi4py import MPI
 
-from ..collectives import allreduce
+from ..collectives import allreduce, traffic
 from ..fault.errors import UsageError, agree
 from ..pipeline import chain
 from ..pipeline.layout import Communicators, Layout
@@ -46,9 +46,12 @@ def data_shard(cfg, comm: MPI.Comm) -> tuple[int, int]:
 
 
 class PipelineSync:
-    """The GradientSync of ``--pipeline-stages P``; ``model`` is this rank's stages (what its optimizer steps)."""
+    """The GradientSync of ``--pipeline-stages P``; ``model`` is this rank's stages (what its optimizer steps).
 
-    last_wire_bytes = None
+    ``last_wire_bytes``: what this rank sent in the last step, counted where it
+    is sent (collectives/traffic.py): activations and their gradients to the
+    neighbouring stages, the replicas' allreduce, and the tied embedding's sum.
+    """
 
     def __init__(self, gpt, cfg, comm: MPI.Comm):
         from ..model import GPT
@@ -84,6 +87,7 @@ class PipelineSync:
         self.schedule = self._schedule(cfg)
         self.names = None  # with the optimizer (attach)
         self.last_comm_seconds = 0.0
+        self._sent = [0]
 
     def _schedule(self, cfg):
         from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
@@ -127,13 +131,20 @@ class PipelineSync:
         others 0, so the loop's mean over all P x D ranks is the replicas' mean.
         """
         local = 0.0
+        self._sent[0] = 0
         for x, y in batches:
             losses = []
             inputs = (x,) if self._first else ()
-            self.schedule.step(*inputs, target=y if self._last else None, losses=losses if self._last else None)
+            with traffic.counting(self._sent):
+                self.schedule.step(*inputs, target=y if self._last else None,
+                                   losses=losses if self._last else None)
             if self._last:
                 local += float(torch.stack(losses).detach().sum())
         return local * self.layout.ranks if self._last else 0.0
+
+    @property
+    def last_wire_bytes(self) -> int:
+        return self._sent[0]
 
     def no_sync(self):
         raise NotImplementedError("the pipeline averages once per step, in synchronize")
@@ -150,13 +161,15 @@ class PipelineSync:
         if self.replicas > 1:
             params = [p for p in self.model.parameters() if p.grad is not None]
             flat = torch.cat([p.grad.reshape(-1) for p in params]).numpy()
-            allreduce(flat, op="mean", comm=self.comms.replicas)
+            with traffic.counting(self._sent):
+                allreduce(flat, op="mean", comm=self.comms.replicas)
             offset = 0
             for p in params:
                 p.grad.copy_(torch.from_numpy(flat[offset:offset + p.numel()]).view_as(p.grad))
                 offset += p.numel()
         if self.tied is not None:
             self.comms.tied.Allreduce(MPI.IN_PLACE, self.tied.grad.numpy(), op=MPI.SUM)
+            self._sent[0] += self.tied.grad.numel() * self.tied.grad.element_size()  # 2 ranks: each sends it once
         self.last_comm_seconds = time.perf_counter() - t0
 
     def clip_grad_norm(self, max_norm: float) -> float:

@@ -188,3 +188,21 @@ def test_a_task_without_stages_is_refused(tmp_path):
     with pytest.raises(UsageError, match=r"pipeline stages are cut from the built-in GPT .* trains a Linear"):
         ringtrain.fit(torch.nn.Linear(3, 1), lambda m, x, y: torch.nn.functional.mse_loss(m(x), y), data,
                       steps=1, batch_size=2, pipeline_stages=WORLD.Get_size(), out_dir=out_dir(tmp_path))
+
+
+@pytest.mark.mpi(min_size=2)
+def test_wire_bytes_count_the_activations_the_replicas_and_the_tie(corpus, tmp_path):  # noqa: F811
+    """Per step, a rank sends each micro-batch's activations to the next stage and their gradients to the
+    previous one (batch x context x width floats each way), 2(D-1)/D of its stage's gradients to its replicas,
+    and the tied matrix once if it holds an end of the pipeline."""
+    cfg = pipelined("1f1b", data=corpus, steps=2, eval_every=0)
+    result = train(TrainConfig(**cfg, out_dir=out_dir(tmp_path)))
+    sync, layout = result["sync"], result["sync"].layout
+    last_step = sync.last_wire_bytes  # what metrics.jsonl's last row says (rank 0 writes it)
+    activation = cfg["batch_size"] * cfg["context"] * cfg["width"] * 4
+    neighbours = (layout.position < layout.ranks - 1) + (layout.position > 0)
+    d = layout.replicas
+    grads = sum(p.numel() * 4 for p in sync.model.parameters())
+    tied = result["model"].tok.weight.numel() * 4 if layout.position in (0, layout.ranks - 1) else 0
+    expected = neighbours * activation + 2 * (d - 1) * grads // d + tied
+    assert all_ranks_agree(last_step == expected), (last_step, expected)
