@@ -18,6 +18,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -130,6 +131,20 @@ RACES = {
 }
 
 
+def remove_while_written(path: str, seconds: float = 30.0) -> None:
+    """``rm -rf`` of a directory the running job may be writing into: rmtree fails ("Directory not empty") when a
+    file appears between its listing and its rmdir, so try again, as a user would, until it is gone."""
+    deadline = time.monotonic() + seconds
+    while os.path.lexists(path):
+        try:
+            shutil.rmtree(path)
+            return  # gone once: what the job makes there afterwards is its recovery, left alone
+        except OSError:  # a file came, or went, under it meanwhile
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 @pytest.mark.parametrize("race", RACES)
 def test_shared_directories(tmp_path, race):
     first_flags, meanwhile, second_flags = ([a.format(t=tmp_path) for a in flags] if isinstance(flags, list)
@@ -140,7 +155,7 @@ def test_shared_directories(tmp_path, race):
         when(lambda: has_rows(os.path.join(out1, "metrics.jsonl")), first)
         if meanwhile:
             victim = meanwhile.split()[1].format(t=tmp_path)
-            shutil.rmtree(victim)
+            remove_while_written(victim)
             # the first run notices at its next write there (a checkpoint, or a metrics row) and re-takes it
             when(lambda: os.path.exists(os.path.join(victim, "ringtrain.lock")), first)
         second = run(tmp_path, 2, "--steps", "3", *second_flags, timeout=120, out="unused")
