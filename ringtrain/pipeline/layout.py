@@ -64,8 +64,9 @@ class Communicators:
         self.replicas = comm.Split(layout.position, layout.replica)
         ends = layout.ranks > 1 and layout.position in (0, layout.ranks - 1)
         self.tied = comm.Split(layout.replica if ends else MPI.UNDEFINED, layout.position)
-        self.groups = [dist.new_group(ranks=layout.pipeline_ranks(d)) for d in range(layout.replicas)]
-        self.group = self.groups[layout.replica]
+        # torch makes a group collectively: every rank makes every replica's, and keeps its own.
+        groups = [dist.new_group(ranks=layout.pipeline_ranks(d)) for d in range(layout.replicas)]
+        self.group = groups[layout.replica]
 
     def free(self) -> None:
         for c in (self.pipeline, self.replicas, self.tied):
@@ -74,4 +75,4 @@ class Communicators:
         self.pipeline = self.replicas = self.tied = MPI.COMM_NULL
         if self.group is not None and dist.is_initialized():
             dist.destroy_process_group(self.group)  # a rank holds only its own replica's group
-        self.group, self.groups = None, []
+        self.group = None

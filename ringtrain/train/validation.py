@@ -77,7 +77,9 @@ def _in_lockstep(mine: list, comm: MPI.Comm) -> list:
     Rank 0 always holds the most (ranks take every world-th sample or window,
     from their rank on); a rank with none borrows rank 0's first.
     """
-    most, fewest = comm.allreduce(len(mine), op=MPI.MAX), comm.allreduce(len(mine), op=MPI.MIN)
+    counts = np.array([len(mine), -len(mine)])
+    comm.Allreduce(MPI.IN_PLACE, counts, op=MPI.MAX)  # the most, and minus the fewest, in one call
+    most, fewest = int(counts[0]), -int(counts[1])
     if most == 0:
         return mine
     spare = mine[0][1] if mine else None
