@@ -4,6 +4,7 @@ Whole runs under mpiexec with a tiny GPT, each under a timeout, plus the lock it
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -117,7 +118,10 @@ def test_a_deleted_checkpoint_dir_never_gets_two_writers(tmp_path):
     first = start(tmp_path, "first", "--steps", "2000", "--out-dir", str(tmp_path / "o1"), "--checkpoint-dir", ckpt,
                   "--checkpoint-every", "5")
     try:
-        wait_for(lambda: os.path.isdir(os.path.join(ckpt, "step-00000005")), first)
+        # Any complete checkpoint: retention prunes step-00000005 itself once three later ones exist, so waiting
+        # for that one name could miss it and wait out the whole run.
+        wait_for(lambda: os.path.isdir(ckpt) and any(re.fullmatch(r"step-\d{8}", n) for n in os.listdir(ckpt)),
+                 first)
         while os.path.exists(ckpt):  # the run may write into it meanwhile ("Directory not empty"): again
             shutil.rmtree(ckpt, ignore_errors=True)
         wait_for(lambda: os.path.isdir(ckpt) and any(n.startswith("step-") for n in os.listdir(ckpt)), first)
