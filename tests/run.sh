@@ -37,6 +37,7 @@ run() {  # run NAME COMMAND...
 # own timeout: together with the rest they outgrew one.
 JOBS="tests/test_slurm.py tests/test_five_ranks.py tests/test_fault_tolerance.py tests/test_backend_faults.py"
 run serial timeout -k 10 "$MPI_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider tests --ignore=tests/mpi \
+    --ignore=tests/openmpi \
     --ignore=tests/test_failure_matrix.py $(for f in $JOBS; do printf -- '--ignore=%s ' "$f"; done)
 run jobs timeout -k 10 "$MPI_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider $JOBS
 # The failure matrix (generated faults, each a whole run): its own timeout, as it is the longest part.
@@ -52,5 +53,28 @@ for n in $SIZES; do
     run "np$n" timeout -k 10 "$MPI_TIMEOUT" "$MPIEXEC" -n "$n" sh -c "$rank0_only" sh "$logs/np$n" \
         "$PY" -m pytest -q -p no:cacheprovider --with-mpi tests/mpi
 done
+# Open MPI, in an environment of its own (tests/openmpi_env.sh makes it on first use; RINGTRAIN_TEST_OPENMPI=0
+# leaves this part out): train --elastic's jobs under ULFM, then the collectives, the reducer, training and
+# checkpoints at 2 and 4 ranks.
+if [ "${RINGTRAIN_TEST_OPENMPI:-1}" != 0 ]; then
+    if OMPI=$(timeout -k 10 "$MPI_TIMEOUT" bash tests/openmpi_env.sh); then
+        export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+        run openmpi-elastic env RINGTRAIN_TEST_OPENMPI=1 timeout -k 10 "$MPI_TIMEOUT" "$OMPI/python" -m pytest -q \
+            -p no:cacheprovider tests/openmpi
+        OMPI_TESTS="tests/mpi/test_allreduce.py tests/mpi/test_collectives.py tests/mpi/test_compressed_allreduce.py
+            tests/mpi/test_hierarchical.py tests/mpi/test_rank_ordered.py tests/mpi/test_reducer_arguments.py
+            tests/mpi/test_thread_safety.py tests/mpi/test_buffer_sync.py tests/mpi/test_training.py
+            tests/mpi/test_fit.py tests/mpi/test_resume.py tests/mpi/test_zero.py"
+        for n in 2 4; do
+            mkdir -p "$logs/openmpi-np$n"
+            run "openmpi-np$n" timeout -k 10 "$MPI_TIMEOUT" "$OMPI/mpirun" --oversubscribe --mca pml ob1 \
+                --mca btl tcp,self -n "$n" sh -c "$rank0_only" sh "$logs/openmpi-np$n" \
+                "$OMPI/python" -m pytest -q -p no:cacheprovider --with-mpi $OMPI_TESTS
+        done
+    else
+        echo "=== openmpi FAILED: tests/openmpi_env.sh could not make the Open MPI environment"
+        status=1
+    fi
+fi
 echo "tests: $passed passed, $failed failed"
 exit "$status"

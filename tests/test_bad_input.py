@@ -222,3 +222,25 @@ def test_dgc_takes_the_optimizers_momentum_and_stands_alone():
     for spec in ("ef+dgc:ratio=0.01", "dgc:ratio=0.01+lz4"):
         with pytest.raises(UsageError, match="dgc has its own error feedback and wire format; use it alone"):
             TrainConfig(compression=spec)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"elastic": True, "zero": 1}, r"--elastic with --zero 1 --pipeline-stages 1: not supported yet — a dead "
+                                   r"rank's shard"),
+    ({"elastic": True, "pipeline_stages": 2}, r"--elastic with --zero 0 --pipeline-stages 2: not supported yet"),
+    ({"min_ranks": 2}, r"--min-ranks 2 without --elastic: it is the floor an elastic job shrinks to"),
+])
+def test_elastic_options_that_cannot_work_are_refused(fields, message):
+    with pytest.raises(UsageError, match=message):
+        TrainConfig(**fields)
+
+
+def test_elastic_under_an_mpi_that_cannot_shrink_is_one_line_and_exit_2(tmp_path, capsys):
+    # This environment's MPI is MPICH (tests/openmpi/ runs the elastic jobs under Open MPI).
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--elastic", "--steps", "1", "--out-dir", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--elastic: this MPI (MPICH" in err and "cannot survive a rank's death" in err
+    assert "Traceback" not in err
+

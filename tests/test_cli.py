@@ -20,7 +20,8 @@ def test_version():
 def test_info_lists_every_rank_and_the_mpi_library():
     out = run_mpi(2, ["-m", "ringtrain", "info"])
     assert out.returncode == 0, out.stderr
-    for key in ("mpi_library", "world_size  2", "rank 0", "rank 1", "thread_level", "numpy", "torch", "mpi4py"):
+    for key in ("mpi_library", "world_size  2", "rank 0", "rank 1", "thread_level", "numpy", "torch", "mpi4py",
+                "survives_a_dead_rank  no: this MPI (MPICH"):
         assert key in out.stdout, out.stdout
 
 

@@ -38,13 +38,15 @@ GRACE_SECONDS = 2.0  # lets the other survivors print before the abort
 class Watchdog:
     """Aborts the MPI job when a guarded wait outlives its deadline."""
 
-    def __init__(self, comm: MPI.Comm, timeout: float):
+    def __init__(self, comm: MPI.Comm, timeout: float, *, probe: bool = True):
+        """``probe``: ping the peers when a deadline passes, to name the silent ones. Off where MPI itself
+        reports a dead peer (ULFM, --elastic): there a pending wildcard receive fails when any peer dies."""
         self.timeout = timeout
         self.trace = NO_TRACE  # each guard is a "wait: ..." span when the trainer traces
         self._comm = comm.Dup()  # its own communicator: pings never match training messages
         self._rank, self._size = self._comm.Get_rank(), self._comm.Get_size()
         # Pings need a second thread in MPI while the main one waits in a collective.
-        self._probing = MPI.Query_thread() == MPI.THREAD_MULTIPLE and self._size > 1
+        self._probing = probe and MPI.Query_thread() == MPI.THREAD_MULTIPLE and self._size > 1
         self._lock = threading.Lock()
         self._current = None  # (what, step, deadline, limit)
         self._aborting = False  # set once, under the lock, when this rank decides to abort

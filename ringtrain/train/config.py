@@ -131,6 +131,11 @@ class TrainConfig:
     """Write a timeline of every rank (Chrome Trace Event Format, for ui.perfetto.dev) to this file."""
     memory_check: bool = True
     """on: estimate each rank's peak memory before any work and refuse a run that will not fit the node; off."""
+    elastic: bool = False
+    """on: when a rank dies, the survivors shrink the job and go on from the last step, in the same processes
+    (needs Open MPI started with --with-ft ulfm); off: a dead rank stops the job (exit code 76)."""
+    min_ranks: int = 1
+    """--elastic: fewer survivors than this stop the job, with a checkpoint of the last step (exit code 76)."""
 
     def __post_init__(self):
         for f in fields(self):
@@ -180,6 +185,13 @@ class TrainConfig:
         reason = pipeline_conflict(self)
         if reason:
             raise UsageError(reason)
+        if self.elastic and (self.zero or self.pipeline_stages > 1):
+            raise UsageError(f"--elastic with --zero {self.zero} --pipeline-stages {self.pipeline_stages}: not "
+                             "supported yet — a dead rank's shard of the state would be lost; use --zero 0 and no "
+                             "pipeline, or leave --elastic out")
+        if self.min_ranks > 1 and not self.elastic:
+            raise UsageError(f"--min-ranks {self.min_ranks} without --elastic: it is the floor an elastic job shrinks "
+                             "to; add --elastic, or leave --min-ranks out")
         reason = rules.precision_conflict(self.zero, self.param_dtype, self.reduce_dtype)
         if reason:
             raise UsageError(f"--param-dtype {self.param_dtype} --reduce-dtype {self.reduce_dtype} with --zero "
@@ -263,7 +275,7 @@ CHECKS: dict[str, Rule] = {
                                               r"\s*(\d+|(\d+\.?\d*|\.\d+)s)\s*")),
     "keep_checkpoints": whole(1), "resume": text("auto, none, or the path of a checkpoint"),
     "stop_after": whole(0), "timeout": number(0, above=True), "first_timeout": number(0, above=True),
-    "trace": optional(_PATH), "memory_check": boolean(),
+    "trace": optional(_PATH), "memory_check": boolean(), "elastic": boolean(), "min_ranks": whole(1),
 }
 
 
@@ -291,8 +303,8 @@ def add_arguments(parser) -> None:
             kind = _number_or_auto
         if f.type == Switch:
             options["choices"] = typing.get_args(Switch)
-        if f.type is bool:
-            options["metavar"] = "{on,off}"
+        if f.type is bool:  # --elastic alone means on, as a switch reads; --elastic off still works
+            options.update(metavar="{on,off}", nargs="?", const=True)
         shown = {True: "on", False: "off"}.get(f.default, f.default) if f.type is bool else f.default
         parser.add_argument(flag, type=kind, default=f.default, dest=f.name, **options,
                             help=f"{docs.get(f.name, '')} (default: {shown})")

@@ -25,6 +25,8 @@ from mpi4py import MPI
 
 from ..fault import EXIT_PREEMPTED, agree, Diverged, Preempted, UsageError, Watchdog, PreemptionSignals, agree_at_step_end
 from ..checkpoint.store import CheckpointError
+from ..elastic import ulfm
+from ..elastic.rounds import BelowFloor
 from ..model import GPT
 from ..optim.interface import clip_grad_norm
 from . import full_state, memory, state
@@ -59,6 +61,8 @@ class TrainingLoop:
     """The compression, bucket cap (and optimizer) the run chose for its auto settings: checkpoints keep them."""
     places: RunPlaces = field(default_factory=RunPlaces)
     """The run's directory locks, kept before each checkpoint (train/places.py)."""
+    carried: object = None
+    """--elastic, after a rank died: what the survivors carried over (elastic/rounds.py); None otherwise."""
 
     def __post_init__(self):
         self.rank, self.world = self.comm.Get_rank(), self.comm.Get_size()
@@ -68,13 +72,30 @@ class TrainingLoop:
         self.last_checkpoint = time.monotonic()
         self.result = {"losses": [], "step_seconds": [], "val_losses": [], "val_metrics": [], "model": self.model,
                        "world": self.world, "start_step": self.start}
+        self.committed = self.start
+        """Steps the model and optimizer stand after: under --elastic, where the survivors go on from."""
+        self.saved = self.carried.saved if self.carried else self.start
+        """The step of this run's latest checkpoint (or where it started)."""
+        if self.carried:  # the earlier rounds' rows, so the result covers the whole run
+            earlier = self.carried.result
+            self.result.update({k: earlier.get(k) for k in ("losses", "step_seconds", "val_losses", "val_metrics",
+                                                        "start_step", "start_val_loss")},
+                               recoveries=earlier.get("recoveries", []))
 
     def run(self) -> dict:
         """Train from ``start`` to --steps (or --stop-after); returns losses, times and validation results."""
         cfg = self.cfg
         last = cfg.steps if not cfg.stop_after else min(cfg.steps, self.start + cfg.stop_after)
-        with self.watchdog.guard("validation", self.start, cfg.first_timeout):
-            self.result["start_val_loss"] = self.validate(self.start, record=False)
+        if self.carried and self.carried.stop:  # fewer survivors than --min-ranks
+            self.stop_below_floor()
+        if (self.carried and self.saved < self.start and cfg.checkpoint_dir and self.every_steps
+                and self.start % self.every_steps == 0):  # the failure came between a step and its checkpoint
+            with self.watchdog.guard("the directory locks", self.start, cfg.timeout):
+                self.places.keep(self.comm)
+            self.checkpoint(self.start)
+        if not self.carried:  # a shrunk round goes straight on: it was measured where the run started
+            with self.watchdog.guard("validation", self.start, cfg.first_timeout):
+                self.result["start_val_loss"] = self.validate(self.start, record=False)
         self.prefetch = prefetcher(cfg, self.source, self.start, last)
         try:
             for step in range(self.start, last):
@@ -92,10 +113,15 @@ class TrainingLoop:
             group["lr"] = lr
         local = self.forward_backward(step, self.step_batches(step, deadline), deadline)
         exposed = self.synchronize(step, deadline)
-        self.optimizer_step(step)
         step_loss, signalled, timed_due = self.agree(step, local, deadline)
-        self.tracer.complete("step", "step", t0, time.perf_counter_ns(), step=step + 1)
-        done = step + 1
+        if cfg.elastic:  # the model changes only once every survivor agrees the step is whole (elastic/ulfm.py)
+            with self.watchdog.guard("the commit", step + 1, deadline):
+                ulfm.commit(self.comm)
+        self.optimizer_step(step)
+        self.committed = done = step + 1
+        self.tracer.complete("step", "step", t0, time.perf_counter_ns(), step=done)
+        if self.carried and self.carried.failed_at:
+            self.record_recovery(done)
         if not math.isfinite(step_loss):  # the same agreed value on every rank, so every rank stops here
             self.metrics.write(event="diverged", step=done, loss=str(step_loss))
             raise Diverged(f"the loss is {step_loss} at step {done} — the run stopped without checkpointing this "
@@ -122,6 +148,29 @@ class TrainingLoop:
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
             with self.watchdog.guard("validation", done), self.tracer.span("eval", "eval", step=done):
                 self.validate(done)
+
+    def record_recovery(self, step: int) -> None:
+        """--elastic: the line and metrics row of a recovery, once its first step is done."""
+        carried, seconds = self.carried, time.monotonic() - self.carried.failed_at
+        carried.failed_at = 0.0
+        row = {"step": step, "dead": carried.dead, "world_size_before": carried.world_before,
+               "world_size": self.world, "seconds_lost": round(seconds, 3)}
+        self.result["recoveries"].append(row)
+        self.metrics.write(event="recovered", **row)
+        self.tracer.instant("recovered", "elastic", **row)
+        say(self.rank, f"recovered: rank{'s' if len(carried.dead) > 1 else ''} {', '.join(map(str, carried.dead))} "
+                       f"lost, {self.world} ranks, step {step} done {seconds:.2f} s after the failure was seen")
+
+    def stop_below_floor(self) -> None:
+        """--min-ranks: write the committed step's checkpoint on the survivors, then stop on every rank."""
+        if self.cfg.checkpoint_dir:
+            with self.watchdog.guard("the directory locks", self.start, self.cfg.timeout):
+                self.places.keep(self.comm)
+            self.checkpoint(self.start)
+        saved = (f"checkpoint at step {self.start} written; resume from it" if self.cfg.checkpoint_dir
+                 else "no --checkpoint-dir, so nothing was saved")
+        self.metrics.write(event="stopped", step=self.start, reason=self.carried.stop)
+        raise BelowFloor(f"{self.carried.stop}; {saved}", agreed=True)
 
     def forward_backward(self, step: int, batches: list, deadline: float | None = None) -> float:
         """Forward and backward over the step's micro-batches; returns this rank's loss (their mean)."""
@@ -236,6 +285,7 @@ class TrainingLoop:
                 path = self._save(step)
             seconds = time.perf_counter() - t0
         self.last_checkpoint = time.monotonic()
+        self.saved = step
         if self.rank == 0:
             size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
             self.metrics.write(event="checkpoint", step=step, path=path, bytes=size, seconds=seconds)

@@ -19,11 +19,16 @@ from .config import TrainConfig
 from .places import RunPlaces
 
 
-def preflight(cfg: TrainConfig, comm: MPI.Comm, run: str = "") -> RunPlaces:
+def preflight(cfg: TrainConfig, comm: MPI.Comm, run: str = "", held: RunPlaces | None = None) -> RunPlaces:
     """Check ``cfg``'s paths and model on rank 0; every rank raises the same UsageError if one is bad. Collective.
 
     Returns the run's directory locks (held on rank 0; empty elsewhere). ``run``: this run's id, in the lock files.
+    ``held``: locks this rank holds already (--elastic: a rank 0 that survived keeps them; a new rank 0 takes
+    the dead one's over).
     """
+    if held is not None and (held.out is not None or comm.Get_rank() != 0):
+        agree(comm, None)  # checked when they were taken; the same collective as below, on every rank
+        return held
     places, error = RunPlaces(), None
     if comm.Get_rank() == 0:
         try:

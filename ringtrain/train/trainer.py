@@ -19,6 +19,8 @@ from ..constants import BUCKET_CAP_MB
 from ..fault import PreemptionSignals, UsageError, Watchdog, checked
 from ..reducer import GradientReducer
 from ..trace import NO_TRACE, Tracer
+from .. import elastic
+from ..elastic import inject
 from . import memory_check, pipelined, state
 from .config import TrainConfig
 from .data_source import open_source, with_epochs
@@ -67,33 +69,47 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None, *, task: Task | None =
     ``task`` replaces what ``cfg.model`` names. ``make_sync(task, cfg, comm,
     tuned, tracer)`` builds what averages the gradients (train/sync.py); the
     GradientReducer by default. Raises Preempted (a SystemExit with code 75)
-    after checkpointing when signalled or when --stop-after is reached.
+    after checkpointing when signalled or when --stop-after is reached. With
+    ``--elastic`` the survivors of a dead rank go on at the smaller size
+    (ringtrain/elastic).
     """
     comm = private(MPI.COMM_WORLD if comm is None else comm)
+    if not cfg.elastic:
+        return _round(cfg, comm, task, make_sync, None)
+    elastic.refuse_unless_possible(cfg, comm)
+    return elastic.run_rounds(comm, lambda survivors, carried: _round(cfg, survivors, task, make_sync, carried),
+                              cfg.min_ranks)
+
+
+def _round(cfg: TrainConfig, comm: MPI.Comm, task: Task | None, make_sync, carried) -> dict:
+    """``train`` on ``comm``; under --elastic one membership's share of it, starting from ``carried`` (the
+    survivors' state in memory) after the first."""
     rank, world = comm.Get_rank(), comm.Get_size()
     signals = PreemptionSignals()
-    watchdog = Watchdog(comm, cfg.timeout)
-    places = sync = metrics = None
+    watchdog = Watchdog(comm, cfg.timeout, probe=not cfg.elastic)  # ULFM reports the dead under --elastic
+    places = sync = metrics = loop = None
     tracer = NO_TRACE
     try:
         with watchdog.guard("start-up", 0, cfg.first_timeout):
-            # This invocation's id, in every metrics row and lock file (a resume gets a new one).
-            run = comm.bcast(uuid.uuid4().hex[:12], root=0)
+            # This invocation's id, in every metrics row and lock file (a resume gets a new one; a shrunk round not).
+            run = carried.run if carried else comm.bcast(uuid.uuid4().hex[:12], root=0)
             # Every input is checked before any work; a bad one stops every rank with one line (exit code 2).
-            places = preflight(cfg, comm, run)
+            places = preflight(cfg, comm, run, held=carried.places if carried else None)
             for sentence in places.taken_over():
                 say(rank, f"ringtrain: {sentence}")
             threads = set_torch_threads(comm)
             name = type(task.model).__name__ if task is not None else cfg.model
             if task is None:
                 checked(comm, memory_check.check_model_size, cfg, comm)  # before allocating the weights
-            task = task if task is not None else checked(comm, build_task, cfg)
+            task = carried.task if carried else task if task is not None else checked(comm, build_task, cfg)
             shard = pipelined.data_shard(cfg, comm) if cfg.pipeline_stages > 1 else None
             source = checked(comm, open_source, cfg, task, comm, shard)
             checked(comm, memory_check.check, cfg, task, comm)
             cfg = with_epochs(cfg, source)
-            tuned = _tune(cfg, task, source, comm)
+            tuned = carried.tuned if carried else _tune(cfg, task, source, comm)
             tracer = Tracer(cfg.trace, comm) if cfg.trace else NO_TRACE
+            if cfg.elastic:  # RINGTRAIN_KILL's faults, for the tests
+                tracer = inject.wrap(tracer)
             watchdog.trace = tracer
             nparams = sum(p.numel() for p in task.model.parameters())  # before a pipeline keeps only its stages
             sync = (make_sync or reducer_sync)(task, cfg, comm, tuned, tracer)
@@ -103,25 +119,37 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None, *, task: Task | None =
             optimizer = make_optimizer(tuned.applied_to(cfg), trained, sync)
             if isinstance(sync, pipelined.PipelineSync):
                 sync.attach(optimizer)
-            start, lineage = state.restore(cfg, task.model, optimizer, sync, comm)
+            if carried:  # the survivors' committed step, in memory: nothing to read
+                optimizer.load_state_dict(carried.optimizer.state_dict())
+                task.model.zero_grad(set_to_none=True)  # the failed step's partial gradients
+                start, lineage = carried.step, carried.lineage
+            else:
+                start, lineage = state.restore(cfg, task.model, optimizer, sync, comm)
             refuse_past_steps(cfg, start)
             ranks = comm.gather({"rank": rank, "host": socket.gethostname(), "pid": os.getpid()}, root=0)
-        say(rank, f"ringtrain: {world} ranks x {threads} torch threads | {name} with {nparams:,} parameters | "
-                  f"{source.describe()}" + (f" | {cfg.epochs} epochs = {cfg.steps} steps" if cfg.epochs else "")
-                  + (f" | compression {tuned.compression_name}" if tuned.compression_name != "none" else "")
-                  + (f" | optimizer {tuned.optimizer}" if tuned.optimizer else ""))
+        if carried:
+            say(rank, elastic.shrunk_line(carried, world))
+        else:
+            say(rank, f"ringtrain: {world} ranks x {threads} torch threads | {name} with {nparams:,} parameters | "
+                      f"{source.describe()}" + (f" | {cfg.epochs} epochs = {cfg.steps} steps" if cfg.epochs else "")
+                      + (f" | compression {tuned.compression_name}" if tuned.compression_name != "none" else "")
+                      + (f" | optimizer {tuned.optimizer}" if tuned.optimizer else ""))
         metrics = Metrics(cfg.out_dir, rank, run=run, lock=places.out)
         metrics.write(event="start", step=start, world_size=world, ranks=ranks, parameters=nparams,
                       compression=tuned.compression_name, bucket_cap_mb=tuned.bucket_cap_mb,
                       optimizer=tuned.optimizer or cfg.optimizer,
                       autotune=tuned.probe, steps=cfg.steps, steps_per_epoch=source.steps_per_epoch)
-        if tuned.text:
-            say(rank, tuned.text)
-        if start:
-            say(rank, f"resumed from the checkpoint at step {start}")
+        if carried:
+            metrics.write(event="shrunk", step=start, world_size=world, dead=carried.dead,
+                          world_size_before=carried.world_before, recoveries=carried.recoveries)
+        else:
+            if tuned.text:
+                say(rank, tuned.text)
+            if start:
+                say(rank, f"resumed from the checkpoint at step {start}")
         loop = TrainingLoop(cfg=cfg, comm=comm, task=task, sync=sync, optimizer=optimizer, source=source,
                             metrics=metrics, watchdog=watchdog, signals=signals, tracer=tracer, lineage=lineage,
-                            start=start, tuned=tuned, places=places)
+                            start=start, tuned=tuned, places=places, carried=carried)
         result = loop.run()
         result["tuned"] = tuned.saved()
         result.update(optimizer=optimizer, sync=sync)
@@ -130,6 +158,16 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None, *, task: Task | None =
         if cfg.trace:
             say(rank, f"trace: {cfg.trace} (open it in ui.perfetto.dev; python -m ringtrain trace summary {cfg.trace})")
         return result
+    except BaseException as error:
+        if not (cfg.elastic and elastic.is_rank_failure(error)):
+            raise
+        # The next round starts from the last committed step; before the loop, from what this round started from.
+        onward = elastic.Carried(task=task, optimizer=optimizer, step=loop.committed, run=run, lineage=lineage,
+                                 tuned=tuned, places=places, result=loop.result, saved=loop.saved,
+                                 failed_at=carried.failed_at if carried else 0.0) if loop is not None else carried
+        if onward is not None and places is not None:
+            places = None  # carried on: the survivors keep the directories locked
+        raise elastic.leave_round(comm, error, onward) from error
     finally:
         if not tracer.closed:  # the run failed: keep this rank's part of the timeline (FILE.rank<r>)
             tracer.write_part()

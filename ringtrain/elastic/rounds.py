@@ -1,0 +1,106 @@
+"""``train --elastic``: when a rank dies, the survivors shrink the job and train on, in the same processes.
+
+A run is a sequence of rounds, one per membership. A round is an ordinary
+``train`` on the round's communicator. When MPI reports a dead peer
+anywhere in it (a collective, the communication thread, a checkpoint), the
+rank that saw it revokes every communicator of the round, so that every
+survivor stops too, and leaves the round with ``RankLost``. The survivors
+then shrink to a communicator of their own and start the next round from
+what they hold in memory (``Carried``): the model and optimizer as of the
+last committed step, the same run id, lineage and tuning, the directory
+locks where rank 0 survived. The model changes only in a committed step
+(ulfm.commit), so every survivor holds the same step, and the step that
+failed is redone at the new size.
+
+Each round builds what hangs off its communicator afresh: the reducer and
+its communicators and node groups, the watchdog, the data shard, the metrics
+writer and the trace. Data-parallel state is replicated, so a dead rank
+takes nothing with it but its compressor state (error feedback, PowerSGD's
+factors), which every survivor restarts at zero, and says so.
+
+Below ``--min-ranks`` the survivors write a checkpoint of the committed step
+(one more round, which only does that) and stop with exit code 76.
+"""
+import dataclasses
+import time
+from mpi4py import MPI
+
+from ..fault.errors import OneLineError
+from ..fault.exit_codes import EXIT_TIMEOUT
+from . import ulfm
+
+
+@dataclasses.dataclass
+class Carried:
+    """What a round hands the next one."""
+    task: object
+    optimizer: object
+    step: int
+    """Steps committed: the model and optimizer stand after this many."""
+    run: str
+    lineage: str
+    tuned: object
+    places: object
+    """The directory locks (rank 0's; empty elsewhere)."""
+    result: dict
+    """The losses, times and validations of the earlier rounds."""
+    saved: int = 0
+    """The step of the latest checkpoint written: one due at ``step`` but cut off by the failure is written
+    first."""
+    dead: list = dataclasses.field(default_factory=list)
+    """Ranks of the previous round that died (its numbering)."""
+    world_before: int = 0
+    failed_at: float = 0.0
+    """time.monotonic() when this rank saw the failure: the recovery's cost is counted from it."""
+    recoveries: int = 0
+    stop: str = ""
+    """Set below --min-ranks: the round writes a checkpoint and raises BelowFloor with this text."""
+
+
+class RankLost(Exception):
+    """Leaves a round whose communicator lost a rank; carries what the next round starts from."""
+
+    def __init__(self, carried: Carried | None):
+        super().__init__("a rank died")
+        self.carried = carried
+
+
+def leave_round(comm: MPI.Comm, error: BaseException, carried: Carried | None) -> RankLost:
+    """What a rank does on seeing ``error`` (a rank failure) in a round: revoke the round's communicators,
+    answer the commit with "no" unless the failure was the commit's own verdict, and note when."""
+    ulfm.revoke_all(comm)
+    if not isinstance(error, ulfm.NotCommitted):
+        ulfm.refuse(comm)
+    if carried is not None and not carried.failed_at:
+        carried.failed_at = time.monotonic()  # a second failure before the first recovery finished counts from the first
+    return RankLost(carried)
+
+
+class BelowFloor(OneLineError):
+    """Fewer ranks survive than --min-ranks: the job stops (exit code 76, as for a dead rank without --elastic)."""
+
+    exit_code = EXIT_TIMEOUT
+
+
+def run_rounds(comm: MPI.Comm, round_, min_ranks: int):
+    """``round_(comm, carried)`` until one returns; after each RankLost, on the survivors' communicator."""
+    carried = None
+    while True:
+        try:
+            return round_(comm, carried)
+        except RankLost as lost:
+            shrunk, dead = ulfm.shrink(comm)
+            if not dead:  # an MPI error that was not a death after all: the error it is
+                raise lost.__cause__ from None
+            carried = lost.carried
+            if carried is not None:
+                carried.dead, carried.world_before = dead, comm.Get_size()
+                carried.recoveries += 1
+            comm = shrunk
+            if comm.Get_size() < min_ranks:
+                left = comm.Get_size()
+                stop = (f"rank{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))} died, leaving {left} "
+                        f"rank{'s' if left > 1 else ''}, below --min-ranks {min_ranks}; the job stops")
+                if carried is None:  # nothing trained in memory yet: the last checkpoint is where to resume
+                    raise BelowFloor(stop + "; resume it from the last checkpoint", agreed=True) from None
+                carried.stop = stop
