@@ -10,4 +10,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        status = main()
+    except SystemExit as e:
+        status = e.code
+    from .elastic import finalize  # after a shrink, without MPI_Finalize, which may wait on the dead
+    finalize.exit(status)

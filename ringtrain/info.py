@@ -33,7 +33,7 @@ def describe(comm: MPI.Comm = MPI.COMM_WORLD) -> dict:
 
 def _survival() -> str:
     """Whether this job can lose a rank and go on (train --elastic), and if not, why."""
-    from .elastic import can_shrink
+    from .elastic.ulfm import can_shrink
     reason = can_shrink()
     return "yes: ULFM (train --elastic shrinks in place)" if reason is None else f"no: {reason}"
 

@@ -35,7 +35,8 @@ run() {  # run NAME COMMAND...
 
 # The whole jobs (Slurm, five ranks, killed and stalled ranks) run as a part of their own, each part with its
 # own timeout: together with the rest they outgrew one.
-JOBS="tests/test_slurm.py tests/test_five_ranks.py tests/test_fault_tolerance.py tests/test_backend_faults.py"
+JOBS="tests/test_slurm.py tests/test_five_ranks.py tests/test_fault_tolerance.py tests/test_backend_faults.py
+    tests/test_elastic_launch.py"
 run serial timeout -k 10 "$MPI_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider tests --ignore=tests/mpi \
     --ignore=tests/openmpi \
     --ignore=tests/test_failure_matrix.py $(for f in $JOBS; do printf -- '--ignore=%s ' "$f"; done)

@@ -10,7 +10,9 @@ Unset (always, outside tests), nothing is wrapped.
 """
 import os
 import signal
+import sys
 import threading
+import time
 
 from ..fault.abort import launcher_rank
 
@@ -44,6 +46,10 @@ class KillingTracer:
         return self._tracer.span(name, cat, **args)
 
     def _kill(self):
+        # When it died, for the trials' count of the seconds a failure costs (benchmarks/elastic_trials.py).
+        sys.stderr.write(f"ringtrain: {VARIABLE}: rank {launcher_rank()} dies {self._delay:g} s into "
+                         f"{self._phase} of step {self._step}, at {time.time() + self._delay:.3f}\n")
+        sys.stderr.flush()
         if self._delay <= 0:
             os.kill(os.getpid(), signal.SIGKILL)
         threading.Timer(self._delay, os.kill, (os.getpid(), signal.SIGKILL)).start()

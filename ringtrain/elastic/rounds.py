@@ -25,9 +25,10 @@ import dataclasses
 import time
 from mpi4py import MPI
 
-from ..fault.errors import OneLineError
+from ..fault.errors import OneLineError, UsageError
 from ..fault.exit_codes import EXIT_TIMEOUT
-from . import ulfm
+from . import finalize, ulfm
+from .ulfm import can_shrink
 
 
 @dataclasses.dataclass
@@ -90,6 +91,7 @@ def run_rounds(comm: MPI.Comm, round_, min_ranks: int):
             return round_(comm, carried)
         except RankLost as lost:
             shrunk, dead = ulfm.shrink(comm)
+            finalize.shrunk = True
             if not dead:  # an MPI error that was not a death after all: the error it is
                 raise lost.__cause__ from None
             carried = lost.carried
@@ -104,3 +106,24 @@ def run_rounds(comm: MPI.Comm, round_, min_ranks: int):
                 if carried is None:  # nothing trained in memory yet: the last checkpoint is where to resume
                     raise BelowFloor(stop + "; resume it from the last checkpoint", agreed=True) from None
                 carried.stop = stop
+
+
+def refuse_unless_possible(cfg, comm: MPI.Comm) -> None:
+    """One line on every rank (exit code 2) if this MPI cannot shrink, or --min-ranks exceeds the job. Not
+    collective: every rank sees the same MPI and flags."""
+    reason = can_shrink()
+    if reason:
+        raise UsageError(f"--elastic: {reason}; or leave --elastic out (a dead rank then stops the job, and "
+                         "launch restarts it from the last checkpoint)", agreed=True)
+    if cfg.min_ranks > comm.Get_size():
+        raise UsageError(f"--min-ranks {cfg.min_ranks} is above the job's {comm.Get_size()} ranks — give at most "
+                         f"{comm.Get_size()}", agreed=True)
+
+
+def shrunk_line(carried: Carried, world: int) -> str:
+    """Rank 0's line when the survivors start a round."""
+    dead = carried.dead
+    return (f"ringtrain: rank{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))} of {carried.world_before} "
+            f"died; {world} rank{'s' if world > 1 else ''} go on from step {carried.step} (its model and optimizer "
+            f"state, in memory), redoing step {carried.step + 1}"
+            + ("; compressor state restarts at zero" if carried.tuned.compression_name != "none" else ""))

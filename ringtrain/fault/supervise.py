@@ -19,6 +19,9 @@ step 40 in ckpt``, or ``from step 0: no checkpoint in ckpt yet``.
 When a rank dies, MPICH's mpiexec ends the other ranks at once and reports the
 dead process's PID (the ``start`` line of metrics.jsonl maps PIDs to ranks);
 when a rank stalls, ringtrain's deadline (``--timeout``) ends the job.
+
+``--elastic`` restarts on the hosts that answer and grows back when the others
+return (ringtrain/elastic/launch.py).
 """
 import argparse
 import os
@@ -45,6 +48,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mpiexec", default=None, help="the launcher (default: $MPIEXEC, else the mpiexec beside "
                                                    "this Python, else the one on PATH)")
     p.add_argument("--mpiexec-args", default="", help="extra launcher arguments, as one string")
+    p.add_argument("--elastic", action="store_true", help="restart on the hosts that answer, and grow back to all "
+                   "of them at a checkpoint when they return (for an MPI that cannot shrink in place: MPICH)")
+    p.add_argument("--hosts", help="--elastic: the hosts and their slots, a:4,b:4 (default: --hostfile, else "
+                                   "Slurm's allocation)")
+    p.add_argument("--hostfile", help="--elastic: a file of host:slots lines")
+    p.add_argument("--host-check", help="--elastic: a command that succeeds when {host} can run ranks (default: "
+                                        "mpiexec -hosts {host} -n 1 true)")
+    p.add_argument("--regrow-every", type=float, default=30.0, help="--elastic: seconds between checks of the "
+                   "missing hosts while running short (default 30)")
+    p.add_argument("--min-ranks", type=int, default=1, help="--elastic: fewer answering slots than this stop the "
+                   "launch (exit code 76; default 1)")
     p.add_argument("job", nargs=argparse.REMAINDER, help="-- then ringtrain's arguments, e.g. -- train --steps 100")
 
 
@@ -123,6 +137,12 @@ def main(args) -> int:
     if args.np < 1 or args.max_restarts < 0:
         raise UsageError(f"launch: -n {args.np} --max-restarts {args.max_restarts}: not allowed — -n >= 1 and "
                          "--max-restarts >= 0")
+    if not args.elastic and (args.hosts or args.hostfile or args.host_check or args.min_ranks != 1):
+        raise UsageError("launch: --hosts, --hostfile, --host-check and --min-ranks shape an elastic launch — add "
+                         "--elastic, or leave them out")
+    if args.elastic and not (args.regrow_every > 0 and 1 <= args.min_ranks <= args.np):
+        raise UsageError(f"launch --elastic: --regrow-every {args.regrow_every:g} --min-ranks {args.min_ranks}: not "
+                         f"allowed — --regrow-every > 0 and 1 <= --min-ranks <= -n {args.np}")
     if not command:
         raise UsageError("launch: nothing to run — say what after --, e.g. launch -n 4 -- train --checkpoint-dir ckpt")
     options = _train_options(command)
@@ -132,20 +152,24 @@ def main(args) -> int:
     cmd = [mpiexec, "-n", str(args.np), *args.mpiexec_args.split(),
            sys.executable, "-m", "ringtrain", *command]
     interrupted = []
-    job = None
+    state = {"job": None, "interrupted": interrupted}
 
     def forward(signum, frame):
         interrupted.append(signum)
+        job = state["job"]
         if job is not None and job.poll() is None:
             job.send_signal(signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, forward)
+    if args.elastic:
+        from ..elastic import launch as elastic_launch
+        return elastic_launch.run(args, command, mpiexec, FINAL, describe_exit, restart_point, state)
     attempt = 0
     while True:
         attempt += 1
         print(f"launch: attempt {attempt}: {' '.join(cmd)}", flush=True)
-        job = subprocess.Popen(cmd)
+        job = state["job"] = subprocess.Popen(cmd)
         code = job.wait()
         if code == 0:
             print(f"launch: attempt {attempt} finished", flush=True)

@@ -102,6 +102,8 @@ class TrainingLoop:
                 self.train_step(step, last)
         finally:
             self.prefetch.close()
+        if self.carried and self.carried.failed_at:  # the failure came after the last step: nothing was redone
+            self.record_recovery(self.start)
         return self.finish()
 
     def train_step(self, step: int, last: int) -> None:
@@ -150,7 +152,8 @@ class TrainingLoop:
                 self.validate(done)
 
     def record_recovery(self, step: int) -> None:
-        """--elastic: the line and metrics row of a recovery, once its first step is done."""
+        """--elastic: the line and metrics row of a recovery, once its first step is done (or, past the last
+        step, its checkpoint)."""
         carried, seconds = self.carried, time.monotonic() - self.carried.failed_at
         carried.failed_at = 0.0
         row = {"step": step, "dead": carried.dead, "world_size_before": carried.world_before,

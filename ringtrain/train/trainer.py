@@ -19,8 +19,7 @@ from ..constants import BUCKET_CAP_MB
 from ..fault import PreemptionSignals, UsageError, Watchdog, checked
 from ..reducer import GradientReducer
 from ..trace import NO_TRACE, Tracer
-from .. import elastic
-from ..elastic import inject
+from ..elastic import inject, rounds as elastic, ulfm
 from . import memory_check, pipelined, state
 from .config import TrainConfig
 from .data_source import open_source, with_epochs
@@ -59,7 +58,11 @@ def fit(model, loss_fn, train_data, *, val_data=None, collate_fn=None, metrics=N
     """
     cfg = dataclasses.replace(config, **options) if config is not None else TrainConfig(**options)
     task = Task(model, loss_fn, train_data, val_data=val_data, collate_fn=collate_fn, metrics=metrics or {})
-    return train(cfg, comm, task=task)
+    result = train(cfg, comm, task=task)
+    if result.get("recoveries"):
+        say(result["rank"], "ringtrain: this job lost a rank; Open MPI's MPI_Finalize may wait for it "
+                            "forever — end the script with ringtrain.elastic.finalize.exit()")
+    return result
 
 
 def train(cfg: TrainConfig, comm: MPI.Comm | None = None, *, task: Task | None = None, make_sync=None) -> dict:
@@ -152,14 +155,14 @@ def _round(cfg: TrainConfig, comm: MPI.Comm, task: Task | None, make_sync, carri
                             start=start, tuned=tuned, places=places, carried=carried)
         result = loop.run()
         result["tuned"] = tuned.saved()
-        result.update(optimizer=optimizer, sync=sync)
+        result.update(optimizer=optimizer, sync=sync, rank=rank)
         with watchdog.guard("writing the trace", cfg.steps, max(cfg.timeout, 60.0)):
             tracer.close()
         if cfg.trace:
             say(rank, f"trace: {cfg.trace} (open it in ui.perfetto.dev; python -m ringtrain trace summary {cfg.trace})")
         return result
     except BaseException as error:
-        if not (cfg.elastic and elastic.is_rank_failure(error)):
+        if not (cfg.elastic and ulfm.is_rank_failure(error)):
             raise
         # The next round starts from the last committed step; before the loop, from what this round started from.
         onward = elastic.Carried(task=task, optimizer=optimizer, step=loop.committed, run=run, lineage=lineage,

@@ -102,3 +102,16 @@ def test_info_says_whether_the_job_survives_a_dead_rank():
     without = mpirun(1, ["-m", "ringtrain", "info"], timeout=120, ft=False)
     assert "survives_a_dead_rank  yes: ULFM (train --elastic shrinks in place)" in with_ft.stdout
     assert "survives_a_dead_rank  no: Open MPI was started without fault tolerance" in without.stdout
+
+
+def test_fit_elastic_goes_on_after_a_death_and_matches_a_resume(tmp_path):
+    script = os.path.join(os.path.dirname(__file__), "scripts", "fit_elastic.py")
+    run = mpirun(4, [script, str(tmp_path / "fit")], env={"RINGTRAIN_KILL": "1:5:backward"}, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert [(r["dead"], r["world_size"], r["step"]) for r in result["recoveries"]] == [([1], 3, 5)]
+    assert len(result["losses"]) == 8  # the whole run's, across both memberships
+    ref = mpirun(3, [script, str(tmp_path / "ref"), str(tmp_path / "fit" / "ck" / "step-00000004")], timeout=300)
+    assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
+    expected = json.loads(next(line for line in ref.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert result["params"] == expected["params"] and result["losses"][4:] == expected["losses"]

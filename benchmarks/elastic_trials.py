@@ -1,0 +1,192 @@
+"""train --elastic against kill -9 at random moments: hangs, wrong results, lost checkpoints, seconds lost.
+
+Run with the Open MPI environment's python (tests/openmpi_env.sh makes it):
+
+    .venv-openmpi/bin/python benchmarks/elastic_trials.py --trials 50 --json benchmarks/results/elastic/trials_n4.json
+
+Each trial is a 4-rank ``train --elastic`` of a small GPT for 10 steps with a
+checkpoint every step (so that each committed step has one, for the
+reference), in which RINGTRAIN_KILL (ringtrain/elastic/inject.py) kills one
+rank, or two in turn (4 -> 3 -> 2), at a random step, in a random phase
+(data, forward, backward, synchronize, optimizer, checkpoint) and a random
+number of milliseconds into it. A trial passes when:
+
+- the job exits 0 within its timeout (else: a hang, or a failure);
+- its recoveries name the killed ranks and the sizes 3 (and 2);
+- its final parameters equal, bit for bit, those of the reference: the checkpoint of each committed step
+  (written before the failure), resumed at the surviving size with the same data rule;
+- every checkpoint due (1, 2, ..., 10) is there and verifies, and no temporary directory is left.
+
+The seconds a failure costs run from the kill (the dying rank prints its time)
+to the end of the next completed step (the ``recovered`` row's time). The peer
+is the checkpoint-restart path that ``launch`` takes without --elastic, timed in
+the same run: a fresh 3-rank job resuming from the checkpoint of the committed
+step, from its start to its first completed step, plus launch's first 1 s back-off.
+"""
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+from mpi4py import MPI
+
+from ringtrain.checkpoint import store
+from ringtrain.results import metadata, write_result
+
+STEPS, EVERY, WORLD = 10, 1, 4
+PHASES = ("data", "forward", "backward", "synchronize", "optimizer", "checkpoint")
+SMALL = ["--layers", "2", "--width", "64", "--context", "64", "--eval-every", "0", "--eval-windows", "8",
+         "--sample-tokens", "0", "--log-every", "1", "--timeout", "60", "--elastic"]
+MPIRUN = [os.path.join(os.path.dirname(sys.executable), "mpirun"), "--oversubscribe", "--with-ft", "ulfm",
+          "--mca", "pml", "ob1", "--mca", "btl", "tcp,self"]
+ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+DIED = re.compile(r"RINGTRAIN_KILL: rank (\d+) dies .* at (\d+\.\d+)")
+
+
+def job(n: int, out: str, flags: list[str], kill: str | None = None, timeout: float = 240):
+    """(exit code or None on timeout, output, seconds from start to the first step row, metrics rows)."""
+    env = dict(ENV, RINGTRAIN_KILL=kill) if kill else ENV
+    command = [*MPIRUN, *(["-x", "RINGTRAIN_KILL"] if kill else []), "-n", str(n), sys.executable, "-m",
+               "ringtrain", "train", *SMALL, "--out-dir", out, "--checkpoint-dir", os.path.join(out, "ck"), *flags]
+    t0 = time.time()
+    try:
+        run = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+        code, text = run.returncode, run.stdout + run.stderr
+    except subprocess.TimeoutExpired as e:
+        code, text = None, (e.stdout or b"").decode() + (e.stderr or b"").decode()
+    rows = []
+    if os.path.exists(os.path.join(out, "metrics.jsonl")):
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    first = next((r["time"] for r in rows if "loss" in r and "event" not in r), None)
+    return code, text, (first - t0) if first else None, rows
+
+
+def model(out: str, step: int) -> dict:
+    return torch.load(os.path.join(out, "ck", f"step-{step:08d}", "replicated.pt"), weights_only=True)["model"]
+
+
+class References:
+    """Final parameters of the chain of resumes that a trial's recoveries amount to, computed once each."""
+
+    def __init__(self, root: str):
+        self.root, self.done, self.restart_seconds = root, {}, []
+
+    def final(self, source: str, committed: list[int]) -> dict:
+        key = tuple(committed)
+        if key not in self.done:
+            out = os.path.join(self.root, "ref-" + "-".join(map(str, key)))
+            shutil.rmtree(out, ignore_errors=True)
+            os.makedirs(os.path.join(out, "ck"))
+            start = os.path.join(out, "ck", f"step-{committed[0]:08d}")
+            shutil.copytree(os.path.join(source, "ck", f"step-{committed[0]:08d}"), start)
+            sizes = [WORLD - 1 - i for i in range(len(committed))]
+            ends = committed[1:] + [STEPS]
+            for i, (n, end) in enumerate(zip(sizes, ends)):
+                code, text, first, _ = job(n, out, ["--steps", str(STEPS), "--keep-checkpoints", "100",
+                                                    *(["--stop-after", str(end - committed[i])] if end < STEPS
+                                                      else [])])
+                if code not in (0, 75):
+                    raise RuntimeError(f"reference {key} failed ({code}): {text[-2000:]}")
+                if i == 0 and first is not None:
+                    self.restart_seconds.append(first + 1.0)  # launch's first back-off is 1 s
+            self.done[key] = model(out, STEPS)
+        return self.done[key]
+
+
+def trial(index: int, rng: random.Random, root: str, refs: References) -> dict:
+    twice = rng.random() < 0.3
+    victims = rng.sample(range(WORLD), 2 if twice else 1)
+    first = rng.randint(1, STEPS - 1)
+    kills = []
+    for victim, step in zip(victims, (first, rng.randint(first + 1, STEPS))):
+        phase = rng.choice(PHASES if step % EVERY == 0 else PHASES[:-1])
+        kills.append((victim, step, phase, rng.randint(0, 20)))
+    spec = ",".join(f"{v}:{s}:{p}:{d}" for v, s, p, d in kills)
+    out = os.path.join(root, f"trial-{index}")
+    shutil.rmtree(out, ignore_errors=True)
+    code, text, _, rows = job(WORLD, out, ["--steps", str(STEPS), "--checkpoint-every", str(EVERY),
+                                           "--keep-checkpoints", "100"], kill=spec)
+    result = {"kills": spec, "exit": code, "hang": code is None, "problems": []}
+    died = {int(r): float(t) for r, t in DIED.findall(text)}
+    recovered = [r for r in rows if r.get("event") == "recovered"]
+    result["recoveries"] = [{k: r[k] for k in ("step", "dead", "world_size", "seconds_lost")} for r in recovered]
+    if code != 0:
+        result["problems"].append(f"exit {code}: {text[-1500:]}")
+        return result
+    # A kill that comes after the run's last use of that phase never fires: only the ones that did count.
+    fired = [v for v, *_ in kills if v in died]
+    if [r["world_size"] for r in recovered] != [WORLD - 1 - i for i in range(len(fired))]:
+        result["problems"].append(f"recoveries {result['recoveries']} for ranks {fired} killed")
+        return result
+    # The dead are named in the shrinking job's numbering; in launcher ranks the first one is exact.
+    if fired and recovered[0]["dead"] != [fired[0]]:
+        result["problems"].append(f"the first recovery names {recovered[0]['dead']}, rank {fired[0]} was killed")
+    result["seconds_from_kill"] = [round(r["time"] - died[v], 3) for r, v in zip(recovered, fired)]
+    committed = [r["step"] - 1 for r in recovered]
+    if committed:
+        try:
+            reference = refs.final(out, committed)
+        except (RuntimeError, FileNotFoundError) as e:
+            result["problems"].append(str(e)[-1500:])
+            return result
+        final = model(out, STEPS)
+        if not all(torch.equal(final[k], reference[k]) for k in reference):
+            result["problems"].append(f"parameters differ from the reference resumed at steps {committed}")
+    names = sorted(p for p in os.listdir(os.path.join(out, "ck")) if p.startswith("step-"))
+    if names != [f"step-{s:08d}" for s in range(EVERY, STEPS + 1, EVERY)]:
+        result["problems"].append(f"checkpoints {names}")
+    for name in names:
+        try:
+            store.verify(os.path.join(out, "ck", name))
+        except Exception as e:
+            result["problems"].append(f"{name}: {e}")
+    if any(".tmp-" in p for p in os.listdir(os.path.join(out, "ck"))):
+        result["problems"].append("a temporary checkpoint directory was left")
+    shutil.rmtree(out, ignore_errors=True)
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    args = p.parse_args()
+    rng = random.Random(args.seed)
+    root = tempfile.mkdtemp(prefix="elastic-trials-")
+    refs, results = References(root), []
+    for i in range(args.trials):
+        r = trial(i, rng, root, refs)
+        results.append(r)
+        state = "ok" if not r["problems"] else "PROBLEM: " + "; ".join(r["problems"])
+        print(f"trial {i + 1}/{args.trials}: {r['kills']} -> exit {r['exit']}, recoveries "
+              f"{[(x['dead'], x['world_size']) for x in r['recoveries']]}, seconds from kill "
+              f"{r.get('seconds_from_kill')}: {state}", flush=True)
+    lost = [s for r in results for s in r.get("seconds_from_kill", [])]
+    restart = statistics.median(refs.restart_seconds) if refs.restart_seconds else None
+    summary = {"trials": len(results), "failures": sum(len(r["recoveries"]) for r in results),
+               "hangs": sum(r["hang"] for r in results),
+               "wrong": sum(bool(r["problems"]) and not r["hang"] for r in results),
+               "seconds_lost_median": statistics.median(lost) if lost else None,
+               "seconds_lost_max": max(lost, default=None),
+               "restart_seconds_median": restart,
+               "lost_vs_restart": (statistics.median(lost) / restart) if lost and restart else None}
+    print(json.dumps(summary))
+    if args.json:
+        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+        write_result(args.json, "elastic_trials", metadata(MPI.COMM_SELF, args), summary=summary, trials=results)
+    shutil.rmtree(root, ignore_errors=True)
+    return 0 if not summary["hangs"] and not summary["wrong"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
