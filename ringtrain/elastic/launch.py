@@ -16,11 +16,12 @@ import subprocess
 import sys
 import time
 
+from ..fault import supervise
 from ..fault.exit_codes import EXIT_PREEMPTED, EXIT_TIMEOUT
 from . import hosts as hostlist
 
 
-def run(args, command: list[str], mpiexec: str, final: tuple, describe, restart_point, state: dict) -> int:
+def run(args, command: list[str], mpiexec: str, state: dict) -> int:
     """The elastic launch loop; ``state["job"]`` is the running job, for the caller's signal forwarding."""
     every = hostlist.find(args.hosts, args.hostfile)
     check = args.host_check or f"{mpiexec} -hosts {{host}} -n 1 true"
@@ -42,26 +43,19 @@ def run(args, command: list[str], mpiexec: str, final: tuple, describe, restart_
         job = state["job"] = subprocess.Popen(cmd)
         regrew = _wait(job, every, dict(alive), check, args.regrow_every if ranks < full else None)
         code = job.wait()
-        if code == 0:
-            print(f"launch: attempt {attempt} finished", flush=True)
-            return 0
         if regrew and code == EXIT_PREEMPTED:
             print(f"launch: attempt {attempt} checkpointed and stopped so that {', '.join(regrew)} can rejoin; "
                   "restarting now", flush=True)
             continue
-        if state["interrupted"] or code in final:
-            print(f"launch: attempt {attempt} ended with {describe(code)}; not restarting", flush=True)
-            return code if code > 0 else 128 - code
+        status = supervise.verdict(attempt, code, restarts + 1, args.max_restarts, state["interrupted"])
+        if status is not None:
+            return status
         restarts += 1
-        if restarts > args.max_restarts:
-            print(f"launch: attempt {attempt} ended with {describe(code)}; no restarts left "
-                  f"(--max-restarts {args.max_restarts})", flush=True)
-            return code if code > 0 else 128 - code
         wait = min(30, 2 ** (restarts - 1))
-        where = restart_point(command)
-        print(f"launch: attempt {attempt} ended with {describe(code)}; restarting in {wait} s on the hosts that "
-              f"answer then (restart {restarts} of {args.max_restarts})" + (f" from {where}" if where else ""),
-              flush=True)
+        where = supervise.restart_point(command)
+        print(f"launch: attempt {attempt} ended with {supervise.describe_exit(code)}; restarting in {wait} s on the "
+              f"hosts that answer then (restart {restarts} of {args.max_restarts})"
+              + (f" from {where}" if where else ""), flush=True)
         time.sleep(wait)
 
 

@@ -132,6 +132,22 @@ def restart_point(command: list[str]) -> str | None:
     return f"the checkpoint at step {step} in {options.checkpoint_dir}"
 
 
+def verdict(attempt: int, code: int, restarts: int, max_restarts: int, interrupted: list) -> int | None:
+    """launch's exit status if attempt ``attempt``'s exit ``code`` ends it (with a line saying why), else None:
+    restart (``restarts``: this would be restart number ...)."""
+    if code == 0:
+        print(f"launch: attempt {attempt} finished", flush=True)
+        return 0
+    if interrupted or code in FINAL:
+        print(f"launch: attempt {attempt} ended with {describe_exit(code)}; not restarting", flush=True)
+        return code if code > 0 else 128 - code
+    if restarts > max_restarts:
+        print(f"launch: attempt {attempt} ended with {describe_exit(code)}; no restarts left "
+              f"(--max-restarts {max_restarts})", flush=True)
+        return code if code > 0 else 128 - code
+    return None
+
+
 def main(args) -> int:
     command = args.job[1:] if args.job[:1] == ["--"] else args.job
     if args.np < 1 or args.max_restarts < 0:
@@ -164,23 +180,16 @@ def main(args) -> int:
         signal.signal(sig, forward)
     if args.elastic:
         from ..elastic import launch as elastic_launch
-        return elastic_launch.run(args, command, mpiexec, FINAL, describe_exit, restart_point, state)
+        return elastic_launch.run(args, command, mpiexec, state)
     attempt = 0
     while True:
         attempt += 1
         print(f"launch: attempt {attempt}: {' '.join(cmd)}", flush=True)
         job = state["job"] = subprocess.Popen(cmd)
         code = job.wait()
-        if code == 0:
-            print(f"launch: attempt {attempt} finished", flush=True)
-            return 0
-        if interrupted or code in FINAL:
-            print(f"launch: attempt {attempt} ended with {describe_exit(code)}; not restarting", flush=True)
-            return code if code > 0 else 128 - code
-        if attempt > args.max_restarts:
-            print(f"launch: attempt {attempt} ended with {describe_exit(code)}; no restarts left "
-                  f"(--max-restarts {args.max_restarts})", flush=True)
-            return code if code > 0 else 128 - code
+        status = verdict(attempt, code, attempt, args.max_restarts, interrupted)
+        if status is not None:
+            return status
         wait = min(30, 2 ** (attempt - 1))
         where = restart_point(command)
         print(f"launch: attempt {attempt} ended with {describe_exit(code)}; restarting in {wait} s (restart "
