@@ -54,6 +54,8 @@ class Carried:
     failed_at: float = 0.0
     """time.monotonic() when this rank saw the failure: the recovery's cost is counted from it."""
     recoveries: int = 0
+    trace: tuple | None = None
+    """(events, clock offset) of this process's tracer so far, with --trace."""
     stop: str = ""
     """Set below --min-ranks: the round writes a checkpoint and raises BelowFloor with this text."""
 

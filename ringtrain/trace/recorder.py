@@ -56,12 +56,20 @@ class Tracer:
 
     enabled = True
 
-    def __init__(self, path: str, comm: MPI.Comm):
+    def __init__(self, path: str, comm: MPI.Comm, *, pid: int | None = None, earlier: tuple | None = None):
+        """``pid``: this rank's row in the timeline (its rank of ``comm`` by default; --elastic gives the
+        launcher's rank, which stays when the job shrinks). ``earlier``: (events, offset_ns) of this process's
+        tracer in a previous membership (elastic/rounds.py), whose events this one continues."""
         self.path, self.comm = path, comm.Dup()
         self.rank = self.comm.Get_rank()
+        self.pid = self.rank if pid is None else pid
         self.events = []
         self.closed = False
         self.offset_ns, self.error_ns = _clock_offset(self.comm)
+        if earlier is not None:  # onto this membership's rank 0's clock
+            events, offset_ns = earlier
+            shift = (offset_ns - self.offset_ns) / 1e3
+            self.events = [dict(e, ts=e["ts"] + shift) for e in events]
 
     def now_us(self) -> float:
         """This moment on rank 0's clock, in microseconds."""
@@ -78,17 +86,17 @@ class Tracer:
     def complete(self, name: str, cat: str, start: int, end: int, **args) -> None:
         """A span from ``start`` to ``end`` (perf_counter_ns values of this rank)."""
         self.events.append({"name": name, "ph": "X", "cat": cat, "ts": (start - self.offset_ns) / 1e3,
-                            "dur": (end - start) / 1e3, "pid": self.rank, "tid": _thread(), "args": args})
+                            "dur": (end - start) / 1e3, "pid": self.pid, "tid": _thread(), "args": args})
 
     def instant(self, name: str, cat: str = "", **args) -> None:
         self.events.append({"name": name, "ph": "i", "s": "t", "cat": cat, "ts": self.now_us(),
-                            "pid": self.rank, "tid": _thread(), "args": args})
+                            "pid": self.pid, "tid": _thread(), "args": args})
 
     def write_part(self) -> str:
         """Write this rank's events to ``path.rank<r>`` and return that name. Not collective: a failed run
         calls it on every rank it can, so the parts survive to be read."""
-        meta = [{"name": "process_name", "ph": "M", "pid": self.rank, "args": {"name": f"rank {self.rank}"}},
-                {"name": "process_sort_index", "ph": "M", "pid": self.rank, "args": {"sort_index": self.rank}}]
+        meta = [{"name": "process_name", "ph": "M", "pid": self.pid, "args": {"name": f"rank {self.pid}"}},
+                {"name": "process_sort_index", "ph": "M", "pid": self.pid, "args": {"sort_index": self.pid}}]
         part = f"{self.path}.rank{self.rank}"
         with open(part, "w") as f:
             json.dump({"events": meta + self.events,

@@ -110,7 +110,11 @@ def _round(cfg: TrainConfig, comm: MPI.Comm, task: Task | None, make_sync, carri
             checked(comm, memory_check.check, cfg, task, comm)
             cfg = with_epochs(cfg, source)
             tuned = carried.tuned if carried else _tune(cfg, task, source, comm)
-            tracer = Tracer(cfg.trace, comm) if cfg.trace else NO_TRACE
+            if cfg.trace and cfg.elastic:  # one timeline across memberships, a row per launcher rank
+                tracer = Tracer(cfg.trace, comm, pid=MPI.COMM_WORLD.Get_rank(),
+                                earlier=carried.trace if carried else None)
+            else:
+                tracer = Tracer(cfg.trace, comm) if cfg.trace else NO_TRACE
             if cfg.elastic:  # RINGTRAIN_KILL's faults, for the tests
                 tracer = inject.wrap(tracer)
             watchdog.trace = tracer
@@ -170,6 +174,8 @@ def _round(cfg: TrainConfig, comm: MPI.Comm, task: Task | None, make_sync, carri
                                  failed_at=carried.failed_at if carried else 0.0) if loop is not None else carried
         if onward is not None and places is not None:
             places = None  # carried on: the survivors keep the directories locked
+        if onward is not None and tracer.enabled and not tracer.closed:  # the next membership's tracer goes on
+            onward.trace, tracer.closed = (tracer.events, tracer.offset_ns), True
         raise elastic.leave_round(comm, error, onward) from error
     finally:
         if not tracer.closed:  # the run failed: keep this rank's part of the timeline (FILE.rank<r>)
