@@ -122,10 +122,13 @@ def refuse_unless_possible(cfg, comm: MPI.Comm) -> None:
                          f"{comm.Get_size()}", agreed=True)
 
 
-def shrunk_line(carried: Carried, world: int) -> str:
-    """Rank 0's line when the survivors start a round."""
+def shrunk_line(carried: Carried, world: int, start: int) -> str:
+    """Rank 0's line when the survivors start a round from ``start``."""
     dead = carried.dead
+    where = (f"go on from step {carried.step} (its model and optimizer state, in memory), redoing step "
+             f"{carried.step + 1}" if start == carried.step else
+             f"go back to the checkpoint at step {start}, since the dead rank's optimizer shard died with it, "
+             f"redoing steps {start + 1}-{carried.step + 1}")
     return (f"ringtrain: rank{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))} of {carried.world_before} "
-            f"died; {world} rank{'s' if world > 1 else ''} go on from step {carried.step} (its model and optimizer "
-            f"state, in memory), redoing step {carried.step + 1}"
+            f"died; {world} rank{'s' if world > 1 else ''} {where}"
             + ("; compressor state restarts at zero" if carried.tuned.compression_name != "none" else ""))

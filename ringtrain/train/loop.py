@@ -76,10 +76,12 @@ class TrainingLoop:
         """Steps the model and optimizer stand after: under --elastic, where the survivors go on from."""
         self.saved = self.carried.saved if self.carried else self.start
         """The step of this run's latest checkpoint (or where it started)."""
-        if self.carried:  # the earlier rounds' rows, so the result covers the whole run
-            earlier = self.carried.result
-            self.result.update({k: earlier.get(k) for k in ("losses", "step_seconds", "val_losses", "val_metrics",
-                                                        "start_step", "start_val_loss")},
+        if self.carried:  # the earlier rounds' rows, up to where this one starts, so the result covers the run
+            earlier, kept = self.carried.result, self.start - self.carried.result["start_step"]
+            self.result.update({k: earlier[k][:kept] for k in ("losses", "step_seconds")},
+                               **{k: [v for v in earlier[k] if v[0] <= self.start] for k in ("val_losses",
+                                                                                             "val_metrics")},
+                               start_step=earlier["start_step"], start_val_loss=earlier.get("start_val_loss"),
                                recoveries=earlier.get("recoveries", []))
 
     def run(self) -> dict:
@@ -157,7 +159,8 @@ class TrainingLoop:
         carried, seconds = self.carried, time.monotonic() - self.carried.failed_at
         carried.failed_at = 0.0
         row = {"step": step, "dead": carried.dead, "world_size_before": carried.world_before,
-               "world_size": self.world, "seconds_lost": round(seconds, 3)}
+               "world_size": self.world, "seconds_lost": round(seconds, 3),
+               "steps_redone": carried.step - self.start + (step > self.start)}  # the failed one, and any rewound
         self.result["recoveries"].append(row)
         self.metrics.write(event="recovered", **row)
         self.tracer.instant("recovered", "elastic", **row)

@@ -20,7 +20,7 @@ from ..fault import PreemptionSignals, UsageError, Watchdog, checked
 from ..reducer import GradientReducer
 from ..trace import NO_TRACE, Tracer
 from ..elastic import inject, rounds as elastic, ulfm
-from . import memory_check, pipelined, state
+from . import memory_check, pipelined, state, survivors
 from .config import TrainConfig
 from .data_source import open_source, with_epochs
 from .fully_sharded import FullyShardedSync
@@ -126,16 +126,14 @@ def _round(cfg: TrainConfig, comm: MPI.Comm, task: Task | None, make_sync, carri
             optimizer = make_optimizer(tuned.applied_to(cfg), trained, sync)
             if isinstance(sync, pipelined.PipelineSync):
                 sync.attach(optimizer)
-            if carried:  # the survivors' committed step, in memory: nothing to read
-                optimizer.load_state_dict(carried.optimizer.state_dict())
-                task.model.zero_grad(set_to_none=True)  # the failed step's partial gradients
-                start, lineage = carried.step, carried.lineage
+            if carried:  # the survivors' committed step in memory, or under ZeRO their newest checkpoint
+                start, lineage = survivors.resume(cfg, carried, task.model, optimizer, sync, comm)
             else:
                 start, lineage = state.restore(cfg, task.model, optimizer, sync, comm)
             refuse_past_steps(cfg, start)
             ranks = comm.gather({"rank": rank, "host": socket.gethostname(), "pid": os.getpid()}, root=0)
         if carried:
-            say(rank, elastic.shrunk_line(carried, world))
+            say(rank, elastic.shrunk_line(carried, world, start))
         else:
             say(rank, f"ringtrain: {world} ranks x {threads} torch threads | {name} with {nparams:,} parameters | "
                       f"{source.describe()}" + (f" | {cfg.epochs} epochs = {cfg.steps} steps" if cfg.epochs else "")
