@@ -127,9 +127,9 @@ def trial(index: int, rng: random.Random, root: str, refs: References) -> dict:
     if [r["world_size"] for r in recovered] != [WORLD - 1 - i for i in range(len(fired))]:
         result["problems"].append(f"recoveries {result['recoveries']} for ranks {fired} killed")
         return result
-    # The dead are named in the shrinking job's numbering; in launcher ranks the first one is exact.
-    if fired and recovered[0]["dead"] != [fired[0]]:
-        result["problems"].append(f"the first recovery names {recovered[0]['dead']}, rank {fired[0]} was killed")
+    named = [r.get("dead_as_launched") for r in recovered]
+    if named != [[v] for v in fired]:
+        result["problems"].append(f"the recoveries name ranks {named} of the launch, {fired} were killed")
     result["seconds_from_kill"] = [round(r["time"] - died[v], 3) for r, v in zip(recovered, fired)]
     committed = [r["step"] - 1 for r in recovered]
     if committed:

@@ -50,6 +50,8 @@ class Carried:
     first."""
     dead: list = dataclasses.field(default_factory=list)
     """Ranks of the previous round that died (its numbering)."""
+    launched: list = dataclasses.field(default_factory=list)
+    """The same, as ranks of the launch (COMM_WORLD), which RINGTRAIN_KILL and the trace's rows name."""
     world_before: int = 0
     failed_at: float = 0.0
     """time.monotonic() when this rank saw the failure: the recovery's cost is counted from it."""
@@ -92,13 +94,13 @@ def run_rounds(comm: MPI.Comm, round_, min_ranks: int):
         try:
             return round_(comm, carried)
         except RankLost as lost:
-            shrunk, dead = ulfm.shrink(comm)
+            shrunk, dead, launched = ulfm.shrink(comm)
             finalize.shrunk = True
             if not dead:  # an MPI error that was not a death after all: the error it is
                 raise lost.__cause__ from None
             carried = lost.carried
             if carried is not None:
-                carried.dead, carried.world_before = dead, comm.Get_size()
+                carried.dead, carried.launched, carried.world_before = dead, launched, comm.Get_size()
                 carried.recoveries += 1
             comm = shrunk
             if comm.Get_size() < min_ranks:
@@ -129,6 +131,7 @@ def shrunk_line(carried: Carried, world: int, start: int) -> str:
              f"{carried.step + 1}" if start == carried.step else
              f"go back to the checkpoint at step {start}, since the dead rank's optimizer shard died with it, "
              f"redoing steps {start + 1}-{carried.step + 1}")
-    return (f"ringtrain: rank{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))} of {carried.world_before} "
-            f"died; {world} rank{'s' if world > 1 else ''} {where}"
+    launch = (f" (of the launch: {', '.join(map(str, carried.launched))})" if carried.launched != dead else "")
+    return (f"ringtrain: rank{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))} of {carried.world_before}"
+            f"{launch} died; {world} rank{'s' if world > 1 else ''} {where}"
             + ("; compressor state restarts at zero" if carried.tuned.compression_name != "none" else ""))

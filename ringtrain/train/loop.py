@@ -158,7 +158,8 @@ class TrainingLoop:
         step, its checkpoint)."""
         carried, seconds = self.carried, time.monotonic() - self.carried.failed_at
         carried.failed_at = 0.0
-        row = {"step": step, "dead": carried.dead, "world_size_before": carried.world_before,
+        row = {"step": step, "dead": carried.dead, "dead_as_launched": carried.launched,
+               "world_size_before": carried.world_before,
                "world_size": self.world, "seconds_lost": round(seconds, 3),
                "steps_redone": carried.step - self.start + (step > self.start)}  # the failed one, and any rewound
         self.result["recoveries"].append(row)

@@ -146,6 +146,7 @@ def _round(cfg: TrainConfig, comm: MPI.Comm, task: Task | None, make_sync, carri
                       autotune=tuned.probe, steps=cfg.steps, steps_per_epoch=source.steps_per_epoch)
         if carried:
             metrics.write(event="shrunk", step=start, world_size=world, dead=carried.dead,
+                          dead_as_launched=carried.launched,
                           world_size_before=carried.world_before, recoveries=carried.recoveries)
         else:
             if tuned.text:

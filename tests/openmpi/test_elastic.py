@@ -63,17 +63,19 @@ def test_the_survivors_go_on_and_match_a_resume_at_their_size(tmp_path, victim, 
 def test_two_failures_one_during_a_checkpoint_lose_no_checkpoint(tmp_path):
     trace = tmp_path / "twice.trace.json"
     run, out = train(tmp_path, "twice", 4, "--steps", "8", "--elastic", "--checkpoint-every", "2",
-                     "--keep-checkpoints", "100", "--trace", str(trace), kill="3:4:checkpoint:3,0:6:backward:5")
+                     "--keep-checkpoints", "100", "--trace", str(trace), kill="0:4:checkpoint:3,2:6:backward:5")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    recovered = [(r["dead"], r["world_size"]) for r in rows(out) if r.get("event") == "recovered"]
-    assert recovered == [([3], 3), ([0], 2)]
+    recovered = [(r["dead"], r["dead_as_launched"], r["world_size"]) for r in rows(out)
+                 if r.get("event") == "recovered"]
+    assert recovered == [([0], [0], 3), ([1], [2], 2)]  # launch rank 2 was rank 1 of 3 by then
     # One timeline across the three memberships, a row per launcher rank: the survivors' every step.
     with open(trace) as f:
         events = json.load(f)["traceEvents"]
     steps = {(e["pid"], e["args"]["step"]) for e in events if e["name"] == "step"}
-    assert {s for p, s in steps if p == 1} == {s for p, s in steps if p == 2} == set(range(1, 9))
-    for survivor in (1, 2):  # each survivor's row marks both recoveries
-        assert [e["args"]["dead"] for e in events if e["name"] == "recovered" and e["pid"] == survivor] == [[3], [0]]
+    assert {s for p, s in steps if p == 1} == {s for p, s in steps if p == 3} == set(range(1, 9))
+    for survivor in (1, 3):  # each survivor's row marks both recoveries
+        assert [e["args"]["dead_as_launched"] for e in events
+                if e["name"] == "recovered" and e["pid"] == survivor] == [[0], [2]]
     assert not [p for p in tmp_path.iterdir() if ".rank" in p.name]  # no stray part left
     names = sorted(p.name for p in (out / "ck").iterdir() if p.name.startswith("step-"))
     assert names == [f"step-{s:08d}" for s in (2, 4, 6, 8)]
