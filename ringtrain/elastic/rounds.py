@@ -52,7 +52,10 @@ class Carried:
     """Ranks of the previous round that died (its numbering)."""
     launched: list = dataclasses.field(default_factory=list)
     """The same, as ranks of the launch (COMM_WORLD), which RINGTRAIN_KILL and the trace's rows name."""
+    members: list = dataclasses.field(default_factory=list)
+    """The launch's ranks of the membership before the recovery, in its order."""
     world_before: int = 0
+    """Its size; 0 once the recovery is done (a death before that joins the same recovery)."""
     failed_at: float = 0.0
     """time.monotonic() when this rank saw the failure: the recovery's cost is counted from it."""
     recoveries: int = 0
@@ -94,17 +97,24 @@ def run_rounds(comm: MPI.Comm, round_, min_ranks: int):
         try:
             return round_(comm, carried)
         except RankLost as lost:
-            shrunk, dead, launched = ulfm.shrink(comm)
-            finalize.shrunk = True
-            if not dead:  # an MPI error that was not a death after all: the error it is
+            shrunk, launched = ulfm.shrink(comm)
+            if not launched:  # an MPI error that was not a death after all: the error it is
                 raise lost.__cause__ from None
+            finalize.shrunk = True
             carried = lost.carried
             if carried is not None:
-                carried.dead, carried.launched, carried.world_before = dead, launched, comm.Get_size()
+                if carried.world_before:  # a recovery still under way: this death joins it, in one row
+                    carried.launched = carried.launched + launched
+                else:
+                    carried.members = ulfm.as_launched(comm)
+                    carried.world_before, carried.launched = comm.Get_size(), launched
+                # In the numbering of the membership before the recovery began
+                carried.dead = [carried.members.index(r) for r in carried.launched]
                 carried.recoveries += 1
             comm = shrunk
             if comm.Get_size() < min_ranks:
                 left = comm.Get_size()
+                dead = carried.dead if carried is not None else launched
                 stop = (f"rank{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))} died, leaving {left} "
                         f"rank{'s' if left > 1 else ''}, below --min-ranks {min_ranks}; the job stops")
                 if carried is None:  # nothing trained in memory yet: the last checkpoint is where to resume

@@ -117,16 +117,20 @@ def refuse(comm: MPI.Comm) -> None:
             raise
 
 
-def shrink(comm: MPI.Comm) -> tuple[MPI.Comm, list[int], list[int]]:
-    """(the survivors' communicator, with ringtrain's error handling; the dead ranks of ``comm``; the same as
-    ranks of the launch, COMM_WORLD). Collective over the survivors."""
+def shrink(comm: MPI.Comm) -> tuple[MPI.Comm, list[int]]:
+    """(the survivors' communicator, with ringtrain's error handling; the dead, as ranks of the launch,
+    COMM_WORLD). Collective over the survivors."""
     survivors = comm.Shrink()
     survivors.Set_errhandler(MPI.ERRORS_RETURN)
-    # The dead, as Shrink agreed them (each survivor's own list of failures may still be incomplete).
-    mine, theirs, launched = comm.Get_group(), survivors.Get_group(), MPI.COMM_WORLD.Get_group()
-    kept = set(MPI.Group.Translate_ranks(theirs, list(range(theirs.Get_size())), mine))
-    dead = [r for r in range(comm.Get_size()) if r not in kept]
-    as_launched = MPI.Group.Translate_ranks(mine, dead, launched)
-    for group in (mine, theirs, launched):
-        group.Free()
-    return survivors, dead, as_launched
+    # The dead as Shrink agreed them (each survivor's own list of failures may still be incomplete).
+    kept = set(as_launched(survivors))
+    return survivors, [r for r in as_launched(comm) if r not in kept]
+
+
+def as_launched(comm: MPI.Comm) -> list[int]:
+    """``comm``'s ranks as ranks of the launch (COMM_WORLD), in ``comm``'s order. Not collective."""
+    mine, launched = comm.Get_group(), MPI.COMM_WORLD.Get_group()
+    ranks = MPI.Group.Translate_ranks(mine, list(range(mine.Get_size())), launched)
+    mine.Free()
+    launched.Free()
+    return list(ranks)

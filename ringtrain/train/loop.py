@@ -90,6 +90,9 @@ class TrainingLoop:
         last = cfg.steps if not cfg.stop_after else min(cfg.steps, self.start + cfg.stop_after)
         if self.carried and self.carried.stop:  # fewer survivors than --min-ranks
             self.stop_below_floor()
+        if self.carried:  # a checkpoint the failure cut off may have completed on some survivors only: agree
+            with self.watchdog.guard("start-up", self.start, cfg.timeout):
+                self.saved = self.comm.allreduce(self.saved, op=MPI.MIN)
         if (self.carried and self.saved < self.start and cfg.checkpoint_dir and self.every_steps
                 and self.start % self.every_steps == 0):  # the failure came between a step and its checkpoint
             with self.watchdog.guard("the directory locks", self.start, cfg.timeout):
@@ -157,7 +160,6 @@ class TrainingLoop:
         """--elastic: the line and metrics row of a recovery, once its first step is done (or, past the last
         step, its checkpoint)."""
         carried, seconds = self.carried, time.monotonic() - self.carried.failed_at
-        carried.failed_at = 0.0
         row = {"step": step, "dead": carried.dead, "dead_as_launched": carried.launched,
                "world_size_before": carried.world_before,
                "world_size": self.world, "seconds_lost": round(seconds, 3),
@@ -167,6 +169,7 @@ class TrainingLoop:
         self.tracer.instant("recovered", "elastic", **row)
         say(self.rank, f"recovered: rank{'s' if len(carried.dead) > 1 else ''} {', '.join(map(str, carried.dead))} "
                        f"lost, {self.world} ranks, step {step} done {seconds:.2f} s after the failure was seen")
+        carried.failed_at, carried.world_before = 0.0, 0  # done: a later death starts a recovery of its own
 
     def stop_below_floor(self) -> None:
         """--min-ranks: write the committed step's checkpoint on the survivors, then stop on every rank."""

@@ -168,9 +168,11 @@ def _round(cfg: TrainConfig, comm: MPI.Comm, task: Task | None, make_sync, carri
         if not (cfg.elastic and ulfm.is_rank_failure(error)):
             raise
         # The next round starts from the last committed step; before the loop, from what this round started from.
-        onward = elastic.Carried(task=task, optimizer=optimizer, step=loop.committed, run=run, lineage=lineage,
-                                 tuned=tuned, places=places, result=loop.result, saved=loop.saved,
-                                 failed_at=carried.failed_at if carried else 0.0) if loop is not None else carried
+        onward = carried
+        if loop is not None:  # a recovery under way (carried.world_before) goes on with it
+            now = dict(task=task, optimizer=optimizer, step=loop.committed, run=run, lineage=lineage, tuned=tuned,
+                       places=places, result=loop.result, saved=loop.saved)
+            onward = dataclasses.replace(carried, **now) if carried else elastic.Carried(**now)
         if onward is not None and places is not None:
             places = None  # carried on: the survivors keep the directories locked
         if onward is not None and tracer.enabled and not tracer.closed:  # the next membership's tracer goes on

@@ -141,3 +141,18 @@ def test_under_zero_the_survivors_go_back_to_the_newest_checkpoint(tmp_path, zer
                          str(out / "ck" / "step-00000003"))
     assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
     assert same_bits(model_at(out, 8), model_at(ref_out, 8))
+
+
+def test_a_death_during_a_recovery_joins_it(tmp_path):
+    # Rank 1 dies after step 3's commit; rank 0 dies in step 4, before the 3 survivors completed any step.
+    run, out = train(tmp_path, "joined", 4, "--steps", "6", "--elastic", "--checkpoint-every", "1",
+                     "--keep-checkpoints", "100", kill="1:3:optimizer:5,0:4:synchronize:2")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    recovered = [r for r in rows(out) if r.get("event") == "recovered"]
+    # One recovery of both: both deaths seen by one shrink, or the second during the first's recovery.
+    assert [(sorted(r["dead"]), sorted(r["dead_as_launched"]), r["world_size_before"], r["world_size"], r["step"])
+            for r in recovered] == [([0, 1], [0, 1], 4, 2, 4)]
+    ref, ref_out = train(tmp_path, "reference", 2, "--steps", "6", "--elastic", "--resume",
+                         str(out / "ck" / "step-00000003"))
+    assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
+    assert same_bits(model_at(out, 6), model_at(ref_out, 6))
