@@ -250,3 +250,25 @@ def test_torch_sbatch_requeues_a_script_that_checkpoints_on_usr1(slurm, tmp_path
     assert stopped and "requeueing job " + job in text and "job " + job + " run 2" in text, logs(log)
     assert f"resumed from the checkpoint at step {stopped.group(1)}" in text, logs(log)
     assert re.search(r"^3 ranks, step 150: loss 0\.00", text, re.M), logs(log)
+
+
+def test_train_sbatch_launch_elastic_restarts_on_the_answering_node(slurm, tmp_path):
+    # MPICH cannot shrink in place: a rank killed with SIGKILL ends the attempt, and launch --elastic restarts
+    # on the allocation's nodes that answer (here the one node, at full size), from the newest checkpoint.
+    log, out = str(tmp_path / "job.log"), tmp_path / "out"
+    env = dict(slurm, RINGTRAIN_LAUNCHER="launch-elastic", RINGTRAIN_CHECKPOINT_DIR=str(tmp_path / "ckpt"))
+    job = sbatch(env, ["--nodes=1", "--ntasks-per-node=3", "--cpus-per-task=1", f"--output={log}",
+                       os.path.join(ROOT, "slurm", "train.sbatch"), *TINY, "--steps", "300", "--checkpoint-every",
+                       "5", "--timeout", "10", "--out-dir", str(out)], cwd=tmp_path)
+    t0 = time.monotonic()
+    while not (out / "metrics.jsonl").exists() or '"step": 8,' not in (out / "metrics.jsonl").read_text():
+        assert time.monotonic() - t0 < 120, logs(log)
+        time.sleep(0.2)
+    start = [json.loads(x) for x in open(out / "metrics.jsonl") if '"start"' in x][-1]
+    os.kill(start["ranks"][1]["pid"], 9)
+    state = wait_state(slurm, job, {"COMPLETED", "FAILED", "CANCELLED"}, 300, log)
+    text = open(log).read()
+    assert state["JobState"] == "COMPLETED", logs(log)
+    assert re.search(r"launch: attempt 1 at 3 of 3 ranks: \S*mpiexec -hosts \S+:3 -n 3", text), logs(log)
+    assert "launch: attempt 2 at 3 of 3 ranks" in text and "resumed from the checkpoint at step" in text, logs(log)
+    assert [json.loads(x) for x in open(out / "metrics.jsonl")][-1]["step"] == 300

@@ -25,10 +25,12 @@ def parse(text: str, origin: str) -> list[tuple[str, int]]:
 
     >>> parse("n1:4,n2:2, n3", "--hosts")
     [('n1', 4), ('n2', 2), ('n3', 1)]
+    >>> parse("a:4  # was a:8, b\\nc:2", "--hostfile h")
+    [('a', 4), ('c', 2)]
     """
     hosts = []
-    for item in re.split(r"[,\n]", text):
-        item = item.split("#", 1)[0].strip()
+    items = [item for line in text.splitlines() for item in line.split("#", 1)[0].split(",")]
+    for item in map(str.strip, items):
         if not item:
             continue
         name, _, slots = item.partition(":")
@@ -75,8 +77,12 @@ def find(hosts: str | None, hostfile: str | None) -> list[tuple[str, int]]:
                              "host:slots lines") from None
     nodelist = os.environ.get("SLURM_JOB_NODELIST")
     if nodelist:
-        names = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                               check=True).stdout.split()
+        try:
+            names = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                                   check=True).stdout.split()
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise UsageError(f"launch --elastic: SLURM_JOB_NODELIST={nodelist!r}: scontrol could not expand it "
+                             f"({e}) — give --hosts or --hostfile") from None
         return list(zip(names, slurm_slots(os.environ.get("SLURM_TASKS_PER_NODE", "1"), len(names))))
     raise UsageError("launch --elastic: no hosts to shrink to or grow back on — give --hosts a:4,b:4 or --hostfile, "
                      "or run inside a Slurm allocation")

@@ -29,6 +29,9 @@ def run(args, command: list[str], mpiexec: str, state: dict) -> int:
     restarts, attempt = 0, 0
     while True:
         attempt += 1
+        if state["interrupted"]:  # a signal during the back-off or the host checks: no further attempt
+            print(f"launch: signal {state['interrupted'][-1]} received; not starting attempt {attempt}", flush=True)
+            return 128 + state["interrupted"][-1]
         alive = hostlist.answering(every, check)
         ranks = min(args.np, sum(s for _, s in alive))
         missing = [h for h, _ in every if h not in dict(alive)]
@@ -43,7 +46,7 @@ def run(args, command: list[str], mpiexec: str, state: dict) -> int:
         job = state["job"] = subprocess.Popen(cmd)
         regrew = _wait(job, every, dict(alive), check, args.regrow_every if ranks < full else None)
         code = job.wait()
-        if regrew and code == EXIT_PREEMPTED:
+        if regrew and code == EXIT_PREEMPTED and not state["interrupted"]:
             print(f"launch: attempt {attempt} checkpointed and stopped so that {', '.join(regrew)} can rejoin; "
                   "restarting now", flush=True)
             continue

@@ -48,6 +48,8 @@ class Carried:
     saved: int = 0
     """The step of the latest checkpoint written: one due at ``step`` but cut off by the failure is written
     first."""
+    last: int = 0
+    """The step the run stops after (--steps, or the first round's --stop-after point)."""
     dead: list = dataclasses.field(default_factory=list)
     """Ranks of the previous round that died (its numbering)."""
     launched: list = dataclasses.field(default_factory=list)
@@ -73,15 +75,27 @@ class RankLost(Exception):
         self.carried = carried
 
 
-def leave_round(comm: MPI.Comm, error: BaseException, carried: Carried | None) -> RankLost:
-    """What a rank does on seeing ``error`` (a rank failure) in a round: revoke the round's communicators,
-    answer the commit with "no" unless the failure was the commit's own verdict, and note when."""
-    ulfm.revoke_all(comm)
-    if not isinstance(error, ulfm.NotCommitted):
+def leave_round(comm: MPI.Comm, error: BaseException, carried: Carried | None, also=()) -> RankLost:
+    """What a rank does on seeing ``error`` (a rank failure) in a round: revoke the round's communicators
+    (and ``also``'s: the tracer's), answer the commit with "no" unless the agreement already ruled, and note
+    when."""
+    ulfm.revoke_all(comm, also)
+    if not _spent(error):
         ulfm.refuse(comm)
     if carried is not None and not carried.failed_at:
         carried.failed_at = time.monotonic()  # a second failure before the first recovery finished counts from the first
     return RankLost(carried)
+
+
+def _spent(error: BaseException | None) -> bool:
+    """Whether the commit's agreement said no on the way to ``error`` (then it is not to be answered again)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, ulfm.NotCommitted):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 class BelowFloor(OneLineError):
@@ -97,29 +111,50 @@ def run_rounds(comm: MPI.Comm, round_, min_ranks: int):
         try:
             return round_(comm, carried)
         except RankLost as lost:
-            shrunk, launched = ulfm.shrink(comm)
-            if not launched:  # an MPI error that was not a death after all: the error it is
-                raise lost.__cause__ from None
-            finalize.shrunk = True
-            carried = lost.carried
-            if carried is not None:
-                if carried.world_before:  # a recovery still under way: this death joins it, in one row
-                    carried.launched = carried.launched + launched
-                else:
-                    carried.members = ulfm.as_launched(comm)
-                    carried.world_before, carried.launched = comm.Get_size(), launched
-                # In the numbering of the membership before the recovery began
-                carried.dead = [carried.members.index(r) for r in carried.launched]
-                carried.recoveries += 1
-            comm = shrunk
-            if comm.Get_size() < min_ranks:
-                left = comm.Get_size()
-                dead = carried.dead if carried is not None else launched
-                stop = (f"rank{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))} died, leaving {left} "
-                        f"rank{'s' if left > 1 else ''}, below --min-ranks {min_ranks}; the job stops")
-                if carried is None:  # nothing trained in memory yet: the last checkpoint is where to resume
-                    raise BelowFloor(stop + "; resume it from the last checkpoint", agreed=True) from None
-                carried.stop = stop
+            comm, carried = _recover(comm, lost, min_ranks)
+
+
+def _recover(comm: MPI.Comm, lost: RankLost, min_ranks: int) -> tuple[MPI.Comm, Carried | None]:
+    """Shrink ``comm`` to the survivors and settle what they start from; again if another rank dies meanwhile.
+    Every step is one of ULFM's fault-tolerant calls, so every survivor makes the same ones."""
+    carried = lost.carried
+    while True:
+        shrunk, launched = ulfm.shrink(comm)
+        if not launched:  # an MPI error that was not a death after all: the error it is
+            raise lost.__cause__ from None
+        finalize.shrunk = True
+        if carried is not None:
+            if carried.world_before:  # a recovery still under way: this death joins it, in one row
+                carried.launched = carried.launched + launched
+            else:
+                carried.members = ulfm.as_launched(comm)
+                carried.world_before, carried.launched = comm.Get_size(), launched
+            # In the numbering of the membership before the recovery began
+            carried.dead = [carried.members.index(r) for r in carried.launched]
+            carried.recoveries += 1
+        try:
+            # A rank that failed before its round's loop began carries nothing: then nobody does, or the
+            # survivors' next rounds would start differently (one from memory, one from the checkpoint).
+            everyone = shrunk.Agree(int(carried is not None))
+        except MPI.Exception as e:
+            if e.Get_error_class() not in ulfm.FAILURE_CLASSES:
+                raise
+            comm = shrunk  # another death, seen by every survivor alike: shrink again
+            continue
+        if not everyone and carried is not None:
+            if carried.places is not None:
+                carried.places.close()
+            carried = None
+        break
+    if shrunk.Get_size() < min_ranks:
+        left = shrunk.Get_size()
+        dead = carried.dead if carried is not None else launched
+        stop = (f"rank{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))} died, leaving {left} "
+                f"rank{'s' if left > 1 else ''}, below --min-ranks {min_ranks}; the job stops")
+        if carried is None:  # nothing trained in memory yet: the last checkpoint is where to resume
+            raise BelowFloor(stop + "; resume it from the last checkpoint", agreed=True) from None
+        carried.stop = stop
+    return shrunk, carried
 
 
 def refuse_unless_possible(cfg, comm: MPI.Comm) -> None:

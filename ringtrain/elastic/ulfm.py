@@ -79,9 +79,10 @@ def descendants(comm: MPI.Comm) -> list[MPI.Comm]:
     return found
 
 
-def revoke_all(comm: MPI.Comm) -> None:
-    """Revoke ``comm`` and its descendants, so that no survivor waits on them any longer. Not collective."""
-    for c in descendants(comm):
+def revoke_all(comm: MPI.Comm, also=()) -> None:
+    """Revoke ``comm`` and its descendants (and ``also``), so that no survivor waits on them any longer. Not
+    collective."""
+    for c in [*descendants(comm), *also]:
         try:
             c.Revoke()
         except MPI.Exception:

@@ -76,6 +76,10 @@ class TrainingLoop:
         """Steps the model and optimizer stand after: under --elastic, where the survivors go on from."""
         self.saved = self.carried.saved if self.carried else self.start
         """The step of this run's latest checkpoint (or where it started)."""
+        cfg = self.cfg
+        self.last = self.carried.last if self.carried else (
+            cfg.steps if not cfg.stop_after else min(cfg.steps, self.start + cfg.stop_after))
+        """Where this run stops, fixed once: a shrunk round keeps the first round's --stop-after point."""
         if self.carried:  # the earlier rounds' rows, up to where this one starts, so the result covers the run
             earlier, kept = self.carried.result, self.start - self.carried.result["start_step"]
             self.result.update({k: earlier[k][:kept] for k in ("losses", "step_seconds")},
@@ -87,17 +91,25 @@ class TrainingLoop:
     def run(self) -> dict:
         """Train from ``start`` to --steps (or --stop-after); returns losses, times and validation results."""
         cfg = self.cfg
-        last = cfg.steps if not cfg.stop_after else min(cfg.steps, self.start + cfg.stop_after)
+        last = self.last
         if self.carried and self.carried.stop:  # fewer survivors than --min-ranks
             self.stop_below_floor()
         if self.carried:  # a checkpoint the failure cut off may have completed on some survivors only: agree
             with self.watchdog.guard("start-up", self.start, cfg.timeout):
                 self.saved = self.comm.allreduce(self.saved, op=MPI.MIN)
-        if (self.carried and self.saved < self.start and cfg.checkpoint_dir and self.every_steps
-                and self.start % self.every_steps == 0):  # the failure came between a step and its checkpoint
-            with self.watchdog.guard("the directory locks", self.start, cfg.timeout):
-                self.places.keep(self.comm)
+        due = (self.every_steps and self.start % self.every_steps == 0) or self.start in (cfg.steps, last)
+        if self.carried and self.saved < self.start and cfg.checkpoint_dir and due:
+            with self.watchdog.guard("the directory locks", self.start, cfg.timeout):  # the failure came between
+                self.places.keep(self.comm)  # a step and its checkpoint
             self.checkpoint(self.start)
+        if self.carried and self.start == last < cfg.steps:  # the failure cut off a stop's checkpoint (rewritten
+            self.stop(self.start, None)  # above): stop now, as that round was stopping
+        if cfg.elastic and cfg.zero and cfg.checkpoint_dir and not self.carried and self.start == 0:
+            # Under ZeRO the survivors go back to the newest checkpoint (train/survivors.py): there is one from
+            # the start on, or a death before the first would leave them nothing to go back to.
+            with self.watchdog.guard("the directory locks", 0, cfg.timeout):
+                self.places.keep(self.comm)
+            self.checkpoint(0)
         if not self.carried:  # a shrunk round goes straight on: it was measured where the run started
             with self.watchdog.guard("validation", self.start, cfg.first_timeout):
                 self.result["start_val_loss"] = self.validate(self.start, record=False)
@@ -147,14 +159,19 @@ class TrainingLoop:
             if self.signals.hurried and not stopping:
                 raise KeyboardInterrupt
         if stopping:
-            reason = f"{signalled} on some rank" if signalled else f"--stop-after {cfg.stop_after}"
-            saved = f"checkpoint at step {done} written" if cfg.checkpoint_dir else "no --checkpoint-dir, nothing saved"
-            say(self.rank, f"stopping after step {done} ({reason}); {saved}; exit code {EXIT_PREEMPTED}")
-            self.metrics.write(event="stopped", step=done, reason=reason)
-            raise Preempted(done, reason)
+            self.stop(done, signalled)
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
             with self.watchdog.guard("validation", done), self.tracer.span("eval", "eval", step=done):
                 self.validate(done)
+
+    def stop(self, done: int, signalled: str | None) -> None:
+        """Say so and raise Preempted on every rank (exit code 75), the checkpoint written."""
+        cfg = self.cfg
+        reason = f"{signalled} on some rank" if signalled else f"--stop-after {cfg.stop_after}"
+        saved = f"checkpoint at step {done} written" if cfg.checkpoint_dir else "no --checkpoint-dir, nothing saved"
+        say(self.rank, f"stopping after step {done} ({reason}); {saved}; exit code {EXIT_PREEMPTED}")
+        self.metrics.write(event="stopped", step=done, reason=reason)
+        raise Preempted(done, reason)
 
     def record_recovery(self, step: int) -> None:
         """--elastic: the line and metrics row of a recovery, once its first step is done (or, past the last

@@ -16,7 +16,7 @@ from mpi4py import MPI
 
 from ..collectives.comm import private
 from ..constants import BUCKET_CAP_MB
-from ..fault import PreemptionSignals, UsageError, Watchdog, checked
+from ..fault import OneLineError, Preempted, PreemptionSignals, UsageError, Watchdog, checked
 from ..reducer import GradientReducer
 from ..trace import NO_TRACE, Tracer
 from ..elastic import inject, rounds as elastic, ulfm
@@ -77,22 +77,25 @@ def train(cfg: TrainConfig, comm: MPI.Comm | None = None, *, task: Task | None =
     (ringtrain/elastic).
     """
     comm = private(MPI.COMM_WORLD if comm is None else comm)
-    if not cfg.elastic:
-        return _round(cfg, comm, task, make_sync, None)
-    elastic.refuse_unless_possible(cfg, comm)
-    return elastic.run_rounds(comm, lambda survivors, carried: _round(cfg, survivors, task, make_sync, carried),
-                              cfg.min_ranks)
+    signals = PreemptionSignals()  # one for the whole run: a signal taken during a failed round is kept
+    try:
+        if not cfg.elastic:
+            return _round(cfg, comm, task, make_sync, signals, None)
+        elastic.refuse_unless_possible(cfg, comm)
+        return elastic.run_rounds(comm, lambda survivors, carried: _round(cfg, survivors, task, make_sync, signals,
+                                                                          carried), cfg.min_ranks)
+    finally:
+        signals.close()
 
 
-def _round(cfg: TrainConfig, comm: MPI.Comm, task: Task | None, make_sync, carried) -> dict:
+def _round(cfg: TrainConfig, comm: MPI.Comm, task: Task | None, make_sync, signals, carried) -> dict:
     """``train`` on ``comm``; under --elastic one membership's share of it, starting from ``carried`` (the
     survivors' state in memory) after the first."""
     rank, world = comm.Get_rank(), comm.Get_size()
-    signals = PreemptionSignals()
-    watchdog = Watchdog(comm, cfg.timeout, probe=not cfg.elastic)  # ULFM reports the dead under --elastic
-    places = sync = metrics = loop = None
+    places = sync = metrics = loop = watchdog = None
     tracer = NO_TRACE
     try:
+        watchdog = Watchdog(comm, cfg.timeout, probe=not cfg.elastic)  # ULFM reports the dead under --elastic
         with watchdog.guard("start-up", 0, cfg.first_timeout):
             # This invocation's id, in every metrics row and lock file (a resume gets a new one; a shrunk round not).
             run = carried.run if carried else comm.bcast(uuid.uuid4().hex[:12], root=0)
@@ -163,27 +166,51 @@ def _round(cfg: TrainConfig, comm: MPI.Comm, task: Task | None, make_sync, carri
             tracer.close()
         if cfg.trace:
             say(rank, f"trace: {cfg.trace} (open it in ui.perfetto.dev; python -m ringtrain trace summary {cfg.trace})")
+        if cfg.elastic:  # the round's last collectives may have failed on some ranks only: agree it is over
+            ulfm.commit(comm)
         return result
     except BaseException as error:
+        if cfg.elastic and not ulfm.is_rank_failure(error) and _agreed(error):
+            try:  # an exit every rank decided (a signal's, bad input, the floor) only if every rank got there
+                ulfm.commit(comm)
+            except ulfm.NotCommitted as lost:
+                error = lost
         if not (cfg.elastic and ulfm.is_rank_failure(error)):
             raise
         # The next round starts from the last committed step; before the loop, from what this round started from.
         onward = carried
         if loop is not None:  # a recovery under way (carried.world_before) goes on with it
             now = dict(task=task, optimizer=optimizer, step=loop.committed, run=run, lineage=lineage, tuned=tuned,
-                       places=places, result=loop.result, saved=loop.saved)
+                       places=places, result=loop.result, saved=loop.saved, last=loop.last)
             onward = dataclasses.replace(carried, **now) if carried else elastic.Carried(**now)
+        elif carried is not None and places is not None:  # locks a new rank 0 took in this round's start-up
+            onward = dataclasses.replace(carried, places=places)
         if onward is not None and places is not None:
             places = None  # carried on: the survivors keep the directories locked
         if onward is not None and tracer.enabled and not tracer.closed:  # the next membership's tracer goes on
             onward.trace, tracer.closed = (tracer.events, tracer.offset_ns), True
-        raise elastic.leave_round(comm, error, onward) from error
+        raise elastic.leave_round(comm, error, onward, also=[tracer.comm] if tracer.enabled else []) from error
     finally:
         if not tracer.closed:  # the run failed: keep this rank's part of the timeline (FILE.rank<r>)
             tracer.write_part()
-        for closer in (sync, metrics, watchdog, signals, places):
+        for closer in (sync, metrics, watchdog, places):
             if closer is not None:
-                closer.close()
+                _close(closer, quietly=cfg.elastic)
+
+
+def _agreed(error: BaseException) -> bool:
+    """Whether every rank raises ``error`` together (so that, under --elastic, they must all have got there)."""
+    return isinstance(error, Preempted) or (isinstance(error, OneLineError) and error.agreed)
+
+
+def _close(closer, quietly: bool) -> None:
+    """``closer.close()``; ``quietly`` (--elastic): an MPI error there (a revoked communicator) must not replace
+    the rank failure being handled."""
+    try:
+        closer.close()
+    except MPI.Exception:
+        if not quietly:
+            raise
 
 
 def refuse_past_steps(cfg: TrainConfig, start: int) -> None:
