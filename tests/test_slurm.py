@@ -256,7 +256,8 @@ def test_train_sbatch_launch_elastic_restarts_on_the_answering_node(slurm, tmp_p
     # MPICH cannot shrink in place: a rank killed with SIGKILL ends the attempt, and launch --elastic restarts
     # on the allocation's nodes that answer (here the one node, at full size), from the newest checkpoint.
     log, out = str(tmp_path / "job.log"), tmp_path / "out"
-    env = dict(slurm, RINGTRAIN_LAUNCHER="launch-elastic", RINGTRAIN_CHECKPOINT_DIR=str(tmp_path / "ckpt"))
+    env = dict(slurm, RINGTRAIN_LAUNCHER="launch-elastic", RINGTRAIN_CHECKPOINT_DIR=str(tmp_path / "ckpt"),
+               RINGTRAIN_MAX_REQUEUES="0")
     job = sbatch(env, ["--nodes=1", "--ntasks-per-node=3", "--cpus-per-task=1", f"--output={log}",
                        os.path.join(ROOT, "slurm", "train.sbatch"), *TINY, "--steps", "300", "--checkpoint-every",
                        "5", "--timeout", "10", "--out-dir", str(out)], cwd=tmp_path)

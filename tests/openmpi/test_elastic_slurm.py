@@ -10,7 +10,7 @@ from tests.test_slurm import ROOT, TINY, logs, sbatch, slurm, wait_state  # noqa
 def test_train_sbatch_mpirun_ulfm_goes_on_without_a_dead_rank(slurm, tmp_path):  # noqa: F811
     log, out = str(tmp_path / "job.log"), tmp_path / "out"
     env = dict(slurm, RINGTRAIN_LAUNCHER="mpirun-ulfm", RINGTRAIN_PYTHON=sys.executable,
-               RINGTRAIN_CHECKPOINT_DIR=str(tmp_path / "ckpt"), RINGTRAIN_KILL="2:6:backward:3",
+               RINGTRAIN_CHECKPOINT_DIR=str(tmp_path / "ckpt"), RINGTRAIN_KILL="2:6:backward:3", RINGTRAIN_MAX_REQUEUES="0",
                OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                PATH=os.path.dirname(sys.executable) + os.pathsep + slurm["PATH"])
     job = sbatch(env, ["--nodes=1", "--ntasks-per-node=4", "--cpus-per-task=1", "--oversubscribe", f"--output={log}",
