@@ -86,8 +86,9 @@ class References:
             out = os.path.join(self.root, "ref-" + "-".join(map(str, key)))  # steps, then sizes
             shutil.rmtree(out, ignore_errors=True)
             os.makedirs(os.path.join(out, "ck"))
-            start = os.path.join(out, "ck", f"step-{committed[0]:08d}")
-            shutil.copytree(os.path.join(source, "ck", f"step-{committed[0]:08d}"), start)
+            if committed[0]:  # else the survivors redid step 1 from the initial model: a fresh start at their size
+                start = os.path.join(out, "ck", f"step-{committed[0]:08d}")
+                shutil.copytree(os.path.join(source, "ck", f"step-{committed[0]:08d}"), start)
             ends = committed[1:] + [STEPS]
             for i, (n, end) in enumerate(zip(sizes, ends)):
                 code, text, first, _ = job(n, out, ["--steps", str(STEPS), "--keep-checkpoints", "100",
@@ -116,7 +117,8 @@ def trial(index: int, rng: random.Random, root: str, refs: References) -> dict:
                                            "--keep-checkpoints", "100"], kill=spec)
     result = {"kills": spec, "exit": code, "hang": code is None, "problems": []}
     died = {int(r): float(t) for r, t in DIED.findall(text)}
-    recovered = [r for r in rows if r.get("event") == "recovered"]
+    # One row per recovery: a new rank 0 writes again the row its dead predecessor may not have written.
+    recovered = list({r["recovery"]: r for r in reversed(rows) if r.get("event") == "recovered"}.values())[::-1]
     result["recoveries"] = [{k: r[k] for k in ("step", "dead", "dead_as_launched", "world_size", "seconds_lost",
                                                "steps_redone")} for r in recovered]
     if code != 0:

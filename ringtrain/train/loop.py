@@ -177,7 +177,8 @@ class TrainingLoop:
         """--elastic: the line and metrics row of a recovery, once its first step is done (or, past the last
         step, its checkpoint)."""
         carried, seconds = self.carried, time.monotonic() - self.carried.failed_at
-        row = {"step": step, "dead": carried.dead, "dead_as_launched": carried.launched,
+        row = {"recovery": len(self.result["recoveries"]) + 1, "step": step, "dead": carried.dead,
+               "dead_as_launched": carried.launched,
                "world_size_before": carried.world_before,
                "world_size": self.world, "seconds_lost": round(seconds, 3),
                "steps_redone": carried.step - self.start + (step > self.start)}  # the failed one, and any rewound

@@ -151,6 +151,11 @@ def _round(cfg: TrainConfig, comm: MPI.Comm, task: Task | None, make_sync, signa
             metrics.write(event="shrunk", step=start, world_size=world, dead=carried.dead,
                           dead_as_launched=carried.launched,
                           world_size_before=carried.world_before, recoveries=carried.recoveries)
+            earlier = carried.result.get("recoveries") or []
+            if earlier and carried.members and carried.members[0] in carried.launched:
+                # The rank that wrote the metrics died, maybe before the last recovery's row was out: again,
+                # marked, with its number (readers keep one row per number).
+                metrics.write(event="recovered", rewritten=True, **earlier[-1])
         else:
             if tuned.text:
                 say(rank, tuned.text)
