@@ -16,13 +16,21 @@ Each round builds what hangs off its communicator afresh: the reducer and
 its communicators and node groups, the watchdog, the data shard, the metrics
 writer and the trace. Data-parallel state is replicated, so a dead rank
 takes nothing with it but its compressor state (error feedback, PowerSGD's
-factors), which every survivor restarts at zero, and says so.
+factors), which every survivor restarts at zero, and says so; under ZeRO-1/2
+its optimizer shard too, and the survivors go back to the newest checkpoint
+(train/survivors.py).
+
+Every round ends with a commit, as every step does, and so does an exit all
+ranks decided together (a signal's stop, bad input): a collective can
+complete on one rank and fail on another, and a rank must not leave while a
+peer still needs it in an agreement.
 
 Below ``--min-ranks`` the survivors write a checkpoint of the committed step
 (one more round, which only does that) and stop with exit code 76.
 """
 import dataclasses
 import time
+
 from mpi4py import MPI
 
 from ..fault.errors import OneLineError, UsageError
