@@ -69,5 +69,9 @@ def test_launch_elastic_options_are_checked(tmp_path):
     none = subprocess.run([sys.executable, "-m", "ringtrain", "launch", "-n", "2", "--elastic", "--", "train"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
     assert none.returncode == 2 and "no hosts to shrink to or grow back on" in none.stderr
+    slurm = subprocess.run([sys.executable, "-m", "ringtrain", "launch", "-n", "2", "--elastic", "--", "train"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60,
+                           env=dict(env, SLURM_JOB_NODELIST="vm", SLURM_TASKS_PER_NODE="two"))
+    assert slurm.returncode == 2 and "SLURM_TASKS_PER_NODE='two' is not Slurm's form" in slurm.stderr, slurm.stderr
     floor = launch("--elastic", "--hosts", "a:2", "--min-ranks", "3")
     assert floor.returncode == 2 and "1 <= --min-ranks <= -n 2" in floor.stderr

@@ -45,10 +45,10 @@ def parse(text: str, origin: str) -> list[tuple[str, int]]:
     return hosts
 
 
-def slurm_slots(tasks_per_node: str, count: int) -> list[int]:
+def slurm_slots(tasks_per_node: str) -> list[int]:
     """Slurm's ``SLURM_TASKS_PER_NODE`` (``4(x2),3``) as one number per node.
 
-    >>> slurm_slots("4(x2),3", 3)
+    >>> slurm_slots("4(x2),3")
     [4, 4, 3]
     """
     slots = []
@@ -58,9 +58,6 @@ def slurm_slots(tasks_per_node: str, count: int) -> list[int]:
             raise UsageError(f"launch --elastic: SLURM_TASKS_PER_NODE={tasks_per_node!r} is not Slurm's form "
                              "(4(x2),3)")
         slots += [int(m.group(1))] * int(m.group(2) or 1)
-    if len(slots) != count:
-        raise UsageError(f"launch --elastic: SLURM_TASKS_PER_NODE={tasks_per_node!r} gives {len(slots)} nodes, the "
-                         f"node list {count}")
     return slots
 
 
@@ -77,13 +74,18 @@ def find(hosts: str | None, hostfile: str | None) -> list[tuple[str, int]]:
                              "host:slots lines") from None
     nodelist = os.environ.get("SLURM_JOB_NODELIST")
     if nodelist:
+        tasks = os.environ.get("SLURM_TASKS_PER_NODE", "1")
+        slots = slurm_slots(tasks)  # its form first: a bad one is said without asking scontrol
         try:
             names = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
                                    check=True).stdout.split()
         except (OSError, subprocess.CalledProcessError) as e:
             raise UsageError(f"launch --elastic: SLURM_JOB_NODELIST={nodelist!r}: scontrol could not expand it "
                              f"({e}) — give --hosts or --hostfile") from None
-        return list(zip(names, slurm_slots(os.environ.get("SLURM_TASKS_PER_NODE", "1"), len(names))))
+        if len(slots) != len(names):
+            raise UsageError(f"launch --elastic: SLURM_TASKS_PER_NODE={tasks!r} gives {len(slots)} nodes, "
+                             f"SLURM_JOB_NODELIST={nodelist!r} {len(names)}")
+        return list(zip(names, slots))
     raise UsageError("launch --elastic: no hosts to shrink to or grow back on — give --hosts a:4,b:4 or --hostfile, "
                      "or run inside a Slurm allocation")
 
