@@ -13,7 +13,7 @@ logs=$(mktemp -d)
 passed=0 failed=0 status=0
 
 count() {  # count WORD FILE: the number before WORD in pytest's closing line
-    grep -E '[0-9]+ (passed|failed|error)' "$2" | tail -n 1 | grep -oE "[0-9]+ $1" | grep -oE '[0-9]+' || echo 0
+    grep -aE '[0-9]+ (passed|failed|error)' "$2" | tail -n 1 | grep -aoE "[0-9]+ $1" | grep -oE '[0-9]+' || echo 0
 }
 
 run() {  # run NAME COMMAND...

@@ -185,13 +185,12 @@ class TrainConfig:
         reason = pipeline_conflict(self)
         if reason:
             raise UsageError(reason)
-        if self.elastic and (self.zero == 3 or self.pipeline_stages > 1):
+        if self.elastic and (self.zero or self.pipeline_stages > 1):
+            # ZeRO-1/2's way back (train/survivors.py) met a fatal error inside Open MPI 5.0.11 during recovery
+            # in 1 of a few CI runs ("Send error after request freed"): refused until that is understood.
             raise UsageError(f"--elastic with --zero {self.zero} --pipeline-stages {self.pipeline_stages}: not "
-                             "supported yet — a dead rank's parameters would be lost; use --zero 0, 1 or 2 and no "
+                             "supported yet — a dead rank's shard of the state would be lost; use --zero 0 and no "
                              "pipeline, or leave --elastic out")
-        if self.elastic and self.zero and not self.checkpoint_dir:
-            raise UsageError(f"--elastic with --zero {self.zero} needs --checkpoint-dir: a dead rank's optimizer "
-                             "shard dies with it, and the survivors go back to the newest checkpoint")
         if self.min_ranks > 1 and not self.elastic:
             raise UsageError(f"--min-ranks {self.min_ranks} without --elastic: it is the floor an elastic job shrinks "
                              "to; add --elastic, or leave --min-ranks out")

@@ -129,21 +129,6 @@ def test_fit_elastic_goes_on_after_a_death_and_matches_a_resume(tmp_path):
     assert result["params"] == expected["params"] and result["losses"][4:] == expected["losses"]
 
 
-@pytest.mark.parametrize("zero", [1, 2])
-def test_under_zero_the_survivors_go_back_to_the_newest_checkpoint(tmp_path, zero):
-    run, out = train(tmp_path, "zero", 4, "--steps", "8", "--elastic", "--zero", str(zero), "--checkpoint-every",
-                     "3", "--keep-checkpoints", "100", kill="2:5:backward")
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert ("rank 2 of 4 died; 3 ranks go back to the checkpoint at step 3, since the dead rank's optimizer shard "
-            "died with it, redoing steps 4-5") in run.stdout + run.stderr
-    recovered = [r for r in rows(out) if r.get("event") == "recovered"]
-    assert [(r["step"], r["world_size"], r["steps_redone"]) for r in recovered] == [(4, 3, 2)]
-    ref, ref_out = train(tmp_path, "reference", 3, "--steps", "8", "--elastic", "--zero", str(zero), "--resume",
-                         str(out / "ck" / "step-00000003"))
-    assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
-    assert same_bits(model_at(out, 8), model_at(ref_out, 8))
-
-
 def test_a_death_during_a_recovery_joins_it(tmp_path):
     # Rank 1 dies after step 3's commit; rank 0 dies in step 4, before the 3 survivors completed any step.
     run, out = train(tmp_path, "joined", 4, "--steps", "6", "--elastic", "--checkpoint-every", "1",
