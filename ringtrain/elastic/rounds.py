@@ -16,9 +16,8 @@ Each round builds what hangs off its communicator afresh: the reducer and
 its communicators and node groups, the watchdog, the data shard, the metrics
 writer and the trace. Data-parallel state is replicated, so a dead rank
 takes nothing with it but its compressor state (error feedback, PowerSGD's
-factors), which every survivor restarts at zero, and says so; under ZeRO-1/2
-its optimizer shard too, and the survivors go back to the newest checkpoint
-(train/survivors.py).
+factors), which every survivor restarts at zero, and says so. (Under
+ZeRO-1/2 it would take its optimizer shard: refused, config.py.)
 
 Every round ends with a commit, as every step does, and so does an exit all
 ranks decided together (a signal's stop, bad input): a collective can
@@ -180,10 +179,7 @@ def refuse_unless_possible(cfg, comm: MPI.Comm) -> None:
 def shrunk_line(carried: Carried, world: int, start: int) -> str:
     """Rank 0's line when the survivors start a round from ``start``."""
     dead = carried.dead
-    where = (f"go on from step {carried.step} (its model and optimizer state, in memory), redoing step "
-             f"{carried.step + 1}" if start == carried.step else
-             f"go back to the checkpoint at step {start}, since the dead rank's optimizer shard died with it, "
-             f"redoing steps {start + 1}-{carried.step + 1}")
+    where = (f"go on from step {start} (its model and optimizer state, in memory), redoing step {start + 1}")
     launch = (f" (of the launch: {', '.join(map(str, carried.launched))})" if carried.launched != dead else "")
     return (f"ringtrain: rank{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))} of {carried.world_before}"
             f"{launch} died; {world} rank{'s' if world > 1 else ''} {where}"

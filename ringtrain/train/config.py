@@ -186,7 +186,7 @@ class TrainConfig:
         if reason:
             raise UsageError(reason)
         if self.elastic and (self.zero or self.pipeline_stages > 1):
-            # ZeRO-1/2's way back (train/survivors.py) met a fatal error inside Open MPI 5.0.11 during recovery
+            # ZeRO-1/2's way back to the newest checkpoint met a fatal error inside Open MPI 5.0.11 during recovery
             # in 1 of a few CI runs ("Send error after request freed"): refused until that is understood.
             raise UsageError(f"--elastic with --zero {self.zero} --pipeline-stages {self.pipeline_stages}: not "
                              "supported yet — a dead rank's shard of the state would be lost; use --zero 0 and no "

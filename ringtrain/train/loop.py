@@ -104,12 +104,6 @@ class TrainingLoop:
             self.checkpoint(self.start)
         if self.carried and self.start == last < cfg.steps:  # the failure cut off a stop's checkpoint (rewritten
             self.stop(self.start, None)  # above): stop now, as that round was stopping
-        if cfg.elastic and cfg.zero and cfg.checkpoint_dir and not self.carried and self.start == 0:
-            # Under ZeRO the survivors go back to the newest checkpoint (train/survivors.py): there is one from
-            # the start on, or a death before the first would leave them nothing to go back to.
-            with self.watchdog.guard("the directory locks", 0, cfg.timeout):
-                self.places.keep(self.comm)
-            self.checkpoint(0)
         if not self.carried:  # a shrunk round goes straight on: it was measured where the run started
             with self.watchdog.guard("validation", self.start, cfg.first_timeout):
                 self.result["start_val_loss"] = self.validate(self.start, record=False)

@@ -20,7 +20,7 @@ from ..fault import OneLineError, Preempted, PreemptionSignals, UsageError, Watc
 from ..reducer import GradientReducer
 from ..trace import NO_TRACE, Tracer
 from ..elastic import inject, rounds as elastic, ulfm
-from . import memory_check, pipelined, state, survivors
+from . import memory_check, pipelined, state
 from .config import TrainConfig
 from .data_source import open_source, with_epochs
 from .fully_sharded import FullyShardedSync
@@ -129,8 +129,10 @@ def _round(cfg: TrainConfig, comm: MPI.Comm, task: Task | None, make_sync, signa
             optimizer = make_optimizer(tuned.applied_to(cfg), trained, sync)
             if isinstance(sync, pipelined.PipelineSync):
                 sync.attach(optimizer)
-            if carried:  # the survivors' committed step in memory, or under ZeRO their newest checkpoint
-                start, lineage = survivors.resume(cfg, carried, task.model, optimizer, sync, comm)
+            if carried:  # the survivors' committed step, in memory: nothing to read
+                optimizer.load_state_dict(carried.optimizer.state_dict())
+                task.model.zero_grad(set_to_none=True)  # the failed step's partial gradients
+                start, lineage = carried.step, carried.lineage
             else:
                 start, lineage = state.restore(cfg, task.model, optimizer, sync, comm)
             refuse_past_steps(cfg, start)
