@@ -10,7 +10,9 @@ what they hold in memory (``Carried``): the model and optimizer as of the
 last committed step, the same run id, lineage and tuning, the directory
 locks where rank 0 survived. The model changes only in a committed step
 (ulfm.commit), so every survivor holds the same step, and the step that
-failed is redone at the new size.
+failed is redone at the new size. A rank that stalls (alive, not coming to
+the collective) is ended by the others' watchdog once their wait passes
+--timeout (fault/watchdog.py), and is then lost like any other.
 
 Each round builds what hangs off its communicator afresh: the reducer and
 its communicators and node groups, the watchdog, the data shard, the metrics
@@ -70,6 +72,8 @@ class Carried:
     recoveries: int = 0
     trace: tuple | None = None
     """(events, clock offset) of this process's tracer so far, with --trace."""
+    evicted: list = dataclasses.field(default_factory=list)
+    """Launch ranks this rank's watchdog evicted for stalling (the lowest waiting rank does: the new rank 0)."""
     stop: str = ""
     """Set below --min-ranks: the round writes a checkpoint and raises BelowFloor with this text."""
 
@@ -182,5 +186,12 @@ def shrunk_line(carried: Carried, world: int, start: int) -> str:
     where = (f"go on from step {start} (its model and optimizer state, in memory), redoing step {start + 1}")
     launch = (f" (of the launch: {', '.join(map(str, carried.launched))})" if carried.launched != dead else "")
     return (f"ringtrain: rank{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))} of {carried.world_before}"
-            f"{launch} died; {world} rank{'s' if world > 1 else ''} {where}"
+            f"{launch} {lost_how(carried)}; {world} rank{'s' if world > 1 else ''} {where}"
             + ("; compressor state restarts at zero" if carried.tuned.compression_name != "none" else ""))
+
+
+def lost_how(carried: Carried) -> str:
+    """How the recovery's ranks were lost: "died", or, where the watchdog ended them, "stalled and ... evicted"."""
+    if carried.evicted and set(carried.launched) <= set(carried.evicted):
+        return f"stalled and {'were' if len(carried.launched) > 1 else 'was'} evicted"
+    return "died"

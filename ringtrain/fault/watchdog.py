@@ -17,9 +17,22 @@ held wherever it next meets the watchdog (entering or leaving a guard,
 ``close``) until the abort ends the process, so it cannot finish the run and
 exit 0 after the abort line. A watchdog that was closed first decides
 nothing: a late verdict from a peer is that peer's to act on.
+
+Under --elastic (``evict``) the job need not end: ULFM lets the others go on
+without a rank once that rank is gone. So when a deadline passes, the pings
+also ask each peer whether it is waiting in a guard. A peer that answers but
+waits in none is stalled (in its data, its forward, its backward); one that
+does not answer is stalled or frozen whole. The lowest rank still waiting
+tells the first kind to leave, and ends the second kind with SIGKILL where
+it runs on its own host; the others' pending collective then fails, and they
+shrink and go on (elastic/rounds.py). If nobody is stalled, a silent peer is
+on another host, or the guard still has not ended EVICT_SECONDS later, the
+job aborts as above.
 """
 import contextlib
 import os
+import signal
+import socket
 import sys
 import threading
 import time
@@ -33,20 +46,31 @@ from .exit_codes import EXIT_TIMEOUT
 
 PROBE_SECONDS = 3.0
 GRACE_SECONDS = 2.0  # lets the other survivors print before the abort
+EVICT_SECONDS = 10.0  # for an evicted rank to be gone and MPI to say so
+LEAVE = -1  # a verdict's count that tells its receiver it is evicted
+_UNFINISHED = []  # sends still under way when their watchdog closed: kept, never freed (see Watchdog._send)
 
 
 class Watchdog:
     """Aborts the MPI job when a guarded wait outlives its deadline."""
 
-    def __init__(self, comm: MPI.Comm, timeout: float, *, probe: bool = True):
-        """``probe``: ping the peers when a deadline passes, to name the silent ones. Off where MPI itself
-        reports a dead peer (ULFM, --elastic): there a pending wildcard receive fails when any peer dies."""
+    def __init__(self, comm: MPI.Comm, timeout: float, *, probe: bool = True, evict: bool = False):
+        """``probe``: ping the peers when a deadline passes, to name the silent ones. ``evict`` (--elastic,
+        under ULFM): end a stalled rank instead of the job. Collective when ``evict``."""
         self.timeout = timeout
         self.trace = NO_TRACE  # each guard is a "wait: ..." span when the trainer traces
         self._comm = comm.Dup()  # its own communicator: pings never match training messages
         self._rank, self._size = self._comm.Get_rank(), self._comm.Get_size()
         # Pings need a second thread in MPI while the main one waits in a collective.
-        self._probing = probe and MPI.Query_thread() == MPI.THREAD_MULTIPLE and self._size > 1
+        self._probing = (probe or evict) and MPI.Query_thread() == MPI.THREAD_MULTIPLE and self._size > 1
+        self._evict = evict and self._probing
+        self._sends = []  # kept until done (_send)
+        self._unanswered = []  # pong receives from peers that did not answer
+        self.evicted = []  # the ranks this one evicted, as ranks of the launch (COMM_WORLD)
+        self._evicting = None  # the guard, with its deadline moved on, while an evicted rank goes
+        if self._evict:  # where each rank runs, to end a frozen one; which launch rank it is, to name it
+            self._whereabouts = self._comm.allgather((socket.gethostname(), os.getpid(),
+                                                      MPI.COMM_WORLD.Get_rank()))
         self._lock = threading.Lock()
         self._current = None  # (what, step, deadline, limit)
         self._aborting = False  # set once, under the lock, when this rank decides to abort
@@ -92,55 +116,140 @@ class Watchdog:
         self._hold_if_aborting()  # an abort under way: the process must not exit 0 after its line
         self._stop.set()
         self._thread.join(timeout=2)
-        if self._probing:
-            for req in (self._ping_req, self._verdict_req):
-                req.Cancel()
-                req.Wait()
+        if self._probing or self._evict:
+            for req in (self._ping_req, self._verdict_req, *self._unanswered):
+                try:
+                    req.Cancel()
+                    req.Wait()
+                except MPI.Exception:
+                    if not self._evict:
+                        raise  # under ULFM a receive from a dead peer fails: nothing to wait for
+            deadline = time.monotonic() + 1.0
+            while self._pending_sends() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            _UNFINISHED.extend(self._sends)  # never freed: see _send
         self._comm.Free()
 
     def _run(self):
         while not self._stop.wait(0.2):
             verdict = None
             if self._probing:
-                self._answer_pings()
-                status = MPI.Status()
-                if self._verdict_req.Test(status):
-                    verdict = self._verdict[1:1 + self._verdict[0]].tolist(), status.Get_source()
+                try:
+                    self._answer_pings()
+                    status = MPI.Status()
+                    if self._verdict_req.Test(status):
+                        verdict = self._verdict[1:1 + max(self._verdict[0], 0)].tolist(), status.Get_source()
+                        if self._verdict[0] == LEAVE:
+                            self._leave(verdict[1])
+                except MPI.Exception:
+                    if not self._evict:
+                        raise
+                    # A peer died (ULFM fails a wildcard receive then): the main thread's collective fails
+                    # too and ends the round. The deadlines still hold; only the pings stop.
+                    self._probing = False
             with self._lock:
                 # Decided here, under the lock a guard ends with: a block that ended in time is never called late.
                 if self._closed:
                     return
                 current = self._current
                 late = current is not None and time.monotonic() > current[2]
-                self._aborting = verdict is not None or late
+                evicting = late and self._probing and self._evict and current is not self._evicting
+                self._aborting = verdict is not None or (late and not evicting)
             if verdict is not None:
                 self._finish(current, verdict[0], f" (reported by rank {verdict[1]})")
+            elif evicting:
+                self._evict_stalled(current)
             elif late:
-                self._finish(current, self._probe() if self._probing else None, "")
+                self._finish(current, self._probe()[0] if self._probing else None, "")
+
+    def _send(self, values: list[int], dest: int, tag: int) -> None:
+        # The request is kept until it completes (its few bytes go eagerly, so at once): under ULFM, a send
+        # to a peer that died fails, and Open MPI aborts the job if that send's request was freed.
+        self._pending_sends()
+        self._sends.append(self._comm.Isend(np.array(values, np.int32), dest, tag))
+
+    def _pending_sends(self) -> bool:
+        """Drop the sends that completed (or failed: a dead peer's); whether any is left."""
+        left = []
+        for req in self._sends:
+            try:
+                if not req.Test():
+                    left.append(req)
+            except MPI.Exception:
+                if not self._evict:
+                    raise
+        self._sends = left
+        return bool(left)
 
     def _answer_pings(self):
         status = MPI.Status()
         while self._ping_req.Test(status):
-            self._comm.Isend(np.array([self._rank], np.int32), status.Get_source(), TAG_PONG)
+            with self._lock:  # the step this rank waits in a guard at; -1: it waits in none
+                waiting = -1 if self._current is None else self._current[1]
+            self._send([self._rank, waiting], status.Get_source(), TAG_PONG)
             self._ping_req = self._comm.Irecv(self._ping, MPI.ANY_SOURCE, TAG_PING)
 
-    def _probe(self) -> list[int]:
-        """Ranks that do not answer a ping within PROBE_SECONDS; tells the others who they are."""
+    def _probe(self, tell: bool = True) -> tuple[list[int], list[int]]:
+        """(ranks that do not answer a ping within PROBE_SECONDS, ranks that answer but wait in no guard);
+        ``tell``: send the silent ones' list to the others."""
         peers = [p for p in range(self._size) if p != self._rank]
-        pongs = {p: np.zeros(1, np.int32) for p in peers}
+        pongs = {p: np.zeros(2, np.int32) for p in peers}
         waits = {p: self._comm.Irecv(pongs[p], p, TAG_PONG) for p in peers}
         for p in peers:
-            self._comm.Isend(np.array([self._rank], np.int32), p, TAG_PING)  # a dead peer never takes it
+            self._send([self._rank], p, TAG_PING)  # a dead peer never takes it
         answered, deadline = set(), time.monotonic() + PROBE_SECONDS
         while time.monotonic() < deadline and len(answered) < len(peers):
             self._answer_pings()
             answered |= {p for p, req in waits.items() if p not in answered and req.Test()}
             time.sleep(0.05)
+        self._unanswered += [waits[p] for p in peers if p not in answered]  # cancelled at close
         silent = [p for p in peers if p not in answered]
-        verdict = np.array([len(silent), *silent], np.int32)
-        for p in answered:
-            self._comm.Isend(verdict, p, TAG_VERDICT)
-        return silent
+        for p in answered if tell else ():
+            self._send([len(silent), *silent], p, TAG_VERDICT)
+        return silent, sorted(p for p in answered if pongs[p][1] < 0)
+
+    def _evict_stalled(self, current: tuple) -> None:
+        """--elastic: end the stalled ranks, so that the others' collective fails and they go on without them;
+        abort the job where that cannot be done."""
+        silent, idle = self._probe(tell=False)
+        host = self._whereabouts[self._rank][0]
+        far = [p for p in silent if self._whereabouts[p][0] != host]
+        stalled = sorted(silent + idle)
+        what, step, _, limit = current
+        with self._lock:
+            if self._closed or self._current is not current:
+                return  # the wait ended during the pings: a slow peer, not a stalled one
+            self._aborting = not stalled or bool(far)
+            if not self._aborting:  # the evicted must be gone, and MPI must say so, within EVICT_SECONDS
+                self._current = self._evicting = (what, step, time.monotonic() + EVICT_SECONDS, limit)
+        if self._aborting:
+            self._finish(current, silent, "" if not far else f"; on another host ({', '.join(map(str, far))}), "
+                                                              "so they cannot be evicted")
+            return
+        # Every waiting rank comes to the same list; the lowest of them acts, and will be the new rank 0.
+        if self._rank != min(p for p in range(self._size) if p not in stalled):
+            return
+        self.evicted = [self._whereabouts[p][2] for p in stalled]
+        names = ", ".join(map(str, stalled))
+        sys.stderr.write(f"ringtrain: rank {self._rank}: {what} at step {step} did not finish within {limit:g} s; "
+                         f"rank{'s' if len(stalled) > 1 else ''} {names} stalled; evicting "
+                         f"{'them' if len(stalled) > 1 else 'it'}, and the others go on (--elastic).\n")
+        sys.stderr.flush()
+        for p in idle:
+            self._send([LEAVE], p, TAG_VERDICT)
+        for p in silent:  # frozen whole (it answers nothing): it runs on this host, so end it from here
+            try:
+                os.kill(self._whereabouts[p][1], signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # gone already
+
+    def _leave(self, source: int) -> None:
+        """Evicted by ``source`` (--elastic): end this process as a lost node would end, so that the others go
+        on without it."""
+        sys.stderr.write(f"ringtrain: rank {self._rank}: evicted by rank {source}, which waited for this rank "
+                         "beyond its deadline; leaving the job.\n")
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def _finish(self, current: tuple | None, silent: list[int] | None, source: str):
         """Print this rank's line and end the job; ``current`` is the guard that was active when it decided."""

@@ -26,7 +26,7 @@ from mpi4py import MPI
 from ..fault import EXIT_PREEMPTED, agree, Diverged, Preempted, UsageError, Watchdog, PreemptionSignals, agree_at_step_end
 from ..checkpoint.store import CheckpointError
 from ..elastic import ulfm
-from ..elastic.rounds import BelowFloor
+from ..elastic.rounds import BelowFloor, lost_how
 from ..model import GPT
 from ..optim.interface import clip_grad_norm
 from . import full_state, memory, state
@@ -172,7 +172,7 @@ class TrainingLoop:
         step, its checkpoint)."""
         carried, seconds = self.carried, time.monotonic() - self.carried.failed_at
         row = {"recovery": len(self.result["recoveries"]) + 1, "step": step, "dead": carried.dead,
-               "dead_as_launched": carried.launched,
+               "dead_as_launched": carried.launched, "evicted": carried.evicted,
                "world_size_before": carried.world_before,
                "world_size": self.world, "seconds_lost": round(seconds, 3),
                "steps_redone": carried.step - self.start + (step > self.start)}  # the failed one, and any rewound
@@ -180,8 +180,9 @@ class TrainingLoop:
         self.metrics.write(event="recovered", **row)
         self.tracer.instant("recovered", "elastic", **row)
         say(self.rank, f"recovered: rank{'s' if len(carried.dead) > 1 else ''} {', '.join(map(str, carried.dead))} "
-                       f"lost, {self.world} ranks, step {step} done {seconds:.2f} s after the failure was seen")
-        carried.failed_at, carried.world_before = 0.0, 0  # done: a later death starts a recovery of its own
+                       f"{lost_how(carried)}, {self.world} ranks, step {step} done {seconds:.2f} s after "
+                       "the failure was seen")
+        carried.failed_at, carried.world_before, carried.evicted = 0.0, 0, []  # a later death: a recovery of its own
 
     def stop_below_floor(self) -> None:
         """--min-ranks: write the committed step's checkpoint on the survivors, then stop on every rank."""

@@ -95,7 +95,7 @@ def _round(cfg: TrainConfig, comm: MPI.Comm, task: Task | None, make_sync, signa
     places = sync = metrics = loop = watchdog = None
     tracer = NO_TRACE
     try:
-        watchdog = Watchdog(comm, cfg.timeout, probe=not cfg.elastic)  # ULFM reports the dead under --elastic
+        watchdog = Watchdog(comm, cfg.timeout, evict=cfg.elastic)  # under --elastic a stalled rank is ended
         with watchdog.guard("start-up", 0, cfg.first_timeout):
             # This invocation's id, in every metrics row and lock file (a resume gets a new one; a shrunk round not).
             run = carried.run if carried else comm.bcast(uuid.uuid4().hex[:12], root=0)
@@ -192,6 +192,8 @@ def _round(cfg: TrainConfig, comm: MPI.Comm, task: Task | None, make_sync, signa
             onward = dataclasses.replace(carried, **now) if carried else elastic.Carried(**now)
         elif carried is not None and places is not None:  # locks a new rank 0 took in this round's start-up
             onward = dataclasses.replace(carried, places=places)
+        if onward is not None and watchdog is not None and watchdog.evicted:  # the line and row name them
+            onward.evicted = [*onward.evicted, *watchdog.evicted]
         if onward is not None and places is not None:
             places = None  # carried on: the survivors keep the directories locked
         if onward is not None and tracer.enabled and not tracer.closed:  # the next membership's tracer goes on

@@ -142,3 +142,21 @@ def test_a_death_during_a_recovery_joins_it(tmp_path):
                          str(out / "ck" / "step-00000003"))
     assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
     assert same_bits(model_at(out, 6), model_at(ref_out, 6))
+
+
+# A stalled rank (its training thread hangs; or the whole process is frozen by SIGSTOP) is evicted by the
+# watchdog once the others' wait passes --timeout; then it is a lost rank like any other.
+@pytest.mark.parametrize("how", ["stall", "stop"])
+def test_a_stalled_rank_is_evicted_and_the_others_match_a_resume(tmp_path, how):
+    run, out = train(tmp_path, how, 4, "--steps", "6", "--elastic", "--checkpoint-every", "1",
+                     "--keep-checkpoints", "100", "--timeout", "4", kill=f"2:4:forward:0:{how}")
+    text = run.stdout + run.stderr
+    assert run.returncode == 0, text[-3000:]
+    assert "rank 2 stalled; evicting it, and the others go on (--elastic)" in text
+    assert "rank 2 of 4 stalled and was evicted; 3 ranks go on from step 3" in text
+    recovered = [r for r in rows(out) if r.get("event") == "recovered"]
+    assert [(r["dead"], r["evicted"], r["world_size"], r["step"]) for r in recovered] == [([2], [2], 3, 4)]
+    ref, ref_out = train(tmp_path, "reference", 3, "--steps", "6", "--elastic", "--resume",
+                         str(out / "ck" / "step-00000003"))
+    assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
+    assert same_bits(model_at(out, 6), model_at(ref_out, 6))
