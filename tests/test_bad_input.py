@@ -231,6 +231,10 @@ def test_dgc_takes_the_optimizers_momentum_and_stands_alone():
                                                            r"supported yet"),
     ({"elastic": True, "pipeline_stages": 2}, r"--elastic with --zero 0 --pipeline-stages 2: not supported yet"),
     ({"min_ranks": 2}, r"--min-ranks 2 without --elastic: it is the floor an elastic job shrinks to"),
+    ({"elastic": True, "optimizer": "onebit-adam"}, r"--elastic with --optimizer onebit-adam: not supported — its "
+                                                    r"optimizer step averages over the ranks after the step is"),
+    ({"elastic": True, "compression": "dgc:ratio=0.01,momentum=0.9,masking=0"},
+     r"--elastic with --compression dgc under AdamW: not supported"),
 ])
 def test_elastic_options_that_cannot_work_are_refused(fields, message):
     with pytest.raises(UsageError, match=message):

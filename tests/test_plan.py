@@ -211,6 +211,8 @@ def test_auto_considers_what_the_sweep_measured_within_the_loss_bound():
     assert autotune.candidates(TrainConfig(), {"fp16": 0.0}) == ["fp16"]
     assert autotune.candidates(TrainConfig(), {dgc: 0.01}) == [dgc]
     assert autotune.candidates(TrainConfig(optimizer="sgd", momentum=0.9), {dgc: 0.01}) == []
+    # --elastic: neither 1-bit Adam nor DGC under AdamW (their step averages after the commit).
+    assert autotune.candidates(TrainConfig(elastic=True), {**measured, dgc: 0.01}) == ["fp16", "ef+int8"]
 
 
 def test_results_of_another_shape_are_refused_by_name(tmp_path):

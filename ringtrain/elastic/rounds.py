@@ -17,9 +17,9 @@ the collective) is ended by the others' watchdog once their wait passes
 Each round builds what hangs off its communicator afresh: the reducer and
 its communicators and node groups, the watchdog, the data shard, the metrics
 writer and the trace. Data-parallel state is replicated, so a dead rank
-takes nothing with it but its compressor state (error feedback, PowerSGD's
-factors), which every survivor restarts at zero, and says so. (Under
-ZeRO-1/2 it would take its optimizer shard: refused, config.py.)
+takes nothing with it but its own compressor state (error feedback's
+residual); the survivors keep theirs (elastic/residuals.py). (Under ZeRO-1/2
+it would take its optimizer shard: refused, config.py.)
 
 Every round ends with a commit, as every step does, and so does an exit all
 ranks decided together (a signal's stop, bad input): a collective can
@@ -54,6 +54,8 @@ class Carried:
     """The directory locks (rank 0's; empty elsewhere)."""
     result: dict
     """The losses, times and validations of the earlier rounds."""
+    compression: dict | None = None
+    """This rank's compressor state as of ``step`` (elastic/residuals.py); None where nothing compresses."""
     saved: int = 0
     """The step of the latest checkpoint written: one due at ``step`` but cut off by the failure is written
     first."""
@@ -180,14 +182,15 @@ def refuse_unless_possible(cfg, comm: MPI.Comm) -> None:
                          f"{comm.Get_size()}", agreed=True)
 
 
-def shrunk_line(carried: Carried, world: int, start: int) -> str:
-    """Rank 0's line when the survivors start a round from ``start``."""
+def shrunk_line(carried: Carried, world: int, start: int, compression: str) -> str:
+    """Rank 0's line when the survivors start a round from ``start``; ``compression``: what residuals.restore
+    said."""
     dead = carried.dead
     where = (f"go on from step {start} (its model and optimizer state, in memory), redoing step {start + 1}")
     launch = (f" (of the launch: {', '.join(map(str, carried.launched))})" if carried.launched != dead else "")
     return (f"ringtrain: rank{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))} of {carried.world_before}"
             f"{launch} {lost_how(carried)}; {world} rank{'s' if world > 1 else ''} {where}"
-            + ("; compressor state restarts at zero" if carried.tuned.compression_name != "none" else ""))
+            + compression)
 
 
 def lost_how(carried: Carried) -> str:

@@ -355,19 +355,21 @@ class GradientReducer:
         groups = node_groups(self.comm)  # cached: not collective here
         return [groups.nodes, groups.width, groups.local.Get_rank()]
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, *, warn: bool = True) -> bool:
+        """Load this rank's compression state; False (the state left at zero) where it was saved with another
+        node layout, which rank 0 warns of if ``warn``."""
         if "compression" not in state:  # a ZeRO-3 run's (FSDP2 keeps none): it compressed nothing
             if any(c is not None for c in self.compressors):
                 raise ValueError("the saved state holds no compression state, and this reducer compresses")
-            return
+            return True
         saved = state["compression"]
         if state.get("blocks") != self._block_key():
             # Residuals of another cut of the bucket cannot be mapped onto this one.
-            if self.comm.Get_rank() == 0:
+            if warn and self.comm.Get_rank() == 0:
                 print(f"ringtrain: warning: the compression state was saved with node layout {state.get('blocks')} "
                       f"(nodes, ranks per node, local rank; None: flat) and this run has {self._block_key()}: "
                       "error-feedback residuals start from zero", file=sys.stderr, flush=True)
-            return
+            return False
         if len(saved) != len(self.compressors):
             raise ValueError(f"the saved reducer state has {len(saved)} buckets, this reducer {len(self.compressors)}")
         for compressor, s in zip(self.compressors, saved):
@@ -375,6 +377,7 @@ class GradientReducer:
                 raise ValueError("the saved reducer state was written with a different compression setting")
             if compressor is not None:
                 compressor.load_state_dict(s)
+        return True
 
     def synchronize(self) -> None:
         """Wait until every bucket is averaged and point each ``p.grad`` at its averaged slice.

@@ -136,7 +136,7 @@ def candidates(cfg, loss_penalty: dict) -> list[str]:
         if penalty is None or penalty > MAX_LOSS_PENALTY:
             continue
         if spec == ONEBIT_ADAM:
-            if cfg.optimizer == "adamw":
+            if cfg.optimizer == "adamw" and not cfg.elastic:  # refused under --elastic (config.py)
                 out.append(spec)
             continue
         try:  # the config's own rules: DGC's momentum, for one, must match the optimizer's

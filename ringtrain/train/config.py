@@ -191,6 +191,13 @@ class TrainConfig:
             raise UsageError(f"--elastic with --zero {self.zero} --pipeline-stages {self.pipeline_stages}: not "
                              "supported yet — a dead rank's shard of the state would be lost; use --zero 0 and no "
                              "pipeline, or leave --elastic out")
+        if self.elastic and (self.optimizer == "onebit-adam" or self.dgc_adam):
+            # Their momentum is averaged inside optimizer.step, after the step's commit: a death there would
+            # leave some survivors a step ahead of the others.
+            what = "--optimizer onebit-adam" if self.optimizer == "onebit-adam" else "--compression dgc under AdamW"
+            raise UsageError(f"--elastic with {what}: not supported — its optimizer step averages over the ranks "
+                             "after the step is committed, so a death there would split the survivors; use another "
+                             "compression, or leave --elastic out")
         if self.min_ranks > 1 and not self.elastic:
             raise UsageError(f"--min-ranks {self.min_ranks} without --elastic: it is the floor an elastic job shrinks "
                              "to; add --elastic, or leave --min-ranks out")

@@ -25,7 +25,7 @@ from mpi4py import MPI
 
 from ..fault import EXIT_PREEMPTED, agree, Diverged, Preempted, UsageError, Watchdog, PreemptionSignals, agree_at_step_end
 from ..checkpoint.store import CheckpointError
-from ..elastic import ulfm
+from ..elastic import residuals, ulfm
 from ..elastic.rounds import BelowFloor, lost_how
 from ..model import GPT
 from ..optim.interface import clip_grad_norm
@@ -74,6 +74,9 @@ class TrainingLoop:
                        "world": self.world, "start_step": self.start}
         self.committed = self.start
         """Steps the model and optimizer stand after: under --elastic, where the survivors go on from."""
+        self.compresses = self.cfg.elastic and self.tuned.compression_name != "none"
+        self.compression_kept = residuals.snapshot(self.sync, self.compresses)
+        """--elastic: this rank's compressor state as of ``committed`` (elastic/residuals.py)."""
         self.saved = self.carried.saved if self.carried else self.start
         """The step of this run's latest checkpoint (or where it started)."""
         cfg = self.cfg
@@ -130,6 +133,7 @@ class TrainingLoop:
         if cfg.elastic:  # the model changes only once every survivor agrees the step is whole (elastic/ulfm.py)
             with self.watchdog.guard("the commit", step + 1, deadline):
                 ulfm.commit(self.comm)
+            self.compression_kept = residuals.snapshot(self.sync, self.compresses)
         self.optimizer_step(step)
         self.committed = done = step + 1
         self.tracer.complete("step", "step", t0, time.perf_counter_ns(), step=done)

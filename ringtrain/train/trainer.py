@@ -19,7 +19,7 @@ from ..constants import BUCKET_CAP_MB
 from ..fault import OneLineError, Preempted, PreemptionSignals, UsageError, Watchdog, checked
 from ..reducer import GradientReducer
 from ..trace import NO_TRACE, Tracer
-from ..elastic import inject, rounds as elastic, ulfm
+from ..elastic import inject, residuals, rounds as elastic, ulfm
 from . import memory_check, pipelined, state
 from .config import TrainConfig
 from .data_source import open_source, with_epochs
@@ -132,13 +132,14 @@ def _round(cfg: TrainConfig, comm: MPI.Comm, task: Task | None, make_sync, signa
             if carried:  # the survivors' committed step, in memory: nothing to read
                 optimizer.load_state_dict(carried.optimizer.state_dict())
                 task.model.zero_grad(set_to_none=True)  # the failed step's partial gradients
+                kept = residuals.restore(sync, carried.compression, comm)
                 start, lineage = carried.step, carried.lineage
             else:
                 start, lineage = state.restore(cfg, task.model, optimizer, sync, comm)
             refuse_past_steps(cfg, start)
             ranks = comm.gather({"rank": rank, "host": socket.gethostname(), "pid": os.getpid()}, root=0)
         if carried:
-            say(rank, elastic.shrunk_line(carried, world, start))
+            say(rank, elastic.shrunk_line(carried, world, start, kept))
         else:
             say(rank, f"ringtrain: {world} ranks x {threads} torch threads | {name} with {nparams:,} parameters | "
                       f"{source.describe()}" + (f" | {cfg.epochs} epochs = {cfg.steps} steps" if cfg.epochs else "")
@@ -188,7 +189,8 @@ def _round(cfg: TrainConfig, comm: MPI.Comm, task: Task | None, make_sync, signa
         onward = carried
         if loop is not None:  # a recovery under way (carried.world_before) goes on with it
             now = dict(task=task, optimizer=optimizer, step=loop.committed, run=run, lineage=lineage, tuned=tuned,
-                       places=places, result=loop.result, saved=loop.saved, last=loop.last)
+                       places=places, result=loop.result, saved=loop.saved, last=loop.last,
+                       compression=loop.compression_kept)
             onward = dataclasses.replace(carried, **now) if carried else elastic.Carried(**now)
         elif carried is not None and places is not None:  # locks a new rank 0 took in this round's start-up
             onward = dataclasses.replace(carried, places=places)
