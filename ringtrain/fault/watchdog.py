@@ -32,7 +32,6 @@ job aborts as above.
 import contextlib
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -42,13 +41,14 @@ from mpi4py import MPI
 
 from ..constants import TAG_PING, TAG_PONG, TAG_VERDICT
 from ..trace import NO_TRACE
+from . import eviction
 from .exit_codes import EXIT_TIMEOUT
 
 PROBE_SECONDS = 3.0
 GRACE_SECONDS = 2.0  # lets the other survivors print before the abort
 EVICT_SECONDS = 10.0  # for an evicted rank to be gone and MPI to say so
 LEAVE = -1  # a verdict's count that tells its receiver it is evicted
-_UNFINISHED = []  # sends still under way when their watchdog closed: kept, never freed (see Watchdog._send)
+_UNFINISHED = []  # sends still under way when their watchdog closed (rare): kept, never freed (see _send)
 
 
 class Watchdog:
@@ -68,9 +68,9 @@ class Watchdog:
         self._unanswered = []  # pong receives from peers that did not answer
         self.evicted = []  # the ranks this one evicted, as ranks of the launch (COMM_WORLD)
         self._evicting = None  # the guard, with its deadline moved on, while an evicted rank goes
+        self._unprobed = "MPI is not in MPI_THREAD_MULTIPLE mode"  # why there is no probe, when there is none
         if self._evict:  # where each rank runs, to end a frozen one; which launch rank it is, to name it
-            self._whereabouts = self._comm.allgather((socket.gethostname(), os.getpid(),
-                                                      MPI.COMM_WORLD.Get_rank()))
+            self._places = self._comm.allgather(eviction.here(MPI.COMM_WORLD.Get_rank()))
         self._lock = threading.Lock()
         self._current = None  # (what, step, deadline, limit)
         self._aborting = False  # set once, under the lock, when this rank decides to abort
@@ -115,7 +115,9 @@ class Watchdog:
             self._closed = True
         self._hold_if_aborting()  # an abort under way: the process must not exit 0 after its line
         self._stop.set()
-        self._thread.join(timeout=2)
+        self._thread.join(timeout=PROBE_SECONDS + 1)  # a probe under way ends within PROBE_SECONDS
+        if self._thread.is_alive():
+            return  # still using the communicator (a wait inside MPI): left as it is, not freed under it
         if self._probing or self._evict:
             for req in (self._ping_req, self._verdict_req, *self._unanswered):
                 try:
@@ -146,7 +148,7 @@ class Watchdog:
                         raise
                     # A peer died (ULFM fails a wildcard receive then): the main thread's collective fails
                     # too and ends the round. The deadlines still hold; only the pings stop.
-                    self._probing = False
+                    self._probing, self._unprobed = False, "a peer died, as MPI reported"
             with self._lock:
                 # Decided here, under the lock a guard ends with: a block that ended in time is never called late.
                 if self._closed:
@@ -160,7 +162,19 @@ class Watchdog:
             elif evicting:
                 self._evict_stalled(current)
             elif late:
-                self._finish(current, self._probe()[0] if self._probing else None, "")
+                self._finish(current, self._silent(), "")
+
+    def _silent(self) -> list[int] | None:
+        """The ranks that do not answer a ping, told to the others; None without a probe."""
+        if not self._probing:
+            return None
+        try:
+            return self._probe()[0]
+        except MPI.Exception:
+            if not self._evict:
+                raise
+            self._unprobed = "a peer died, as MPI reported"
+            return None
 
     def _send(self, values: list[int], dest: int, tag: int) -> None:
         # The request is kept until it completes (its few bytes go eagerly, so at once): under ULFM, a send
@@ -176,8 +190,7 @@ class Watchdog:
                 if not req.Test():
                     left.append(req)
             except MPI.Exception:
-                if not self._evict:
-                    raise
+                pass  # its peer is dead: nothing more to do with it
         self._sends = left
         return bool(left)
 
@@ -194,54 +207,59 @@ class Watchdog:
         ``tell``: send the silent ones' list to the others."""
         peers = [p for p in range(self._size) if p != self._rank]
         pongs = {p: np.zeros(2, np.int32) for p in peers}
-        waits = {p: self._comm.Irecv(pongs[p], p, TAG_PONG) for p in peers}
-        for p in peers:
-            self._send([self._rank], p, TAG_PING)  # a dead peer never takes it
-        answered, deadline = set(), time.monotonic() + PROBE_SECONDS
-        while time.monotonic() < deadline and len(answered) < len(peers):
-            self._answer_pings()
-            answered |= {p for p, req in waits.items() if p not in answered and req.Test()}
-            time.sleep(0.05)
-        self._unanswered += [waits[p] for p in peers if p not in answered]  # cancelled at close
+        waits, answered = {}, set()
+        try:
+            for p in peers:
+                waits[p] = self._comm.Irecv(pongs[p], p, TAG_PONG)
+                self._send([self._rank], p, TAG_PING)  # a dead peer never takes it
+            deadline = time.monotonic() + PROBE_SECONDS
+            while time.monotonic() < deadline and len(answered) < len(peers):
+                self._answer_pings()
+                answered |= {p for p, req in waits.items() if p not in answered and req.Test()}
+                time.sleep(0.05)
+        finally:  # also when MPI fails here: a receive still posted must never be freed under MPI
+            self._unanswered += [req for p, req in waits.items() if p not in answered]  # cancelled at close
         silent = [p for p in peers if p not in answered]
         for p in answered if tell else ():
             self._send([len(silent), *silent], p, TAG_VERDICT)
         return silent, sorted(p for p in answered if pongs[p][1] < 0)
 
     def _evict_stalled(self, current: tuple) -> None:
-        """--elastic: end the stalled ranks, so that the others' collective fails and they go on without them;
-        abort the job where that cannot be done."""
-        silent, idle = self._probe(tell=False)
-        host = self._whereabouts[self._rank][0]
-        far = [p for p in silent if self._whereabouts[p][0] != host]
-        stalled = sorted(silent + idle)
+        """--elastic: end the stalled ranks, so that the others' collective fails and they go on without them
+        (eviction.py); abort the job where that cannot be done. The lowest waiting rank decides."""
         what, step, _, limit = current
+        try:
+            silent, idle = self._probe(tell=False)
+        except MPI.Exception:  # a peer died during the pings: the main thread's wait fails, and the round ends
+            silent, idle = None, None
+            self._probing, self._unprobed = False, "a peer died, as MPI reported"
+        plan = eviction.plan(self._rank, self._places, silent, idle) if silent is not None else None
+        abort = plan is not None and plan.actor and (not plan.stalled or bool(plan.unreachable))
         with self._lock:
             if self._closed or self._current is not current:
                 return  # the wait ended during the pings: a slow peer, not a stalled one
-            self._aborting = not stalled or bool(far)
-            if not self._aborting:  # the evicted must be gone, and MPI must say so, within EVICT_SECONDS
+            self._aborting = abort
+            if not abort:  # the evicted must be gone, and MPI must say so, within EVICT_SECONDS; else abort
                 self._current = self._evicting = (what, step, time.monotonic() + EVICT_SECONDS, limit)
-        if self._aborting:
-            self._finish(current, silent, "" if not far else f"; on another host ({', '.join(map(str, far))}), "
-                                                              "so they cannot be evicted")
+        if abort:
+            far = plan.unreachable
+            self._finish(current, silent, "" if not far else f"; {', '.join(map(str, far))} on a machine where no "
+                                                              "rank waits, so nothing here can evict them")
             return
-        # Every waiting rank comes to the same list; the lowest of them acts, and will be the new rank 0.
-        if self._rank != min(p for p in range(self._size) if p not in stalled):
+        if plan is None:
             return
-        self.evicted = [self._whereabouts[p][2] for p in stalled]
-        names = ", ".join(map(str, stalled))
+        for p in plan.mine:  # frozen whole (it answers nothing), on this rank's machine: end it from here
+            eviction.end(self._places[p])
+        if not plan.actor:
+            return
+        self.evicted = [self._places[p].launched for p in plan.stalled]
+        n = len(plan.stalled)
         sys.stderr.write(f"ringtrain: rank {self._rank}: {what} at step {step} did not finish within {limit:g} s; "
-                         f"rank{'s' if len(stalled) > 1 else ''} {names} stalled; evicting "
-                         f"{'them' if len(stalled) > 1 else 'it'}, and the others go on (--elastic).\n")
+                         f"rank{'s' if n > 1 else ''} {', '.join(map(str, plan.stalled))} stalled; evicting "
+                         f"{'them' if n > 1 else 'it'}, and the others go on (--elastic).\n")
         sys.stderr.flush()
         for p in idle:
             self._send([LEAVE], p, TAG_VERDICT)
-        for p in silent:  # frozen whole (it answers nothing): it runs on this host, so end it from here
-            try:
-                os.kill(self._whereabouts[p][1], signal.SIGKILL)
-            except ProcessLookupError:
-                pass  # gone already
 
     def _leave(self, source: int) -> None:
         """Evicted by ``source`` (--elastic): end this process as a lost node would end, so that the others go
@@ -259,7 +277,7 @@ class Watchdog:
         else:
             doing = "stopping"
         if silent is None:
-            who = "(no liveness probe: MPI is not in MPI_THREAD_MULTIPLE mode)"
+            who = f"(no liveness probe: {self._unprobed})"
         elif silent:
             who = f"rank{'s' if len(silent) > 1 else ''} {', '.join(map(str, silent))} did not answer (dead or stalled)"
         else:

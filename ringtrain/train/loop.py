@@ -176,7 +176,7 @@ class TrainingLoop:
         step, its checkpoint)."""
         carried, seconds = self.carried, time.monotonic() - self.carried.failed_at
         row = {"recovery": len(self.result["recoveries"]) + 1, "step": step, "dead": carried.dead,
-               "dead_as_launched": carried.launched, "evicted": carried.evicted,
+               "dead_as_launched": carried.launched, "evicted_as_launched": carried.evicted,
                "world_size_before": carried.world_before,
                "world_size": self.world, "seconds_lost": round(seconds, 3),
                "steps_redone": carried.step - self.start + (step > self.start)}  # the failed one, and any rewound

@@ -28,6 +28,8 @@ class GradientSync(Protocol):
     def state_dict(self) -> dict:
         """Per-rank state a checkpoint keeps (compression residuals)."""
 
-    def load_state_dict(self, state: dict) -> None: ...
+    def load_state_dict(self, state: dict, *, warn: bool = True) -> bool:
+        """Load what ``state_dict`` gave; False where it could not apply (the reducer's compression state saved
+        with another node layout: left at zero, with a warning if ``warn``). --elastic relies on it."""
 
     def close(self) -> None: ...

@@ -155,7 +155,7 @@ def test_a_stalled_rank_is_evicted_and_the_others_match_a_resume(tmp_path, how):
     assert "rank 2 stalled; evicting it, and the others go on (--elastic)" in text
     assert "rank 2 of 4 stalled and was evicted; 3 ranks go on from step 3" in text
     recovered = [r for r in rows(out) if r.get("event") == "recovered"]
-    assert [(r["dead"], r["evicted"], r["world_size"], r["step"]) for r in recovered] == [([2], [2], 3, 4)]
+    assert [(r["dead"], r["evicted_as_launched"], r["world_size"], r["step"]) for r in recovered] == [([2], [2], 3, 4)]
     ref, ref_out = train(tmp_path, "reference", 3, "--steps", "6", "--elastic", "--resume",
                          str(out / "ck" / "step-00000003"))
     assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
