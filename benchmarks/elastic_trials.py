@@ -148,10 +148,14 @@ def trial(index: int, rng: random.Random, root: str, refs: References, faults: l
         result["problems"].append(f"recoveries {result['recoveries']} naming {named} for ranks {fired} killed")
         return result
     result["seconds_from_kill"] = [round(r["time"] - min(died[v] for v in n), 3) for r, n in zip(recovered, named)]
-    committed = [r["step"] - 1 for r in recovered]
+    # The step each recovery went on from. A rank lost after the last step's commit (in its optimizer step or
+    # checkpoint) leaves nothing to redo: that recovery changes no parameter, and the reference leaves it out.
+    chain = [(r["step"] - r["steps_redone"], r["world_size"]) for r in recovered
+             if r["steps_redone"] or r["step"] < STEPS]
+    committed = [c for c, _ in chain]
     if committed:
         try:
-            reference = refs.final(out, committed, [r["world_size"] for r in recovered])
+            reference = refs.final(out, committed, [n for _, n in chain])
         except (RuntimeError, FileNotFoundError) as e:
             result["problems"].append(str(e)[-1500:])
             return result

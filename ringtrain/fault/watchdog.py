@@ -22,12 +22,12 @@ Under --elastic (``evict``) the job need not end: ULFM lets the others go on
 without a rank once that rank is gone. So when a deadline passes, the pings
 also ask each peer whether it is waiting in a guard. A peer that answers but
 waits in none is stalled (in its data, its forward, its backward); one that
-does not answer is stalled or frozen whole. The lowest rank still waiting
-tells the first kind to leave, and ends the second kind with SIGKILL where
-it runs on its own host; the others' pending collective then fails, and they
-shrink and go on (elastic/rounds.py). If nobody is stalled, a silent peer is
-on another host, or the guard still has not ended EVICT_SECONDS later, the
-job aborts as above.
+does not answer is frozen whole. The lowest rank still waiting decides: it
+tells the first kind to leave, and the lowest waiting rank on a frozen one's
+machine ends it with SIGKILL (eviction.py); the others' pending collective
+then fails, and they shrink and go on (elastic/rounds.py). If nobody is
+stalled, a frozen peer has no waiting rank on its machine, or the guard
+still has not ended EVICT_SECONDS later, the job aborts as above.
 """
 import contextlib
 import os
