@@ -1,4 +1,4 @@
-"""The Open MPI tests: whole jobs under mpirun with ULFM, run by tests/openmpi.sh with the Open MPI
+"""The Open MPI tests: whole jobs under mpirun with ULFM, run by tests/run.sh's Open MPI part with that
 environment's python. Under another MPI they are skipped, unless RINGTRAIN_TEST_OPENMPI=1 (set by that
 script) makes a missing Open MPI a failure, so that CI cannot pass them by skipping."""
 import os
@@ -18,7 +18,7 @@ def pytest_collection_modifyitems(config, items):
         return
     if os.environ.get("RINGTRAIN_TEST_OPENMPI") == "1":
         raise pytest.UsageError("RINGTRAIN_TEST_OPENMPI=1 but mpi4py loads " + MPI.Get_library_version()[:40])
-    skip = pytest.mark.skip(reason="needs Open MPI (tests/openmpi.sh runs these)")
+    skip = pytest.mark.skip(reason="needs Open MPI (tests/run.sh runs these in .venv-openmpi)")
     for item in items:
         if "tests/openmpi" in str(item.fspath):
             item.add_marker(skip)
