@@ -144,11 +144,7 @@ class Watchdog:
                         if self._verdict[0] == LEAVE:
                             self._leave(verdict[1])
                 except MPI.Exception:
-                    if not self._evict:
-                        raise
-                    # A peer died (ULFM fails a wildcard receive then): the main thread's collective fails
-                    # too and ends the round. The deadlines still hold; only the pings stop.
-                    self._probing, self._unprobed = False, "a peer died, as MPI reported"
+                    self._stop_probing()
             with self._lock:
                 # Decided here, under the lock a guard ends with: a block that ended in time is never called late.
                 if self._closed:
@@ -166,15 +162,26 @@ class Watchdog:
 
     def _silent(self) -> list[int] | None:
         """The ranks that do not answer a ping, told to the others; None without a probe."""
+        pinged = self._pings(tell=True)
+        return None if pinged is None else pinged[0]
+
+    def _pings(self, tell: bool) -> tuple[list[int], list[int]] | None:
+        """``_probe(tell)``; None without a probe, or where MPI failed during it (under ULFM: a peer died)."""
         if not self._probing:
             return None
         try:
-            return self._probe()[0]
+            return self._probe(tell)
         except MPI.Exception:
-            if not self._evict:
-                raise
-            self._unprobed = "a peer died, as MPI reported"
+            self._stop_probing()
             return None
+
+    def _stop_probing(self) -> None:
+        """An MPI error in the pings: raised, except under --elastic, where ULFM reports a peer's death so (a
+        wildcard receive fails). There the main thread's wait fails too and ends the round; the deadlines still
+        hold, only the pings stop."""
+        if not self._evict:
+            raise
+        self._probing, self._unprobed = False, "a peer died, as MPI reported"
 
     def _send(self, values: list[int], dest: int, tag: int) -> None:
         # The request is kept until it completes (its few bytes go eagerly, so at once): under ULFM, a send
@@ -228,11 +235,7 @@ class Watchdog:
         """--elastic: end the stalled ranks, so that the others' collective fails and they go on without them
         (eviction.py); abort the job where that cannot be done. The lowest waiting rank decides."""
         what, step, _, limit = current
-        try:
-            silent, idle = self._probe(tell=False)
-        except MPI.Exception:  # a peer died during the pings: the main thread's wait fails, and the round ends
-            silent, idle = None, None
-            self._probing, self._unprobed = False, "a peer died, as MPI reported"
+        silent, idle = self._pings(tell=False) or (None, None)
         plan = eviction.plan(self._rank, self._places, silent, idle) if silent is not None else None
         abort = plan is not None and plan.actor and (not plan.stalled or bool(plan.unreachable))
         with self._lock:
