@@ -8,6 +8,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ..constants import TAG_CHAIN_BROADCAST
+from . import waiting
 from .layout import segment_bounds
 
 
@@ -26,14 +27,18 @@ def chain_broadcast(comm: MPI.Comm, a: np.ndarray, root: int, segment_bytes: int
     segs = [segment_bounds(0, a.size, nseg, k) for k in range(nseg)]
     forward = pos < n - 1
     if pos == 0:
-        MPI.Request.Waitall([comm.Isend(a[lo:hi], nxt, TAG_CHAIN_BROADCAST) for lo, hi in segs])
+        waiting.wait_all([comm.Isend(a[lo:hi], nxt, TAG_CHAIN_BROADCAST) for lo, hi in segs])
         return
     sends = []
     pending = comm.Irecv(a[slice(*segs[0])], prev, TAG_CHAIN_BROADCAST)
     for k, (lo, hi) in enumerate(segs):
         following = comm.Irecv(a[slice(*segs[k + 1])], prev, TAG_CHAIN_BROADCAST) if k + 1 < nseg else None
-        pending.Wait()
+        try:
+            pending.Wait()
+        except MPI.Exception:  # a dead peer: no request may be freed while active (waiting.abandon)
+            waiting.abandon([pending, following, *sends])
+            raise
         if forward:
             sends.append(comm.Isend(a[lo:hi], nxt, TAG_CHAIN_BROADCAST))
         pending = following
-    MPI.Request.Waitall(sends)
+    waiting.wait_all(sends)

@@ -9,7 +9,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ..constants import TAG_PARAMETER_SERVER
-from . import workspace
+from . import waiting, workspace
 
 
 
@@ -31,4 +31,4 @@ def ps_allreduce(comm: MPI.Comm, a: np.ndarray) -> None:
     for src in range(1, n):
         comm.Recv(tmp, src, TAG_PARAMETER_SERVER)
         np.add(a, tmp, out=a)
-    MPI.Request.Waitall([comm.Isend(a, dst, TAG_PARAMETER_SERVER) for dst in range(1, n)])
+    waiting.wait_all([comm.Isend(a, dst, TAG_PARAMETER_SERVER) for dst in range(1, n)])

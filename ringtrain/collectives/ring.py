@@ -115,7 +115,11 @@ def _ring(comm, a, first_send, segment_bytes, reduce, codec=None, wire=None, bou
         if i + 1 < nitems:
             nxt = item(i + 1)
             following = post_recv(i + 1, nxt[1])
-        waiting.wait_all((pending, send))
+        try:
+            waiting.wait_all((pending, send))  # which abandons them if it raises (a dead peer)
+        except MPI.Exception:
+            waiting.abandon([following] if i + 1 < nitems else [])  # and the receive already posted
+            raise
         if codec is not None:
             a[rlo:rhi] += codec.decode(scratch[i % 2, : rhi - rlo], rlo, rhi, s + 1, decoded[: rhi - rlo])
         elif reduce:

@@ -53,8 +53,28 @@ def sleep_between_polls() -> float:
     return getattr(_local, "sleep", 0.0)
 
 
+_ABANDONED = []
+"""Requests whose wait failed (under --elastic, a dead peer): kept for good. Garbage-collected, mpi4py would free
+them while still active, and Open MPI aborts the whole job when a freed request then fails ("Send error after
+request freed")."""
+
+
+def abandon(requests) -> None:
+    """Keep ``requests`` (None allowed) from ever being freed: call it when a wait on them raised."""
+    _ABANDONED.extend(r for r in requests if r is not None)
+
+
 def wait_all(requests) -> None:
-    """Complete every request, spinning in MPI_Waitall or politely (see module docstring)."""
+    """Complete every request, spinning in MPI_Waitall or politely (see module docstring). Where it raises, the
+    requests are abandoned (never freed)."""
+    try:
+        _wait_all(requests)
+    except MPI.Exception:
+        abandon(requests)
+        raise
+
+
+def _wait_all(requests) -> None:
     sleep = getattr(_local, "sleep", 0.0)
     if not sleep:
         MPI.Request.Waitall(requests)

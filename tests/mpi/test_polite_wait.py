@@ -85,3 +85,22 @@ def test_an_urgent_wait_spins_instead_of_sleeping():
     """The reducer's main thread blocked in synchronize makes the wait urgent: no 2 s sleep after the first poll."""
     _, wall, got = wait_for_peer(0.05, 2.0, urgent=lambda: True)
     assert all_ranks_agree(wall < 1.0 and got), wall
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("sleep", [0.0, 50e-6])
+def test_requests_whose_wait_failed_are_kept_never_freed(sleep, monkeypatch):
+    monkeypatch.setattr(waiting, "_ABANDONED", [])
+    comm = MPI.COMM_SELF.Dup()
+    comm.Set_errhandler(MPI.ERRORS_RETURN)
+    small, big = np.empty(2), np.ones(8)
+    requests = [comm.Irecv(small, 0, 5), comm.Isend(big, 0, 5)]  # the message does not fit: the wait fails
+    failed = False
+    with waiting.polite(sleep):
+        try:
+            waiting.wait_all(requests)
+        except MPI.Exception:
+            failed = True
+    kept = [r for r in waiting._ABANDONED if any(r is q for q in requests)]
+    comm.Free()
+    assert all_ranks_agree(failed and len(kept) == 2)
