@@ -65,7 +65,7 @@ if [ "${RINGTRAIN_TEST_OPENMPI:-1}" != 0 ]; then
         OMPI_TESTS="tests/mpi/test_allreduce.py tests/mpi/test_collectives.py tests/mpi/test_compressed_allreduce.py
             tests/mpi/test_hierarchical.py tests/mpi/test_rank_ordered.py tests/mpi/test_reducer_arguments.py
             tests/mpi/test_thread_safety.py tests/mpi/test_buffer_sync.py tests/mpi/test_training.py
-            tests/mpi/test_fit.py tests/mpi/test_resume.py tests/mpi/test_zero.py"
+            tests/mpi/test_fit.py tests/mpi/test_resume.py tests/mpi/test_zero.py tests/mpi/test_shard_copies.py"
         for n in 2 4; do
             mkdir -p "$logs/openmpi-np$n"
             run "openmpi-np$n" timeout -k 10 "$MPI_TIMEOUT" "$OMPI/mpirun" --oversubscribe --mca pml ob1 \

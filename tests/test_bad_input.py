@@ -227,8 +227,11 @@ def test_dgc_takes_the_optimizers_momentum_and_stands_alone():
 @pytest.mark.parametrize("fields, message", [
     ({"elastic": True, "zero": 3}, r"--elastic with --zero 3 --pipeline-stages 1: not supported yet — a dead "
                                    r"rank's shard"),
-    ({"elastic": True, "zero": 1, "checkpoint_dir": "ck"}, r"--elastic with --zero 1 --pipeline-stages 1: not "
-                                                           r"supported yet"),
+    ({"shard_recovery": "checkpoint", "zero": 1}, r"--shard-recovery checkpoint without --elastic --zero 1 or 2"),
+    ({"shard_recovery": "checkpoint", "elastic": True}, r"--shard-recovery checkpoint without --elastic --zero 1"),
+    ({"shard_recovery": "checkpoint", "elastic": True, "zero": 2}, r"--shard-recovery checkpoint without "
+                                                                  r"--checkpoint-dir: the survivors go back"),
+    ({"shard_recovery": "buddy"}, r"shard_recovery.*'buddy'.*copy, checkpoint"),
     ({"elastic": True, "pipeline_stages": 2}, r"--elastic with --zero 0 --pipeline-stages 2: not supported yet"),
     ({"min_ranks": 2}, r"--min-ranks 2 without --elastic: it is the floor an elastic job shrinks to"),
     ({"elastic": True, "optimizer": "onebit-adam"}, r"--elastic with --optimizer onebit-adam: not supported — its "

@@ -4,7 +4,7 @@
 The process whose launcher rank is RANK fails DELAY_MS milliseconds
 (default 0) after it enters PHASE of step STEP: one of the trace's span
 names (``data``, ``forward``, ``backward``, ``synchronize``, ``optimizer``,
-``checkpoint``, ``eval``). HOW it fails:
+``copies`` under ZeRO, ``checkpoint``, ``eval``). HOW it fails:
   kill   (the default) SIGKILL, as a lost node would vanish;
   stall  the training thread sleeps for good, while the process lives and
          its watchdog answers pings (a hung data read, a wedged device);

@@ -18,8 +18,9 @@ Each round builds what hangs off its communicator afresh: the reducer and
 its communicators and node groups, the watchdog, the data shard, the metrics
 writer and the trace. Data-parallel state is replicated, so a dead rank
 takes nothing with it but its own compressor state (error feedback's
-residual); the survivors keep theirs (elastic/residuals.py). (Under ZeRO-1/2
-it would take its optimizer shard: refused, config.py.)
+residual); the survivors keep theirs (elastic/residuals.py). Under ZeRO-1/2 it
+takes its optimizer shard, of which the next rank keeps a copy
+(elastic/shard_copies.py); train/survivors.py says where each round starts.
 
 Every round ends with a commit, as every step does, and so does an exit all
 ranks decided together (a signal's stop, bad input): a collective can
@@ -37,6 +38,7 @@ from mpi4py import MPI
 from ..fault.errors import OneLineError, UsageError
 from ..fault.exit_codes import EXIT_TIMEOUT
 from . import finalize, ulfm
+from .shard_copies import ShardCopies
 from .ulfm import can_shrink
 
 
@@ -56,6 +58,8 @@ class Carried:
     """The losses, times and validations of the earlier rounds."""
     compression: dict | None = None
     """This rank's compressor state as of ``step`` (elastic/residuals.py); None where nothing compresses."""
+    shards: ShardCopies | None = None
+    """--zero 1/2: the copies this rank holds of ``step`` (elastic/shard_copies.py); None where none."""
     saved: int = 0
     """The step of the latest checkpoint written: one due at ``step`` but cut off by the failure is written
     first."""
@@ -182,11 +186,13 @@ def refuse_unless_possible(cfg, comm: MPI.Comm) -> None:
                          f"{comm.Get_size()}", agreed=True)
 
 
-def shrunk_line(carried: Carried, world: int, start: int, compression: str) -> str:
+def shrunk_line(carried: Carried, world: int, start: int, compression: str, back: str = "") -> str:
     """Rank 0's line when the survivors start a round from ``start``; ``compression``: what residuals.restore
-    said."""
+    said; ``back``: why they went back to a checkpoint (train/survivors.py), or ""."""
     dead = carried.dead
-    where = (f"go on from step {start} (its model and optimizer state, in memory), redoing step {start + 1}")
+    redo = f"step {start + 1}" if start == carried.step else f"steps {start + 1}-{carried.step + 1}"
+    where = (f"go on from step {start} (its model and optimizer state, in memory), redoing {redo}" if not back
+             else f"go back to the checkpoint at step {start}, redoing {redo}, since {back}")
     launch = (f" (of the launch: {', '.join(map(str, carried.launched))})" if carried.launched != dead else "")
     return (f"ringtrain: rank{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))} of {carried.world_before}"
             f"{launch} {lost_how(carried)}; {world} rank{'s' if world > 1 else ''} {where}"

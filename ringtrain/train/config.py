@@ -136,6 +136,10 @@ class TrainConfig:
     (needs Open MPI started with --with-ft ulfm); off: a dead rank stops the job (exit code 76)."""
     min_ranks: int = 1
     """--elastic: fewer survivors than this stop the job, with a checkpoint of the last step (exit code 76)."""
+    shard_recovery: str = "copy"
+    """--elastic --zero 1/2, where the survivors find a dead rank's optimizer shard: copy (each rank's shard is
+    also kept on the next rank, sent at every step; they lose only the failed step) or checkpoint (nothing sent;
+    they go back to the newest checkpoint, resharded, and redo the steps since)."""
 
     def __post_init__(self):
         for f in fields(self):
@@ -185,12 +189,16 @@ class TrainConfig:
         reason = pipeline_conflict(self)
         if reason:
             raise UsageError(reason)
-        if self.elastic and (self.zero or self.pipeline_stages > 1):
-            # ZeRO-1/2's way back to the newest checkpoint met a fatal error inside Open MPI 5.0.11 during recovery
-            # in 1 of a few CI runs ("Send error after request freed"): refused until that is understood.
+        if self.elastic and (self.zero == 3 or self.pipeline_stages > 1):
             raise UsageError(f"--elastic with --zero {self.zero} --pipeline-stages {self.pipeline_stages}: not "
-                             "supported yet — a dead rank's shard of the state would be lost; use --zero 0 and no "
-                             "pipeline, or leave --elastic out")
+                             "supported yet — a dead rank's shard of the model would be lost; use --zero 0, 1 or 2 "
+                             "and no pipeline, or leave --elastic out")
+        if self.shard_recovery != "copy" and not (self.elastic and self.zero in (1, 2)):
+            raise UsageError(f"--shard-recovery {self.shard_recovery} without --elastic --zero 1 or 2: it says where "
+                             "the survivors of a death find its optimizer shard; add them, or leave it out")
+        if self.shard_recovery == "checkpoint" and not self.checkpoint_dir:
+            raise UsageError("--shard-recovery checkpoint without --checkpoint-dir: the survivors go back to the "
+                             "newest checkpoint, so there must be one; give --checkpoint-dir, or --shard-recovery copy")
         if self.elastic and (self.optimizer == "onebit-adam" or self.dgc_adam):
             # Their momentum is averaged inside optimizer.step, after the step's commit: a death there would
             # leave some survivors a step ahead of the others.
@@ -285,6 +293,7 @@ CHECKS: dict[str, Rule] = {
     "keep_checkpoints": whole(1), "resume": text("auto, none, or the path of a checkpoint"),
     "stop_after": whole(0), "timeout": number(0, above=True), "first_timeout": number(0, above=True),
     "trace": optional(_PATH), "memory_check": boolean(), "elastic": boolean(), "min_ranks": whole(1),
+    "shard_recovery": choice("copy", "checkpoint"),
 }
 
 

@@ -25,7 +25,7 @@ from mpi4py import MPI
 
 from ..fault import EXIT_PREEMPTED, agree, Diverged, Preempted, UsageError, Watchdog, PreemptionSignals, agree_at_step_end
 from ..checkpoint.store import CheckpointError
-from ..elastic import residuals, ulfm
+from ..elastic import residuals, shard_copies, ulfm
 from ..elastic.rounds import BelowFloor, lost_how
 from ..model import GPT
 from ..optim.interface import clip_grad_norm
@@ -77,6 +77,10 @@ class TrainingLoop:
         self.compresses = self.cfg.elastic and self.tuned.compression_name != "none"
         self.compression_kept = residuals.snapshot(self.sync, self.compresses)
         """--elastic: this rank's compressor state as of ``committed`` (elastic/residuals.py)."""
+        self.copying = self.cfg.elastic and self.cfg.zero in (1, 2) and self.cfg.shard_recovery == "copy"
+        self.copies = (self.carried.shards if self.carried and self.carried.shards
+                       and self.carried.shards.step == self.start else None)
+        """--elastic --zero 1/2: the shard copies this rank holds of ``committed`` (elastic/shard_copies.py)."""
         self.saved = self.carried.saved if self.carried else self.start
         """The step of this run's latest checkpoint (or where it started)."""
         cfg = self.cfg
@@ -107,6 +111,14 @@ class TrainingLoop:
             self.checkpoint(self.start)
         if self.carried and self.start == last < cfg.steps:  # the failure cut off a stop's checkpoint (rewritten
             self.stop(self.start, None)  # above): stop now, as that round was stopping
+        if self.copying:  # this membership's copies of the step it starts from
+            self.copy_shards(self.start, cfg.first_timeout)
+        if cfg.elastic and cfg.zero and cfg.checkpoint_dir and not self.carried and not self.start_saved():
+            # Under ZeRO the survivors may have to go back to the newest checkpoint (train/survivors.py): there
+            # is one of this run from its start on.
+            with self.watchdog.guard("the directory locks", self.start, cfg.timeout):
+                self.places.keep(self.comm)
+            self.checkpoint(self.start)
         if not self.carried:  # a shrunk round goes straight on: it was measured where the run started
             with self.watchdog.guard("validation", self.start, cfg.first_timeout):
                 self.result["start_val_loss"] = self.validate(self.start, record=False)
@@ -130,11 +142,14 @@ class TrainingLoop:
         local = self.forward_backward(step, self.step_batches(step, deadline), deadline)
         exposed = self.synchronize(step, deadline)
         step_loss, signalled, timed_due = self.agree(step, local, deadline)
-        if cfg.elastic:  # the model changes only once every survivor agrees the step is whole (elastic/ulfm.py)
-            with self.watchdog.guard("the commit", step + 1, deadline):
-                ulfm.commit(self.comm)
-            self.compression_kept = residuals.snapshot(self.sync, self.compresses)
-        self.optimizer_step(step)
+        if cfg.elastic and not cfg.zero:  # the model changes only once every survivor agrees the step is whole
+            self.commit(step + 1, deadline)  # (elastic/ulfm.py)
+        self.optimizer_step(step, deadline)
+        if cfg.elastic and cfg.zero:  # each rank's step changed its own shard, which dies with it: the commit
+            if self.copying:  # comes after the step and its copies (elastic/shard_copies.py)
+                self.copy_shards(step + 1, deadline)
+            else:
+                self.commit(step + 1, deadline)
         self.committed = done = step + 1
         self.tracer.complete("step", "step", t0, time.perf_counter_ns(), step=done)
         if self.carried and self.carried.failed_at:
@@ -178,7 +193,7 @@ class TrainingLoop:
         row = {"recovery": len(self.result["recoveries"]) + 1, "step": step, "dead": carried.dead,
                "dead_as_launched": carried.launched, "evicted_as_launched": carried.evicted,
                "world_size_before": carried.world_before,
-               "world_size": self.world, "seconds_lost": round(seconds, 3),
+               "world_size": self.world, "seconds_lost": round(seconds, 3), "from_step": self.start,
                "steps_redone": carried.step - self.start + (step > self.start)}  # the failed one, and any rewound
         self.result["recoveries"].append(row)
         self.metrics.write(event="recovered", **row)
@@ -250,8 +265,32 @@ class TrainingLoop:
             self.sync.synchronize()
         return time.perf_counter() - t0
 
-    def optimizer_step(self, step: int) -> None:
-        with self.tracer.span("optimizer", "compute", step=step + 1):
+    def commit(self, step: int, deadline: float) -> None:
+        """--elastic: return once every rank got here, and keep the compressor state of ``step``. Collective."""
+        with self.watchdog.guard("the commit", step, deadline):
+            ulfm.commit(self.comm)
+        self.compression_kept = residuals.snapshot(self.sync, self.compresses)
+
+    def copy_shards(self, step: int, deadline: float) -> None:
+        """--elastic --zero 1/2: swap shard copies with the ring's neighbours and commit ``step`` with them, so
+        the copies kept are always the committed step's. Collective."""
+        with self.tracer.span("copies", "elastic", step=step), self.watchdog.guard("the shard copies", step, deadline):
+            copies = shard_copies.take(self.optimizer, self.comm, step)
+        self.commit(step, deadline)
+        self.copies = copies
+        if self.carried:  # the last membership's copies, now superseded
+            self.carried.shards = None
+
+    def start_saved(self) -> bool:
+        """Whether --checkpoint-dir holds a checkpoint of the step this run starts from. Collective."""
+        path = os.path.join(self.cfg.checkpoint_dir, f"step-{self.start:08d}")
+        return self.comm.bcast(os.path.isdir(path) if self.rank == 0 else None, root=0)
+
+    def optimizer_step(self, step: int, deadline: float | None = None) -> None:
+        # Under ZeRO the step waits for the peers (the clipping norm's allreduce, the parameters' allgather).
+        waits = self.watchdog.guard("the optimizer step", step + 1, deadline or self.cfg.timeout) if self.cfg.zero \
+            else contextlib.nullcontext()
+        with self.tracer.span("optimizer", "compute", step=step + 1), waits:
             if self.cfg.grad_clip and hasattr(self.sync, "clip_grad_norm"):  # the norm over a pipeline's stages
                 self.sync.clip_grad_norm(self.cfg.grad_clip)
             elif self.cfg.grad_clip:

@@ -20,7 +20,7 @@ from ..fault import OneLineError, Preempted, PreemptionSignals, UsageError, Watc
 from ..reducer import GradientReducer
 from ..trace import NO_TRACE, Tracer
 from ..elastic import inject, residuals, rounds as elastic, ulfm
-from . import memory_check, pipelined, state
+from . import memory_check, pipelined, state, survivors
 from .config import TrainConfig
 from .data_source import open_source, with_epochs
 from .fully_sharded import FullyShardedSync
@@ -129,17 +129,15 @@ def _round(cfg: TrainConfig, comm: MPI.Comm, task: Task | None, make_sync, signa
             optimizer = make_optimizer(tuned.applied_to(cfg), trained, sync)
             if isinstance(sync, pipelined.PipelineSync):
                 sync.attach(optimizer)
-            if carried:  # the survivors' committed step, in memory: nothing to read
-                optimizer.load_state_dict(carried.optimizer.state_dict())
-                task.model.zero_grad(set_to_none=True)  # the failed step's partial gradients
-                kept = residuals.restore(sync, carried.compression, comm)
-                start, lineage = carried.step, carried.lineage
+            if carried:  # the survivors' committed step, in memory (or under ZeRO, maybe the newest checkpoint)
+                start, lineage, back = survivors.resume(cfg, carried, task.model, optimizer, sync, comm)
+                kept = residuals.restore(sync, carried.compression if start == carried.step else None, comm)
             else:
                 start, lineage = state.restore(cfg, task.model, optimizer, sync, comm)
             refuse_past_steps(cfg, start)
             ranks = comm.gather({"rank": rank, "host": socket.gethostname(), "pid": os.getpid()}, root=0)
         if carried:
-            say(rank, elastic.shrunk_line(carried, world, start, kept))
+            say(rank, elastic.shrunk_line(carried, world, start, kept, back))
         else:
             say(rank, f"ringtrain: {world} ranks x {threads} torch threads | {name} with {nparams:,} parameters | "
                       f"{source.describe()}" + (f" | {cfg.epochs} epochs = {cfg.steps} steps" if cfg.epochs else "")
@@ -190,7 +188,7 @@ def _round(cfg: TrainConfig, comm: MPI.Comm, task: Task | None, make_sync, signa
         if loop is not None:  # a recovery under way (carried.world_before) goes on with it
             now = dict(task=task, optimizer=optimizer, step=loop.committed, run=run, lineage=lineage, tuned=tuned,
                        places=places, result=loop.result, saved=loop.saved, last=loop.last,
-                       compression=loop.compression_kept)
+                       compression=loop.compression_kept, shards=loop.copies)
             onward = dataclasses.replace(carried, **now) if carried else elastic.Carried(**now)
         elif carried is not None and places is not None:  # locks a new rank 0 took in this round's start-up
             onward = dataclasses.replace(carried, places=places)

@@ -19,7 +19,9 @@ import torch
 FORMAT = "ringtrain-zero-shard-1"
 
 
-def _per_element(value, numel: int) -> bool:
+def per_element(value, numel: int) -> bool:
+    """Whether optimizer state ``value`` has one entry per element of a ``numel``-element piece (AdamW's moments),
+    rather than one per parameter (its step)."""
     return torch.is_tensor(value) and value.dim() > 0 and value.numel() == numel
 
 
@@ -30,7 +32,7 @@ def shard_state(opt) -> dict:
         n = piece.tensor.numel()
         state = opt.state.get(piece.tensor, {})
         pieces.append({"param": piece.param, "start": piece.start, "numel": n,
-                       "state": {k: (v.reshape(-1) if _per_element(v, n) else v) for k, v in state.items()}})
+                       "state": {k: (v.reshape(-1) if per_element(v, n) else v) for k, v in state.items()}})
     groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
     return {"format": FORMAT, "sizes": list(opt.sizes), "pieces": pieces, "groups": groups}
 
@@ -53,7 +55,7 @@ def from_unsharded(state: dict, order: list[int], sizes: list[int]) -> dict[int,
     for i, k in enumerate(order):
         s = state["state"].get(i)
         if s:
-            sources[k] = [(0, sizes[k], {key: (v.reshape(-1) if _per_element(v, sizes[k]) else v)
+            sources[k] = [(0, sizes[k], {key: (v.reshape(-1) if per_element(v, sizes[k]) else v)
                                          for key, v in s.items()})]
     return sources
 
@@ -73,7 +75,7 @@ def cut(sources: dict[int, list], param: int, start: int, numel: int) -> dict:
             continue
         covered += b - a
         for key, value in state.items():
-            if _per_element(value, n):
+            if per_element(value, n):
                 if key not in out:
                     out[key] = torch.empty(numel, dtype=value.dtype)
                 out[key][a - start:b - start] = value[a - lo:b - lo]
@@ -122,7 +124,7 @@ def unsharded_state(shards: list[dict], params: list[torch.Tensor], group_order:
         for k in members:
             s = cut(sources, k, 0, params[k].numel())
             if s:
-                state[index] = {key: (v.reshape(params[k].shape) if _per_element(v, params[k].numel()) else v)
+                state[index] = {key: (v.reshape(params[k].shape) if per_element(v, params[k].numel()) else v)
                                 for key, v in s.items()}
             ids.append(index)
             index += 1
