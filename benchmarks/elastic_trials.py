@@ -6,6 +6,11 @@ Run with the Open MPI environment's python (tests/openmpi_env.sh makes it):
     .venv-openmpi/bin/python benchmarks/elastic_trials.py --trials 20 --faults stall,stop \
         --json benchmarks/results/elastic/stalls_n4.json
 
+``--zero 1`` or ``2`` runs every job under ZeRO (with the ``copies`` phase
+among those a rank dies in), and ``--shard-recovery checkpoint`` sends the
+survivors back to the newest checkpoint instead of the copies (here, with a
+checkpoint every step, that of the committed step: the load alone is timed).
+
 ``--faults`` picks, per failure, how the rank fails (inject.py): ``kill``
 (SIGKILL), ``stall`` (its training thread hangs, outside the collectives:
 in data, forward, backward or the optimizer step) or ``stop`` (SIGSTOP, the
@@ -63,11 +68,16 @@ ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONF
 DIED = re.compile(r"RINGTRAIN_KILL: rank (\d+) (?:dies|stalls|freezes) .* at (\d+\.\d+)")
 
 
+SHARDING: list[str] = []
+"""--zero and --shard-recovery, for every job of the trials (main sets it)."""
+
+
 def job(n: int, out: str, flags: list[str], kill: str | None = None, timeout: float = 240):
     """(exit code or None on timeout, output, seconds from start to the first step row, metrics rows)."""
     env = dict(ENV, RINGTRAIN_KILL=kill) if kill else ENV
     command = [*MPIRUN, *(["-x", "RINGTRAIN_KILL"] if kill else []), "-n", str(n), sys.executable, "-m",
-               "ringtrain", "train", *SMALL, "--out-dir", out, "--checkpoint-dir", os.path.join(out, "ck"), *flags]
+               "ringtrain", "train", *SMALL, *SHARDING, "--out-dir", out, "--checkpoint-dir",
+               os.path.join(out, "ck"), *flags]
     t0 = time.time()
     try:
         run = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
@@ -122,6 +132,8 @@ def trial(index: int, rng: random.Random, root: str, refs: References, faults: l
     for victim, step in zip(victims, (first, rng.randint(first + 1, STEPS))):
         how = rng.choice(faults)
         phases = STALL_PHASES if how == "stall" else PHASES if step % EVERY == 0 else PHASES[:-1]
+        if "copy" in SHARDING and how != "stall":
+            phases = (*phases, "copies")
         kills.append((victim, step, rng.choice(phases), rng.randint(0, 20), how))
     spec = ",".join(":".join(map(str, k)) for k in kills)
     out = os.path.join(root, f"trial-{index}")
@@ -134,7 +146,8 @@ def trial(index: int, rng: random.Random, root: str, refs: References, faults: l
     died = {int(r): float(t) for r, t in DIED.findall(text)}
     # One row per recovery: a new rank 0 writes again the row its dead predecessor may not have written.
     recovered = list({r["recovery"]: r for r in reversed(rows) if r.get("event") == "recovered"}.values())[::-1]
-    keys = ("step", "dead", "dead_as_launched", "evicted_as_launched", "world_size", "seconds_lost", "steps_redone")
+    keys = ("step", "dead", "dead_as_launched", "evicted_as_launched", "world_size", "seconds_lost", "steps_redone",
+            "from_step")
     result["recoveries"] = [{k: r.get(k) for k in keys} for r in recovered]
     if code != 0:
         result["problems"].append(f"exit {code}: {text[-1500:]}")
@@ -150,8 +163,7 @@ def trial(index: int, rng: random.Random, root: str, refs: References, faults: l
     result["seconds_from_kill"] = [round(r["time"] - min(died[v] for v in n), 3) for r, n in zip(recovered, named)]
     # The step each recovery went on from. A rank lost after the last step's commit (in its optimizer step or
     # checkpoint) leaves nothing to redo: that recovery changes no parameter, and the reference leaves it out.
-    chain = [(r["step"] - r["steps_redone"], r["world_size"]) for r in recovered
-             if r["steps_redone"] or r["step"] < STEPS]
+    chain = [(r["from_step"], r["world_size"]) for r in recovered if r["steps_redone"] or r["step"] < STEPS]
     committed = [c for c, _ in chain]
     if committed:
         try:
@@ -163,7 +175,8 @@ def trial(index: int, rng: random.Random, root: str, refs: References, faults: l
         if not all(torch.equal(final[k], reference[k]) for k in reference):
             result["problems"].append(f"parameters differ from the reference resumed at steps {committed}")
     names = sorted(p for p in os.listdir(os.path.join(out, "ck")) if p.startswith("step-"))
-    if names != [f"step-{s:08d}" for s in range(EVERY, STEPS + 1, EVERY)]:
+    first = 0 if SHARDING else EVERY  # under ZeRO a step-0 checkpoint is there to go back to (train/survivors.py)
+    if names != [f"step-{s:08d}" for s in range(first, STEPS + 1, EVERY)]:
         result["problems"].append(f"checkpoints {names}")
     for name in names:
         try:
@@ -182,7 +195,12 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--faults", default="kill", help="how ranks fail, comma-separated: kill, stall, stop")
+    p.add_argument("--zero", type=int, choices=(0, 1, 2), default=0, help="train's --zero in every job")
+    p.add_argument("--shard-recovery", choices=("copy", "checkpoint"), default="copy",
+                   help="train's --shard-recovery, under --zero 1 or 2")
     args = p.parse_args()
+    if args.zero:
+        SHARDING[:] = ["--zero", str(args.zero), "--shard-recovery", args.shard_recovery]
     faults = args.faults.split(",")
     if not faults or any(f not in ("kill", "stall", "stop") for f in faults):
         p.error(f"--faults {args.faults!r}: give kill, stall or stop, comma-separated")
