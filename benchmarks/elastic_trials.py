@@ -164,6 +164,9 @@ def trial(index: int, rng: random.Random, root: str, refs: References, faults: l
     # The step each recovery went on from. A rank lost after the last step's commit (in its optimizer step or
     # checkpoint) leaves nothing to redo: that recovery changes no parameter, and the reference leaves it out.
     chain = [(r["from_step"], r["world_size"]) for r in recovered if r["steps_redone"] or r["step"] < STEPS]
+    # Going back to a checkpoint, a second recovery can start from the same step as the first (or an earlier
+    # one): the first then trained nothing that lasted.
+    chain = [c for c, after in zip(chain, chain[1:] + [(STEPS + 1, 0)]) if after[0] > c[0]]
     committed = [c for c, _ in chain]
     if committed:
         try:

@@ -113,12 +113,15 @@ class TrainingLoop:
             self.stop(self.start, None)  # above): stop now, as that round was stopping
         if self.copying:  # this membership's copies of the step it starts from
             self.copy_shards(self.start, cfg.first_timeout)
-        if cfg.elastic and cfg.zero and cfg.checkpoint_dir and not self.carried and not self.start_saved():
+        if cfg.elastic and cfg.zero and cfg.checkpoint_dir and not self.carried:
             # Under ZeRO the survivors may have to go back to the newest checkpoint (train/survivors.py): there
             # is one of this run from its start on.
             with self.watchdog.guard("the directory locks", self.start, cfg.timeout):
-                self.places.keep(self.comm)
-            self.checkpoint(self.start)
+                saved = self.start_saved()
+                if not saved:
+                    self.places.keep(self.comm)
+            if not saved:
+                self.checkpoint(self.start)
         if not self.carried:  # a shrunk round goes straight on: it was measured where the run started
             with self.watchdog.guard("validation", self.start, cfg.first_timeout):
                 self.result["start_val_loss"] = self.validate(self.start, record=False)
@@ -287,7 +290,9 @@ class TrainingLoop:
         return self.comm.bcast(os.path.isdir(path) if self.rank == 0 else None, root=0)
 
     def optimizer_step(self, step: int, deadline: float | None = None) -> None:
-        # Under ZeRO the step waits for the peers (the clipping norm's allreduce, the parameters' allgather).
+        # Under ZeRO the step waits for the peers (the clipping norm's allreduce, the parameters' allgather). The
+        # guard covers its local update too, so a rank stalled there counts as waiting: not evicted, the job
+        # ends with exit code 76 as without --elastic.
         waits = self.watchdog.guard("the optimizer step", step + 1, deadline or self.cfg.timeout) if self.cfg.zero \
             else contextlib.nullcontext()
         with self.tracer.span("optimizer", "compute", step=step + 1), waits:

@@ -185,7 +185,10 @@ def _round(cfg: TrainConfig, comm: MPI.Comm, task: Task | None, make_sync, signa
             raise
         # The next round starts from the last committed step; before the loop, from what this round started from.
         onward = carried
-        if loop is not None:  # a recovery under way (carried.world_before) goes on with it
+        # The first round under ZeRO holds nothing to go on from until its first shard copies are committed: like
+        # a death before the loop, the survivors then start afresh at their size (the checkpoint, or step 0).
+        nothing_kept = carried is None and loop is not None and loop.copying and loop.copies is None
+        if loop is not None and not nothing_kept:  # a recovery under way (carried.world_before) goes on with it
             now = dict(task=task, optimizer=optimizer, step=loop.committed, run=run, lineage=lineage, tuned=tuned,
                        places=places, result=loop.result, saved=loop.saved, last=loop.last,
                        compression=loop.compression_kept, shards=loop.copies)

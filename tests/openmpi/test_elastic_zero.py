@@ -6,9 +6,10 @@ import pytest
 from .test_elastic import model_at, rows, same_bits, train
 
 
-# Under ZeRO a step commits after its optimizer step and copies, so a death anywhere in it redoes it.
-@pytest.mark.parametrize("stage, victim, step, phase", [(1, 2, 5, "backward"), (2, 0, 4, "copies:1"),
-                                                        (2, 3, 3, "optimizer:5")])
+# Under ZeRO a step commits after its optimizer step and copies, so a death anywhere in it redoes it. The kills
+# come at a phase's start, so that the step they land in is exact (the trials add delays into the phase).
+@pytest.mark.parametrize("stage, victim, step, phase", [(1, 2, 5, "backward"), (2, 0, 4, "copies"),
+                                                        (2, 3, 3, "optimizer")])
 def test_the_dead_ranks_shard_comes_back_from_its_copy(tmp_path, stage, victim, step, phase):
     flags = ["--steps", "7", "--elastic", "--zero", str(stage), "--grad-clip", "1.0"]
     run, out = train(tmp_path, "elastic", 4, *flags, "--checkpoint-every", "1", "--keep-checkpoints", "100",
@@ -60,3 +61,15 @@ def test_neighbours_dying_together_send_the_others_to_the_checkpoint(tmp_path):
     ref, ref_out = train(tmp_path, "reference", 2, *flags, "--resume", str(out / "ck" / "step-00000004"))
     assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
     assert same_bits(model_at(out, 7), model_at(ref_out, 7))
+
+
+def test_a_death_before_the_first_copies_starts_the_survivors_afresh(tmp_path):
+    # Nothing is kept before the first copies are committed: the survivors start the run again at their size.
+    flags = ["--steps", "4", "--elastic", "--zero", "1"]
+    run, out = train(tmp_path, "early", 4, *flags, kill="2:0:copies")
+    text = run.stdout + run.stderr
+    assert run.returncode == 0, text[-3000:]
+    assert "ringtrain: 3 ranks x" in text
+    fresh, fresh_out = train(tmp_path, "fresh", 3, *flags)
+    assert fresh.returncode == 0, fresh.stdout[-3000:] + fresh.stderr[-3000:]
+    assert same_bits(model_at(out, 4), model_at(fresh_out, 4))
