@@ -161,10 +161,10 @@ def covers(ranges: list[tuple[int, int, int]], sizes: list[int]) -> bool:
     return len(spans.keys() - set(range(len(sizes)))) == 0
 
 
-def recover(held: ShardCopies | None, step: int, params: list[torch.Tensor], opt, comm: MPI.Comm) -> str:
-    """Load step ``step`` into ``params`` (the trainable parameters, in order) and ``opt`` (the survivors' new
-    ZeroOptimizer) from the copies the survivors hold; "" if done, else why not, changing nothing. Collective, and
-    every survivor returns the same."""
+def recover(held: ShardCopies | None, step: int, opt, comm: MPI.Comm) -> str:
+    """Load step ``step`` into ``opt`` (the survivors' new ZeroOptimizer) and its parameters from the copies the
+    survivors hold; "" if done, else why not, changing nothing. Collective, and every survivor returns the same."""
+    params = opt.reducer.params  # the trainable parameters, in the order the pieces number them
     alive = set(ulfm.as_launched(comm))
     offered = held.offered(alive) if held is not None else []
     everyone = comm.allgather((held.step if held is not None else None, [r for c in offered for r in c.ranges()]))

@@ -24,6 +24,7 @@ import torch
 from mpi4py import MPI
 
 from ..fault import EXIT_PREEMPTED, agree, Diverged, Preempted, UsageError, Watchdog, PreemptionSignals, agree_at_step_end
+from ..checkpoint.retention import complete_steps
 from ..checkpoint.store import CheckpointError
 from ..elastic import residuals, shard_copies, ulfm
 from ..elastic.rounds import BelowFloor, lost_how
@@ -286,8 +287,8 @@ class TrainingLoop:
 
     def start_saved(self) -> bool:
         """Whether --checkpoint-dir holds a checkpoint of the step this run starts from. Collective."""
-        path = os.path.join(self.cfg.checkpoint_dir, f"step-{self.start:08d}")
-        return self.comm.bcast(os.path.isdir(path) if self.rank == 0 else None, root=0)
+        here = self.start in complete_steps(self.cfg.checkpoint_dir) if self.rank == 0 else None
+        return self.comm.bcast(here, root=0)
 
     def optimizer_step(self, step: int, deadline: float | None = None) -> None:
         # Under ZeRO the step waits for the peers (the clipping norm's allreduce, the parameters' allgather). The

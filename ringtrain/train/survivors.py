@@ -37,8 +37,7 @@ def resume(cfg, carried, model, optimizer, sync, comm) -> tuple[int, str, str]:
     carried.optimizer = None  # the old ring's ZeroOptimizer and its flat parameters: not needed under ZeRO
     why = "--shard-recovery is checkpoint"
     if cfg.shard_recovery == "copy":
-        params = [p for p in model.parameters() if p.requires_grad]
-        why = shard_copies.recover(carried.shards, carried.step, params, optimizer, comm)
+        why = shard_copies.recover(carried.shards, carried.step, optimizer, comm)
         if not why:
             return carried.step, carried.lineage, ""
     path, manifest = find_latest(cfg.checkpoint_dir, comm) if cfg.checkpoint_dir else (None, None)
